@@ -1,0 +1,30 @@
+"""Engines: how tasks run in each mode. One file per mode; see ``_base``."""
+
+from __future__ import annotations
+
+import importlib
+
+from .._jobs import Scheduler
+from ._base import Engine, EngineConfig
+
+__all__ = ["create_engine", "mode_names"]
+
+# mode -> (module, class). Imported on first use, so a mode's dependencies
+# cost nothing until a pool of that mode is made.
+_ENGINES = {
+    "thread": ("._thread", "ThreadEngine"),
+    "process": ("._process", "ProcessEngine"),
+}
+
+
+def mode_names() -> tuple[str, ...]:
+    """The modes a Pool accepts."""
+    return tuple(_ENGINES)
+
+
+def create_engine(mode: str, scheduler: Scheduler, config: EngineConfig) -> Engine:
+    """The engine for ``mode``, not started yet."""
+    module_name, class_name = _ENGINES[mode]
+    module = importlib.import_module(module_name, __name__)
+    engine: Engine = getattr(module, class_name)(scheduler, config)
+    return engine

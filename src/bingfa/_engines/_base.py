@@ -1,0 +1,92 @@
+"""The protocol every engine implements.
+
+An engine runs tasks in one mode (threads, processes, ...). It pulls batches
+from the pool's :class:`~bingfa._jobs.Scheduler` whenever a worker has room,
+runs them, and reports back to each batch's job (``deliver``, ``fail``,
+``requeue``). Everything else (chunking, retries, ordering, progress,
+callbacks) lives above it, so a new mode is one new file.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import InitializerError
+from .._jobs import Job, Scheduler
+
+__all__ = ["Engine", "EngineConfig"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What a pool asks of its engine."""
+
+    workers: int
+    initializer: Callable[..., Any] | None = None
+    initargs: tuple[Any, ...] = ()
+    max_tasks_per_worker: int | None = None
+    task_timeout: float | None = None
+    start_method: str | None = None
+    # How long a terminated process gets to exit before it is killed.
+    kill_grace: float = 0.2
+
+
+class Engine(abc.ABC):
+    """How tasks run in one mode."""
+
+    def __init__(self, scheduler: Scheduler, config: EngineConfig) -> None:
+        self.scheduler = scheduler
+        self.config = config
+        self.workers = config.workers
+        # Set once the pool can run nothing more (an initializer failed); every
+        # waiting and future task fails with it.
+        self.broken: BaseException | None = None
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start the workers."""
+
+    @abc.abstractmethod
+    def wake(self) -> None:
+        """Work was added to the scheduler; hand it to workers with room."""
+
+    @abc.abstractmethod
+    def shutdown(self, wait: bool) -> None:
+        """Run what is queued, then stop every worker; block until then if ``wait``."""
+
+    @abc.abstractmethod
+    def terminate(self) -> None:
+        """Stop now: fail running tasks, stop workers (killing processes), and wait."""
+
+    @abc.abstractmethod
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every worker has stopped; whether they all did."""
+
+    @abc.abstractmethod
+    def alive(self) -> bool:
+        """Whether the engine still has workers or a manager running."""
+
+    def break_pool(self, error: BaseException, cause: BaseException | None = None) -> None:
+        """Fail every waiting job with ``error`` and refuse further work."""
+        if cause is not None:
+            error.__cause__ = cause
+        with self.scheduler.lock:
+            if self.broken is not None:
+                return
+            self.broken = error
+            jobs = self.scheduler.cancel_all()
+        for job in jobs:
+            job.abort(error)
+
+    def abort_jobs(self, jobs: list[Job], error: BaseException) -> None:
+        """Fail ``jobs`` (their unfinished tasks) with ``error``."""
+        for job in jobs:
+            job.abort(error)
+
+
+def initializer_error(detail: str) -> InitializerError:
+    """The error for a pool whose workers cannot initialize."""
+    return InitializerError(f"the pool's initializer failed: {detail}")

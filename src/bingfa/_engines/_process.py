@@ -1,0 +1,813 @@
+"""Process mode: tasks run in worker processes, one manager thread in the parent.
+
+Design, in the order a task meets it:
+
+- The thread that submits work also sends it: it takes a batch from the
+  scheduler, pickles it and writes it straight into the least busy worker's
+  pipe (non-blocking). There is no queue thread to hop through, which is most
+  of a round trip's latency.
+- Each worker holds at most ``PREFETCH`` batches, so it starts the next one as
+  soon as it finishes the last, while the rest of the work stays in the
+  scheduler where other workers can still take it.
+- One *manager* thread waits (epoll) on every worker's result pipe, on a
+  pidfd per worker (readable when it exits, however it dies) and on a wake-up
+  pipe. It decodes results, hands the finished batch to its job, refills the
+  worker, flushes writes that did not fit in a pipe, enforces task timeouts and
+  replaces dead workers.
+- Only the manager reads, and nobody ever blocks on a write, so a worker stuck
+  writing a large result can never deadlock against a parent writing a large
+  batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import mmap
+import multiprocessing
+import multiprocessing.context
+import os
+import pickle
+import select
+import signal
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+from .._errors import InitializerError, PoolClosedError, TaskTimeoutError, WorkerCrashedError
+from .._jobs import Batch, Job, Scheduler
+from .._remote_tb import rebuild
+from .._run import CALL_KW, CALL_STAR
+from .._serialize import (
+    FunctionCache,
+    dumps,
+    find_unpicklable,
+    main_is_importable,
+    serialization_error,
+)
+from ._base import Engine, EngineConfig, initializer_error
+from ._process_worker import WorkerBoot, worker_main
+from ._wire import (
+    BATCH,
+    DONE,
+    FORGET,
+    FRAME,
+    INIT_FAILED,
+    KIND_BATCH,
+    KIND_DONE,
+    KIND_FORGET,
+    KIND_LOAD_FAILED,
+    LOAD_FAILED,
+    READY,
+    SLOT_BYTES,
+    SLOT_INDEX,
+    SLOT_SEQ,
+    SLOT_STARTED,
+)
+
+__all__ = ["ProcessEngine", "default_start_method"]
+
+PREFETCH = 2  # batches a worker holds: one running, one waiting in its pipe
+KNOWN_FUNCTIONS = 64  # functions a worker keeps unpickled
+PIPE_SIZE = 1 << 20  # ask Linux for 1 MiB pipes: fewer wake-ups for big batches
+READ_SIZE = 1 << 18
+STARTUP_FAILURES = 3  # workers dying before they are ready, in a row, break the pool
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+_Post = Callable[[], None]
+
+
+def default_start_method() -> str:
+    """``forkserver`` where it exists (Linux), else ``spawn``.
+
+    ``fork`` is not the default: the parent of a pool always has a second
+    thread (the manager), and forking a threaded process can deadlock the
+    child on a lock some other thread held.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+class _Proc:
+    """The parent's view of one worker process."""
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.pid = 0
+        self.task_fd = -1
+        self.result_fd = -1
+        self.pidfd = -1
+        self.progress: memoryview | None = None
+        self.inflight: deque[Batch] = deque()
+        self.out: deque[memoryview] = deque()  # bytes not yet written to task_fd
+        self.rbuf = bytearray()
+        self.known: OrderedDict[int, None] = OrderedDict()
+        self.tasks_sent = 0
+        self.ready = False
+        self.retiring = False  # got its last task (max_tasks_per_worker): finish, then exit
+        self.gone = False  # replaced: dead, killed or retired
+        self.kill_at: float | None = None
+        self.seq = 0
+
+    def load(self) -> int:
+        return len(self.inflight)
+
+
+class ProcessEngine(Engine):
+    """Runs batches in ``workers`` processes."""
+
+    def __init__(self, scheduler: Scheduler, config: EngineConfig) -> None:
+        super().__init__(scheduler, config)
+        self._lock = scheduler.lock
+        method = config.start_method or default_start_method()
+        self._ctx = multiprocessing.get_context(method)
+        self._method = method
+        self._by_value = method != "fork" and not main_is_importable()
+        self._functions = FunctionCache()
+        self._init: bytes | None = None
+        if config.initializer is not None:
+            self._init = _pickle_initializer(config.initializer, config.initargs)
+        self._slots: list[_Proc | None] = [None] * config.workers
+        self._dying: list[_Proc] = []  # terminated or retired, not reaped yet
+        self._handlers: dict[int, tuple[int, _Proc | None]] = {}
+        self._poller = select.epoll()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._woken = False
+        self._draining = False
+        self._terminated = False
+        self._startup_failures = 0
+        self._init_failed = False
+        self._seq = 0
+        self._manager: threading.Thread | None = None
+        self._register(self._wake_r, _WAKE, None)
+        scheduler.wake = self.wake
+
+    # --- engine protocol -------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            for slot in range(self.workers):
+                self._start_proc(slot)
+        self._manager = threading.Thread(
+            target=self._manage, name=f"bingfa-process-manager-{id(self):x}", daemon=True)
+        self._manager.start()
+
+    def wake(self) -> None:
+        """Hand queued work to workers with room, from the calling thread."""
+        with self._lock:
+            posts = self._dispatch()
+            draining = self._draining
+        _run_posts(posts)
+        if draining:
+            self._poke()  # the manager decides when a draining pool is done
+
+    def shutdown(self, wait: bool) -> None:
+        with self._lock:
+            self._draining = True
+        self._poke()
+        if wait:
+            self.join()
+
+    def terminate(self) -> None:
+        error = PoolClosedError("the pool was terminated before the task finished")
+        with self._lock:
+            self._terminated = self._draining = True
+            jobs = self.scheduler.cancel_all()
+            for p in self._slots:
+                if p is not None:
+                    jobs.extend(b.job for b in p.inflight)
+                    p.inflight.clear()
+        self.abort_jobs(jobs, error)
+        self._poke()
+        self.join()
+
+    def join(self, timeout: float | None = None) -> bool:
+        manager = self._manager
+        if manager is None or manager is threading.current_thread():
+            return True
+        manager.join(timeout)
+        return not manager.is_alive()
+
+    def alive(self) -> bool:
+        return self._manager is not None and self._manager.is_alive()
+
+    # --- starting and stopping workers -------------------------------------------
+    def _start_proc(self, slot: int) -> None:
+        """Start a worker process in ``slot`` (lock held)."""
+        p = _Proc(slot)
+        task_r, p.task_fd = os.pipe()
+        p.result_fd, result_w = os.pipe()
+        for fd in (task_r, result_w):
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+        progress_fd = _shared_memory_fd()
+        os.ftruncate(progress_fd, SLOT_BYTES)
+        p.progress = memoryview(mmap.mmap(progress_fd, SLOT_BYTES)).cast("q")
+        p.progress[SLOT_SEQ] = -1
+        close_fds: list[int] = []
+        if self._method == "fork":
+            close_fds = [p.task_fd, p.result_fd, self._wake_r, self._wake_w, self._poller.fileno()]
+            for other in self._slots:
+                if other is not None and not other.gone:
+                    close_fds += [fd for fd in (other.task_fd, other.result_fd, other.pidfd)
+                                  if fd >= 0]
+        boot = WorkerBoot(slot, task_r, result_w, progress_fd, os.getpid(), self._init,
+                          self._by_value, close_fds)
+        process = self._ctx.Process(target=worker_main, args=(boot,),
+                                    name=f"bingfa-worker-{slot}", daemon=False)
+        try:
+            process.start()
+        finally:
+            for fd in (task_r, result_w, progress_fd):
+                os.close(fd)
+        p.process = process
+        p.pid = process.pid or 0
+        os.set_blocking(p.task_fd, False)
+        os.set_blocking(p.result_fd, False)
+        p.pidfd = _process_fd(process)
+        self._slots[slot] = p
+        self._register(p.result_fd, _RESULT, p)
+        self._register(p.pidfd, _EXIT, p)
+
+    def _retire(self, p: _Proc) -> None:
+        """Let a worker go: close its task pipe so it exits when idle (lock held)."""
+        if p.gone:
+            return
+        p.gone = True
+        self._close_task_pipe(p)
+        self._dying.append(p)
+        if self._slots[p.slot] is p:
+            self._slots[p.slot] = None
+
+    def _kill(self, p: _Proc, now: float) -> None:
+        """Terminate a worker now, kill it after the grace period (lock held)."""
+        self._retire(p)
+        if p.kill_at is None:
+            p.kill_at = now + self.config.kill_grace
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGTERM)
+
+    def _close_task_pipe(self, p: _Proc) -> None:
+        if p.task_fd >= 0:
+            self._unregister(p.task_fd)
+            os.close(p.task_fd)
+            p.task_fd = -1
+            p.out.clear()
+
+    def _reap(self, p: _Proc) -> tuple[int | None, int | None]:
+        """Collect a dead worker; its (exit code, signal). Lock held."""
+        for fd in (p.result_fd, p.pidfd):
+            if fd >= 0:
+                self._unregister(fd)
+                os.close(fd)
+        p.result_fd = p.pidfd = -1
+        self._close_task_pipe(p)
+        exitcode: int | None = None
+        sig: int | None = None
+        if p.process is not None:
+            p.process.join(5)
+            code = p.process.exitcode
+            if code is not None and code < 0:
+                sig = -code
+            else:
+                exitcode = code
+            with contextlib.suppress(ValueError):
+                p.process.close()
+        if p.progress is not None:
+            mm = p.progress.obj
+            p.progress.release()
+            p.progress = None
+            mm.close()  # type: ignore[union-attr]
+        if p in self._dying:
+            self._dying.remove(p)
+        if self._slots[p.slot] is p:
+            self._slots[p.slot] = None
+        p.gone = True
+        return exitcode, sig
+
+    # --- sending -------------------------------------------------------------------
+    def _dispatch(self) -> list[_Post]:
+        """Fill every worker with room (lock held); what to do after unlocking."""
+        posts: list[_Post] = []
+        if self.broken is not None or self._terminated:
+            return posts
+        cap = self.config.max_tasks_per_worker
+        while True:
+            target: _Proc | None = None
+            for p in self._slots:
+                if p is None or p.retiring or p.gone or p.load() >= PREFETCH:
+                    continue
+                if target is None or p.load() < target.load():
+                    target = p
+            if target is None:
+                return posts
+            limit = None if cap is None else cap - target.tasks_sent
+            batch = self.scheduler.take(limit, self.workers)
+            if batch is None:
+                return posts
+            self._send(target, batch, posts)
+            if cap is not None and target.tasks_sent >= cap:
+                target.retiring = True
+
+    def _send(self, p: _Proc, batch: Batch, posts: list[_Post]) -> None:
+        """Pickle a batch and write it to a worker (lock held)."""
+        job = batch.job
+        try:
+            fn_id, fn_bytes = self._functions.get(job.fn)
+        except Exception as exc:
+            posts.append(_fail_batch(batch, exc))
+            return
+        try:
+            items = dumps(batch.items, self._by_value)
+        except Exception as exc:
+            posts.append(self._unpicklable(batch, exc))
+            return
+        known = p.known
+        parts: list[bytes] = []
+        if fn_id in known:
+            known.move_to_end(fn_id)
+            fn_bytes = b""
+        else:
+            known[fn_id] = None
+            if len(known) > KNOWN_FUNCTIONS:
+                old, _ = known.popitem(last=False)
+                forget = FORGET.pack(KIND_FORGET, old)
+                parts += [FRAME.pack(len(forget)), forget]
+        self._seq += 1
+        batch.seq = self._seq
+        track = batch.track or self.config.task_timeout is not None
+        head = BATCH.pack(KIND_BATCH, batch.seq, fn_id, job.call, track, len(fn_bytes))
+        parts += [FRAME.pack(len(head) + len(fn_bytes) + len(items)), head, fn_bytes, items]
+        p.inflight.append(batch)
+        p.tasks_sent += len(batch.items)
+        self._write(p, parts)
+
+    def _unpicklable(self, batch: Batch, exc: Exception) -> _Post:
+        """What to do with a batch whose items cannot be pickled."""
+        job = batch.job
+        if len(batch.items) > 1:
+            return lambda: job.requeue(batch, range(len(batch.items)), one_by_one=True)
+        item = batch.items[0]
+        if job.call == CALL_KW:
+            args, kwargs = item
+            named = [(f"argument {i + 1}", a) for i, a in enumerate(args)]
+            named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+        elif job.call == CALL_STAR:
+            named = [(f"argument {i + 1}", a) for i, a in enumerate(item)]
+        else:
+            named = [("argument", item)]
+        culprit = find_unpicklable(named)
+        name, value, cause = culprit if culprit else ("the arguments", item, exc)
+        return _fail_batch(batch, serialization_error(f"{name} of {batch.describe_task(0)}",
+                                                      value, cause))
+
+    def _write(self, p: _Proc, parts: list[bytes]) -> None:
+        """Write now what the pipe takes; queue the rest for the manager (lock held)."""
+        if p.task_fd < 0:
+            return
+        if not p.out:
+            try:
+                written = os.writev(p.task_fd, parts)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                return  # the worker is gone; the manager notices its exit
+            for part in parts:
+                if written >= len(part):
+                    written -= len(part)
+                    continue
+                p.out.append(memoryview(part)[written:])
+                written = 0
+            if p.out:
+                self._register(p.task_fd, _WRITE, p)
+        else:
+            p.out.extend(memoryview(part) for part in parts)
+
+    def _flush(self, p: _Proc) -> None:
+        """Write queued bytes as the pipe drains (manager, lock held)."""
+        while p.out and p.task_fd >= 0:
+            try:
+                written = os.writev(p.task_fd, list(p.out)[:64])
+            except BlockingIOError:
+                return
+            except OSError:
+                p.out.clear()
+                break
+            while written:
+                head = p.out[0]
+                if written >= len(head):
+                    written -= len(head)
+                    p.out.popleft()
+                else:
+                    p.out[0] = head[written:]
+                    written = 0
+        if p.task_fd >= 0:
+            self._unregister(p.task_fd)
+
+    # --- the manager thread ----------------------------------------------------------
+    def _manage(self) -> None:
+        try:
+            while self._step():
+                pass
+        except BaseException as exc:  # a bug here must not hang the callers
+            self.break_pool(PoolClosedError(f"bingfa's process manager failed: {exc!r}"), exc)
+            with self._lock:
+                for p in [*self._slots, *self._dying]:
+                    if p is not None and p.pid:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(p.pid, signal.SIGKILL)
+            raise
+        finally:
+            self._close_everything()
+
+    def _step(self) -> bool:
+        """One turn of the manager's loop; ``False`` when the engine is done."""
+        events = self._poller.poll(self._poll_timeout())
+        posts: list[_Post] = []
+        exits: list[_Proc] = []
+        for fd, _mask in events:
+            kind, p = self._handlers.get(fd, (None, None))
+            if kind == _WAKE:
+                self._drain_wake()
+            elif kind == _RESULT and p is not None:
+                self._read(p, posts)
+            elif kind == _EXIT and p is not None:
+                exits.append(p)
+            elif kind == _WRITE and p is not None:
+                with self._lock:
+                    self._flush(p)
+        for p in exits:
+            if p.result_fd >= 0:
+                self._read(p, posts)  # what it wrote before it died comes first
+            self._exited(p, posts)
+        with self._lock:
+            self._check_deadlines(posts)
+            posts += self._dispatch()
+            done = self._finish_if_drained()
+        _run_posts(posts)
+        return not done
+
+    def _poll_timeout(self) -> float:
+        with self._lock:
+            now = time.monotonic()
+            soonest: float | None = None
+            for p in self._dying:
+                if p.kill_at is not None:
+                    soonest = p.kill_at if soonest is None else min(soonest, p.kill_at)
+            timeout = self.config.task_timeout
+            if timeout is not None:
+                for p in self._slots:
+                    deadline = self._task_deadline(p, timeout)
+                    if deadline is not None:
+                        soonest = deadline if soonest is None else min(soonest, deadline)
+        if soonest is None:
+            return -1
+        return max(0.0, soonest - now) + 0.001
+
+    def _task_deadline(self, p: _Proc | None, timeout: float) -> float | None:
+        """When the task ``p`` is running overruns (lock held)."""
+        if p is None or p.gone or not p.inflight or p.progress is None:
+            return None
+        if p.progress[SLOT_SEQ] != p.inflight[0].seq:
+            # Between batches, or the head batch not yet started: look again soon.
+            return time.monotonic() + min(timeout, 0.05)
+        return p.progress[SLOT_STARTED] / 1e9 + timeout
+
+    def _check_deadlines(self, posts: list[_Post]) -> None:
+        now = time.monotonic()
+        for p in list(self._dying):
+            if p.kill_at is not None and now >= p.kill_at:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGKILL)
+                p.kill_at = None
+        timeout = self.config.task_timeout
+        if timeout is None:
+            return
+        for p in list(self._slots):
+            if p is None or p.gone or not p.inflight or p.progress is None:
+                continue
+            head = p.inflight[0]
+            if p.progress[SLOT_SEQ] != head.seq:
+                continue
+            if p.progress[SLOT_STARTED] / 1e9 + timeout > now:
+                continue
+            index = max(0, p.progress[SLOT_INDEX])
+            task = head.describe_task(index)
+            err = TaskTimeoutError(
+                f"{task} did not finish within {timeout} s; its worker (slot {p.slot}, "
+                f"pid {p.pid}) was terminated and replaced", timeout=timeout, task=task)
+            self._lose_worker(p, head_index=index, error=err, posts=posts)
+            self._kill(p, now)
+            if not self._draining and self._can_restart():
+                self._start_proc(p.slot)
+
+    def _lose_worker(self, p: _Proc, head_index: int | None, error: BaseException | None,
+                     posts: list[_Post]) -> None:
+        """Settle the batches a lost worker held (lock held).
+
+        The task it was running (``head_index`` of the head batch) fails with
+        ``error``; the ones before it lost their results and the ones after it
+        never ran, so all of those run again, as does every batch still queued
+        for the worker.
+        """
+        batches = list(p.inflight)
+        p.inflight.clear()
+        if not batches:
+            return
+        head = batches.pop(0)
+        n = len(head.items)
+        if head_index is None:
+            if error is not None and n > 1:
+                # Untracked batch: which task crashed is unknown. Run each
+                # again on its own; a task that crashes again is the culprit.
+                posts.append(lambda: head.job.requeue(head, range(n), one_by_one=True))
+            elif error is not None:
+                posts.append(lambda: head.job.fail(head, 0, error))
+            else:
+                posts.append(lambda: head.job.requeue(head, range(n), one_by_one=False))
+        else:
+            others = [i for i in range(n) if i != head_index]
+            if error is not None:
+                posts.append(lambda: head.job.fail(head, head_index, error))
+            posts.append(lambda: head.job.requeue(head, others, one_by_one=False))
+        for batch in batches:
+            posts.append(_requeue_all(batch))
+
+    def _exited(self, p: _Proc, posts: list[_Post]) -> None:
+        """A worker process exited (manager)."""
+        with self._lock:
+            was_ready, expected = p.ready, p.gone
+            seq = index = -1
+            if p.progress is not None:
+                seq, index = p.progress[SLOT_SEQ], p.progress[SLOT_INDEX]
+            exitcode, sig = self._reap(p)
+            if not p.inflight:
+                if not expected and self._can_restart():
+                    self._start_proc(p.slot)  # died while idle: nothing lost
+                return
+            head = p.inflight[0]
+            head_index: int | None = None
+            error: BaseException | None = None
+            if seq == head.seq:  # it had started the head batch
+                if index >= 0:
+                    head_index = index
+                    error = _crash_error(p, exitcode, sig, head.describe_task(index))
+                else:
+                    error = _crash_error(p, exitcode, sig, "")
+            self._lose_worker(p, head_index, error, posts)
+            if not was_ready:
+                self._startup_failures += 1
+                if self._startup_failures >= STARTUP_FAILURES:
+                    how = f"signal {sig}" if sig else f"exit code {exitcode}"
+                    err = InitializerError(
+                        f"{self._startup_failures} worker processes in a row died before they "
+                        f"were ready (last: {how}); the pool cannot start workers")
+                    self._init_failed = True
+                    posts.append(lambda: self.break_pool(err))
+                    return
+            if self._can_restart():
+                self._start_proc(p.slot)
+
+    def _can_restart(self) -> bool:
+        return not (self._terminated or self._init_failed or self.broken is not None)
+
+    # --- reading -----------------------------------------------------------------------
+    def _read(self, p: _Proc, posts: list[_Post]) -> None:
+        """Read and handle whatever a worker has written (manager)."""
+        fd = p.result_fd
+        buf = p.rbuf
+        eof = False
+        while True:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.ECONNRESET):
+                    eof = True
+                    break
+                raise
+            if not data:
+                eof = True
+                break
+            buf += data
+            if len(data) < READ_SIZE:
+                break
+        frames: list[memoryview] = []
+        view = memoryview(buf)
+        pos = 0
+        while len(buf) - pos >= FRAME.size:
+            (size,) = FRAME.unpack_from(view, pos)
+            end = pos + FRAME.size + size
+            if end > len(buf):
+                break
+            frames.append(view[pos + FRAME.size:end])
+            pos = end
+        if frames:
+            if pos == len(buf):
+                # Only whole frames: hand them out as views and start a fresh
+                # buffer, so a large result is never copied again.
+                p.rbuf = bytearray()
+                payloads: list[bytes | memoryview] = list(frames)
+            else:
+                payloads = [bytes(f) for f in frames]
+                for f in frames:
+                    f.release()
+                view.release()
+                del buf[:pos]
+            with self._lock:
+                for payload in payloads:
+                    self._handle(p, payload, posts)
+        else:
+            view.release()
+        if eof:
+            with self._lock:
+                if p.result_fd >= 0:
+                    self._unregister(p.result_fd)
+                    os.close(p.result_fd)
+                    p.result_fd = -1
+
+    def _handle(self, p: _Proc, payload: bytes | memoryview, posts: list[_Post]) -> None:
+        """One frame from a worker (lock held)."""
+        kind = payload[0]
+        if kind == KIND_DONE:
+            _, seq, elapsed = DONE.unpack_from(payload)
+            batch = self._pop(p, seq)
+            if batch is None:
+                return
+            body = memoryview(payload)[DONE.size:]
+            posts.append(lambda: _deliver(batch, body, elapsed))
+            if p.retiring and not p.inflight:
+                self._retire(p)
+                if not self._draining and self._can_restart():
+                    self._start_proc(p.slot)
+        elif kind == KIND_LOAD_FAILED:
+            _, seq, fn_failed = LOAD_FAILED.unpack_from(payload)
+            batch = self._pop(p, seq)
+            if batch is None:
+                return
+            cause = rebuild(pickle.loads(memoryview(payload)[LOAD_FAILED.size:]))
+            if fn_failed:
+                p.known.clear()  # it kept none of the function: send it again next time
+            posts.append(_load_failed(batch, bool(fn_failed), cause))
+        elif kind == READY:
+            p.ready = True
+            self._startup_failures = 0
+        elif kind == INIT_FAILED:
+            cause = rebuild(pickle.loads(memoryview(payload)[1:]))
+            err = initializer_error(f"{type(cause).__name__}: {cause}")
+            self._init_failed = True
+            p.gone = True  # it exits by itself; do not replace it
+            posts.append(lambda: self.break_pool(err, cause))
+
+    def _pop(self, p: _Proc, seq: int) -> Batch | None:
+        if p.inflight and p.inflight[0].seq == seq:
+            return p.inflight.popleft()
+        return None  # a batch settled elsewhere (the worker timed out)
+
+    # --- finishing ---------------------------------------------------------------------
+    def _finish_if_drained(self) -> bool:
+        """Retire workers once draining and idle; whether the manager may stop (lock held)."""
+        if self._terminated:
+            now = time.monotonic()
+            for p in self._slots:
+                if p is not None and not p.gone:
+                    self._kill(p, now)
+        elif self._draining or self.broken is not None:
+            idle = all(p is None or not p.inflight for p in self._slots)
+            if idle and (self.broken is not None or self.scheduler.idle()):
+                for p in self._slots:
+                    if p is not None and not p.gone:
+                        self._retire(p)
+        else:
+            return False
+        if any(p is not None for p in self._slots):
+            return False
+        return not self._dying
+
+    def _close_everything(self) -> None:
+        with self._lock:
+            leftovers = [p for p in [*self._slots, *self._dying] if p is not None]
+            for p in leftovers:
+                if p.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(p.pid, signal.SIGKILL)
+                self._reap(p)
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._poller.close()
+
+    # --- small helpers -------------------------------------------------------------------
+    def _register(self, fd: int, kind: int, p: _Proc | None) -> None:
+        mask = select.EPOLLOUT if kind == _WRITE else select.EPOLLIN
+        if fd in self._handlers:
+            self._poller.modify(fd, mask)
+        else:
+            self._poller.register(fd, mask)
+        self._handlers[fd] = (kind, p)
+
+    def _unregister(self, fd: int) -> None:
+        if self._handlers.pop(fd, None) is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._poller.unregister(fd)
+
+    def _poke(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"!")
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._wake_r, 4096):
+                pass
+
+
+_WAKE, _RESULT, _EXIT, _WRITE = range(4)
+
+
+def _run_posts(posts: list[_Post]) -> None:
+    for post in posts:
+        post()
+
+
+def _requeue_all(batch: Batch) -> _Post:
+    return lambda: batch.job.requeue(batch, range(len(batch.items)), one_by_one=False)
+
+
+def _deliver(batch: Batch, body: memoryview, elapsed: float) -> None:
+    """Decode a finished batch and hand it to its job (manager, unlocked)."""
+    job: Job = batch.job
+    try:
+        values, raw_errors = pickle.loads(body)
+    except Exception as exc:
+        what = f"the results of {len(batch.items)} task(s) starting with {batch.describe_task(0)}"
+        err = serialization_error(what, body.nbytes, exc)
+        _fail_batch(batch, err)()
+        return
+    errors = [(i, rebuild(payload)) for i, payload in raw_errors] if raw_errors else None
+    job.deliver(batch, values, errors, elapsed)
+
+
+def _fail_batch(batch: Batch, error: BaseException) -> _Post:
+    """Fail every task of a batch with ``error``."""
+    n = len(batch.items)
+    return lambda: batch.job.deliver(batch, [None] * n, [(i, error) for i in range(n)], 0.0)
+
+
+def _load_failed(batch: Batch, fn_failed: bool, cause: BaseException) -> _Post:
+    job = batch.job
+    n = len(batch.items)
+    if not fn_failed and n > 1:
+        return lambda: job.requeue(batch, range(n), one_by_one=True)
+    what = "the task's function" if fn_failed else f"the arguments of {batch.describe_task(0)}"
+    return _fail_batch(batch, serialization_error(f"{what} in the worker (unpickling failed)",
+                                                  job.fn if fn_failed else batch.items[0], cause))
+
+
+def _crash_error(p: _Proc, exitcode: int | None, sig: int | None, task: str) -> WorkerCrashedError:
+    if sig is not None:
+        try:
+            how = f"was killed by signal {sig} ({signal.Signals(sig).name})"
+        except ValueError:
+            how = f"was killed by signal {sig}"
+    else:
+        how = f"exited with code {exitcode}"
+    running = f" while running {task}" if task else ""
+    return WorkerCrashedError(
+        f"worker {p.slot} (pid {p.pid}) {how}{running}; it has been replaced",
+        worker_id=p.slot, pid=p.pid, exitcode=exitcode, signal=sig, task=task or None)
+
+
+def _pickle_initializer(fn: Callable[..., Any], args: tuple[Any, ...]) -> bytes:
+    import cloudpickle
+
+    from .._serialize import serialization_error as _err
+
+    try:
+        return cloudpickle.dumps((fn, args))
+    except Exception as exc:
+        raise _err("the initializer or its arguments", fn, exc) from exc
+
+
+def _shared_memory_fd() -> int:
+    """An anonymous shared-memory file: nothing to unlink, nothing to leak."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create("bingfa-progress", os.MFD_CLOEXEC)
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="bingfa-progress-")
+    os.unlink(path)
+    return fd
+
+
+def _process_fd(process: multiprocessing.process.BaseProcess) -> int:
+    """A file descriptor that becomes readable when ``process`` exits."""
+    if hasattr(os, "pidfd_open") and process.pid is not None:
+        with contextlib.suppress(OSError):
+            return os.pidfd_open(process.pid)
+    return os.dup(process.sentinel)

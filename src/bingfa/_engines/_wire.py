@@ -1,0 +1,50 @@
+"""The frames process workers and their parent exchange over pipes.
+
+Every frame is an 8-byte little-endian length and a payload whose first byte
+says what it is. Batch frames carry a fixed binary header, then the pickled
+function (only the first time a worker sees it), then the pickled items: the
+two pickles are separate so that a worker which cannot unpickle the items can
+still say which batch failed, and why.
+
+A worker also has a small shared-memory *progress slot*: before each task it
+writes which batch and which task it is on and when that task started. It
+costs a few stores per task and lets the parent blame the right task when the
+worker crashes, and notice a task that overruns its timeout, without a message
+per task.
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = [
+    "BATCH",
+    "DONE",
+    "FORGET",
+    "FRAME",
+    "INIT_FAILED",
+    "LOAD_FAILED",
+    "READY",
+]
+
+FRAME = struct.Struct("<Q")
+
+# parent -> worker
+BATCH = struct.Struct("<BQqBBI")  # kind, seq, fn id, call style, tracked, len(fn bytes)
+FORGET = struct.Struct("<Bq")  # kind, fn id the worker may drop
+KIND_BATCH = 1
+KIND_FORGET = 2
+
+# worker -> parent
+DONE = struct.Struct("<BQd")  # kind, seq, seconds spent; then pickled (values, errors)
+LOAD_FAILED = struct.Struct("<BQB")  # kind, seq, 1 if the function failed else 0; then error
+READY = 3
+INIT_FAILED = 4
+KIND_DONE = 1
+KIND_LOAD_FAILED = 2
+
+# progress slot: one int64 each
+SLOT_SEQ = 0  # seq of the batch being run
+SLOT_INDEX = 1  # task index in that batch (-1: untracked)
+SLOT_STARTED = 2  # time.monotonic_ns() when that task started
+SLOT_BYTES = 64

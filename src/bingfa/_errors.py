@@ -1,0 +1,164 @@
+"""The exception tree of bingfa.
+
+Every error bingfa raises on its own account derives from :class:`BingfaError`,
+and each one also derives from the builtin it resembles, so code written against
+the standard library keeps working (``except TimeoutError`` catches a task
+timeout)::
+
+    Exception
+     └── BingfaError
+          ├── WorkerCrashedError          a worker died while it held the task
+          ├── TaskTimeoutError            (also TimeoutError) the task ran too long
+          ├── PoolClosedError             (also RuntimeError) submit after close()
+          ├── InitializerError            (also RuntimeError) a worker's initializer raised
+          ├── SerializationError          (also TypeError) an object could not be (un)pickled
+          └── BackendUnavailableError     (also LookupError) an optional library is missing
+
+An exception raised *by a task* is never wrapped: it reaches the caller with its
+own type, and the traceback of the worker where it happened is attached as its
+``__cause__`` (a :class:`RemoteTraceback`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BackendUnavailableError",
+    "BingfaError",
+    "InitializerError",
+    "PoolClosedError",
+    "RemoteTraceback",
+    "SerializationError",
+    "TaskTimeoutError",
+    "WorkerCrashedError",
+]
+
+
+class BingfaError(Exception):
+    """Root of every error that bingfa raises on its own account."""
+
+
+class WorkerCrashedError(BingfaError):
+    """A worker process died while it held the task.
+
+    The worker may have been killed (``kill -9``, the OOM killer), segfaulted,
+    or called ``os._exit``. The pool replaces the worker; only the task that was
+    running on it fails.
+
+    Attributes:
+        worker_id: the pool slot of the worker (``0 .. workers - 1``).
+        pid: the process id of the dead worker.
+        exitcode: its exit status, or ``None`` if it was killed by a signal.
+        signal: the number of the signal that killed it, or ``None``.
+        task: a short description of the task that was running.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        worker_id: int | None = None,
+        pid: int | None = None,
+        exitcode: int | None = None,
+        signal: int | None = None,
+        task: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.worker_id = worker_id
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal = signal
+        self.task = task
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_with_kwargs,
+            (type(self), self.args, {
+                "worker_id": self.worker_id, "pid": self.pid, "exitcode": self.exitcode,
+                "signal": self.signal, "task": self.task,
+            }),
+        )
+
+
+class TaskTimeoutError(BingfaError, TimeoutError):
+    """A task ran longer than the pool's ``task_timeout``.
+
+    In process mode the worker running it has been terminated and replaced. In
+    thread mode the thread cannot be interrupted: the caller gets this error at
+    once and the task can notice with :func:`bingfa.cancelled`.
+
+    Attributes:
+        timeout: the limit, in seconds.
+        task: a short description of the task.
+    """
+
+    def __init__(self, message: str, *, timeout: float | None = None,
+                 task: str | None = None) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+        self.task = task
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_with_kwargs,
+                (type(self), self.args, {"timeout": self.timeout, "task": self.task}))
+
+
+class PoolClosedError(BingfaError, RuntimeError):
+    """Work was submitted to a pool after ``close()``, ``shutdown()`` or ``terminate()``."""
+
+
+class InitializerError(BingfaError, RuntimeError):
+    """A worker's ``initializer`` raised, so the pool cannot run tasks.
+
+    The initializer's own exception is attached as ``__cause__``. Rather than
+    restarting failing workers forever, the pool fails every pending task and
+    refuses new ones.
+    """
+
+
+class SerializationError(BingfaError, TypeError):
+    """An object could not be pickled or unpickled on its way to or from a worker.
+
+    The message names the object (its type and, where known, which argument or
+    result it was); the pickling error is attached as ``__cause__``.
+    """
+
+
+class BackendUnavailableError(BingfaError, LookupError):
+    """A mode needs an optional library that is not installed.
+
+    Attributes:
+        extra: the name of the extra that installs it, as in
+            ``pip install 'bingfa[extra]'``.
+    """
+
+    def __init__(self, message: str, *, extra: str | None = None) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_with_kwargs, (type(self), self.args, {"extra": self.extra}))
+
+
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in a worker.
+
+    bingfa attaches it as ``__cause__`` of the re-raised exception, so the
+    traceback you see ends with where the error really happened.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text.rstrip()}\n"""'
+
+
+def _rebuild_with_kwargs(cls: type[BaseException], args: tuple[Any, ...],
+                         kwargs: dict[str, Any]) -> BaseException:
+    # Keyword-only attributes do not survive the default exception pickling
+    # (which replays ``cls(*args)`` only), so errors that carry context rebuild
+    # themselves through this helper.
+    return cls(*args, **kwargs)

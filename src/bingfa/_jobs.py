@@ -1,0 +1,443 @@
+"""Jobs, batches and the scheduler that engines pull work from.
+
+A *job* is one call on the pool: a ``submit`` (one task) or a ``map`` family
+call (many tasks). A job does not cut its tasks into chunks up front: an
+engine asks it for the next *batch* when a worker has room, and the job sizes
+that batch from what it has measured so far (``chunksize="auto"``). That one
+mechanism gives lazy input, bounded work in flight, adaptive chunks and small
+chunks at the tail for load balance.
+
+Engines call back into the job when a batch finishes (``deliver``), when one
+task failed for a reason worth retrying (``fail``), or when tasks were lost
+with a dead worker and must run again without being charged (``requeue``).
+
+Locking: every job of a pool shares the scheduler's lock. ``take`` is called
+with it held; ``deliver``, ``fail`` and ``requeue`` take it themselves and
+resolve futures after releasing it, so callbacks never run under the lock.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._errors import TaskTimeoutError, WorkerCrashedError
+from ._futures import Future
+from ._serialize import describe
+
+__all__ = ["AUTO", "Batch", "Job", "ManyJob", "OneJob", "Scheduler"]
+
+AUTO = "auto"
+
+# A chunk is sized to take about this long on a worker: long enough that the
+# per-batch cost (pickling, a pipe round trip, a wake-up) is noise, short
+# enough that the tail of a map balances and progress moves smoothly.
+TARGET_BATCH_SECONDS = 0.02
+# Below this per-task time, marking each task's start would cost more than a
+# few percent, so such batches run untracked (see _run.run_batch).
+TRACK_THRESHOLD_SECONDS = 20e-6
+
+RETRYABLE = (WorkerCrashedError, TaskTimeoutError)
+
+
+class Batch:
+    """Tasks of one job that travel to one worker together."""
+
+    __slots__ = ("attempts", "indices", "items", "job", "seq", "track")
+
+    def __init__(self, job: Job, items: list[Any], indices: Sequence[int],
+                 attempts: int = 0) -> None:
+        self.job = job
+        self.items = items
+        # Global task indices, one per item: a range for a fresh chunk, a list
+        # for tasks that come back (retries, requeues).
+        self.indices = indices
+        self.attempts = attempts
+        # Whether the worker marks each task's start (needed to blame the right
+        # task for a crash or a timeout); the engine may force it on.
+        self.track = job.per_task is None or job.per_task >= TRACK_THRESHOLD_SECONDS
+        self.seq = 0  # set by the engine that sends it
+
+    def describe_task(self, local_index: int) -> str:
+        """A short text naming a task, for errors."""
+        return self.job.describe_task(self.indices[local_index], self.items[local_index])
+
+
+class Job:
+    """Base of the two kinds of job. Engines see only this interface."""
+
+    fn: Callable[..., Any]
+    call: int
+    per_task: float | None
+
+    def __init__(self, scheduler: Scheduler, fn: Callable[..., Any], call: int,
+                 retries: int) -> None:
+        self.scheduler = scheduler
+        self.fn = fn
+        self.call = call
+        self.retries = retries
+        self.per_task = None  # measured seconds per task (moving average)
+        self.cancelled = False
+        self._again: deque[Batch] = deque()  # retries and requeued tasks go first
+
+    # --- called by the scheduler, under its lock ----------------------------
+    def take(self, limit: int | None, workers: int) -> Batch | None:
+        """The next batch to run, at most ``limit`` tasks, or ``None``."""
+        raise NotImplementedError
+
+    def has_work(self) -> bool:
+        """Whether ``take`` would return a batch now."""
+        raise NotImplementedError
+
+    # --- called by engines ---------------------------------------------------
+    def deliver(self, batch: Batch, values: list[Any],
+                errors: list[tuple[int, BaseException]] | None, elapsed: float) -> None:
+        """A batch finished: ``values[i]`` for each task, except those in ``errors``."""
+        raise NotImplementedError
+
+    def fail(self, batch: Batch, local_index: int, error: BaseException) -> None:
+        """One task of ``batch`` failed for the pool's reasons (crash, timeout)."""
+        item, index = batch.items[local_index], batch.indices[local_index]
+        if isinstance(error, RETRYABLE) and batch.attempts < self.retries and not self.cancelled:
+            with self.scheduler.lock:
+                self._again.append(Batch(self, [item], [index], batch.attempts + 1))
+                self.scheduler.activate(self)
+            self.scheduler.wake()
+            return
+        self._fail_one(index, error)
+
+    def requeue(self, batch: Batch, local_indices: Sequence[int], one_by_one: bool) -> None:
+        """Run these tasks of ``batch`` again, without charging a retry.
+
+        Used for tasks a dead worker had not started, or had finished without
+        reporting. ``one_by_one`` sends each in a batch of its own, so a task
+        that crashes its worker again is the only one to fail.
+        """
+        if not local_indices:
+            return
+        items = [batch.items[i] for i in local_indices]
+        indices = [batch.indices[i] for i in local_indices]
+        with self.scheduler.lock:
+            if one_by_one:
+                for item, index in zip(items, indices, strict=True):
+                    again = Batch(self, [item], [index], batch.attempts)
+                    again.track = True
+                    self._again.append(again)
+            else:
+                self._again.append(Batch(self, items, indices, batch.attempts))
+            self.scheduler.activate(self)
+        self.scheduler.wake()
+
+    def abort(self, error: BaseException) -> None:
+        """The pool stopped: fail whatever of this job has not finished."""
+        raise NotImplementedError
+
+    def describe_task(self, index: int, item: Any) -> str:
+        """A short text naming a task, for errors."""
+        name = getattr(self.fn, "__qualname__", None) or describe(self.fn)
+        return f"{name} task #{index} ({describe(item)})"
+
+    def _fail_one(self, index: int, error: BaseException) -> None:
+        raise NotImplementedError
+
+    def _measure(self, n: int, elapsed: float) -> None:
+        if n <= 0:
+            return
+        sample = elapsed / n
+        self.per_task = sample if self.per_task is None else 0.7 * self.per_task + 0.3 * sample
+
+
+class OneJob(Job):
+    """A single task with a Future: ``submit`` and ``apply_async``."""
+
+    def __init__(self, scheduler: Scheduler, fn: Callable[..., Any], call: int, retries: int,
+                 item: Any, future: Future[Any]) -> None:
+        super().__init__(scheduler, fn, call, retries)
+        self.item = item
+        self.future = future
+        self._pending = True
+
+    def take(self, limit: int | None, workers: int) -> Batch | None:
+        if self._again:
+            return self._again.popleft()
+        if not self._pending:
+            return None
+        self._pending = False
+        if not self.future.set_running_or_notify_cancel():
+            return None  # cancelled before it started
+        batch = Batch(self, [self.item], (0,))
+        batch.track = True
+        return batch
+
+    def has_work(self) -> bool:
+        return self._pending or bool(self._again)
+
+    def deliver(self, batch: Batch, values: list[Any],
+                errors: list[tuple[int, BaseException]] | None, elapsed: float) -> None:
+        if errors:
+            _set_exception(self.future, errors[0][1])
+        else:
+            _set_result(self.future, values[0])
+
+    def _fail_one(self, index: int, error: BaseException) -> None:
+        _set_exception(self.future, error)
+
+    def abort(self, error: BaseException) -> None:
+        with self.scheduler.lock:
+            self.cancelled = True
+            self._again.clear()
+            pending, self._pending = self._pending, False
+        if pending:
+            self.future.cancel()
+        _set_exception(self.future, error)
+
+
+def _set_result(future: Future[Any], value: Any) -> None:
+    if not future.done():  # a terminated pool may have failed it already
+        try:
+            future.set_result(value)
+        except Exception:  # InvalidStateError: lost a race with terminate
+            pass
+
+
+def _set_exception(future: Future[Any], error: BaseException) -> None:
+    if not future.done():
+        try:
+            future.set_exception(error)
+        except Exception:
+            pass
+
+
+class ManyJob(Job):
+    """Many tasks of one function: ``map``, ``imap``, ``imap_unordered``, ``starmap``.
+
+    Items arrive in segments (all at once for ``map``, window by window for
+    ``imap``). Outcomes are kept per the consumer's needs: a preallocated list
+    for ``map``, a dict by index for ordered ``imap``, and arrival order for
+    ``imap_unordered``.
+    """
+
+    def __init__(self, scheduler: Scheduler, fn: Callable[..., Any], call: int, retries: int,
+                 chunksize: int | str, ordered: bool, size_hint: int | None,
+                 dense: bool = False) -> None:
+        super().__init__(scheduler, fn, call, retries)
+        self.chunksize = chunksize
+        self.ordered = ordered
+        self.cond = threading.Condition(scheduler.lock)
+        self._segments: deque[tuple[int, list[Any]]] = deque()  # (first index, items)
+        self._seg_pos = 0  # position inside the head segment
+        self.submitted = 0  # tasks added so far
+        self.dispatched = 0
+        self.completed = 0
+        self.input_done = False
+        self.size_hint = size_hint
+        self.first_error: tuple[int, BaseException] | None = None
+        self.aborted: BaseException | None = None
+        # Ordered results: ``map`` keeps a dense list of every result; ``imap``
+        # a dict of those not yet handed to the consumer.
+        self.slots: list[Any] | None = [None] * size_hint if dense and size_hint else None
+        self._open = True  # counted in scheduler.open_jobs until its input ends
+        scheduler.open_jobs += 1
+        self.by_index: dict[int, tuple[bool, Any]] = {}
+        self.arrived: deque[tuple[bool, Any]] = deque()  # unordered outcomes
+
+    # --- feeding (caller thread, lock held) ----------------------------------
+    def add(self, items: list[Any]) -> None:
+        """Add a segment of items (lock held)."""
+        if items:
+            self._segments.append((self.submitted, items))
+            self.submitted += len(items)
+            self.scheduler.activate(self)
+
+    def finish_input(self) -> None:
+        """No more items will be added (lock held)."""
+        self.input_done = True
+        self._close_input()
+        self.cond.notify_all()
+
+    def _close_input(self) -> None:
+        if self._open:
+            self._open = False
+            self.scheduler.open_jobs -= 1
+
+    # --- scheduling ------------------------------------------------------------
+    def _size(self, limit: int | None, workers: int) -> int:
+        if self.chunksize != AUTO:
+            size = int(self.chunksize)
+        else:
+            # Guided self-scheduling: never more than a share of what is left
+            # (so the tail shrinks and workers finish together), and about
+            # TARGET_BATCH_SECONDS of work once the task time is known.
+            remaining = self.submitted - self.dispatched
+            if self.size_hint is not None:
+                remaining = self.size_hint - self.dispatched
+            share = max(1, math.ceil(remaining / (2 * workers)))
+            if self.per_task is None:
+                size = min(share, 1 << min(self.dispatched, 8))
+            else:
+                size = min(share, max(1, int(TARGET_BATCH_SECONDS / max(self.per_task, 1e-9))))
+        if limit is not None:
+            size = min(size, limit)
+        return max(1, size)
+
+    def take(self, limit: int | None, workers: int) -> Batch | None:
+        if self.cancelled:
+            return None
+        if self._again:
+            batch = self._again.popleft()
+            if limit is not None and len(batch.items) > limit:
+                rest = Batch(self, batch.items[limit:], batch.indices[limit:], batch.attempts)
+                rest.track = batch.track
+                self._again.appendleft(rest)
+                batch.items, batch.indices = batch.items[:limit], batch.indices[:limit]
+            return batch
+        if not self._segments:
+            return None
+        size = self._size(limit, workers)
+        first, seg = self._segments[0]
+        start = self._seg_pos
+        stop = min(len(seg), start + size)
+        items = seg[start:stop] if (start or stop < len(seg)) else seg
+        if stop >= len(seg):
+            self._segments.popleft()
+            self._seg_pos = 0
+        else:
+            self._seg_pos = stop
+        self.dispatched += len(items)
+        return Batch(self, items, range(first + start, first + stop))
+
+    def has_work(self) -> bool:
+        return not self.cancelled and bool(self._segments or self._again)
+
+    def outstanding(self) -> int:
+        """Tasks added but not yet completed (lock held)."""
+        return self.submitted - self.completed
+
+    # --- outcomes ----------------------------------------------------------------
+    def deliver(self, batch: Batch, values: list[Any],
+                errors: list[tuple[int, BaseException]] | None, elapsed: float) -> None:
+        with self.scheduler.lock:
+            self._measure(len(values), elapsed)
+            if errors:
+                failed = dict(errors)
+                for local, err in errors:
+                    if self.first_error is None or batch.indices[local] < self.first_error[0]:
+                        self.first_error = (batch.indices[local], err)
+            else:
+                failed = {}
+            self._store(batch, values, failed)
+            self.completed += len(values)
+            self.cond.notify_all()
+
+    def _store(self, batch: Batch, values: list[Any], failed: dict[int, BaseException]) -> None:
+        indices = batch.indices
+        if self.ordered:
+            if self.slots is not None and not failed and isinstance(indices, range):
+                self.slots[indices.start:indices.stop] = values
+                return
+            for local, index in enumerate(indices):
+                err = failed.get(local)
+                outcome = (False, err) if err is not None else (True, values[local])
+                if self.slots is not None and err is None:
+                    self.slots[index] = values[local]
+                else:
+                    self.by_index[index] = outcome
+        else:
+            if not failed:
+                self.arrived.extend(zip([True] * len(values), values, strict=True))
+                return
+            for local, value in enumerate(values):
+                err = failed.get(local)
+                self.arrived.append((False, err) if err is not None else (True, value))
+
+    def _fail_one(self, index: int, error: BaseException) -> None:
+        with self.scheduler.lock:
+            if self.first_error is None or index < self.first_error[0]:
+                self.first_error = (index, error)
+            if self.ordered:
+                self.by_index[index] = (False, error)
+            else:
+                self.arrived.append((False, error))
+            self.completed += 1
+            self.cond.notify_all()
+
+    def cancel(self) -> None:
+        """Stop handing out this job's tasks; results still in flight are dropped."""
+        with self.scheduler.lock:
+            self.cancelled = True
+            self._segments.clear()
+            self._again.clear()
+            self._close_input()
+            self.cond.notify_all()
+        self.scheduler.wake()
+
+    def abort(self, error: BaseException) -> None:
+        with self.scheduler.lock:
+            self.cancelled = True
+            self._segments.clear()
+            self._again.clear()
+            if self.first_error is None:
+                self.first_error = (-1, error)
+            self.aborted = error
+            self._close_input()
+            self.cond.notify_all()
+
+
+class Scheduler:
+    """The queue of jobs with work to hand out, shared by a pool and its engine."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._ready: deque[Job] = deque()
+        self._queued: set[int] = set()
+        # Jobs whose input may still grow (an imap being consumed): an engine
+        # that is draining must not stop while there are any.
+        self.open_jobs = 0
+        # The engine sets this to be told that work arrived (called unlocked).
+        self.wake: Callable[[], None] = _nothing
+
+    def activate(self, job: Job) -> None:
+        """Put a job in line for workers (lock held)."""
+        if id(job) not in self._queued:
+            self._queued.add(id(job))
+            self._ready.append(job)
+
+    def take(self, limit: int | None, workers: int) -> Batch | None:
+        """The next batch for a worker with room for ``limit`` tasks (lock held).
+
+        Jobs take turns, one batch each, so a long map does not starve a
+        ``submit`` made while it runs.
+        """
+        ready = self._ready
+        while ready:
+            job = ready.popleft()
+            batch = job.take(limit, workers)
+            if job.has_work():
+                ready.append(job)
+            else:
+                self._queued.discard(id(job))
+            if batch is not None:
+                return batch
+        return None
+
+    def has_work(self) -> bool:
+        """Whether any job has tasks waiting (lock held)."""
+        return any(job.has_work() for job in self._ready)
+
+    def idle(self) -> bool:
+        """Whether nothing is waiting and nothing more can arrive (lock held)."""
+        return self.open_jobs == 0 and not self.has_work()
+
+    def cancel_all(self) -> list[Job]:
+        """Forget every waiting job and return them (lock held)."""
+        jobs = list(self._ready)
+        self._ready.clear()
+        self._queued.clear()
+        return jobs
+
+
+def _nothing() -> None:
+    return None

@@ -1,0 +1,69 @@
+"""Carrying a task's exception, with its traceback, from a worker to the caller.
+
+The exception and its formatted traceback travel separately: a traceback
+object cannot be pickled, and an exception may fail to pickle or unpickle (a
+custom ``__init__`` that pickle cannot replay, a lock in its attributes). In
+that case the caller still gets the traceback text inside a
+:class:`~bingfa.SerializationError`.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+from ._errors import RemoteTraceback, SerializationError
+from ._serialize import dumps, loads
+
+__all__ = ["ErrorPayload", "capture", "rebuild", "with_remote_traceback"]
+
+# (pickled exception or None, formatted traceback, "module.Type", pickling error)
+ErrorPayload = tuple[bytes | None, str, str, str | None]
+
+
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def capture(exc: BaseException, by_value: bool = False) -> ErrorPayload:
+    """Turn an exception raised in a worker into something that can be sent."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        data: bytes | None = dumps(exc, by_value)
+        problem = None
+    except Exception as pickling_error:
+        data = None
+        problem = f"{type(pickling_error).__name__}: {pickling_error}"
+    return data, text, _type_name(exc), problem
+
+
+def with_remote_traceback(exc: BaseException, text: str) -> BaseException:
+    """Attach the worker's traceback as the exception's ``__cause__``."""
+    exc.__cause__ = RemoteTraceback(text)
+    return exc
+
+
+def rebuild(payload: ErrorPayload) -> BaseException:
+    """The exception to raise in the caller, with the worker's traceback as its cause."""
+    data, text, type_name, problem = payload
+    if data is None:
+        err: BaseException = SerializationError(
+            f"the task raised {type_name}, which could not be serialized to be sent "
+            f"back ({problem}); its traceback is attached"
+        )
+        return with_remote_traceback(err, text)
+    try:
+        exc: Any = loads(data)
+    except Exception as unpickling_error:
+        err = SerializationError(
+            f"the task raised {type_name}, which could not be deserialized "
+            f"({type(unpickling_error).__name__}: {unpickling_error}); its traceback is attached"
+        )
+        return with_remote_traceback(err, text)
+    if not isinstance(exc, BaseException):
+        return with_remote_traceback(
+            SerializationError(f"the task raised {type_name}, which unpickled as {type(exc)!r}"),
+            text,
+        )
+    return with_remote_traceback(exc, text)

@@ -1,0 +1,93 @@
+"""Running one batch of tasks: the inner loop every engine shares.
+
+A batch is one function applied to a list of items. How an item becomes the
+call's arguments depends on the call style:
+
+- ``CALL_ONE``:  ``fn(item)``                 (``map``, ``imap``)
+- ``CALL_STAR``: ``fn(*item)``                (``starmap``)
+- ``CALL_KW``:   ``fn(*item[0], **item[1])``  (``submit``, ``apply_async``)
+
+The untracked loop runs at C speed (``list.extend`` over ``map``) and only
+notices exceptions; the tracked loop calls ``mark(i)`` before task ``i`` so the
+pool can tell which task a crashed or stuck worker was running.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+__all__ = ["CALL_KW", "CALL_ONE", "CALL_STAR", "call_one", "run_batch"]
+
+CALL_ONE = 0
+CALL_STAR = 1
+CALL_KW = 2
+
+Errors = list[tuple[int, Exception]]
+
+
+def _mapper(fn: Callable[..., Any], it: Iterator[Any], call: int) -> Iterator[Any]:
+    if call == CALL_ONE:
+        return map(fn, it)
+    if call == CALL_STAR:
+        return itertools.starmap(fn, it)
+    return map(_kw_caller(fn), it)
+
+
+def _kw_caller(fn: Callable[..., Any]) -> Callable[[tuple[Any, Any]], Any]:
+    def call_kw(item: tuple[Any, Any]) -> Any:
+        return fn(*item[0], **item[1])
+
+    return call_kw
+
+
+def call_one(fn: Callable[..., Any], item: Any, call: int) -> Any:
+    """Run one task of a batch."""
+    if call == CALL_ONE:
+        return fn(item)
+    if call == CALL_STAR:
+        return fn(*item)
+    return fn(*item[0], **item[1])
+
+
+def run_batch(
+    fn: Callable[..., Any],
+    items: Sequence[Any],
+    call: int,
+    mark: Callable[[int], None] | None = None,
+) -> tuple[list[Any], Errors | None]:
+    """Apply ``fn`` to every item; return the values and the failures.
+
+    ``values`` has one entry per item (``None`` where the task raised);
+    ``errors`` lists ``(index, exception)`` or is ``None`` when all succeeded.
+    Only :class:`Exception` is caught: ``SystemExit`` and friends end the
+    worker, as they would end a program.
+    """
+    values: list[Any] = []
+    errors: Errors | None = None
+    if mark is None:
+        # A map object survives an exception from its function and resumes
+        # with the next item, and list.extend keeps what it appended before
+        # the exception, so len(values) is the index of the task that raised.
+        mapped = _mapper(fn, iter(items), call)
+        while True:
+            try:
+                values.extend(mapped)
+                return values, errors
+            except Exception as exc:
+                if errors is None:
+                    errors = []
+                errors.append((len(values), exc))
+                values.append(None)
+    append = values.append
+    for i, item in enumerate(items):
+        mark(i)
+        try:
+            append(call_one(fn, item, call))
+        except Exception as exc:
+            if errors is None:
+                errors = []
+            errors.append((i, exc))
+            append(None)
+    return values, errors
