@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Generator
+import time
+from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
 __all__ = ["Future"]
@@ -28,6 +29,30 @@ class Future(concurrent.futures.Future[T]):
             print(fut.result())          # 1024, from a thread
             print(await fut)             # 1024, from a coroutine
     """
+
+    # Set by the engine that runs the task when it can deliver a result faster
+    # to a thread that waits for it (see ProcessEngine.wait_for).
+    _waiter: Callable[[Future[Any], float | None], None] | None = None
+
+    def _help(self, timeout: float | None) -> float | None:
+        """Let the engine deliver the result here; the time left of ``timeout``."""
+        waiter = self._waiter
+        if waiter is None or self.done():
+            return timeout
+        if timeout is None:
+            waiter(self, None)
+            return None
+        deadline = time.monotonic() + timeout
+        waiter(self, timeout)
+        return max(0.0, deadline - time.monotonic())
+
+    def result(self, timeout: float | None = None) -> T:
+        """The task's result, waiting up to ``timeout`` seconds; re-raises its error."""
+        return super().result(self._help(timeout))
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The task's exception (``None`` if it succeeded), waiting up to ``timeout``."""
+        return super().exception(self._help(timeout))
 
     def __await__(self) -> Generator[Any, None, T]:
         if not self.done():

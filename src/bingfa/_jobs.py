@@ -22,7 +22,7 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final, Literal
 
 from ._errors import TaskTimeoutError, WorkerCrashedError
 from ._futures import Future
@@ -30,7 +30,7 @@ from ._serialize import describe
 
 __all__ = ["AUTO", "Batch", "Job", "ManyJob", "OneJob", "Scheduler"]
 
-AUTO = "auto"
+AUTO: Final[Literal["auto"]] = "auto"
 
 # A chunk is sized to take about this long on a worker: long enough that the
 # per-batch cost (pickling, a pipe round trip, a wake-up) is noise, short

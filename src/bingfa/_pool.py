@@ -22,6 +22,7 @@ __all__ = ["AsyncResult", "Pool", "imap", "map"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+F = TypeVar("F", bound=Future[Any])
 
 Mode = Literal["thread", "process"]
 ChunkSize = int | Literal["auto"]
@@ -165,6 +166,7 @@ class Pool:
             task_timeout=float(task_timeout) if task_timeout is not None else None,
             start_method=start_method)
         self._engine: Engine = create_engine(mode, self._scheduler, config)
+        self._waiter = getattr(self._engine, "wait_for", None)
         self._closed = False
         self._engine.start()
         _live_engines.add(self._engine)
@@ -197,19 +199,21 @@ class Pool:
         """
         result: AsyncResult[R] = AsyncResult()
         if callback is not None or error_callback is not None:
-            result.add_done_callback(_callbacks(callback, error_callback))
+            result.add_done_callback(_callbacks(callback, error_callback))  # type: ignore[arg-type]
         self._submit_one(fn, tuple(args), dict(kwds or {}), result)
         return result
 
     def apply(self, fn: Callable[..., R], args: Iterable[Any] = (),
               kwds: Mapping[str, Any] | None = None) -> R:
         """Run one task and wait for its result (``multiprocessing.Pool.apply``)."""
-        return self._submit_one(fn, tuple(args), dict(kwds or {}), Future()).result()
+        future: Future[R] = Future()
+        return self._submit_one(fn, tuple(args), dict(kwds or {}), future).result()
 
     def _submit_one(self, fn: Callable[..., Any], args: tuple[Any, ...],
-                    kwargs: dict[str, Any], future: Future[Any]) -> Any:
+                    kwargs: dict[str, Any], future: F) -> F:
         if not callable(fn):
             raise TypeError(f"the task's function must be callable, not {fn!r}")
+        future._waiter = self._waiter
         job = OneJob(self._scheduler, fn, CALL_KW, self.retries, (args, kwargs), future)
         with self._scheduler.lock:
             self._check_open()

@@ -23,7 +23,9 @@ ErrorPayload = tuple[bytes | None, str, str, str | None]
 
 def _type_name(exc: BaseException) -> str:
     cls = type(exc)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def capture(exc: BaseException, by_value: bool = False) -> ErrorPayload:

@@ -65,12 +65,14 @@ def dumps(obj: Any, by_value: bool = False) -> bytes:
             return pickle.dumps(obj, PROTOCOL)
         except Exception:
             pass
-    return cloudpickle.dumps(obj, PROTOCOL)
+    data: bytes = cloudpickle.dumps(obj, PROTOCOL)
+    return data
 
 
 def dumps_function(fn: Callable[..., Any]) -> bytes:
     """Pickle a function by value where it has to be (cloudpickle)."""
-    return cloudpickle.dumps(fn, PROTOCOL)
+    data: bytes = cloudpickle.dumps(fn, PROTOCOL)
+    return data
 
 
 loads = pickle.loads

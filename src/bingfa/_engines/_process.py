@@ -34,10 +34,11 @@ import signal
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._errors import InitializerError, PoolClosedError, TaskTimeoutError, WorkerCrashedError
+from .._futures import Future
 from .._jobs import Batch, Job, Scheduler
 from .._remote_tb import rebuild
 from .._run import CALL_KW, CALL_STAR
@@ -145,6 +146,13 @@ class ProcessEngine(Engine):
         self._init_failed = False
         self._seq = 0
         self._manager: threading.Thread | None = None
+        self._done = False
+        # Leader/follower: whoever holds _poll_lock runs _step. The manager
+        # usually does; a caller blocked on a result may take over (wait_for).
+        self._poll_lock = threading.Lock()
+        self._lead_mutex = threading.Lock()
+        self._lead_cond = threading.Condition(threading.Lock())
+        self._lead_wanted = False
         self._register(self._wake_r, _WAKE, None)
         scheduler.wake = self.wake
 
@@ -196,6 +204,41 @@ class ProcessEngine(Engine):
     def alive(self) -> bool:
         return self._manager is not None and self._manager.is_alive()
 
+    def wait_for(self, future: Future[Any], timeout: float | None) -> None:
+        """Wait for ``future`` by polling the workers in this thread.
+
+        Without this, a result travels worker -> manager thread -> waiting
+        thread, and the second hop (a wake-up and a GIL hand-over) costs about
+        as much as the rest of the round trip. Here the waiting thread takes
+        the manager's place, reads the result itself and returns at once. Only
+        one caller leads at a time; others, and the manager thread itself,
+        wait as usual. Returns when the future is done, the timeout passed, or
+        the engine stopped.
+        """
+        if (future.done() or self._done or self._manager is None
+                or threading.current_thread() is self._manager
+                or not self._lead_mutex.acquire(blocking=False)):
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            with self._lead_cond:
+                self._lead_wanted = True
+            self._poke()
+            with self._poll_lock, _deferred_sigint(self._poke) as interrupted:
+                while not future.done() and not self._done and not interrupted:
+                    wait = None
+                    if deadline is not None:
+                        wait = deadline - time.monotonic()
+                        if wait <= 0:
+                            break
+                    if not self._step(wait):
+                        self._done = True
+        finally:
+            with self._lead_cond:
+                self._lead_wanted = False
+                self._lead_cond.notify_all()
+            self._lead_mutex.release()
+
     # --- starting and stopping workers -------------------------------------------
     def _start_proc(self, slot: int) -> None:
         """Start a worker process in ``slot`` (lock held)."""
@@ -218,8 +261,8 @@ class ProcessEngine(Engine):
                                   if fd >= 0]
         boot = WorkerBoot(slot, task_r, result_w, progress_fd, os.getpid(), self._init,
                           self._by_value, close_fds)
-        process = self._ctx.Process(target=worker_main, args=(boot,),
-                                    name=f"bingfa-worker-{slot}", daemon=False)
+        process = self._ctx.Process(  # type: ignore[attr-defined]
+            target=worker_main, args=(boot,), name=f"bingfa-worker-{slot}", daemon=False)
         try:
             process.start()
         finally:
@@ -282,7 +325,8 @@ class ProcessEngine(Engine):
             mm = p.progress.obj
             p.progress.release()
             p.progress = None
-            mm.close()  # type: ignore[union-attr]
+            if isinstance(mm, mmap.mmap):
+                mm.close()
         if p in self._dying:
             self._dying.remove(p)
         if self._slots[p.slot] is p:
@@ -412,8 +456,17 @@ class ProcessEngine(Engine):
     # --- the manager thread ----------------------------------------------------------
     def _manage(self) -> None:
         try:
-            while self._step():
-                pass
+            while True:
+                with self._poll_lock:
+                    if self._done or not self._step(None):
+                        self._done = True
+                        return
+                if self._lead_wanted:
+                    # A caller waiting on a result polls in our place (see
+                    # wait_for); stand aside until it is done.
+                    with self._lead_cond:
+                        while self._lead_wanted:
+                            self._lead_cond.wait()
         except BaseException as exc:  # a bug here must not hang the callers
             self.break_pool(PoolClosedError(f"bingfa's process manager failed: {exc!r}"), exc)
             with self._lock:
@@ -425,9 +478,16 @@ class ProcessEngine(Engine):
         finally:
             self._close_everything()
 
-    def _step(self) -> bool:
-        """One turn of the manager's loop; ``False`` when the engine is done."""
-        events = self._poller.poll(self._poll_timeout())
+    def _step(self, max_wait: float | None) -> bool:
+        """One turn of the manager's loop; ``False`` when the engine is done.
+
+        Run by the manager thread, or by a caller leading in its place, always
+        with ``_poll_lock`` held.
+        """
+        timeout = self._poll_timeout()
+        if max_wait is not None and (timeout < 0 or timeout > max_wait):
+            timeout = max_wait
+        events = self._poller.poll(timeout)
         posts: list[_Post] = []
         exits: list[_Proc] = []
         for fd, _mask in events:
@@ -453,6 +513,8 @@ class ProcessEngine(Engine):
         return not done
 
     def _poll_timeout(self) -> float:
+        if self.config.task_timeout is None and not self._dying:
+            return -1
         with self._lock:
             now = time.monotonic()
             soonest: float | None = None
@@ -461,8 +523,8 @@ class ProcessEngine(Engine):
                     soonest = p.kill_at if soonest is None else min(soonest, p.kill_at)
             timeout = self.config.task_timeout
             if timeout is not None:
-                for p in self._slots:
-                    deadline = self._task_deadline(p, timeout)
+                for slot in self._slots:
+                    deadline = self._task_deadline(slot, timeout)
                     if deadline is not None:
                         soonest = deadline if soonest is None else min(soonest, deadline)
         if soonest is None:
@@ -488,15 +550,15 @@ class ProcessEngine(Engine):
         timeout = self.config.task_timeout
         if timeout is None:
             return
-        for p in list(self._slots):
-            if p is None or p.gone or not p.inflight or p.progress is None:
+        for slot in list(self._slots):
+            if slot is None or slot.gone or not slot.inflight or slot.progress is None:
                 continue
-            head = p.inflight[0]
-            if p.progress[SLOT_SEQ] != head.seq:
+            p, progress, head = slot, slot.progress, slot.inflight[0]
+            if progress[SLOT_SEQ] != head.seq:
                 continue
-            if p.progress[SLOT_STARTED] / 1e9 + timeout > now:
+            if progress[SLOT_STARTED] / 1e9 + timeout > now:
                 continue
-            index = max(0, p.progress[SLOT_INDEX])
+            index = max(0, progress[SLOT_INDEX])
             task = head.describe_task(index)
             err = TaskTimeoutError(
                 f"{task} did not finish within {timeout} s; its worker (slot {p.slot}, "
@@ -641,7 +703,7 @@ class ProcessEngine(Engine):
             if batch is None:
                 return
             body = memoryview(payload)[DONE.size:]
-            posts.append(lambda: _deliver(batch, body, elapsed))
+            posts.append(_delivery(batch, body, elapsed))
             if p.retiring and not p.inflight:
                 self._retire(p)
                 if not self._draining and self._can_restart():
@@ -730,6 +792,51 @@ class ProcessEngine(Engine):
 _WAKE, _RESULT, _EXIT, _WRITE = range(4)
 
 
+class _Interrupted:
+    """Truthy once a SIGINT arrived while it was deferred."""
+
+    def __init__(self) -> None:
+        self.hit = False
+
+    def __bool__(self) -> bool:
+        return self.hit
+
+
+@contextlib.contextmanager
+def _deferred_sigint(poke: Callable[[], None]) -> Iterator[_Interrupted]:
+    """Hold back Ctrl-C while a caller runs the manager's loop.
+
+    A KeyboardInterrupt in the middle of reading a frame would lose a result
+    and hang someone else's future. In the main thread, SIGINT is recorded
+    instead, the poll is woken, and the original handler runs as soon as the
+    step in progress is over. Other threads never receive it.
+    """
+    state = _Interrupted()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+    original = signal.getsignal(signal.SIGINT)
+
+    def record(signum: int, frame: Any) -> None:
+        state.hit = True
+        poke()
+
+    try:
+        signal.signal(signal.SIGINT, record)
+    except ValueError:  # not the main interpreter
+        yield state
+        return
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, original)
+        if state.hit:
+            if callable(original):
+                original(signal.SIGINT, None)
+            elif original == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
+
+
 def _run_posts(posts: list[_Post]) -> None:
     for post in posts:
         post()
@@ -737,6 +844,10 @@ def _run_posts(posts: list[_Post]) -> None:
 
 def _requeue_all(batch: Batch) -> _Post:
     return lambda: batch.job.requeue(batch, range(len(batch.items)), one_by_one=False)
+
+
+def _delivery(batch: Batch, body: memoryview, elapsed: float) -> _Post:
+    return lambda: _deliver(batch, body, elapsed)
 
 
 def _deliver(batch: Batch, body: memoryview, elapsed: float) -> None:
@@ -784,14 +895,12 @@ def _crash_error(p: _Proc, exitcode: int | None, sig: int | None, task: str) -> 
 
 
 def _pickle_initializer(fn: Callable[..., Any], args: tuple[Any, ...]) -> bytes:
-    import cloudpickle
-
-    from .._serialize import serialization_error as _err
+    from .._serialize import dumps_function
 
     try:
-        return cloudpickle.dumps((fn, args))
+        return dumps_function((fn, args))  # type: ignore[arg-type]
     except Exception as exc:
-        raise _err("the initializer or its arguments", fn, exc) from exc
+        raise serialization_error("the initializer or its arguments", fn, exc) from exc
 
 
 def _shared_memory_fd() -> int:

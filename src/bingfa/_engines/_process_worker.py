@@ -111,7 +111,7 @@ class _Writer:
 
     def send(self, *parts: bytes) -> None:
         size = sum(len(p) for p in parts)
-        views = [memoryview(FRAME.pack(size)), *map(memoryview, parts)]
+        views = [memoryview(FRAME.pack(size))] + [memoryview(p) for p in parts]
         while views:
             written = os.writev(self.fd, views)
             while written:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+
 from .._context import CancelFlag, WorkerContext, set_thread_context
 from .._errors import PoolClosedError, TaskTimeoutError
 from .._jobs import Batch, Job, Scheduler
@@ -150,7 +151,9 @@ class ThreadEngine(Engine):
                 while True:
                     if w.abandoned or self._terminated:
                         return
-                    batch = sched.take(self._limit(w), self.workers) if self.broken is None else None
+                    batch = None
+                    if self.broken is None:
+                        batch = sched.take(self._limit(w), self.workers)
                     if batch is not None:
                         break
                     if (self._draining and sched.idle()) or self.broken is not None:
@@ -166,8 +169,10 @@ class ThreadEngine(Engine):
             n = len(batch.items)
             job = batch.job
             t0 = time.perf_counter()
+            errors: list[tuple[int, BaseException]] | None
             try:
-                values, errors = run_batch(job.fn, batch.items, job.call)
+                values, caught = run_batch(job.fn, batch.items, job.call)
+                errors = list(caught) if caught else None
             except BaseException as exc:  # SystemExit and friends: fail the batch
                 values = [None] * n
                 errors = [(i, exc) for i in range(n)]
@@ -177,7 +182,7 @@ class ThreadEngine(Engine):
                 w.batch = None
                 if w.abandoned:
                     return  # timed out: the caller has its error, a new thread has the slot
-            job.deliver(batch, values, list(errors) if errors else None, elapsed)
+            job.deliver(batch, values, errors, elapsed)
             w.tasks_done += n
             cap = self.config.max_tasks_per_worker
             if cap is not None and w.tasks_done >= cap:

@@ -1,0 +1,134 @@
+"""The ``bingfa`` command line.
+
+Imports stay inside the subcommands: ``bingfa --version`` must start as fast
+as Python does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+# Optional extras: (extra name, module that proves it is installed)
+EXTRAS = [
+    ("dask", "distributed"),
+    ("ray", "ray"),
+    ("gevent", "gevent"),
+    ("twisted", "twisted"),
+    ("uvloop", "uvloop"),
+    ("bench: mpire", "mpire"),
+    ("bench: joblib", "joblib"),
+    ("bench: loky", "loky"),
+    ("bench: pebble", "pebble"),
+    ("bench: rpyc", "rpyc"),
+    ("bench: Pyro5", "Pyro5"),
+]
+
+
+def _version() -> str:
+    from ._version import __version__
+
+    return __version__
+
+
+def _installed(module: str) -> str | None:
+    """The version of an installed module, or None, without importing it."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        return None
+    dist = {"distributed": "distributed", "Pyro5": "Pyro5"}.get(module, module)
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "installed"
+
+
+def info() -> str:
+    """What ``bingfa info`` prints: this machine as bingfa sees it."""
+    import multiprocessing
+    import os
+    import platform
+
+    from ._engines import mode_names
+    from ._engines._process import default_start_method
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    lines = [
+        f"bingfa {_version()}",
+        f"python {platform.python_version()} ({platform.python_implementation()}) "
+        f"on {platform.system()} {platform.release()} {platform.machine()}",
+        f"cores: {os.cpu_count()} (usable by this process: {usable})",
+        f"start methods: {', '.join(multiprocessing.get_all_start_methods())} "
+        f"(default: {default_start_method()})",
+        f"modes: {', '.join(mode_names())}",
+        "optional extras:",
+    ]
+    for extra, module in EXTRAS:
+        version = _installed(module)
+        state = version if version else "not installed"
+        lines.append(f"  {extra:<14} {state}")
+    return "\n".join(lines)
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def demo(n: int, mode: str, workers: int | None) -> str:
+    """What ``bingfa demo`` prints: a small map, checked and timed."""
+    import time
+
+    from ._pool import Pool
+
+    with Pool(workers, mode=mode) as pool:
+        start = time.perf_counter()
+        results = pool.map(_square, range(n))
+        elapsed = time.perf_counter() - start
+        workers = pool.workers
+    expected = sum(x * x for x in range(n))
+    status = "ok" if sum(results) == expected else "WRONG"
+    return (f"map(x*x) over {n:,} items on {workers} {mode} workers: "
+            f"{elapsed * 1e3:.1f} ms, sum {sum(results):,} ({status})")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bingfa", description="bingfa (并发): one fast API for Python concurrency.")
+    parser.add_argument("--version", action="version", version=f"bingfa {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("info", help="show Python, cores, start methods and installed extras")
+    demo_p = sub.add_parser("demo", help="run a small parallel map and check its result")
+    demo_p.add_argument("-n", type=int, default=100_000, help="items to map (default 100000)")
+    demo_p.add_argument("--mode", default="process", choices=["thread", "process"])
+    demo_p.add_argument("-j", "--workers", type=int, default=None, help="workers (default: cores)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``bingfa`` command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        print(info())
+        return 0
+    if args.command == "demo":
+        if args.n < 0:
+            parser.error("-n must be >= 0")
+        if args.workers is not None and args.workers <= 0:
+            parser.error("--workers must be a positive integer")
+        print(demo(args.n, args.mode, args.workers))
+        return 0
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

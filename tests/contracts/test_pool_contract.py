@@ -1,0 +1,848 @@
+"""The Pool contract: the same cases run on every mode (see the ``mode`` fixture).
+
+A test that needs something only one mode can give (a thread-only Event to
+unblock a stuck task, process ids) branches on ``mode`` for that part only; the
+behaviour asserted is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import os
+import queue
+import threading
+import traceback
+from pathlib import Path
+
+import pytest
+from conftest import wait_until
+
+import bingfa as bf
+
+# --- task functions (module level: importable by reference in workers) ---------------
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b=0, *, c=0):
+    return a + b + c
+
+
+def getpid(_=None):
+    return os.getpid()
+
+
+class Boom(Exception):
+    """A task's own exception type."""
+
+
+def fail_on(x, bad):
+    if x in bad:
+        raise Boom(f"bad item {x}")
+    return x * x
+
+
+def raise_it(exc):
+    raise exc
+
+
+def raise_boom(message):
+    raise Boom(message)
+
+
+def identity_worker(x):
+    return bf.worker_id(), bf.worker_state(), x
+
+
+def init_state(tag):
+    return {"tag": tag, "pid": os.getpid()}
+
+
+def who(x):
+    return x, os.getpid(), bf.worker_id()
+
+
+def block_forever():
+    # Stands in for a task that never returns. The wait is a safety net only:
+    # the pool kills the worker (process mode) long before it passes.
+    threading.Event().wait(60)
+    return "woke up"
+
+
+def first_attempt_blocks(marker, gate=None):
+    """Blocks on the first attempt (leaving a marker); returns on the second."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("first attempt")
+        if gate is not None:
+            gate.wait(60)
+        else:
+            block_forever()
+        return "first attempt returned"
+    return "second attempt"
+
+
+def inner_pool_sum(n, inner_mode):
+    with bf.Pool(2, mode=inner_mode) as pool:
+        squares = pool.map(square, range(n))
+        ids = set(pool.map(lambda _: bf.worker_id(), range(8), chunksize=1))
+    return sum(squares), ids
+
+
+class Calculator:
+    factor = 3
+
+    def __init__(self, offset):
+        self.offset = offset
+
+    def shift(self, x):
+        return x + self.offset
+
+    @classmethod
+    def scale(cls, x):
+        return x * cls.factor
+
+    @staticmethod
+    def negate(x):
+        return -x
+
+
+def make_closure(k):
+    def times_k(x):
+        return x * k
+
+    return times_k
+
+
+# --- submit, apply_async ---------------------------------------------------------------
+
+
+def test_submit_returns_future_with_result(mode):
+    with bf.Pool(2, mode=mode) as pool:
+        fut = pool.submit(add, 1, 2, c=4)
+        assert isinstance(fut, bf.Future)
+        assert isinstance(fut, concurrent.futures.Future)
+        assert fut.result() == 7
+        assert fut.done()
+        assert fut.exception() is None
+        assert [f.result() for f in [pool.submit(square, i) for i in range(20)]] == [
+            i * i for i in range(20)]
+
+
+def test_apply_and_apply_async(mode):
+    results: queue.Queue = queue.Queue()
+    errors: queue.Queue = queue.Queue()
+    with bf.Pool(2, mode=mode) as pool:
+        assert pool.apply(add, (1, 2), {"c": 3}) == 6
+        ok = pool.apply_async(add, (2, 3), {"c": 1}, callback=results.put,
+                              error_callback=errors.put)
+        bad = pool.apply_async(raise_boom, ("from apply_async",), callback=results.put,
+                               error_callback=errors.put)
+        assert isinstance(ok, bf.AsyncResult)
+        assert ok.get(timeout=30) == 6
+        assert results.get(timeout=30) == 6
+        err = errors.get(timeout=30)
+        assert isinstance(err, Boom)
+        assert "from apply_async" in str(err)
+        with pytest.raises(Boom):
+            bad.get(timeout=30)
+        ok.wait(30)
+        assert ok.ready()
+        assert ok.successful()
+        assert not bad.successful()
+    assert results.empty()
+    assert errors.empty()
+
+
+def test_async_result_successful_before_ready_raises(mode, tmp_path):
+    marker = tmp_path / "started"
+    gate = threading.Event() if mode == "thread" else None
+    try:
+        with bf.Pool(1, mode=mode) as pool:
+            res = pool.apply_async(first_attempt_blocks, (str(marker), gate))
+            assert wait_until(marker.exists, timeout=30)
+            assert not res.ready()
+            with pytest.raises(ValueError, match="not ready"):
+                res.successful()
+            if gate is not None:
+                gate.set()
+                assert res.get(timeout=30) == "first attempt returned"
+                assert res.successful()
+            else:
+                pool.terminate()
+                assert isinstance(res.exception(), bf.PoolClosedError)
+    finally:
+        if gate is not None:
+            gate.set()
+
+
+# --- the map family --------------------------------------------------------------------
+
+
+def test_map(mode):
+    with bf.Pool(2, mode=mode) as pool:
+        assert pool.map(square, range(100)) == [i * i for i in range(100)]
+        assert pool.map(square, (i for i in range(10))) == [i * i for i in range(10)]
+
+
+def test_starmap(mode):
+    with bf.Pool(2, mode=mode) as pool:
+        assert pool.starmap(add, [(1, 2), (3, 4), (5,)]) == [3, 7, 5]
+        assert pool.starmap(add, zip(range(50), range(50), strict=True)) == [
+            2 * i for i in range(50)]
+
+
+def test_imap_is_ordered(mode):
+    with bf.Pool(2, mode=mode) as pool:
+        assert list(pool.imap(square, range(200))) == [i * i for i in range(200)]
+        assert list(pool.imap(square, iter(range(30)), chunksize=4)) == [
+            i * i for i in range(30)]
+
+
+def test_istarmap(mode):
+    with bf.Pool(2, mode=mode) as pool:
+        assert list(pool.istarmap(add, [(i, i) for i in range(40)])) == [
+            2 * i for i in range(40)]
+
+
+def test_imap_unordered(mode):
+    with bf.Pool(2, mode=mode) as pool:
+        got = list(pool.imap_unordered(square, range(200)))
+        assert sorted(got) == [i * i for i in range(200)]
+
+
+@pytest.mark.parametrize("chunksize", [1, 3, 7, 1000, "auto"])
+def test_map_chunksizes(mode, chunksize):
+    with bf.Pool(2, mode=mode) as pool:
+        expected = [i * i for i in range(101)]
+        assert pool.map(square, range(101), chunksize=chunksize) == expected
+        assert list(pool.imap(square, range(101), chunksize=chunksize)) == expected
+        assert sorted(pool.imap_unordered(square, range(101), chunksize=chunksize)) == expected
+        assert pool.starmap(add, [(i, i) for i in range(101)], chunksize=chunksize) == [
+            2 * i for i in range(101)]
+
+
+def test_empty_inputs(mode):
+    with bf.Pool(2, mode=mode) as pool:
+        assert pool.map(square, []) == []
+        assert pool.map(square, iter(())) == []
+        assert pool.starmap(add, []) == []
+        assert list(pool.imap(square, [])) == []
+        assert list(pool.imap(square, iter([]))) == []
+        assert list(pool.imap_unordered(square, [])) == []
+        assert list(pool.istarmap(add, [])) == []
+        # the pool still works after empty calls
+        assert pool.map(square, [3]) == [9]
+
+
+# --- what can be a task ----------------------------------------------------------------
+
+
+def test_lambdas_closures_nested_functions_and_methods(mode):
+    k = 5
+
+    def nested(x):
+        return x + k
+
+    calc = Calculator(10)
+    with bf.Pool(2, mode=mode) as pool:
+        assert pool.submit(lambda x: x * 2, 21).result() == 42
+        assert pool.map(lambda x: x + 1, range(5)) == [1, 2, 3, 4, 5]
+        assert pool.map(nested, range(3)) == [5, 6, 7]
+        assert pool.map(make_closure(4), range(3)) == [0, 4, 8]
+        assert pool.submit(calc.shift, 1).result() == 11
+        assert pool.map(calc.shift, range(3)) == [10, 11, 12]
+        assert pool.map(Calculator.scale, range(3)) == [0, 3, 6]
+        assert pool.map(Calculator.negate, range(3)) == [0, -1, -2]
+        assert pool.submit(Calculator.scale, 2).result() == 6
+        assert list(pool.imap(lambda x: -x, range(3))) == [0, -1, -2]
+        assert pool.apply_async(lambda: "lambda via apply_async").get(30) == (
+            "lambda via apply_async")
+
+
+def test_local_class_instances_travel(mode):
+    class Point:
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+        def norm1(self):
+            return abs(self.x) + abs(self.y)
+
+    with bf.Pool(2, mode=mode) as pool:
+        assert pool.map(Point.norm1, [Point(1, -2), Point(3, 4)]) == [3, 7]
+        back = pool.submit(lambda: Point(5, 6)).result()
+        assert (back.x, back.y) == (5, 6)
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+def test_task_exception_keeps_type_and_traceback(mode):
+    original = Boom("kaboom 42")
+    with bf.Pool(2, mode=mode) as pool:
+        fut = pool.submit(raise_it, original)
+        with pytest.raises(Boom, match="kaboom 42") as info:
+            fut.result()
+    exc = info.value
+    assert type(exc) is Boom
+    if mode == "process":
+        cause = exc.__cause__
+        assert isinstance(cause, bf.RemoteTraceback)
+        assert "raise_it" in cause.text
+        assert "kaboom 42" in cause.text
+        assert "Traceback" in cause.text
+        assert "raise_it" in str(cause)
+    else:
+        assert exc is original
+        frames = [f.name for f in traceback.extract_tb(exc.__traceback__)]
+        assert "raise_it" in frames
+
+
+def test_task_exception_in_map_keeps_type(mode):
+    with bf.Pool(2, mode=mode) as pool, pytest.raises(Boom, match="bad item 4") as info:
+        pool.map(lambda x: fail_on(x, {4}), range(10))
+    if mode == "process":
+        assert isinstance(info.value.__cause__, bf.RemoteTraceback)
+        assert "fail_on" in info.value.__cause__.text
+
+
+def test_map_raises_the_first_error(mode):
+    # One worker and chunks of one: tasks run in input order, so the first
+    # error is both the earliest in the input and the first to happen.
+    with bf.Pool(1, mode=mode) as pool:
+        with pytest.raises(Boom, match=r"bad item 3$"):
+            pool.map(lambda x: fail_on(x, {3, 7, 15}), range(20), chunksize=1)
+        with pytest.raises(Boom, match=r"bad item 3$"):
+            pool.starmap(fail_on, [(x, {3, 7, 15}) for x in range(20)], chunksize=1)
+        # and the pool is still usable
+        assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+
+
+def test_map_error_with_several_workers_is_one_of_the_failures(mode):
+    with bf.Pool(2, mode=mode) as pool, pytest.raises(Boom) as info:
+        pool.map(lambda x: fail_on(x, {10, 60}), range(100))
+    assert str(info.value) in {"bad item 10", "bad item 60"}
+
+
+def test_imap_continues_after_an_error(mode):
+    with bf.Pool(2, mode=mode) as pool:
+        it = pool.imap(lambda x: fail_on(x, {3, 6}), range(10), chunksize=2)
+        assert [next(it), next(it), next(it)] == [0, 1, 4]
+        with pytest.raises(Boom, match="bad item 3"):
+            next(it)
+        assert next(it) == 16
+        assert next(it) == 25
+        with pytest.raises(Boom, match="bad item 6"):
+            next(it)
+        assert list(it) == [49, 64, 81]
+
+
+def test_imap_unordered_continues_after_an_error(mode):
+    with bf.Pool(2, mode=mode) as pool:
+        it = pool.imap_unordered(lambda x: fail_on(x, {5}), range(20), chunksize=3)
+        values, errors = [], []
+        while True:
+            try:
+                values.append(next(it))
+            except StopIteration:
+                break
+            except Boom as exc:
+                errors.append(str(exc))
+        assert errors == ["bad item 5"]
+        assert sorted(values) == [i * i for i in range(20) if i != 5]
+
+
+def test_imap_unordered_over_an_endless_iterator_is_lazy(mode):
+    pulled = 0
+
+    def endless():
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    with bf.Pool(2, mode=mode) as pool:
+        it = pool.imap_unordered(square, endless())
+        first = list(itertools.islice(it, 50))
+        it.close()
+        assert len(first) == 50
+        assert len(set(first)) == 50
+        assert all(int(v**0.5) ** 2 == v for v in first)
+        assert pulled < 10_000
+        # the pool is still usable after the iterator was closed
+        assert pool.map(square, range(3)) == [0, 1, 4]
+    assert pulled < 10_000
+
+
+def test_imap_over_an_endless_iterator_is_lazy(mode):
+    counter = itertools.count()
+    pulled = []
+
+    def endless():
+        for i in counter:
+            pulled.append(i)
+            yield i
+
+    with bf.Pool(2, mode=mode) as pool:
+        it = pool.imap(square, endless(), chunksize=2)
+        assert list(itertools.islice(it, 50)) == [i * i for i in range(50)]
+        it.close()
+        assert len(pulled) < 10_000
+
+
+# --- workers: initializer, state, id, recycling -----------------------------------------
+
+
+def test_initializer_state_and_worker_id(mode):
+    with bf.Pool(2, mode=mode, initializer=init_state, initargs=("model-v1",)) as pool:
+        results = pool.map(identity_worker, range(40), chunksize=1)
+    assert [x for _, _, x in results] == list(range(40))
+    for wid, state, _ in results:
+        assert wid in (0, 1)
+        assert state["tag"] == "model-v1"
+    if mode == "process":
+        # each worker process built its own state
+        assert {state["pid"] for _, state, _ in results} <= {
+            s["pid"] for _, s, _ in results}
+        assert all(state["pid"] != os.getpid() for _, state, _ in results)
+
+
+def refuse_to_start():
+    raise Boom("the initializer failed")
+
+
+@pytest.mark.timeout(30)
+def test_failing_initializer(mode):
+    with bf.Pool(2, mode=mode, initializer=refuse_to_start) as pool:
+        with pytest.raises(bf.InitializerError) as info:
+            pool.submit(square, 2).result(timeout=30)
+        assert "the initializer failed" in str(info.value) or isinstance(
+            info.value.__cause__, Boom)
+        with pytest.raises(bf.InitializerError):
+            pool.map(square, range(4))
+    assert issubclass(bf.InitializerError, RuntimeError)
+
+
+def test_worker_id_in_range(mode):
+    with bf.Pool(3, mode=mode) as pool:
+        ids = pool.map(lambda _: bf.worker_id(), range(60), chunksize=1)
+    assert set(ids) <= {0, 1, 2}
+
+
+def test_context_outside_a_worker():
+    assert bf.worker_id() is None
+    assert bf.cancelled() is False
+    with pytest.raises(RuntimeError):
+        bf.worker_state()
+
+
+def test_worker_state_is_none_without_initializer(mode):
+    with bf.Pool(1, mode=mode) as pool:
+        assert pool.submit(bf.worker_state).result() is None
+
+
+_seen_threads: list[threading.Thread] = []
+
+
+def record_thread(x):
+    _seen_threads.append(threading.current_thread())
+    return x, os.getpid()
+
+
+def test_max_tasks_per_worker_replaces_workers(mode):
+    _seen_threads.clear()
+    with bf.Pool(1, mode=mode, max_tasks_per_worker=2) as pool:
+        results = pool.map(record_thread, range(6), chunksize=1)
+        more = [pool.submit(record_thread, i).result() for i in range(6, 10)]
+    assert [x for x, _ in results + more] == list(range(10))
+    if mode == "process":
+        pids = {pid for _, pid in results}
+        assert len(pids) >= 3
+        assert os.getpid() not in pids
+        assert len({pid for _, pid in results + more}) >= 5
+    else:
+        assert len({id(t) for t in _seen_threads}) >= 5
+    _seen_threads.clear()
+
+
+# --- progress ------------------------------------------------------------------------------
+
+
+def test_progress_bar(mode, capsys):
+    with bf.Pool(2, mode=mode) as pool:
+        assert pool.map(square, range(30), progress=True) == [i * i for i in range(30)]
+        assert list(pool.imap(square, range(30), progress=True)) == [i * i for i in range(30)]
+    assert bf.map(square, range(10), mode=mode, workers=2, progress=True) == [
+        i * i for i in range(10)]
+    err = capsys.readouterr().err
+    assert "30" in err
+
+
+def test_progress_callable(mode):
+    calls = []
+    with bf.Pool(2, mode=mode) as pool:
+        assert pool.map(square, range(25), progress=lambda d, t: calls.append((d, t))) == [
+            i * i for i in range(25)]
+    assert calls
+    assert calls[-1] == (25, 25)
+    assert all(t == 25 for _, t in calls)
+    dones = [d for d, _ in calls]
+    assert dones == sorted(dones)
+
+    calls.clear()
+    with bf.Pool(2, mode=mode) as pool:
+        assert list(pool.imap(square, range(25), progress=lambda d, t: calls.append((d, t)))
+                    ) == [i * i for i in range(25)]
+    assert calls[-1] == (25, 25)
+
+
+def test_progress_rejects_garbage(mode):
+    with bf.Pool(1, mode=mode) as pool, pytest.raises(TypeError):
+        pool.map(square, range(3), progress="yes please")
+
+
+# --- timeouts and retries ------------------------------------------------------------------
+
+
+def _block_on_three(gate):
+    """A task that blocks on item 3: on ``gate`` if given, else for good."""
+
+    def maybe_block(x):
+        if x == 3:
+            if gate is not None:
+                gate.wait(60)
+            else:
+                block_forever()
+        return x * x
+
+    return maybe_block
+
+
+@pytest.mark.timeout(30)
+def test_task_timeout(mode):
+    gate = threading.Event()
+    seen = []
+    finished = threading.Event()
+
+    def stuck():
+        gate.wait(60)
+        seen.append(bf.cancelled())
+        finished.set()
+        return "too late"
+
+    task = stuck if mode == "thread" else block_forever
+    with bf.Pool(2, mode=mode, task_timeout=1.0) as pool:
+        fut = pool.submit(task)
+        try:
+            with pytest.raises(bf.TaskTimeoutError) as info:
+                fut.result(timeout=30)
+            assert isinstance(info.value, TimeoutError)
+            assert info.value.timeout == 1.0
+            assert info.value.task
+            # the pool carries on
+            assert pool.map(square, range(10)) == [i * i for i in range(10)]
+        finally:
+            gate.set()
+    if mode == "thread":
+        assert finished.wait(30)
+        assert seen == [True]
+
+
+@pytest.mark.timeout(30)
+def test_task_timeout_fails_only_that_task(mode):
+    gate = threading.Event()
+    maybe_block = _block_on_three(gate if mode == "thread" else None)
+
+    with bf.Pool(2, mode=mode, task_timeout=1.0) as pool:
+        outcomes = {}
+        try:
+            it = pool.imap(maybe_block, range(8), chunksize=1)
+            for i in range(8):
+                try:
+                    outcomes[i] = next(it)
+                except bf.TaskTimeoutError as exc:
+                    outcomes[i] = exc
+        finally:
+            gate.set()  # leaving the block waits for the abandoned thread
+    assert isinstance(outcomes.pop(3), bf.TaskTimeoutError)
+    assert outcomes == {i: i * i for i in range(8) if i != 3}
+
+
+@pytest.mark.timeout(30)
+def test_retries_rerun_a_timed_out_task(mode, tmp_path):
+    marker = tmp_path / "attempted"
+    gate = threading.Event() if mode == "thread" else None
+    with bf.Pool(1, mode=mode, task_timeout=1.0, retries=1) as pool:
+        try:
+            fut = pool.submit(first_attempt_blocks, str(marker), gate)
+            assert fut.result(timeout=30) == "second attempt"
+        finally:
+            if gate is not None:
+                gate.set()
+    assert marker.read_text() == "first attempt"
+
+
+@pytest.mark.timeout(30)
+def test_without_retries_a_timed_out_task_fails(mode, tmp_path):
+    marker = tmp_path / "attempted"
+    gate = threading.Event() if mode == "thread" else None
+    with bf.Pool(1, mode=mode, task_timeout=1.0) as pool:
+        try:
+            with pytest.raises(bf.TaskTimeoutError):
+                pool.submit(first_attempt_blocks, str(marker), gate).result(timeout=30)
+            assert pool.submit(square, 3).result() == 9
+        finally:
+            if gate is not None:
+                gate.set()
+
+
+# --- nesting and async -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inner_mode", ["thread", "process"])
+def test_nested_pools(mode, inner_mode):
+    with bf.Pool(2, mode=mode) as pool:
+        results = pool.map(lambda n: inner_pool_sum(n, inner_mode), [5, 10], chunksize=1)
+    assert [total for total, _ in results] == [30, 285]
+    for _, ids in results:
+        assert ids <= {0, 1}
+
+
+def test_future_is_awaitable(mode):
+    with bf.Pool(2, mode=mode) as pool:
+
+        async def main():
+            a = await pool.submit(square, 7)
+            b, c = await asyncio.gather(pool.submit(add, 1, 2), pool.submit(square, 3))
+            d = await asyncio.wrap_future(pool.submit(square, 5))
+            e = await pool.apply_async(add, (4, 5))
+            with pytest.raises(Boom, match="awaited"):
+                await pool.submit(raise_boom, "awaited")
+            return a, b, c, d, e
+
+        assert asyncio.run(main()) == (49, 3, 9, 25, 9)
+
+
+def test_future_works_with_concurrent_futures(mode):
+    with bf.Pool(2, mode=mode) as pool:
+        futures = [pool.submit(square, i) for i in range(20)]
+        done, not_done = concurrent.futures.wait(futures, timeout=30)
+        assert not not_done
+        assert sorted(f.result() for f in done) == [i * i for i in range(20)]
+        futures = [pool.submit(square, i) for i in range(20)]
+        got = [f.result() for f in concurrent.futures.as_completed(futures, timeout=30)]
+        assert sorted(got) == [i * i for i in range(20)]
+        bad = pool.submit(raise_boom, "waited")
+        concurrent.futures.wait([bad], timeout=30, return_when=concurrent.futures.FIRST_EXCEPTION)
+        assert isinstance(bad.exception(), Boom)
+
+
+# --- bad input, lifecycle ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"workers": 0}, "workers"),
+        ({"workers": -1}, "workers"),
+        ({"task_timeout": -1}, "task_timeout"),
+        ({"task_timeout": 0}, "task_timeout"),
+        ({"retries": -1}, "retries"),
+        ({"max_tasks_per_worker": 0}, "max_tasks_per_worker"),
+    ],
+)
+def test_bad_pool_arguments(mode, kwargs, name):
+    kwargs = dict(kwargs)
+    workers = kwargs.pop("workers", 1)
+    with pytest.raises(ValueError, match=name):
+        bf.Pool(workers, mode=mode, **kwargs)
+
+
+def test_unknown_mode():
+    with pytest.raises(ValueError, match="mode"):
+        bf.Pool(1, mode="quantum")
+    with pytest.raises(ValueError, match="mode"):
+        bf.map(square, [1], mode="quantum")
+
+
+def test_bad_chunksize(mode):
+    with bf.Pool(1, mode=mode) as pool:
+        for bad in (0, -1, "big"):
+            with pytest.raises(ValueError, match="chunksize"):
+                pool.map(square, range(3), chunksize=bad)
+            with pytest.raises(ValueError, match="chunksize"):
+                pool.imap(square, range(3), chunksize=bad)
+            with pytest.raises(ValueError, match="chunksize"):
+                pool.imap_unordered(square, range(3), chunksize=bad)
+            with pytest.raises(ValueError, match="chunksize"):
+                pool.starmap(add, [(1, 2)], chunksize=bad)
+        assert pool.map(square, range(3)) == [0, 1, 4]
+    with pytest.raises(ValueError, match="chunksize"):
+        bf.map(square, range(3), mode=mode, workers=1, chunksize=0)
+    with pytest.raises(ValueError, match="chunksize"):
+        list(bf.imap(square, range(3), mode=mode, workers=1, chunksize=0))
+
+
+def test_non_callable_task(mode):
+    with bf.Pool(1, mode=mode) as pool:
+        with pytest.raises(TypeError):
+            pool.submit(42)
+        with pytest.raises(TypeError):
+            pool.map("not a function", range(3))
+
+
+@pytest.mark.parametrize("how", ["close", "shutdown", "terminate"])
+def test_submitting_after_close_raises(mode, how):
+    pool = bf.Pool(1, mode=mode)
+    fut = pool.submit(square, 4)
+    assert fut.result() == 16
+    getattr(pool, how)()
+    with pytest.raises(bf.PoolClosedError):
+        pool.submit(square, 1)
+    with pytest.raises(bf.PoolClosedError):
+        pool.apply_async(square, (1,))
+    with pytest.raises(bf.PoolClosedError):
+        pool.map(square, range(3))
+    with pytest.raises(bf.PoolClosedError):
+        pool.imap(square, range(3))
+    with pytest.raises(bf.PoolClosedError):
+        pool.starmap(add, [(1, 2)])
+    if how == "close":
+        pool.join()
+    assert isinstance(bf.PoolClosedError("x"), RuntimeError)
+
+
+def test_join_needs_close(mode):
+    pool = bf.Pool(2, mode=mode)
+    futures = [pool.submit(square, i) for i in range(10)]
+    with pytest.raises(ValueError, match="close"):
+        pool.join()
+    pool.close()
+    pool.join()
+    assert [f.result() for f in futures] == [i * i for i in range(10)]
+
+
+def test_close_lets_submitted_work_finish(mode):
+    pool = bf.Pool(2, mode=mode)
+    futures = [pool.submit(square, i) for i in range(30)]
+    pool.close()
+    pool.join()
+    assert [f.result(timeout=0) for f in futures] == [i * i for i in range(30)]
+
+
+def test_shutdown_waits_for_work(mode):
+    pool = bf.Pool(2, mode=mode)
+    futures = [pool.submit(square, i) for i in range(30)]
+    pool.shutdown(wait=True)
+    assert [f.result(timeout=0) for f in futures] == [i * i for i in range(30)]
+
+
+def test_with_block_exit_waits_for_submitted_work(mode):
+    with bf.Pool(2, mode=mode) as pool:
+        futures = [pool.submit(square, i) for i in range(30)]
+    assert all(f.done() for f in futures)
+    assert [f.result() for f in futures] == [i * i for i in range(30)]
+
+
+@pytest.mark.timeout(30)
+def test_with_block_exit_on_exception_terminates(mode, tmp_path):
+    marker = tmp_path / "started"
+    gate = threading.Event() if mode == "thread" else None
+    futures = []
+
+    def leave_with_an_error():
+        with bf.Pool(1, mode=mode) as pool:
+            futures.append(pool.submit(first_attempt_blocks, str(marker), gate))
+            futures.extend(pool.submit(square, i) for i in range(5))
+            assert wait_until(marker.exists, timeout=30)
+            raise KeyError("leaving")
+
+    try:
+        with pytest.raises(KeyError, match="leaving"):
+            leave_with_an_error()
+    finally:
+        if gate is not None:
+            gate.set()
+    running, *queued = futures
+    # the block did not wait for the stuck task: it failed it
+    assert running.done()
+    assert isinstance(running.exception(), bf.PoolClosedError)
+    for fut in queued:
+        assert fut.done()
+        assert fut.cancelled() or isinstance(fut.exception(), bf.PoolClosedError)
+
+
+@pytest.mark.timeout(30)
+def test_terminate_then_leaving_the_block_does_not_wait(mode, tmp_path):
+    """After terminate() the stuck task is abandoned (thread) or killed (process)."""
+    marker = tmp_path / "started"
+    gate = threading.Event() if mode == "thread" else None
+    left = threading.Event()
+    outcome = {}
+
+    def body():
+        try:
+            with bf.Pool(1, mode=mode) as pool:
+                fut = pool.submit(first_attempt_blocks, str(marker), gate)
+                assert wait_until(marker.exists, timeout=30)
+                pool.terminate()
+                outcome["error"] = fut.exception(timeout=30)
+        except BaseException as exc:
+            outcome["raised"] = exc
+        finally:
+            left.set()
+
+    runner = threading.Thread(target=body)
+    runner.start()
+    try:
+        # A hang detector, not a speed requirement.
+        assert left.wait(5), "leaving the block after terminate() waited for a stuck task"
+    finally:
+        if gate is not None:
+            gate.set()
+        runner.join()
+    assert "raised" not in outcome, outcome
+    assert isinstance(outcome["error"], bf.PoolClosedError)
+
+
+def test_repr(mode):
+    with bf.Pool(2, mode=mode) as pool:
+        assert mode in repr(pool)
+        assert "bingfa" in repr(pool.submit(square, 2))
+
+
+# --- one-shot helpers -----------------------------------------------------------------------
+
+
+def test_bf_map(mode):
+    assert bf.map(square, range(20), mode=mode, workers=2) == [i * i for i in range(20)]
+    assert bf.map(lambda x: x - 1, range(5), mode=mode, workers=2, chunksize=2) == [
+        -1, 0, 1, 2, 3]
+    with pytest.raises(Boom, match="bad item 2"):
+        bf.map(lambda x: fail_on(x, {2}), range(5), mode=mode, workers=2)
+    assert bf.map(square, [], mode=mode, workers=1) == []
+
+
+def test_bf_map_takes_pool_options(mode):
+    got = bf.map(identity_worker, range(6), mode=mode, workers=2, initializer=init_state,
+                 initargs=("opt",))
+    assert [x for _, _, x in got] == list(range(6))
+    assert all(state["tag"] == "opt" for _, state, _ in got)
+
+
+def test_bf_imap(mode):
+    assert list(bf.imap(square, range(20), mode=mode, workers=2)) == [
+        i * i for i in range(20)]
+    assert sorted(bf.imap(square, range(20), mode=mode, workers=2, ordered=False)) == [
+        i * i for i in range(20)]
+    assert list(bf.imap(lambda x: x, [], mode=mode, workers=1)) == []
+
+
+def test_bf_imap_closed_early_stops_its_pool(mode):
+    it = bf.imap(square, itertools.count(), mode=mode, workers=2)
+    assert [next(it) for _ in range(10)] == [i * i for i in range(10)]
+    it.close()
