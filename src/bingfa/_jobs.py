@@ -105,9 +105,17 @@ class Job:
             with self.scheduler.lock:
                 self._again.append(Batch(self, [item], [index], batch.attempts + 1))
                 self.scheduler.activate(self)
-            self.scheduler.wake()
+            self._woken()
             return
         self._fail_one(index, error)
+
+    def _woken(self) -> None:
+        """Tell the engine work came back, or fail it if the pool is broken."""
+        broken = self.scheduler.broken
+        if broken is not None:
+            self.abort(broken)
+        else:
+            self.scheduler.wake()
 
     def requeue(self, batch: Batch, local_indices: Sequence[int], one_by_one: bool) -> None:
         """Run these tasks of ``batch`` again, without charging a retry.
@@ -129,7 +137,7 @@ class Job:
             else:
                 self._again.append(Batch(self, items, indices, batch.attempts))
             self.scheduler.activate(self)
-        self.scheduler.wake()
+        self._woken()
 
     def abort(self, error: BaseException) -> None:
         """The pool stopped: fail whatever of this job has not finished."""
@@ -189,10 +197,17 @@ class OneJob(Job):
         with self.scheduler.lock:
             self.cancelled = True
             self._again.clear()
+            self._pending = False
+        _set_exception(self.future, error)
+
+    def cancel(self) -> None:
+        """Cancel the task if it has not started (``shutdown(cancel_pending=True)``)."""
+        with self.scheduler.lock:
+            self.cancelled = True
+            self._again.clear()
             pending, self._pending = self._pending, False
         if pending:
             self.future.cancel()
-        _set_exception(self.future, error)
 
 
 def _set_result(future: Future[Any], value: Any) -> None:
@@ -239,8 +254,10 @@ class ManyJob(Job):
         # Ordered results: ``map`` keeps a dense list of every result; ``imap``
         # a dict of those not yet handed to the consumer.
         self.slots: list[Any] | None = [None] * size_hint if dense and size_hint else None
-        self._open = True  # counted in scheduler.open_jobs until its input ends
-        scheduler.open_jobs += 1
+        # Why the input was cut short (the pool shut down while an imap was
+        # still reading it); the consumer gets it after the last result.
+        self.input_error: BaseException | None = None
+        scheduler.open_jobs.add(self)  # until its input ends
         self.by_index: dict[int, tuple[bool, Any]] = {}
         self.arrived: deque[tuple[bool, Any]] = deque()  # unordered outcomes
 
@@ -259,9 +276,13 @@ class ManyJob(Job):
         self.cond.notify_all()
 
     def _close_input(self) -> None:
-        if self._open:
-            self._open = False
-            self.scheduler.open_jobs -= 1
+        self.scheduler.open_jobs.discard(self)
+
+    def cut_input(self, error: BaseException) -> None:
+        """Read no more input; the consumer gets ``error`` after the last result (lock held)."""
+        if not self.input_done:
+            self.input_error = error
+            self.finish_input()
 
     # --- scheduling ------------------------------------------------------------
     def _size(self, limit: int | None, workers: int) -> int:
@@ -395,7 +416,10 @@ class Scheduler:
         self._queued: set[int] = set()
         # Jobs whose input may still grow (an imap being consumed): an engine
         # that is draining must not stop while there are any.
-        self.open_jobs = 0
+        self.open_jobs: set[ManyJob] = set()
+        # Set once the pool can run nothing more (its workers cannot start):
+        # every waiting task, and any that comes back later, fails with it.
+        self.broken: BaseException | None = None
         # The engine sets this to be told that work arrived (called unlocked).
         self.wake: Callable[[], None] = _nothing
 
@@ -429,7 +453,7 @@ class Scheduler:
 
     def idle(self) -> bool:
         """Whether nothing is waiting and nothing more can arrive (lock held)."""
-        return self.open_jobs == 0 and not self.has_work()
+        return not self.open_jobs and not self.has_work()
 
     def cancel_all(self) -> list[Job]:
         """Forget every waiting job and return them (lock held)."""

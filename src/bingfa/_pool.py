@@ -27,8 +27,11 @@ F = TypeVar("F", bound=Future[Any])
 Mode = Literal["thread", "process"]
 ChunkSize = int | Literal["auto"]
 
-# How many tasks an imap keeps in flight, per worker and per chunk.
+# How many chunks an imap keeps in flight per worker, and at most how many
+# tasks: enough to keep workers busy, never so many that a lazy or endless
+# input is read far ahead of its consumer.
 IN_FLIGHT_PER_WORKER = 4
+MAX_IN_FLIGHT_PER_WORKER = 1024
 
 
 class AsyncResult(Future[T]):
@@ -168,6 +171,7 @@ class Pool:
         self._engine: Engine = create_engine(mode, self._scheduler, config)
         self._waiter = getattr(self._engine, "wait_for", None)
         self._closed = False
+        self._terminated = False
         self._engine.start()
         _live_engines.add(self._engine)
         self._finalizer = weakref.finalize(self, _shutdown_quietly, self._engine)
@@ -224,8 +228,8 @@ class Pool:
     def _check_open(self) -> None:
         if self._closed:
             raise PoolClosedError("cannot submit work to a pool that has been closed")
-        if self._engine.broken is not None:
-            raise self._engine.broken
+        if self._scheduler.broken is not None:
+            raise self._scheduler.broken
 
     # --- map family -------------------------------------------------------------------
     def map(self, fn: Callable[[T], R], iterable: Iterable[T], chunksize: ChunkSize = AUTO,
@@ -347,6 +351,10 @@ class Pool:
         """
         if not self._closed:
             raise ValueError("join() needs close() first: the pool is still open")
+        if self._terminated:
+            self._engine.join()
+            return
+        self._cut_open_inputs()
         self._engine.shutdown(wait=True)
         self._forget()
 
@@ -358,13 +366,14 @@ class Pool:
             cancel_pending: cancel tasks that have not started yet.
         """
         self._closed = True
+        if self._terminated:
+            return
+        self._cut_open_inputs()
         if cancel_pending:
             with self._scheduler.lock:
                 jobs = self._scheduler.cancel_all()
             for job in jobs:
-                if isinstance(job, OneJob):
-                    job.abort(PoolClosedError("the pool was shut down before the task started"))
-                elif isinstance(job, ManyJob):
+                if isinstance(job, OneJob | ManyJob):
                     job.cancel()
         self._engine.shutdown(wait)
         if wait:
@@ -377,9 +386,20 @@ class Pool:
         cannot be killed and are abandoned (their tasks see
         :func:`bingfa.cancelled`).
         """
-        self._closed = True
+        self._closed = self._terminated = True
         self._engine.terminate()
         self._forget()
+
+    def _cut_open_inputs(self) -> None:
+        # An imap still reading its input when the pool stops would keep the
+        # workers waiting for input nobody may ever pull: stop reading it. Its
+        # consumer still gets every result already submitted, then an error.
+        error = PoolClosedError("the pool was shut down while this imap was still reading "
+                                "its input; the results before this point were delivered")
+        with self._scheduler.lock:
+            for job in list(self._scheduler.open_jobs):
+                job.cut_input(error)
+        self._engine.wake()
 
     def _forget(self) -> None:
         _live_engines.discard(self._engine)
@@ -426,7 +446,8 @@ class _ResultIterator(Iterator[Any]):
         job = self._job
         workers = self._pool.workers
         chunk = job.chunksize if job.chunksize != AUTO else job._size(None, workers)
-        return max(2 * workers, IN_FLIGHT_PER_WORKER * workers * int(chunk))
+        window = IN_FLIGHT_PER_WORKER * workers * int(chunk)
+        return max(2 * workers, min(window, MAX_IN_FLIGHT_PER_WORKER * workers))
 
     def _feed(self) -> None:
         job = self._job
@@ -467,6 +488,8 @@ class _ResultIterator(Iterator[Any]):
                         if job.aborted is not None:
                             raise job.aborted
                         if job.input_done and self._yielded >= job.submitted:
+                            if job.input_error is not None:
+                                raise job.input_error
                             raise StopIteration
                         if not job.input_done and job.outstanding() < self._window() // 2:
                             break  # room for more input
@@ -483,7 +506,7 @@ class _ResultIterator(Iterator[Any]):
             self._finish()
             raise
         except BaseException as exc:
-            if not isinstance(exc, Exception) or job.aborted is not None:
+            if not isinstance(exc, Exception) or exc in (job.aborted, job.input_error):
                 self._finish()
             raise
 

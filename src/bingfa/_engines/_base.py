@@ -41,9 +41,6 @@ class Engine(abc.ABC):
         self.scheduler = scheduler
         self.config = config
         self.workers = config.workers
-        # Set once the pool can run nothing more (an initializer failed); every
-        # waiting and future task fails with it.
-        self.broken: BaseException | None = None
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -69,14 +66,19 @@ class Engine(abc.ABC):
     def alive(self) -> bool:
         """Whether the engine still has workers or a manager running."""
 
+    @property
+    def broken(self) -> BaseException | None:
+        """Why the pool can run nothing more (an initializer failed), or ``None``."""
+        return self.scheduler.broken
+
     def break_pool(self, error: BaseException, cause: BaseException | None = None) -> None:
         """Fail every waiting job with ``error`` and refuse further work."""
         if cause is not None:
             error.__cause__ = cause
         with self.scheduler.lock:
-            if self.broken is not None:
+            if self.scheduler.broken is not None:
                 return
-            self.broken = error
+            self.scheduler.broken = error
             jobs = self.scheduler.cancel_all()
         for job in jobs:
             job.abort(error)

@@ -338,7 +338,7 @@ class ProcessEngine(Engine):
     def _dispatch(self) -> list[_Post]:
         """Fill every worker with room (lock held); what to do after unlocking."""
         posts: list[_Post] = []
-        if self.broken is not None or self._terminated:
+        if self.broken is not None or self._terminated or self._init_failed:
             return posts
         cap = self.config.max_tasks_per_worker
         while True:
@@ -505,6 +505,14 @@ class ProcessEngine(Engine):
             if p.result_fd >= 0:
                 self._read(p, posts)  # what it wrote before it died comes first
             self._exited(p, posts)
+        if self.config.task_timeout is not None:
+            # A worker past its deadline may have just finished: read what it
+            # sent before judging it.
+            with self._lock:
+                overdue = [p for p in self._slots if self._overdue(p)]
+            for p in overdue:
+                if p is not None and p.result_fd >= 0:
+                    self._read(p, posts)
         with self._lock:
             self._check_deadlines(posts)
             posts += self._dispatch()
@@ -540,6 +548,16 @@ class ProcessEngine(Engine):
             return time.monotonic() + min(timeout, 0.05)
         return p.progress[SLOT_STARTED] / 1e9 + timeout
 
+    def _overdue(self, p: _Proc | None) -> bool:
+        """Whether ``p``'s running task is past its deadline (lock held)."""
+        timeout = self.config.task_timeout
+        if timeout is None or p is None or p.gone or not p.inflight or p.progress is None:
+            return False
+        progress = p.progress
+        if progress[SLOT_SEQ] != p.inflight[0].seq:
+            return False
+        return progress[SLOT_STARTED] / 1e9 + timeout <= time.monotonic()
+
     def _check_deadlines(self, posts: list[_Post]) -> None:
         now = time.monotonic()
         for p in list(self._dying):
@@ -551,13 +569,9 @@ class ProcessEngine(Engine):
         if timeout is None:
             return
         for slot in list(self._slots):
-            if slot is None or slot.gone or not slot.inflight or slot.progress is None:
+            if slot is None or slot.progress is None or not self._overdue(slot):
                 continue
             p, progress, head = slot, slot.progress, slot.inflight[0]
-            if progress[SLOT_SEQ] != head.seq:
-                continue
-            if progress[SLOT_STARTED] / 1e9 + timeout > now:
-                continue
             index = max(0, progress[SLOT_INDEX])
             task = head.describe_task(index)
             err = TaskTimeoutError(
@@ -856,8 +870,14 @@ def _deliver(batch: Batch, body: memoryview, elapsed: float) -> None:
     try:
         values, raw_errors = pickle.loads(body)
     except Exception as exc:
-        what = f"the results of {len(batch.items)} task(s) starting with {batch.describe_task(0)}"
-        err = serialization_error(what, body.nbytes, exc)
+        n = len(batch.items)
+        if n > 1:
+            # One result of the batch cannot be unpickled here, and which one
+            # is unknown: run its tasks again one by one, so only it fails.
+            job.requeue(batch, range(n), one_by_one=True)
+            return
+        err = serialization_error(f"the result of {batch.describe_task(0)}",
+                                  f"{body.nbytes} bytes", exc)
         _fail_batch(batch, err)()
         return
     errors = [(i, rebuild(payload)) for i, payload in raw_errors] if raw_errors else None

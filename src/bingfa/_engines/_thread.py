@@ -44,6 +44,7 @@ class ThreadEngine(Engine):
         self._watch = threading.Condition(scheduler.lock)
         self._slots: list[_Worker | None] = [None] * config.workers
         self._threads: set[threading.Thread] = set()
+        self._abandoned: set[threading.Thread] = set()
         self._draining = False
         self._terminated = False
         self._watchdog: threading.Thread | None = None
@@ -82,8 +83,7 @@ class ThreadEngine(Engine):
             for w in self._slots:
                 if w is not None and w.batch is not None:
                     running.append(w.batch.job)
-                    if w.ctx.cancel_flag is not None:
-                        w.ctx.cancel_flag.set()
+                    self._abandon(w)
             self._cond.notify_all()
             self._watch.notify_all()
         self.abort_jobs(jobs + running, error)
@@ -96,6 +96,10 @@ class ThreadEngine(Engine):
         while True:
             with self._cond:
                 threads = [t for t in self._threads if t is not threading.current_thread()]
+            # Threads abandoned in a task that timed out or was terminated are
+            # not waited for: they may never return, and they drop out of
+            # _threads when they do.
+            threads = [t for t in threads if t not in self._abandoned]
             if not any(t.is_alive() for t in threads):
                 return True
             for t in threads:
@@ -132,6 +136,7 @@ class ThreadEngine(Engine):
             set_thread_context(None)
             with self._cond:
                 self._threads.discard(threading.current_thread())
+                self._abandoned.discard(threading.current_thread())
                 self._cond.notify_all()
                 self._watch.notify_all()
 
@@ -208,9 +213,7 @@ class ThreadEngine(Engine):
                     busy = True
                     deadline = w.started + timeout
                     if deadline <= now:
-                        w.abandoned = True
-                        if w.ctx.cancel_flag is not None:
-                            w.ctx.cancel_flag.set()
+                        self._abandon(w)
                         expired.append(w.batch)
                         self._spawn(w.slot)
                     elif earliest is None or deadline < earliest:
@@ -225,6 +228,14 @@ class ThreadEngine(Engine):
                     "(the thread cannot be interrupted; the task can poll bingfa.cancelled())",
                     timeout=timeout, task=batch.describe_task(0))
                 batch.job.fail(batch, 0, err)
+
+    def _abandon(self, w: _Worker) -> None:
+        """Give up on a worker stuck in a task (lock held)."""
+        w.abandoned = True
+        if w.ctx.cancel_flag is not None:
+            w.ctx.cancel_flag.set()
+        if w.thread is not None:
+            self._abandoned.add(w.thread)
 
     def _threads_working(self) -> bool:
         return any(t.is_alive() for t in self._threads
