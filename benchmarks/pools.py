@@ -83,6 +83,7 @@ class Result:
     name: str
     start_method: str = "?"
     times: list[float] = field(default_factory=list)
+    warmup: float | None = None  # seconds the untimed warm-up took
     note: str = ""
     error: str | None = None
 
@@ -404,7 +405,9 @@ def measure_group(group: list[Impl], labels: list[str], repeats: int, warm: Warm
             for impl, result in zip(group, results, strict=True):
                 try:
                     handle = stack.enter_context(impl.open())
+                    t0 = time.perf_counter()
                     warm(impl, handle)
+                    result.warmup = time.perf_counter() - t0
                     result.start_method = impl.start_method(handle)
                     live.append((impl, result, handle))
                 except Exception as exc:
@@ -418,7 +421,8 @@ def measure_group(group: list[Impl], labels: list[str], repeats: int, warm: Warm
                         result.times.append(run(impl, handle, i))
                     except Exception as exc:
                         result.error = _error_text(exc)
-                if repeats > 1 and any(r.times and r.times[-1] > 1 for _, r, _ in live):
+                if repeats > 1 and any(r.times and statistics.median(r.times) > 1
+                                       for _, r, _ in live):
                     log(f"    repeat {i + 1}/{repeats}: " + ", ".join(
                         f"{r.name.split()[0]} {fmt_time(r.times[-1])}"
                         for _, r, _ in live if len(r.times) == i + 1))
@@ -433,8 +437,9 @@ def measure_group(group: list[Impl], labels: list[str], repeats: int, warm: Warm
     check_processes(f"({workload}) " + " + ".join(r.name for r in results), report)
     elapsed = time.perf_counter() - t_start
     for result in results:
-        log(f"  {result.name}: {_progress(result)}")
-    log(f"    ({elapsed:.1f} s with setup and shutdown)")
+        warmup = f"; warm-up {fmt_time(result.warmup)}" if result.warmup is not None else ""
+        log(f"  {result.name}: {_progress(result)}{warmup}")
+    log(f"    ({elapsed:.1f} s with setup, warm-up and shutdown)")
     return results
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -77,6 +78,92 @@ def wait_until(predicate, timeout: float = 5.0, interval: float = 0.02) -> bool:
         time.sleep(interval)  # polling interval, not synchronisation
 
 
+class InThread:
+    """Run a call on a daemon thread, to catch a hang without hanging the run.
+
+    pytest-timeout's thread method ends the whole session when a test hangs,
+    so a call that may never return under a bug is run here and waited for
+    with a generous deadline; the test then recovers (releases what blocks
+    it) and fails with a clear message.
+    """
+
+    def __init__(self, fn, *args) -> None:
+        self.done = threading.Event()
+        self.value = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True,
+                                        name="test-in-thread")
+        self._thread.start()
+
+    def _run(self, fn, *args) -> None:
+        try:
+            self.value = fn(*args)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def finished(self, timeout: float) -> bool:
+        """Whether the call returned within ``timeout`` seconds (a hang detector)."""
+        return self.done.wait(timeout)
+
+    def result(self, timeout: float | None = None):
+        """Wait for the call; re-raise its exception or return its value."""
+        self._thread.join(timeout)
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class Gate:
+    """A gate tasks wait at, in threads and in worker processes alike.
+
+    It is a FIFO the test keeps open for reading *and* writing (so opening it
+    never blocks): a task's ``wait_at_gate(path)`` blocks reading one byte;
+    ``release(n)`` lets ``n`` waiting tasks through, and ``close()`` lets
+    every one through (they read end-of-file).
+    """
+
+    def __init__(self, folder) -> None:
+        self.path = str(folder / f"gate-{id(self):x}")
+        os.mkfifo(self.path)
+        self._fd: int | None = os.open(self.path, os.O_RDWR)
+
+    def release(self, n: int = 1) -> None:
+        assert self._fd is not None
+        os.write(self._fd, b"x" * n)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> Gate:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def wait_at_gate(path: str) -> bool:
+    """Block until the gate at ``path`` lets this caller through; whether it was opened."""
+    # Opening without blocking, then reading with blocking: a gate already
+    # closed lets the caller through at once instead of stalling the open.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.set_blocking(fd, True)
+        return os.read(fd, 1) == b"x"
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def gate(tmp_path) -> Iterator[Gate]:
+    """A :class:`Gate`, closed (every waiter let through) at the end of the test."""
+    with Gate(tmp_path) as g:
+        yield g
+
+
 def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -94,6 +181,36 @@ def _shm() -> set[str]:
         return set(os.listdir("/dev/shm"))
     except FileNotFoundError:
         return set()
+
+
+def _foreign_shm(names: set[str]) -> set[str]:
+    """Those of ``names`` (in /dev/shm) that belong to processes outside this test run.
+
+    /dev/shm is shared by the whole machine; something else running at the
+    same time (a benchmark with its own pools) must not fail our tests. An
+    entry is someone else's when a process outside our tree has it open or
+    mapped, or when its name carries such a process's pid (loky, joblib and
+    multiprocessing name theirs that way).
+    """
+    ours = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
+    foreign: set[str] = set()
+    for pid in psutil.pids():
+        if pid in ours or pid < 100:
+            continue
+        left = names - foreign
+        if not left:
+            break
+        pid_re = re.compile(rf"(?<![0-9]){pid}(?![0-9])")
+        foreign |= {n for n in left if pid_re.search(n)}
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                used = f.read()
+            fd_dir = f"/proc/{pid}/fd"
+            used += "\n".join(os.readlink(f"{fd_dir}/{fd}") for fd in os.listdir(fd_dir))
+        except OSError:
+            continue
+        foreign |= {n for n in left if f"/dev/shm/{n}" in used}
+    return foreign
 
 
 @dataclass
@@ -137,6 +254,8 @@ def _leaks(before: _Snapshot) -> list[str]:
         problems.append(f"file descriptors: {before.fds} before, {fds} after; new: {new}")
     shm = _shm() - before.shm
     if shm:
+        shm -= _foreign_shm(shm)
+    if shm:
         problems.append(f"shared memory segments: {sorted(shm)}")
     return problems
 
@@ -144,18 +263,19 @@ def _leaks(before: _Snapshot) -> list[str]:
 @pytest.fixture(scope="session", autouse=True)
 def _multiprocessing_helpers() -> None:
     """Start the session-long forkserver and resource tracker before any test."""
+    import multiprocessing
     from multiprocessing import forkserver, resource_tracker
 
+    # Workers forked from the forkserver start with these already imported,
+    # which keeps the many small process pools of the suite quick to start.
+    multiprocessing.set_forkserver_preload(["bingfa", "pytest", "psutil", "cloudpickle"])
     resource_tracker.ensure_running()
     forkserver.ensure_running()
 
 
 @pytest.fixture(autouse=True)
-def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
+def no_leaks() -> Iterator[None]:
     """Fail a test that leaves threads, processes, fds or shared memory behind."""
-    if request.node.get_closest_marker("allow_leaks") is not None:
-        yield
-        return
     before = _Snapshot.take()
     yield
     problems: list[str] = []
@@ -174,9 +294,22 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         pytest.fail("test leaked resources:\n  " + "\n  ".join(problems), pytrace=False)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "allow_leaks: skip the leak check (for tests that check leaks themselves)")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Time tests out with SIGALRM rather than a thread where nothing says otherwise.
+
+    pyproject sets ``timeout_method = "thread"``, which dumps every stack and
+    then ends the whole session: one hang would hide every later result. The
+    signal method dumps the stacks too, but fails only the test that hung
+    (every wait in these tests can be interrupted by a signal). The timeout
+    itself is unchanged: the test's own marker, else the configured default.
+    """
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        if marker is None:
+            item.add_marker(pytest.mark.timeout(method="signal"))
+        elif "method" not in marker.kwargs and len(marker.args) < 2:
+            timeout = marker.kwargs.get("timeout", marker.args[0] if marker.args else None)
+            item.add_marker(pytest.mark.timeout(timeout, method="signal"), append=False)
 
 
 @pytest.fixture(params=MODES)

@@ -429,15 +429,20 @@ class Scheduler:
             self._queued.add(id(job))
             self._ready.append(job)
 
-    def take(self, limit: int | None, workers: int) -> Batch | None:
+    def take(self, limit: int | None, workers: int, single_ok: bool = True) -> Batch | None:
         """The next batch for a worker with room for ``limit`` tasks (lock held).
 
         Jobs take turns, one batch each, so a long map does not starve a
-        ``submit`` made while it runs.
+        ``submit`` made while it runs. With ``single_ok=False`` single tasks
+        (``submit``) are passed over: the worker is busy, and a task queued
+        behind another one must stay cancellable.
         """
         ready = self._ready
-        while ready:
+        for _ in range(len(ready)):
             job = ready.popleft()
+            if not single_ok and isinstance(job, OneJob):
+                ready.append(job)
+                continue
             batch = job.take(limit, workers)
             if job.has_work():
                 ready.append(job)

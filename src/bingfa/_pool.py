@@ -263,8 +263,6 @@ class Pool:
             raise TypeError(f"the task's function must be callable, not {fn!r}")
         _check_chunksize(chunksize)
         items = iterable if type(iterable) is list else list(iterable)
-        if call == CALL_STAR:
-            items = [tuple(x) for x in items]
         n = len(items)
         report = reporter(progress, n, getattr(fn, "__name__", "map"))
         with self._scheduler.lock:
@@ -335,7 +333,7 @@ class Pool:
             self._check_open()
             job = ManyJob(self._scheduler, fn, call, self.retries, chunksize, ordered=ordered,
                           size_hint=total)
-        return _ResultIterator(self, job, iter(iterable), call,
+        return _ResultIterator(self, job, iter(iterable),
                                reporter(progress, total, getattr(fn, "__name__", "imap")))
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -428,12 +426,10 @@ class _ResultIterator(Iterator[Any]):
     closing the iterator cancels what has not run.
     """
 
-    def __init__(self, pool: Pool, job: ManyJob, source: Iterator[Any], call: int,
-                 report: Any) -> None:
+    def __init__(self, pool: Pool, job: ManyJob, source: Iterator[Any], report: Any) -> None:
         self._pool = pool
         self._job = job
         self._source = source
-        self._call = call
         self._report = report
         self._next_index = 0
         self._yielded = 0
@@ -457,19 +453,25 @@ class _ResultIterator(Iterator[Any]):
             room = self._window() - job.outstanding()
         if room <= 0:
             return
+        block: list[Any] = []
+        failure: Exception | None = None
         try:
-            block = list(itertools.islice(self._source, room))
-            if self._call == CALL_STAR:
-                block = [tuple(x) for x in block]
+            # list.extend keeps what it read before an exception.
+            block.extend(itertools.islice(self._source, room))
+        except Exception as exc:
+            # The input broke: its items so far still run, and their results
+            # come first; then the consumer gets the input's error.
+            failure = exc
         except BaseException:
-            with job.cond:
-                job.finish_input()
+            self._finish()
             raise
         with job.cond:
             if job.cancelled:
                 return
             job.add(block)
-            if len(block) < room:
+            if failure is not None:
+                job.cut_input(failure)
+            elif len(block) < room:
                 job.finish_input()
         self._pool._engine.wake()
 

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import itertools
 import os
 import queue
+import signal
+import subprocess
+import sys
 import threading
 import traceback
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from conftest import InThread, pid_alive, wait_at_gate, wait_until
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import bingfa as bf
 
@@ -60,10 +66,6 @@ def identity_worker(x):
 
 def init_state(tag):
     return {"tag": tag, "pid": os.getpid()}
-
-
-def who(x):
-    return x, os.getpid(), bf.worker_id()
 
 
 def block_forever():
@@ -397,18 +399,23 @@ def test_imap_over_an_endless_iterator_is_lazy(mode):
 # --- workers: initializer, state, id, recycling -----------------------------------------
 
 
+def state_and_pid(x):
+    return bf.worker_id(), bf.worker_state(), os.getpid(), x
+
+
 def test_initializer_state_and_worker_id(mode):
     with bf.Pool(2, mode=mode, initializer=init_state, initargs=("model-v1",)) as pool:
-        results = pool.map(identity_worker, range(40), chunksize=1)
-    assert [x for _, _, x in results] == list(range(40))
-    for wid, state, _ in results:
+        results = pool.map(state_and_pid, range(40), chunksize=1)
+    assert [x for *_, x in results] == list(range(40))
+    for wid, state, pid, _ in results:
         assert wid in (0, 1)
         assert state["tag"] == "model-v1"
+        # the state was built by the initializer in the process running the task
+        assert state["pid"] == pid
     if mode == "process":
-        # each worker process built its own state
-        assert {state["pid"] for _, state, _ in results} <= {
-            s["pid"] for _, s, _ in results}
-        assert all(state["pid"] != os.getpid() for _, state, _ in results)
+        assert all(pid != os.getpid() for _, _, pid, _ in results)
+        # one state per worker process, not one per task
+        assert len({(wid, pid) for wid, _, pid, _ in results}) <= 2
 
 
 def refuse_to_start():
@@ -552,6 +559,36 @@ def test_task_timeout(mode):
         assert seen == [True]
 
 
+def poll_until_cancelled(gate_path):
+    """A long task that stops early once the pool says it was cancelled."""
+    rounds = 0
+    while not bf.cancelled():
+        rounds += 1
+        threading.Event().wait(0.01)  # the work between two checks
+    wait_at_gate(gate_path)
+    return rounds
+
+
+@pytest.mark.timeout(30)
+def test_a_timed_out_task_can_see_it_and_stop(mode, gate):
+    results: queue.Queue = queue.Queue()
+
+    def task(path):
+        rounds = poll_until_cancelled(path)
+        results.put(rounds)
+        return rounds
+
+    fn = task if mode == "thread" else poll_until_cancelled
+    with bf.Pool(1, mode=mode, task_timeout=1.0) as pool:
+        with pytest.raises(bf.TaskTimeoutError):
+            pool.submit(fn, gate.path).result(timeout=30)
+        gate.release()
+        if mode == "thread":
+            # the abandoned thread saw bf.cancelled() and returned by itself
+            assert results.get(timeout=30) > 0
+        assert pool.submit(square, 6).result(timeout=30) == 36
+
+
 @pytest.mark.timeout(30)
 def test_task_timeout_fails_only_that_task(mode):
     gate = threading.Event()
@@ -625,6 +662,35 @@ def test_future_is_awaitable(mode):
             return a, b, c, d, e
 
         assert asyncio.run(main()) == (49, 3, 9, 25, 9)
+
+
+def test_cancelling_the_awaiting_coroutine_cancels_a_queued_task(mode, gate, tmp_path):
+    marker = tmp_path / "ran"
+    with bf.Pool(1, mode=mode) as pool:
+        running = pool.submit(gated, gate.path, "running")
+        ahead = [pool.submit(square, i) for i in range(2)]
+        last = pool.submit(Path.touch, marker)
+
+        async def main():
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(last, 0.05)
+
+        asyncio.run(main())
+        assert last.cancelled()
+        gate.release()
+        assert running.result(timeout=30) == "running"
+        assert [f.result(timeout=30) for f in ahead] == [0, 1]
+    assert not marker.exists()
+
+
+def test_callbacks_may_submit_more_work(mode):
+    chained: queue.Queue = queue.Queue()
+    with bf.Pool(2, mode=mode) as pool:
+        pool.apply_async(square, (3,), callback=lambda r: chained.put(pool.submit(square, r)))
+        assert chained.get(timeout=30).result(timeout=30) == 81
+        fut = pool.submit(add, 1, 2)
+        fut.add_done_callback(lambda f: chained.put(pool.submit(add, f.result(), 10)))
+        assert chained.get(timeout=30).result(timeout=30) == 13
 
 
 def test_future_works_with_concurrent_futures(mode):
@@ -781,32 +847,55 @@ def test_terminate_then_leaving_the_block_does_not_wait(mode, tmp_path):
     """After terminate() the stuck task is abandoned (thread) or killed (process)."""
     marker = tmp_path / "started"
     gate = threading.Event() if mode == "thread" else None
-    left = threading.Event()
-    outcome = {}
 
-    def body():
-        try:
-            with bf.Pool(1, mode=mode) as pool:
-                fut = pool.submit(first_attempt_blocks, str(marker), gate)
-                assert wait_until(marker.exists, timeout=30)
-                pool.terminate()
-                outcome["error"] = fut.exception(timeout=30)
-        except BaseException as exc:
-            outcome["raised"] = exc
-        finally:
-            left.set()
+    def terminate_then_leave():
+        with bf.Pool(1, mode=mode) as pool:
+            fut = pool.submit(first_attempt_blocks, str(marker), gate)
+            assert wait_until(marker.exists, timeout=30)
+            pool.terminate()
+            return fut.exception(timeout=30)
 
-    runner = threading.Thread(target=body)
-    runner.start()
+    run = InThread(terminate_then_leave)
     try:
-        # A hang detector, not a speed requirement.
-        assert left.wait(5), "leaving the block after terminate() waited for a stuck task"
+        left = run.finished(5)  # a hang detector, not a speed requirement
     finally:
         if gate is not None:
             gate.set()
-        runner.join()
-    assert "raised" not in outcome, outcome
-    assert isinstance(outcome["error"], bf.PoolClosedError)
+    error = run.result(30)
+    assert left, "leaving the block after terminate() waited for the stuck task"
+    assert isinstance(error, bf.PoolClosedError)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", ["kept", "raised"])
+def test_leaving_the_block_with_an_unfinished_imap(mode, how):
+    """Leaving the block does not wait for imap input nobody will ever pull."""
+    iterators = []
+
+    def leave_early():
+        with bf.Pool(2, mode=mode) as pool:
+            if how == "kept":
+                it = pool.imap(square, itertools.count())
+                iterators.append(it)
+                assert next(it) == 0
+            else:
+                # list() raises on item 3 and the caller moves on. (The test
+                # keeps a reference only to unblock a hang below; the error's
+                # traceback keeps the iterator alive anyway.)
+                it = pool.imap(lambda x: fail_on(x, {3}), itertools.count(), chunksize=2)
+                iterators.append(it)
+                with pytest.raises(Boom):
+                    list(it)
+        return "left"
+
+    run = InThread(leave_early)
+    left = run.finished(5)  # a hang detector, not a speed requirement
+    if not left:
+        # unblock it, so the test fails cleanly instead of leaking the pool
+        for it in iterators:
+            it.close()
+    assert run.result(30) == "left"
+    assert left, "leaving the block waited for an imap that was never finished"
 
 
 def test_repr(mode):
@@ -846,3 +935,241 @@ def test_bf_imap_closed_early_stops_its_pool(mode):
     it = bf.imap(square, itertools.count(), mode=mode, workers=2)
     assert [next(it) for _ in range(10)] == [i * i for i in range(10)]
     it.close()
+
+
+# --- more edges ---------------------------------------------------------------------------
+
+
+def gated(path, value):
+    wait_at_gate(path)
+    return value
+
+
+def test_result_with_a_timeout_on_a_running_task(mode, gate):
+    with bf.Pool(1, mode=mode) as pool:
+        fut = pool.submit(gated, gate.path, "through")
+        with pytest.raises(TimeoutError):
+            fut.result(timeout=0.05)
+        with pytest.raises(TimeoutError):
+            fut.exception(timeout=0.05)
+        assert not fut.done()
+        res = pool.apply_async(gated, (gate.path, "async result"))
+        with pytest.raises(TimeoutError):
+            res.get(timeout=0.05)
+        res.wait(0.05)
+        assert not res.ready()
+        gate.release(2)
+        assert fut.result(timeout=30) == "through"
+        assert res.get(timeout=30) == "async result"
+
+
+def test_cancel_queued_tasks(mode, gate, tmp_path):
+    """Tasks waiting behind a busy worker have not started: cancel() stops them."""
+    with bf.Pool(1, mode=mode) as pool:
+        running = pool.submit(gated, gate.path, "first")
+        assert wait_until(running.running, timeout=20)
+        markers = [tmp_path / f"ran-{i}" for i in range(4)]
+        queued = [pool.submit(Path.touch, m) for m in markers]
+        assert [f.running() for f in queued] == [False] * 4
+        assert [f.cancel() for f in queued] == [True] * 4
+        assert all(f.cancelled() for f in queued)
+        gate.release()
+        assert running.result(timeout=30) == "first"
+        assert pool.submit(square, 4).result(timeout=30) == 16
+    assert [m.exists() for m in markers] == [False] * 4
+
+
+def test_shutdown_cancel_pending(mode, gate, tmp_path):
+    pool = bf.Pool(1, mode=mode)
+    running = pool.submit(gated, gate.path, "running")
+    assert wait_until(running.running, timeout=20)
+    markers = [tmp_path / f"ran-{i}" for i in range(4)]
+    pending = [pool.submit(Path.touch, m) for m in markers]
+    pool.shutdown(wait=False, cancel_pending=True)
+    gate.release()
+    assert running.result(timeout=30) == "running"
+    pool.join()
+    for fut in pending:
+        assert fut.done()
+        assert fut.cancelled() or isinstance(fut.exception(), bf.PoolClosedError), fut
+    assert [m.exists() for m in markers] == [False] * 4
+
+
+def test_many_threads_share_one_pool(mode):
+    barrier = threading.Barrier(6)
+
+    def client(k):
+        barrier.wait()
+        got = []
+        for i in range(20):
+            got.append(pool.submit(add, k, i).result(timeout=30))
+        got += pool.map(lambda x: x + k, range(50))
+        got += list(pool.imap_unordered(lambda x: x - k, range(30)))
+        return got
+
+    with bf.Pool(2, mode=mode) as pool:
+        threads = [InThread(client, k) for k in range(6)]
+        results = [t.result(60) for t in threads]
+    for k, got in enumerate(results):
+        assert got[:20] == [k + i for i in range(20)]
+        assert got[20:70] == [x + k for x in range(50)]
+        assert sorted(got[70:]) == [x - k for x in range(30)]
+
+
+def test_dropped_pool_cleans_up(mode):
+    pool = bf.Pool(2, mode=mode)
+    assert pool.submit(square, 5).result(timeout=30) == 25
+    del pool
+    gc.collect()
+    # the leak check (conftest) waits for its workers to go
+
+
+def test_submit_passes_any_keyword(mode):
+    with bf.Pool(1, mode=mode) as pool:
+        assert pool.submit(lambda **kw: kw, fn=1, self=2, args=3).result() == {
+            "fn": 1, "self": 2, "args": 3}
+        assert pool.apply(lambda *a, **kw: (a, kw), [1, 2], {"k": 3}) == ((1, 2), {"k": 3})
+
+
+def test_default_worker_count(mode):
+    with bf.Pool(mode=mode) as pool:
+        assert pool.workers >= 1
+        assert pool.map(square, range(20)) == [i * i for i in range(20)]
+
+
+def test_large_arguments_and_results(mode):
+    blob = os.urandom(1 << 16) * 200  # 13 MB
+    with bf.Pool(2, mode=mode) as pool:
+        assert pool.submit(len, blob).result(timeout=30) == len(blob)
+        assert pool.submit(bytes, 20_000_000).result(timeout=30) == bytes(20_000_000)
+        pieces = [blob[i:i + 1_000_000] for i in range(0, 8_000_000, 1_000_000)]
+        assert pool.map(bytes.upper, pieces, chunksize=3) == [p.upper() for p in pieces]
+
+
+def test_many_tiny_tasks(mode):
+    with bf.Pool(2, mode=mode) as pool:
+        assert pool.map(square, range(100_000)) == [i * i for i in range(100_000)]
+        assert sum(pool.imap_unordered(square, range(50_000))) == sum(
+            i * i for i in range(50_000))
+
+
+def test_input_iterator_that_raises(mode):
+    def items():
+        yield from range(5)
+        raise LookupError("the input broke")
+
+    with bf.Pool(2, mode=mode) as pool:
+        with pytest.raises(LookupError, match="the input broke"):
+            pool.map(square, items())
+        it = pool.imap(square, items(), chunksize=1)
+        got = []
+        try:
+            got.extend(it)
+        except LookupError as exc:
+            got.append(exc)
+        # the results of the items read before the error are not lost, and
+        # the input's own error comes after them
+        assert got[:-1] == [0, 1, 4, 9, 16]
+        assert isinstance(got[-1], LookupError)
+        assert str(got[-1]) == "the input broke"
+        assert pool.map(square, range(3)) == [0, 1, 4]
+
+
+def test_progress_with_unsized_input(mode):
+    calls = []
+    with bf.Pool(2, mode=mode) as pool:
+        got = list(pool.imap(square, iter(range(40)), progress=lambda d, t: calls.append(d)))
+        assert got == [i * i for i in range(40)]
+        assert list(pool.imap_unordered(square, iter(range(10)), progress=True))
+    assert calls[-1] == 40
+
+
+@pytest.fixture
+def pools(mode):
+    """Pools of ``mode`` by worker count, made on first use, shared by a test's examples."""
+    made: dict[int, bf.Pool] = {}
+
+    def get(workers):
+        if workers not in made:
+            made[workers] = bf.Pool(workers, mode=mode)
+        return made[workers]
+
+    yield get
+    for pool in made.values():
+        pool.shutdown()
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=st.lists(st.integers(-1000, 1000), max_size=200),
+       chunksize=st.one_of(st.just("auto"), st.integers(1, 50)),
+       workers=st.integers(1, 3))
+def test_map_family_agrees_with_builtin_map(pools, items, chunksize, workers):
+    expected = [x * x for x in items]
+    pool = pools(workers)
+    assert pool.map(square, items, chunksize=chunksize) == expected
+    assert list(pool.imap(square, items, chunksize=chunksize)) == expected
+    assert sorted(pool.imap_unordered(square, items, chunksize=chunksize)) == sorted(expected)
+    assert pool.starmap(add, [(x, x) for x in items], chunksize=chunksize) == [
+        2 * x for x in items]
+
+
+_CTRL_C_SCRIPT = """
+import os, sys, threading
+from pathlib import Path
+
+import psutil
+
+import bingfa as bf
+
+def slow(x, folder):
+    Path(folder, f"{os.getpid()}-{threading.get_ident()}-{x}").touch()
+    threading.Event().wait(120)
+    return x
+
+if __name__ == "__main__":
+    mode, call, folder = sys.argv[1:]
+    with bf.Pool(2, mode=mode) as pool:
+        me = psutil.Process()
+        helpers = ("forkserver", "resource_tracker")
+        workers = [p.pid for p in me.children(recursive=True)
+                   if p.ppid() != me.pid
+                   or not any(h in " ".join(p.cmdline()) for h in helpers)]
+        print(" ".join(map(str, workers)), flush=True)
+        items = [(i, folder) for i in range(100)]
+        if call == "map":
+            pool.starmap(slow, items, chunksize=1)
+        else:
+            for _ in pool.istarmap(slow, items, chunksize=1):
+                pass
+    print("returned", flush=True)
+"""
+
+
+@pytest.mark.parametrize("call", ["map", "imap"])
+def test_ctrl_c_stops_a_map(mode, call, tmp_path):
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(_CTRL_C_SCRIPT)
+    started = tmp_path / "started"
+    started.mkdir()
+    proc = subprocess.Popen([sys.executable, str(script), mode, call, str(started)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert wait_until(lambda: any(started.iterdir()), timeout=20)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)  # a hang detector
+        assert "KeyboardInterrupt" in err
+        assert "returned" not in out
+        assert proc.returncode != 0
+        if mode == "process":
+            assert len(pids) == 2
+        assert wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+        for pid in pids:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -71,7 +71,7 @@ from ._wire import (
 
 __all__ = ["ProcessEngine", "default_start_method"]
 
-PREFETCH = 2  # batches a worker holds: one running, one waiting in its pipe
+PREFETCH = 2  # map chunks a worker holds: one running, one waiting in its pipe
 KNOWN_FUNCTIONS = 64  # functions a worker keeps unpickled
 PIPE_SIZE = 1 << 20  # ask Linux for 1 MiB pipes: fewer wake-ups for big batches
 READ_SIZE = 1 << 18
@@ -351,7 +351,10 @@ class ProcessEngine(Engine):
             if target is None:
                 return posts
             limit = None if cap is None else cap - target.tasks_sent
-            batch = self.scheduler.take(limit, self.workers)
+            # A single task (submit) only goes to an idle worker: waiting in a
+            # pipe it could no longer be cancelled, and it would report
+            # running() while it is not.
+            batch = self.scheduler.take(limit, self.workers, single_ok=not target.inflight)
             if batch is None:
                 return posts
             self._send(target, batch, posts)
