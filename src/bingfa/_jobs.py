@@ -40,6 +40,11 @@ TARGET_BATCH_SECONDS = 0.02
 # few percent, so such batches run untracked (see _run.run_batch).
 TRACK_THRESHOLD_SECONDS = 20e-6
 
+# Queued single tasks of a function measured quicker than this are grouped
+# into one batch of about this much work, at most MAX_GROUP tasks.
+GROUP_SECONDS = 0.002
+MAX_GROUP = 256
+
 RETRYABLE = (WorkerCrashedError, TaskTimeoutError)
 
 
@@ -183,8 +188,13 @@ class OneJob(Job):
     def has_work(self) -> bool:
         return self._pending or bool(self._again)
 
+    def fresh(self) -> bool:
+        """Not started yet and not a retry (lock held)."""
+        return self._pending and not self._again
+
     def deliver(self, batch: Batch, values: list[Any],
                 errors: list[tuple[int, BaseException]] | None, elapsed: float) -> None:
+        self.scheduler.timings.note(self.fn, elapsed)
         if errors:
             _set_exception(self.future, errors[0][1])
         else:
@@ -192,6 +202,13 @@ class OneJob(Job):
 
     def _fail_one(self, index: int, error: BaseException) -> None:
         _set_exception(self.future, error)
+
+    def alone(self, batch: Batch) -> Batch:
+        """``batch``'s task again, as a batch of this job's own (used by groups)."""
+        own = Batch(self, [self.item], (0,), batch.attempts)
+        own.track = True
+        return own
+
 
     def abort(self, error: BaseException) -> None:
         with self.scheduler.lock:
@@ -208,6 +225,78 @@ class OneJob(Job):
             pending, self._pending = self._pending, False
         if pending:
             self.future.cancel()
+
+
+class GroupJob(Job):
+    """Several queued single tasks of one quick function, sent as one batch.
+
+    A stream of tiny ``submit`` calls would otherwise cost a pipe round trip
+    each. Only functions measured to be quick are grouped, so a task queued
+    behind a slow one is never swept into a worker early and stays
+    cancellable. Outcomes go back to each task's own job.
+    """
+
+    def __init__(self, members: list[OneJob]) -> None:
+        first = members[0]
+        super().__init__(first.scheduler, first.fn, first.call, first.retries)
+        self.members = members
+
+    def take(self, limit: int | None, workers: int) -> Batch | None:
+        return None  # never queued itself
+
+    def has_work(self) -> bool:
+        return False
+
+    def deliver(self, batch: Batch, values: list[Any],
+                errors: list[tuple[int, BaseException]] | None, elapsed: float) -> None:
+        self.scheduler.timings.note(self.fn, elapsed / max(1, len(values)))
+        failed = dict(errors) if errors else {}
+        for i, member in enumerate(self.members):
+            err = failed.get(i)
+            if err is not None:
+                _set_exception(member.future, err)
+            else:
+                _set_result(member.future, values[i])
+
+    def fail(self, batch: Batch, local_index: int, error: BaseException) -> None:
+        member = self.members[local_index]
+        member.fail(member.alone(batch), 0, error)
+
+    def requeue(self, batch: Batch, local_indices: Sequence[int], one_by_one: bool) -> None:
+        for i in local_indices:
+            member = self.members[i]
+            member.requeue(member.alone(batch), [0], one_by_one=True)
+
+    def abort(self, error: BaseException) -> None:
+        for member in self.members:
+            member.abort(error)
+
+    def describe_task(self, index: int, item: Any) -> str:
+        return self.members[index].describe_task(0, item)
+
+
+class Timings:
+    """Seconds per task of recently used single-task functions (for grouping)."""
+
+    CAPACITY = 256
+
+    def __init__(self) -> None:
+        # id(fn) -> (fn, seconds); the function is kept so its id stays unique.
+        self._times: dict[int, tuple[Callable[..., Any], float]] = {}
+
+    def note(self, fn: Callable[..., Any], seconds: float) -> None:
+        """Record one measured task of ``fn`` (a moving average)."""
+        entry = self._times.get(id(fn))
+        if entry is not None and entry[0] is fn:
+            seconds = 0.7 * entry[1] + 0.3 * seconds
+        elif len(self._times) >= self.CAPACITY:
+            self._times.pop(next(iter(self._times)))
+        self._times[id(fn)] = (fn, seconds)
+
+    def of(self, fn: Callable[..., Any]) -> float | None:
+        """The measured seconds per task of ``fn``, or ``None`` if unknown."""
+        entry = self._times.get(id(fn))
+        return entry[1] if entry is not None and entry[0] is fn else None
 
 
 def _set_result(future: Future[Any], value: Any) -> None:
@@ -246,6 +335,7 @@ class ManyJob(Job):
         self._seg_pos = 0  # position inside the head segment
         self.submitted = 0  # tasks added so far
         self.dispatched = 0
+        self._batches = 0
         self.completed = 0
         self.input_done = False
         self.size_hint = size_hint
@@ -297,7 +387,9 @@ class ManyJob(Job):
                 remaining = self.size_hint - self.dispatched
             share = max(1, math.ceil(remaining / (2 * workers)))
             if self.per_task is None:
-                size = min(share, 1 << min(self.dispatched, 8))
+                # Not measured yet: 1, 2, 4, ... tasks, so a first result comes
+                # back fast whatever a task costs.
+                size = min(share, 1 << min(self._batches, 8))
             else:
                 size = min(share, max(1, int(TARGET_BATCH_SECONDS / max(self.per_task, 1e-9))))
         if limit is not None:
@@ -328,6 +420,7 @@ class ManyJob(Job):
         else:
             self._seg_pos = stop
         self.dispatched += len(items)
+        self._batches += 1
         return Batch(self, items, range(first + start, first + stop))
 
     def has_work(self) -> bool:
@@ -408,12 +501,21 @@ class ManyJob(Job):
 
 
 class Scheduler:
-    """The queue of jobs with work to hand out, shared by a pool and its engine."""
+    """The queues of jobs with work to hand out, shared by a pool and its engine.
+
+    Single tasks (``submit``) and maps wait in separate queues, taken from in
+    turn: a long map does not starve a ``submit`` made while it runs, and a
+    busy worker that may only take map chunks never walks past thousands of
+    waiting single tasks.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self._ready: deque[Job] = deque()
+        self._singles: deque[Job] = deque()
+        self._maps: deque[Job] = deque()
         self._queued: set[int] = set()
+        self._singles_first = True
+        self.timings = Timings()
         # Jobs whose input may still grow (an imap being consumed): an engine
         # that is draining must not stop while there are any.
         self.open_jobs: set[ManyJob] = set()
@@ -427,25 +529,59 @@ class Scheduler:
         """Put a job in line for workers (lock held)."""
         if id(job) not in self._queued:
             self._queued.add(id(job))
-            self._ready.append(job)
+            (self._singles if isinstance(job, OneJob) else self._maps).append(job)
 
     def take(self, limit: int | None, workers: int, single_ok: bool = True) -> Batch | None:
         """The next batch for a worker with room for ``limit`` tasks (lock held).
 
-        Jobs take turns, one batch each, so a long map does not starve a
-        ``submit`` made while it runs. With ``single_ok=False`` single tasks
-        (``submit``) are passed over: the worker is busy, and a task queued
-        behind another one must stay cancellable.
+        With ``single_ok=False`` single tasks are passed over: the worker is
+        busy, and a task queued behind another one must stay cancellable.
         """
-        ready = self._ready
-        for _ in range(len(ready)):
-            job = ready.popleft()
-            if not single_ok and isinstance(job, OneJob):
-                ready.append(job)
+        first, second = self._singles, self._maps
+        if not self._singles_first:
+            first, second = second, first
+        self._singles_first = not self._singles_first
+        for queue in (first, second):
+            if queue is self._singles and not single_ok:
                 continue
+            batch = self._take_from(queue, limit, workers)
+            if batch is not None:
+                if queue is self._singles:
+                    return self._group(batch, limit)
+                return batch
+        return None
+
+    def _group(self, batch: Batch, limit: int | None) -> Batch:
+        """Add the next queued single tasks of the same quick function to ``batch``."""
+        job = batch.job
+        singles = self._singles
+        per_task = self.timings.of(job.fn)
+        if (per_task is None or not isinstance(job, OneJob) or batch.attempts
+                or not singles or singles[0].fn is not job.fn):
+            return batch
+        room = min(MAX_GROUP, limit if limit is not None else MAX_GROUP,
+                   int(GROUP_SECONDS / max(per_task, 1e-9)))
+        members = [job]
+        while len(members) < room and singles:
+            nxt = singles[0]
+            if nxt.fn is not job.fn or not isinstance(nxt, OneJob) or not nxt.fresh():
+                break
+            singles.popleft()
+            self._queued.discard(id(nxt))
+            if nxt.take(None, 1) is not None:  # marks it running; None if cancelled
+                members.append(nxt)
+        if len(members) == 1:
+            return batch
+        group = Batch(GroupJob(members), [m.item for m in members], range(len(members)))
+        group.track = per_task * len(members) >= TRACK_THRESHOLD_SECONDS
+        return group
+
+    def _take_from(self, queue: deque[Job], limit: int | None, workers: int) -> Batch | None:
+        for _ in range(len(queue)):
+            job = queue.popleft()
             batch = job.take(limit, workers)
             if job.has_work():
-                ready.append(job)
+                queue.append(job)  # maps take turns, one batch each
             else:
                 self._queued.discard(id(job))
             if batch is not None:
@@ -454,7 +590,8 @@ class Scheduler:
 
     def has_work(self) -> bool:
         """Whether any job has tasks waiting (lock held)."""
-        return any(job.has_work() for job in self._ready)
+        return any(job.has_work() for job in self._singles) or any(
+            job.has_work() for job in self._maps)
 
     def idle(self) -> bool:
         """Whether nothing is waiting and nothing more can arrive (lock held)."""
@@ -462,8 +599,9 @@ class Scheduler:
 
     def cancel_all(self) -> list[Job]:
         """Forget every waiting job and return them (lock held)."""
-        jobs = list(self._ready)
-        self._ready.clear()
+        jobs = [*self._singles, *self._maps]
+        self._singles.clear()
+        self._maps.clear()
         self._queued.clear()
         return jobs
 

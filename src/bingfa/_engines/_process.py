@@ -135,6 +135,7 @@ class ProcessEngine(Engine):
         self._slots: list[_Proc | None] = [None] * config.workers
         self._dying: list[_Proc] = []  # terminated or retired, not reaped yet
         self._handlers: dict[int, tuple[int, _Proc | None]] = {}
+        self._scratch = memoryview(bytearray(READ_SIZE))  # manager's read buffer
         self._poller = select.epoll()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -535,31 +536,29 @@ class ProcessEngine(Engine):
             timeout = self.config.task_timeout
             if timeout is not None:
                 for slot in self._slots:
-                    deadline = self._task_deadline(slot, timeout)
-                    if deadline is not None:
-                        soonest = deadline if soonest is None else min(soonest, deadline)
+                    if slot is None or slot.gone or not slot.inflight:
+                        continue
+                    started = self._task_started(slot)
+                    # Not started yet (or between batches): look again soon.
+                    deadline = now + min(timeout, 0.05) if started is None else started + timeout
+                    soonest = deadline if soonest is None else min(soonest, deadline)
         if soonest is None:
             return -1
         return max(0.0, soonest - now) + 0.001
 
-    def _task_deadline(self, p: _Proc | None, timeout: float) -> float | None:
-        """When the task ``p`` is running overruns (lock held)."""
+    def _task_started(self, p: _Proc | None) -> float | None:
+        """When the task ``p`` is running started, or ``None`` if it runs none (lock held)."""
         if p is None or p.gone or not p.inflight or p.progress is None:
             return None
         if p.progress[SLOT_SEQ] != p.inflight[0].seq:
-            # Between batches, or the head batch not yet started: look again soon.
-            return time.monotonic() + min(timeout, 0.05)
-        return p.progress[SLOT_STARTED] / 1e9 + timeout
+            return None  # the head batch has not started yet
+        return p.progress[SLOT_STARTED] / 1e9
 
     def _overdue(self, p: _Proc | None) -> bool:
         """Whether ``p``'s running task is past its deadline (lock held)."""
         timeout = self.config.task_timeout
-        if timeout is None or p is None or p.gone or not p.inflight or p.progress is None:
-            return False
-        progress = p.progress
-        if progress[SLOT_SEQ] != p.inflight[0].seq:
-            return False
-        return progress[SLOT_STARTED] / 1e9 + timeout <= time.monotonic()
+        started = self._task_started(p)
+        return timeout is not None and started is not None and started + timeout <= time.monotonic()
 
     def _check_deadlines(self, posts: list[_Post]) -> None:
         now = time.monotonic()
@@ -660,10 +659,13 @@ class ProcessEngine(Engine):
         """Read and handle whatever a worker has written (manager)."""
         fd = p.result_fd
         buf = p.rbuf
+        scratch = self._scratch
         eof = False
         while True:
             try:
-                data = os.read(fd, READ_SIZE)
+                # Into a reused buffer: os.read(fd, big) would allocate (and
+                # page-fault) a fresh large object on every call.
+                got = os.readv(fd, [scratch])
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -671,11 +673,11 @@ class ProcessEngine(Engine):
                     eof = True
                     break
                 raise
-            if not data:
+            if not got:
                 eof = True
                 break
-            buf += data
-            if len(data) < READ_SIZE:
+            buf += scratch[:got]
+            if got < READ_SIZE:
                 break
         frames: list[memoryview] = []
         view = memoryview(buf)
