@@ -588,3 +588,33 @@ def test_main_that_workers_cannot_import(method):
                           timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["[0, 2, 4, 6, 8]", "[3, 4, 5]", "42"]
+
+
+# --- many quick submits travel in groups -------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["segfault", "exit", "sigkill"])
+def test_crash_inside_a_group_of_quick_submits(kind):
+    """Queued quick submits are grouped into one batch; a crash still fails only its task."""
+    with bf.Pool(1, mode="process") as pool:
+        # measure the function as quick, so later submits are grouped
+        for i in range(20):
+            assert pool.submit(crash_on, i, kind, bad=-1).result(timeout=30) == i * i
+        futures = [pool.submit(crash_on, i, kind, bad=150) for i in range(300)]
+        outcomes = [f.exception(timeout=60) or f.result() for f in futures]
+    for i, outcome in enumerate(outcomes):
+        if i == 150:
+            _check_crash(outcome, kind, workers=1)
+        else:
+            assert outcome == i * i, (i, outcome)
+
+
+def test_unpicklable_result_inside_a_group():
+    with bf.Pool(1, mode="process") as pool:
+        for i in range(20):
+            assert pool.submit(misbehave, i, "lock result", bad=-1).result(timeout=30) == i * i
+        futures = [pool.submit(misbehave, i, "lock result", bad=77) for i in range(200)]
+        outcomes = [f.exception(timeout=60) or f.result() for f in futures]
+    _check_serialization_error(outcomes[77], "lock")
+    assert [o for i, o in enumerate(outcomes) if i != 77] == [
+        i * i for i in range(200) if i != 77]

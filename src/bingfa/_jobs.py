@@ -19,6 +19,7 @@ resolve futures after releasing it, so callbacks never run under the lock.
 from __future__ import annotations
 
 import math
+import reprlib
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -150,8 +151,7 @@ class Job:
 
     def describe_task(self, index: int, item: Any) -> str:
         """A short text naming a task, for errors."""
-        name = getattr(self.fn, "__qualname__", None) or describe(self.fn)
-        return f"{name} task #{index} ({describe(item)})"
+        return f"{_name(self.fn)} task #{index} ({describe(item)})"
 
     def _fail_one(self, index: int, error: BaseException) -> None:
         raise NotImplementedError
@@ -202,6 +202,12 @@ class OneJob(Job):
 
     def _fail_one(self, index: int, error: BaseException) -> None:
         _set_exception(self.future, error)
+
+    def describe_task(self, index: int, item: Any) -> str:
+        """The call, as ``fn(args...)``, shortened."""
+        args, kwargs = self.item
+        parts = [_repr.repr(a) for a in args] + [f"{k}={_repr.repr(v)}" for k, v in kwargs.items()]
+        return f"{_name(self.fn)}({', '.join(parts)})"
 
     def alone(self, batch: Batch) -> Batch:
         """``batch``'s task again, as a batch of this job's own (used by groups)."""
@@ -297,6 +303,16 @@ class Timings:
         """The measured seconds per task of ``fn``, or ``None`` if unknown."""
         entry = self._times.get(id(fn))
         return entry[1] if entry is not None and entry[0] is fn else None
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = 30
+_repr.maxother = 30
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = 4
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or describe(fn)
 
 
 def _set_result(future: Future[Any], value: Any) -> None:

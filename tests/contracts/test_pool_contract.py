@@ -1053,6 +1053,25 @@ def test_many_tiny_tasks(mode):
             i * i for i in range(50_000))
 
 
+def test_a_stream_of_quick_submits(mode):
+    """Thousands of quick submits (grouped into batches once measured) all resolve."""
+    with bf.Pool(2, mode=mode) as pool:
+        futures = [pool.submit(add, i, 1) for i in range(5000)]
+        assert [f.result(timeout=60) for f in futures] == [i + 1 for i in range(5000)]
+        callbacks = []
+        done = threading.Event()
+
+        def record(value):
+            callbacks.append(value)
+            if len(callbacks) == 2000:
+                done.set()
+
+        for i in range(2000):
+            pool.apply_async(add, (i, 2), callback=record)
+        assert done.wait(60)
+        assert sorted(callbacks) == [i + 2 for i in range(2000)]
+
+
 def test_input_iterator_that_raises(mode):
     def items():
         yield from range(5)
