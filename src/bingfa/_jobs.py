@@ -37,6 +37,7 @@ AUTO: Final[Literal["auto"]] = "auto"
 # per-batch cost (pickling, a pipe round trip, a wake-up) is noise, short
 # enough that the tail of a map balances and progress moves smoothly.
 TARGET_BATCH_SECONDS = 0.02
+MIN_BATCH_SECONDS = 0.0005
 # Below this per-task time, marking each task's start would cost more than a
 # few percent, so such batches run untracked (see _run.run_batch).
 TRACK_THRESHOLD_SECONDS = 20e-6
@@ -282,7 +283,11 @@ class GroupJob(Job):
 
 
 class Timings:
-    """Seconds per task of recently used single-task functions (for grouping)."""
+    """Seconds per task of recently used functions.
+
+    Used to group quick single tasks, and to size a map's first chunks from
+    what the same function took the last time.
+    """
 
     CAPACITY = 256
 
@@ -290,11 +295,12 @@ class Timings:
         # id(fn) -> (fn, seconds); the function is kept so its id stays unique.
         self._times: dict[int, tuple[Callable[..., Any], float]] = {}
 
-    def note(self, fn: Callable[..., Any], seconds: float) -> None:
-        """Record one measured task of ``fn`` (a moving average)."""
+    def note(self, fn: Callable[..., Any], seconds: float, smooth: bool = True) -> None:
+        """Record a measured time per task of ``fn`` (a moving average if ``smooth``)."""
         entry = self._times.get(id(fn))
         if entry is not None and entry[0] is fn:
-            seconds = 0.7 * entry[1] + 0.3 * seconds
+            if smooth:
+                seconds = 0.7 * entry[1] + 0.3 * seconds
         elif len(self._times) >= self.CAPACITY:
             self._times.pop(next(iter(self._times)))
         self._times[id(fn)] = (fn, seconds)
@@ -355,6 +361,11 @@ class ManyJob(Job):
         self.completed = 0
         self.input_done = False
         self.size_hint = size_hint
+        # A function mapped before starts from what it took then.
+        self.per_task = scheduler.timings.of(fn)
+        # Whether the consumer wants to hear of every finished batch (imap,
+        # progress), or only of the end and of errors (map).
+        self.wake_each = True
         self.first_error: tuple[int, BaseException] | None = None
         self.aborted: BaseException | None = None
         # Ordered results: ``map`` keeps a dense list of every result; ``imap``
@@ -407,7 +418,11 @@ class ManyJob(Job):
                 # back fast whatever a task costs.
                 size = min(share, 1 << min(self._batches, 8))
             else:
-                size = min(share, max(1, int(TARGET_BATCH_SECONDS / max(self.per_task, 1e-9))))
+                per_task = max(self.per_task, 1e-9)
+                # ... but not below MIN_BATCH_SECONDS of work, where a batch
+                # would cost more to send than to run.
+                floor = int(MIN_BATCH_SECONDS / per_task)
+                size = min(max(share, floor), max(1, int(TARGET_BATCH_SECONDS / per_task)))
         if limit is not None:
             size = min(size, limit)
         return max(1, size)
@@ -451,6 +466,8 @@ class ManyJob(Job):
                 errors: list[tuple[int, BaseException]] | None, elapsed: float) -> None:
         with self.scheduler.lock:
             self._measure(len(values), elapsed)
+            if self.per_task is not None:
+                self.scheduler.timings.note(self.fn, self.per_task, smooth=False)
             if errors:
                 failed = dict(errors)
                 for local, err in errors:
@@ -460,7 +477,7 @@ class ManyJob(Job):
                 failed = {}
             self._store(batch, values, failed)
             self.completed += len(values)
-            self.cond.notify_all()
+            self._progressed()
 
     def _store(self, batch: Batch, values: list[Any], failed: dict[int, BaseException]) -> None:
         indices = batch.indices
@@ -492,6 +509,17 @@ class ManyJob(Job):
             else:
                 self.arrived.append((False, error))
             self.completed += 1
+            self._progressed()
+
+    def _progressed(self) -> None:
+        """Wake the consumer if it has a reason to look (lock held).
+
+        A ``map`` without a progress display only cares about the end or an
+        error: waking it for every chunk would make it fight the thread that
+        delivers results for the GIL.
+        """
+        if (self.wake_each or self.first_error is not None
+                or (self.input_done and self.completed >= self.submitted)):
             self.cond.notify_all()
 
     def cancel(self) -> None:

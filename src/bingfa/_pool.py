@@ -273,6 +273,7 @@ class Pool:
                 raise
             job = ManyJob(self._scheduler, fn, call, self.retries, chunksize, ordered=True,
                           size_hint=n, dense=True)
+            job.wake_each = progress not in (None, False)
             job.add(items)
             job.finish_input()
         try:
