@@ -36,7 +36,7 @@ AUTO: Final[Literal["auto"]] = "auto"
 # A chunk is sized to take about this long on a worker: long enough that the
 # per-batch cost (pickling, a pipe round trip, a wake-up) is noise, short
 # enough that the tail of a map balances and progress moves smoothly.
-TARGET_BATCH_SECONDS = 0.02
+TARGET_BATCH_SECONDS = 0.05
 MIN_BATCH_SECONDS = 0.0005
 # Below this per-task time, marking each task's start would cost more than a
 # few percent, so such batches run untracked (see _run.run_batch).

@@ -240,7 +240,7 @@ class Pool:
             fn: the function to apply.
             iterable: the inputs (consumed at once, like ``multiprocessing``).
             chunksize: tasks sent to a worker at a time; ``"auto"`` sizes chunks
-                from measured task durations (about 20 ms of work each, smaller
+                from measured task durations (about 50 ms of work each, smaller
                 towards the end so workers finish together).
             progress: ``True`` for a progress bar with an ETA, or a callable
                 receiving ``(done, total)``.
