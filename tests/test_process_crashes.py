@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import multiprocessing
 import os
 import resource
 import signal
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import pid_alive, wait_until
+from conftest import InThread, pid_alive, wait_until
 
 import bingfa as bf
 
@@ -618,3 +619,40 @@ def test_unpicklable_result_inside_a_group():
     _check_serialization_error(outcomes[77], "lock")
     assert [o for i, o in enumerate(outcomes) if i != 77] == [
         i * i for i in range(200) if i != 77]
+
+
+def _wait_for_word(conn):
+    conn.recv()
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_while_a_forked_stranger_holds_our_pipes():
+    """Other code forking after the pool (a fork-based pool, say) must not hang its exit.
+
+    The forked child inherits the parent's end of every worker pipe, so the
+    workers never see end-of-file; bingfa must stop them some other way.
+    """
+    fork = multiprocessing.get_context("fork")
+    hold_r, hold_w = fork.Pipe(duplex=False)
+    stranger = None
+
+    def use_pool():
+        nonlocal stranger
+        with bf.Pool(2, mode="process") as pool:
+            assert pool.map(square, range(10)) == [i * i for i in range(10)]
+            stranger = fork.Process(target=_wait_for_word, args=(hold_r,))
+            stranger.start()
+            assert pool.submit(square, 3).result(timeout=30) == 9
+        return "left"
+
+    run = InThread(use_pool)
+    try:
+        assert run.finished(20), "the pool's exit hung while a forked child held its pipes"
+        assert run.result() == "left"
+    finally:
+        hold_w.send("go")
+        run.result(30)
+        if stranger is not None:
+            stranger.join(30)
+        hold_r.close()
+        hold_w.close()

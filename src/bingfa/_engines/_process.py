@@ -61,6 +61,7 @@ from ._wire import (
     KIND_DONE,
     KIND_FORGET,
     KIND_LOAD_FAILED,
+    KIND_STOP,
     LOAD_FAILED,
     READY,
     SLOT_BYTES,
@@ -279,11 +280,11 @@ class ProcessEngine(Engine):
         self._register(p.pidfd, _EXIT, p)
 
     def _retire(self, p: _Proc) -> None:
-        """Let a worker go: close its task pipe so it exits when idle (lock held)."""
+        """Let a worker go: it exits once idle (lock held). Its pipe closes when reaped."""
         if p.gone:
             return
         p.gone = True
-        self._close_task_pipe(p)
+        self._write(p, [_STOP_FRAME])
         self._dying.append(p)
         if self._slots[p.slot] is p:
             self._slots[p.slot] = None
@@ -809,6 +810,7 @@ class ProcessEngine(Engine):
 
 
 _WAKE, _RESULT, _EXIT, _WRITE = range(4)
+_STOP_FRAME = FRAME.pack(1) + bytes([KIND_STOP])
 
 
 class _Interrupted:

@@ -30,6 +30,7 @@ from ._wire import (
     KIND_BATCH,
     KIND_DONE,
     KIND_LOAD_FAILED,
+    KIND_STOP,
     LOAD_FAILED,
     READY,
     SLOT_BYTES,
@@ -188,9 +189,11 @@ def worker_main(boot: WorkerBoot) -> None:
     while True:
         head = reader.read(FRAME.size)
         if len(head) < FRAME.size:
-            return  # the parent closed the pipe: retire
+            return  # the parent closed the pipe
         (size,) = FRAME.unpack(head)
         frame = memoryview(reader.read(size))
+        if frame[0] == KIND_STOP:
+            return
         if frame[0] != KIND_BATCH:
             (_, fn_id) = FORGET.unpack_from(frame)
             functions.pop(fn_id, None)

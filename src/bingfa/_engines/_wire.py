@@ -23,6 +23,7 @@ __all__ = [
     "FORGET",
     "FRAME",
     "INIT_FAILED",
+    "KIND_STOP",
     "LOAD_FAILED",
     "READY",
 ]
@@ -34,6 +35,10 @@ BATCH = struct.Struct("<BQqBBI")  # kind, seq, fn id, call style, tracked, len(f
 FORGET = struct.Struct("<Bq")  # kind, fn id the worker may drop
 KIND_BATCH = 1
 KIND_FORGET = 2
+# Exit when idle. End-of-file on the pipe cannot be relied on for this: a
+# process forked by other code in the parent (a fork-based pool started after
+# ours) inherits the parent's end of every pipe and keeps it open.
+KIND_STOP = 3
 
 # worker -> parent
 DONE = struct.Struct("<BQd")  # kind, seq, seconds spent; then pickled (values, errors)
