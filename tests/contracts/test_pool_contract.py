@@ -1158,6 +1158,9 @@ if __name__ == "__main__":
         items = [(i, folder) for i in range(100)]
         if call == "map":
             pool.starmap(slow, items, chunksize=1)
+        elif call == "submit":
+            # the waiting main thread reads results itself (process mode)
+            pool.submit(slow, 0, folder).result()
         else:
             for _ in pool.istarmap(slow, items, chunksize=1):
                 pass
@@ -1165,7 +1168,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("call", ["map", "imap"])
+@pytest.mark.parametrize("call", ["map", "imap", "submit"])
 def test_ctrl_c_stops_a_map(mode, call, tmp_path):
     script = tmp_path / "ctrl_c.py"
     script.write_text(_CTRL_C_SCRIPT)

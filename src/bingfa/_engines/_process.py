@@ -34,7 +34,7 @@ import signal
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from .._errors import InitializerError, PoolClosedError, TaskTimeoutError, WorkerCrashedError
@@ -49,6 +49,7 @@ from .._serialize import (
     main_is_importable,
     serialization_error,
 )
+from .._sigint import deferred_sigint
 from ._base import Engine, EngineConfig, initializer_error
 from ._process_worker import WorkerBoot, worker_main
 from ._wire import (
@@ -113,7 +114,6 @@ class _Proc:
         self.retiring = False  # got its last task (max_tasks_per_worker): finish, then exit
         self.gone = False  # replaced: dead, killed or retired
         self.kill_at: float | None = None
-        self.seq = 0
 
     def load(self) -> int:
         return len(self.inflight)
@@ -141,7 +141,6 @@ class ProcessEngine(Engine):
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._woken = False
         self._draining = False
         self._terminated = False
         self._startup_failures = 0
@@ -226,7 +225,7 @@ class ProcessEngine(Engine):
             with self._lead_cond:
                 self._lead_wanted = True
             self._poke()
-            with self._poll_lock, _deferred_sigint(self._poke) as interrupted:
+            with self._poll_lock, deferred_sigint(self._poke) as interrupted:
                 while not future.done() and not self._done and not interrupted:
                     wait = None
                     if deadline is not None:
@@ -811,51 +810,6 @@ class ProcessEngine(Engine):
 
 _WAKE, _RESULT, _EXIT, _WRITE = range(4)
 _STOP_FRAME = FRAME.pack(1) + bytes([KIND_STOP])
-
-
-class _Interrupted:
-    """Truthy once a SIGINT arrived while it was deferred."""
-
-    def __init__(self) -> None:
-        self.hit = False
-
-    def __bool__(self) -> bool:
-        return self.hit
-
-
-@contextlib.contextmanager
-def _deferred_sigint(poke: Callable[[], None]) -> Iterator[_Interrupted]:
-    """Hold back Ctrl-C while a caller runs the manager's loop.
-
-    A KeyboardInterrupt in the middle of reading a frame would lose a result
-    and hang someone else's future. In the main thread, SIGINT is recorded
-    instead, the poll is woken, and the original handler runs as soon as the
-    step in progress is over. Other threads never receive it.
-    """
-    state = _Interrupted()
-    if threading.current_thread() is not threading.main_thread():
-        yield state
-        return
-    original = signal.getsignal(signal.SIGINT)
-
-    def record(signum: int, frame: Any) -> None:
-        state.hit = True
-        poke()
-
-    try:
-        signal.signal(signal.SIGINT, record)
-    except ValueError:  # not the main interpreter
-        yield state
-        return
-    try:
-        yield state
-    finally:
-        signal.signal(signal.SIGINT, original)
-        if state.hit:
-            if callable(original):
-                original(signal.SIGINT, None)
-            elif original == signal.SIG_DFL:
-                os.kill(os.getpid(), signal.SIGINT)
 
 
 def _run_posts(posts: list[_Post]) -> None:

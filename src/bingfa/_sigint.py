@@ -1,0 +1,60 @@
+"""Holding back Ctrl-C while a critical section runs in the main thread."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = ["Interrupted", "deferred_sigint"]
+
+
+class Interrupted:
+    """Truthy once a SIGINT arrived while it was deferred."""
+
+    def __init__(self) -> None:
+        self.hit = False
+
+    def __bool__(self) -> bool:
+        return self.hit
+
+
+@contextlib.contextmanager
+def deferred_sigint(poke: Callable[[], None]) -> Iterator[Interrupted]:
+    """Hold back Ctrl-C for the duration of the block, then deliver it.
+
+    Used while a waiting caller runs the process manager's loop: a
+    KeyboardInterrupt in the middle of reading a frame would lose a result and
+    hang someone else's future. In the main thread SIGINT is recorded instead,
+    ``poke`` wakes whatever the block is blocked on, the block sees the
+    yielded flag turn true and ends, and the original handler then runs (so
+    KeyboardInterrupt is raised just after). Other threads never receive
+    SIGINT, so there it does nothing.
+    """
+    state = Interrupted()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+    original = signal.getsignal(signal.SIGINT)
+
+    def record(signum: int, frame: Any) -> None:
+        state.hit = True
+        poke()
+
+    try:
+        signal.signal(signal.SIGINT, record)
+    except ValueError:  # not the main interpreter
+        yield state
+        return
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, original)
+        if state.hit:
+            if callable(original):
+                original(signal.SIGINT, None)
+            elif original == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
