@@ -5,11 +5,15 @@
 [1, 2, 3]
 """
 
+from ._commands import CommandResult as CommandResult
+from ._commands import run as run
 from ._context import cancelled as cancelled
 from ._context import worker_id as worker_id
 from ._context import worker_state as worker_state
 from ._errors import BackendUnavailableError as BackendUnavailableError
 from ._errors import BingfaError as BingfaError
+from ._errors import CommandError as CommandError
+from ._errors import CommandNotFoundError as CommandNotFoundError
 from ._errors import InitializerError as InitializerError
 from ._errors import PoolClosedError as PoolClosedError
 from ._errors import RemoteTraceback as RemoteTraceback
@@ -27,6 +31,9 @@ __all__ = [
     "AsyncResult",
     "BackendUnavailableError",
     "BingfaError",
+    "CommandError",
+    "CommandNotFoundError",
+    "CommandResult",
     "Future",
     "InitializerError",
     "Pool",
@@ -39,6 +46,7 @@ __all__ = [
     "cancelled",
     "imap",
     "map",
+    "run",
     "worker_id",
     "worker_state",
 ]

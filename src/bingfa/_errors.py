@@ -12,7 +12,9 @@ timeout)::
           ├── PoolClosedError             (also RuntimeError) submit after close()
           ├── InitializerError            (also RuntimeError) a worker's initializer raised
           ├── SerializationError          (also TypeError) an object could not be (un)pickled
-          └── BackendUnavailableError     (also LookupError) an optional library is missing
+          ├── BackendUnavailableError     (also LookupError) an optional library is missing
+          ├── CommandError                an external command failed (check=True)
+          └── CommandNotFoundError        (also FileNotFoundError) no such executable
 
 An exception raised *by a task* is never wrapped: it reaches the caller with its
 own type, and the traceback of the worker where it happened is attached as its
@@ -26,6 +28,8 @@ from typing import Any
 __all__ = [
     "BackendUnavailableError",
     "BingfaError",
+    "CommandError",
+    "CommandNotFoundError",
     "InitializerError",
     "PoolClosedError",
     "RemoteTraceback",
@@ -139,6 +143,42 @@ class BackendUnavailableError(BingfaError, LookupError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_with_kwargs, (type(self), self.args, {"extra": self.extra}))
+
+
+class CommandError(BingfaError):
+    """An external command failed: it exited non-zero, was killed, or timed out.
+
+    Raised by ``bf.run(..., check=True)``. The message ends with the last lines
+    of the command's standard error.
+
+    Attributes:
+        result: the :class:`~bingfa.CommandResult`, with all its output.
+    """
+
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.args[0], self.result))
+
+
+class CommandNotFoundError(BingfaError, FileNotFoundError):
+    """The executable of an external command does not exist or cannot be run.
+
+    Attributes:
+        command: the executable that was looked for.
+    """
+
+    def __init__(self, message: str, command: str | None = None) -> None:
+        super().__init__(message)
+        self.command = command
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.args[0], self.command))
 
 
 class RemoteTraceback(Exception):
