@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
 
-from ._errors import TaskTimeoutError, WorkerCrashedError
+from ._errors import PoolClosedError, TaskTimeoutError, WorkerCrashedError
 from ._futures import Future
 from ._serialize import describe
 
@@ -109,8 +109,10 @@ class Job:
         """One task of ``batch`` failed for the pool's reasons (crash, timeout)."""
         item, index = batch.items[local_index], batch.indices[local_index]
         if isinstance(error, RETRYABLE) and batch.attempts < self.retries and not self.cancelled:
+            again = Batch(self, [item], [index], batch.attempts + 1)
+            again.track = True  # alone in its batch: a crash is blamed on it by name
             with self.scheduler.lock:
-                self._again.append(Batch(self, [item], [index], batch.attempts + 1))
+                self._again.append(again)
                 self.scheduler.activate(self)
             self._woken()
             return
@@ -225,13 +227,21 @@ class OneJob(Job):
         _set_exception(self.future, error)
 
     def cancel(self) -> None:
-        """Cancel the task if it has not started (``shutdown(cancel_pending=True)``)."""
+        """Cancel the task if it has not started (``shutdown(cancel_pending=True)``).
+
+        A task waiting to be retried has started already, so its future cannot
+        be cancelled; it fails with :class:`~bingfa.PoolClosedError` instead.
+        """
         with self.scheduler.lock:
             self.cancelled = True
+            retry_dropped = bool(self._again)
             self._again.clear()
             pending, self._pending = self._pending, False
         if pending:
             self.future.cancel()
+        elif retry_dropped:
+            _set_exception(self.future, PoolClosedError(
+                "the pool was shut down before the task's retry could run"))
 
 
 class GroupJob(Job):
@@ -639,7 +649,7 @@ class Scheduler:
 
     def idle(self) -> bool:
         """Whether nothing is waiting and nothing more can arrive (lock held)."""
-        return not self.open_jobs and not self.has_work()
+        return all(job.cancelled for job in self.open_jobs) and not self.has_work()
 
     def cancel_all(self) -> list[Job]:
         """Forget every waiting job and return them (lock held)."""

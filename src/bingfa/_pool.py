@@ -371,8 +371,12 @@ class Pool:
         if cancel_pending:
             with self._scheduler.lock:
                 jobs = self._scheduler.cancel_all()
+            error = PoolClosedError("the pool was shut down (cancel_pending=True) before "
+                                    "these tasks ran")
             for job in jobs:
-                if isinstance(job, OneJob | ManyJob):
+                if isinstance(job, ManyJob):
+                    job.abort(error)  # its consumer hears of it: results stop here
+                elif isinstance(job, OneJob):
                     job.cancel()
         self._engine.shutdown(wait)
         if wait:
@@ -534,8 +538,11 @@ class _ResultIterator(Iterator[Any]):
         self._finish()
 
     def __del__(self) -> None:
+        # No lock here: the garbage collector may run this in a thread that
+        # holds the scheduler's lock. The flag alone stops the job; the
+        # scheduler drops it at its next look.
         if not self._finished:
-            self._job.cancel()
+            self._job.cancelled = True
 
 
 def _callbacks(callback: Callable[[Any], Any] | None,

@@ -114,6 +114,7 @@ class _Proc:
         self.retiring = False  # got its last task (max_tasks_per_worker): finish, then exit
         self.gone = False  # replaced: dead, killed or retired
         self.kill_at: float | None = None
+        self.killed = False  # sent SIGTERM (and SIGKILL at kill_at)
 
     def load(self) -> int:
         return len(self.inflight)
@@ -154,6 +155,7 @@ class ProcessEngine(Engine):
         self._lead_mutex = threading.Lock()
         self._lead_cond = threading.Condition(threading.Lock())
         self._lead_wanted = False
+        self._leader: threading.Thread | None = None
         self._register(self._wake_r, _WAKE, None)
         scheduler.wake = self.wake
 
@@ -197,8 +199,10 @@ class ProcessEngine(Engine):
 
     def join(self, timeout: float | None = None) -> bool:
         manager = self._manager
-        if manager is None or manager is threading.current_thread():
-            return True
+        if manager is None or threading.current_thread() in (manager, self._leader):
+            # Called from a callback run by the thread polling the workers:
+            # it cannot wait for itself; the pool stops once it returns.
+            return not manager.is_alive() if manager is not None else True
         manager.join(timeout)
         return not manager.is_alive()
 
@@ -221,6 +225,7 @@ class ProcessEngine(Engine):
                 or not self._lead_mutex.acquire(blocking=False)):
             return
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._leader = threading.current_thread()
         try:
             with self._lead_cond:
                 self._lead_wanted = True
@@ -235,6 +240,7 @@ class ProcessEngine(Engine):
                     if not self._step(wait):
                         self._done = True
         finally:
+            self._leader = None
             with self._lead_cond:
                 self._lead_wanted = False
                 self._lead_cond.notify_all()
@@ -291,7 +297,8 @@ class ProcessEngine(Engine):
     def _kill(self, p: _Proc, now: float) -> None:
         """Terminate a worker now, kill it after the grace period (lock held)."""
         self._retire(p)
-        if p.kill_at is None:
+        if not p.killed:
+            p.killed = True
             p.kill_at = now + self.config.kill_grace
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGTERM)
@@ -471,13 +478,19 @@ class ProcessEngine(Engine):
                     with self._lead_cond:
                         while self._lead_wanted:
                             self._lead_cond.wait()
-        except BaseException as exc:  # a bug here must not hang the callers
-            self.break_pool(PoolClosedError(f"bingfa's process manager failed: {exc!r}"), exc)
+        except BaseException as exc:  # a bug or a system limit must not hang the callers
+            error = PoolClosedError(f"bingfa's process manager failed: {exc!r}")
+            self.break_pool(error, exc)
             with self._lock:
+                running: list[Job] = []
                 for p in [*self._slots, *self._dying]:
-                    if p is not None and p.pid:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(p.pid, signal.SIGKILL)
+                    if p is not None:
+                        running += [b.job for b in p.inflight]
+                        p.inflight.clear()
+                        if p.pid:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(p.pid, signal.SIGKILL)
+            self.abort_jobs(running, error)
             raise
         finally:
             self._close_everything()
@@ -581,8 +594,7 @@ class ProcessEngine(Engine):
                 f"pid {p.pid}) was terminated and replaced", timeout=timeout, task=task)
             self._lose_worker(p, head_index=index, error=err, posts=posts)
             self._kill(p, now)
-            if not self._draining and self._can_restart():
-                self._start_proc(p.slot)
+            self._replace(p)
 
     def _lose_worker(self, p: _Proc, head_index: int | None, error: BaseException | None,
                      posts: list[_Post]) -> None:
@@ -624,21 +636,7 @@ class ProcessEngine(Engine):
             if p.progress is not None:
                 seq, index = p.progress[SLOT_SEQ], p.progress[SLOT_INDEX]
             exitcode, sig = self._reap(p)
-            if not p.inflight:
-                if not expected and self._can_restart():
-                    self._start_proc(p.slot)  # died while idle: nothing lost
-                return
-            head = p.inflight[0]
-            head_index: int | None = None
-            error: BaseException | None = None
-            if seq == head.seq:  # it had started the head batch
-                if index >= 0:
-                    head_index = index
-                    error = _crash_error(p, exitcode, sig, head.describe_task(index))
-                else:
-                    error = _crash_error(p, exitcode, sig, "")
-            self._lose_worker(p, head_index, error, posts)
-            if not was_ready:
+            if not was_ready and not expected:
                 self._startup_failures += 1
                 if self._startup_failures >= STARTUP_FAILURES:
                     how = f"signal {sig}" if sig else f"exit code {exitcode}"
@@ -647,9 +645,34 @@ class ProcessEngine(Engine):
                         f"were ready (last: {how}); the pool cannot start workers")
                     self._init_failed = True
                     posts.append(lambda: self.break_pool(err))
-                    return
-            if self._can_restart():
-                self._start_proc(p.slot)
+            if not p.inflight:
+                if not expected:
+                    self._replace(p)  # died while idle: nothing lost
+                return
+            head = p.inflight[0]
+            head_index: int | None = None
+            error: BaseException | None = None
+            if seq == head.seq:  # it had started the head batch
+                if index < 0 and len(head.items) == 1:
+                    index = 0  # untracked, but a batch of one: it is that task
+                if index >= 0:
+                    head_index = index
+                    error = _crash_error(p, exitcode, sig, head.describe_task(index))
+                else:
+                    error = _crash_error(p, exitcode, sig, "")
+            self._lose_worker(p, head_index, error, posts)
+            self._replace(p)
+
+    def _retire_if_spent(self, p: _Proc) -> None:
+        """Retire and replace a worker that has run its last task (lock held)."""
+        if p.retiring and not p.inflight:
+            self._retire(p)
+            self._replace(p)
+
+    def _replace(self, p: _Proc) -> None:
+        """Start a worker in ``p``'s slot, unless the pool is stopping with nothing to do."""
+        if self._can_restart() and (not self._draining or not self.scheduler.idle()):
+            self._start_proc(p.slot)
 
     def _can_restart(self) -> bool:
         return not (self._terminated or self._init_failed or self.broken is not None)
@@ -723,10 +746,7 @@ class ProcessEngine(Engine):
                 return
             body = memoryview(payload)[DONE.size:]
             posts.append(_delivery(batch, body, elapsed))
-            if p.retiring and not p.inflight:
-                self._retire(p)
-                if not self._draining and self._can_restart():
-                    self._start_proc(p.slot)
+            self._retire_if_spent(p)
         elif kind == KIND_LOAD_FAILED:
             _, seq, fn_failed = LOAD_FAILED.unpack_from(payload)
             batch = self._pop(p, seq)
@@ -736,6 +756,7 @@ class ProcessEngine(Engine):
             if fn_failed:
                 p.known.clear()  # it kept none of the function: send it again next time
             posts.append(_load_failed(batch, bool(fn_failed), cause))
+            self._retire_if_spent(p)
         elif kind == READY:
             p.ready = True
             self._startup_failures = 0
@@ -756,8 +777,8 @@ class ProcessEngine(Engine):
         """Retire workers once draining and idle; whether the manager may stop (lock held)."""
         if self._terminated:
             now = time.monotonic()
-            for p in self._slots:
-                if p is not None and not p.gone:
+            for p in [*self._slots, *self._dying]:
+                if p is not None and not p.killed:
                     self._kill(p, now)
         elif self._draining or self.broken is not None:
             idle = all(p is None or not p.inflight for p in self._slots)

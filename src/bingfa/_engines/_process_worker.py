@@ -11,8 +11,10 @@ import os
 import pickle
 import select
 import signal
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from multiprocessing import reduction
 from typing import Any
@@ -150,7 +152,32 @@ def _encode_results(values: list[Any], errors: list[tuple[int, Any]] | None,
 
 
 def worker_main(boot: WorkerBoot) -> None:
-    """Run batches from the parent until it closes the pipe."""
+    """Run batches from the parent until it says stop; then leave at once.
+
+    The process ends with ``os._exit``: a normal interpreter exit would wait
+    for any non-daemon thread a task left behind, and a worker told to stop
+    must stop.
+    """
+    code = 0
+    try:
+        _serve(boot)
+    except SystemExit as exc:  # a task called sys.exit(): the worker exits with it
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:
+                    stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+
+def _serve(boot: WorkerBoot) -> None:
+    """The worker's life: set up, then run batches until told to stop."""
     # Ctrl-C goes to the whole foreground process group; the parent decides
     # what happens to its workers, so they do not print KeyboardInterrupt.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -191,29 +218,30 @@ def worker_main(boot: WorkerBoot) -> None:
         if len(head) < FRAME.size:
             return  # the parent closed the pipe
         (size,) = FRAME.unpack(head)
-        frame = memoryview(reader.read(size))
-        if frame[0] == KIND_STOP:
+        header = reader.read(min(size, BATCH.size))
+        if header[0] == KIND_STOP:
             return
-        if frame[0] != KIND_BATCH:
-            (_, fn_id) = FORGET.unpack_from(frame)
+        if header[0] != KIND_BATCH:
+            (_, fn_id) = FORGET.unpack_from(header)
             functions.pop(fn_id, None)
             continue
-        _, seq, fn_id, call, track, fn_len = BATCH.unpack_from(frame)
-        # Mark the batch before anything can fail, so a crash while
-        # unpickling is blamed on this batch.
+        _, seq, fn_id, call, track, fn_len = BATCH.unpack_from(header)
+        # Mark the batch before reading its body or unpickling anything, so a
+        # worker that dies doing either (out of memory, a segfault in
+        # __setstate__) is blamed on this batch.
         progress[SLOT_INDEX] = 0 if track else -1
         progress[SLOT_STARTED] = monotonic_ns()
         progress[SLOT_SEQ] = seq
-        start = BATCH.size
+        frame = memoryview(reader.read(size - BATCH.size))
         try:
             if fn_len:
-                functions[fn_id] = pickle.loads(frame[start:start + fn_len])
+                functions[fn_id] = pickle.loads(frame[:fn_len])
             fn = functions[fn_id]
         except Exception as exc:
             writer.send(LOAD_FAILED.pack(KIND_LOAD_FAILED, seq, 1), dumps(capture(exc, by_value)))
             continue
         try:
-            items = pickle.loads(frame[start + fn_len:])
+            items = pickle.loads(frame[fn_len:])
         except Exception as exc:
             writer.send(LOAD_FAILED.pack(KIND_LOAD_FAILED, seq, 0), dumps(capture(exc, by_value)))
             continue

@@ -160,6 +160,8 @@ class ThreadEngine(Engine):
                     if self.broken is None:
                         batch = sched.take(self._limit(w), self.workers)
                     if batch is not None:
+                        if sched.has_work():
+                            self._cond.notify()  # more to do: wake the next idle worker
                         break
                     if (self._draining and sched.idle()) or self.broken is not None:
                         self._cond.notify_all()  # let the others see the drain too
@@ -239,5 +241,6 @@ class ThreadEngine(Engine):
 
     def _threads_working(self) -> bool:
         return any(t.is_alive() for t in self._threads
-                   if t is not self._watchdog and t is not threading.current_thread())
+                   if t is not self._watchdog and t is not threading.current_thread()
+                   and t not in self._abandoned)
 

@@ -1,0 +1,328 @@
+"""Edge cases of the engines found in review: each once hung, leaked or misreported.
+
+Scenarios that hang the process they run in (or leave a worker that cannot
+be cleaned up) run in a child Python process with a deadline, so a hang
+fails one test instead of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+from conftest import InThread, wait_at_gate, wait_until
+
+import bingfa as bf
+
+pytestmark = pytest.mark.timeout(90)
+
+SRC = os.path.join(os.path.dirname(__file__), os.pardir, "src")
+
+
+def double(x):
+    return 2 * x
+
+
+def identity(x):
+    return x
+
+
+def _explode():
+    raise ValueError("cannot unpickle this in the worker")
+
+
+class UnpickleBomb:
+    def __reduce__(self):
+        return (_explode, ())
+
+
+def crash_on(x, bad):
+    if x == bad:
+        os._exit(9)
+    return x
+
+
+def wait_then(path, value):
+    wait_at_gate(path)
+    return value
+
+
+def crash_at_gate(path):
+    wait_at_gate(path)
+    os._exit(3)
+
+
+def _run_script(body: str, timeout: float = 60) -> str:
+    """Run ``body`` in a fresh interpreter; its stdout. A hang fails the test."""
+    code = "import os, sys, threading, time\nimport bingfa as bf\n" + textwrap.dedent(body)
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(SRC))
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the scenario hung for {timeout} s; output so far: {exc.stdout!r}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+# --- a draining pool strands queued work ---------------------------------------------------
+def test_draining_pool_replaces_retired_workers_until_the_queue_is_empty():
+    # _process.py _handle: a retired worker is replaced only "if not self._draining".
+    with bf.Pool(2, mode="process", max_tasks_per_worker=1) as pool:
+        futures = [pool.submit(double, i) for i in range(6)]
+    assert [f.result(timeout=20) for f in futures] == [2 * i for i in range(6)]
+
+
+def test_draining_pool_replaces_a_timed_out_worker_until_the_queue_is_empty(gate):
+    # _process.py _check_deadlines: the killed worker is replaced only "if not self._draining".
+    with bf.Pool(1, mode="process", task_timeout=0.5) as pool:
+        stuck = pool.submit(wait_then, gate.path, "late")
+        queued = pool.submit(double, 21)
+    assert isinstance(stuck.exception(timeout=20), bf.TaskTimeoutError)
+    assert queued.result(timeout=20) == 42
+
+
+# --- a worker that retires after a load failure ---------------------------------------------
+def test_worker_retires_when_its_last_task_failed_to_load():
+    # _process.py _handle, KIND_LOAD_FAILED: no "p.retiring and not p.inflight" check,
+    # so the slot keeps a worker that may take no more work.
+    with bf.Pool(1, mode="process", max_tasks_per_worker=1) as pool:
+        assert pool.submit(identity, UnpickleBomb()).exception(timeout=20) is not None
+        assert pool.submit(double, 4).result(timeout=20) == 8
+
+
+# --- shutdown(cancel_pending=True) ----------------------------------------------------------
+def test_cancel_pending_ends_a_map_waiting_in_another_thread():
+    # _jobs.py ManyJob.cancel: neither completes the job nor records an error, and
+    # Pool._map waits for "completed == n or first_error".
+    out = _run_script("""
+        gate = threading.Event()
+        def wait(x):
+            gate.wait()
+            return x
+        if __name__ == "__main__":
+            pool = bf.Pool(2, mode="thread")
+            t = threading.Thread(target=lambda: pool.map(wait, range(50), chunksize=1), daemon=True)
+            t.start()
+            while not pool._scheduler._maps: time.sleep(0.01)
+            pool.shutdown(wait=False, cancel_pending=True)
+            gate.set()
+            t.join(15)
+            print("HUNG" if t.is_alive() else "OK", flush=True)
+            os._exit(0)
+    """)
+    assert out.strip() == "OK"
+
+
+def test_cancel_pending_ends_an_imap():
+    # Same cause; an imap consumer spins (input not done) or waits for ever.
+    out = _run_script("""
+        if __name__ == "__main__":
+            pool = bf.Pool(2, mode="process")
+            it = pool.imap(abs, range(10_000), chunksize=1)
+            assert next(it) == 0
+            pool.shutdown(wait=True, cancel_pending=True)
+            t = threading.Thread(target=lambda: sum(1 for _ in it), daemon=True)
+            t.start(); t.join(15)
+            print("HUNG" if t.is_alive() else "OK", flush=True)
+            os._exit(0)
+    """)
+    assert out.strip() == "OK"
+
+
+def test_cancel_pending_settles_a_submit_waiting_for_its_retry(tmp_path):
+    from conftest import Gate
+
+    with Gate(tmp_path) as a_gate, Gate(tmp_path) as b_gate:
+        pool = bf.Pool(1, mode="process", retries=1)
+        try:
+            a = pool.submit(crash_at_gate, a_gate.path)
+            b = pool.submit(wait_then, b_gate.path, "b")
+            a_gate.release()
+            # a crashes; its replacement worker takes b, and a's retry queues behind b.
+            assert wait_until(lambda: b.running(), timeout=20)
+            pool.shutdown(wait=False, cancel_pending=True)
+            b_gate.close()
+            assert b.result(timeout=20) == "b"
+            # Cancelled, or failed: anything but a future that never settles.
+            assert wait_until(a.done, timeout=10), "the retried submit never settled"
+        finally:
+            a_gate.close()
+            b_gate.close()
+            pool.terminate()
+
+
+# --- thread mode -----------------------------------------------------------------------------
+def test_thread_map_runs_on_every_worker():
+    # _thread.py wake(): notify() wakes one parked worker for a whole map.
+    barrier = threading.Barrier(4, timeout=10)
+
+    def meet(_):
+        barrier.wait()
+        return threading.get_ident()
+
+    with bf.Pool(4, mode="thread") as pool:
+        # Every worker parked, waiting for work: the map is the only wake-up.
+        assert wait_until(lambda: len(pool._engine._cond._waiters) == 4, timeout=10)
+        assert len(set(pool.map(meet, range(4), chunksize=1))) == 4
+
+
+def test_thread_shutdown_does_not_wait_for_an_abandoned_task():
+    release = threading.Event()
+    pool = bf.Pool(2, mode="thread", task_timeout=0.2)
+    try:
+        err = pool.submit(release.wait).exception(timeout=20)
+        assert isinstance(err, bf.TaskTimeoutError)
+        stopping = InThread(pool.shutdown)
+        assert stopping.finished(10), "shutdown waits for the abandoned task (watchdog)"
+    finally:
+        release.set()
+        pool.terminate()
+
+
+# --- error attribution ---------------------------------------------------------------------
+def test_map_crash_after_a_retry_names_its_task():
+    # _jobs.py Job.fail: a retry batch is untracked for a quick function, so the
+    # second crash cannot be blamed on a task.
+    with bf.Pool(1, mode="process", retries=1) as pool:
+        pool.starmap(crash_on, [(i, -1) for i in range(2000)])  # measured as quick
+        with pytest.raises(bf.WorkerCrashedError) as info:
+            pool.starmap(crash_on, [(i, 3) for i in range(10)])
+        assert info.value.task is not None
+        assert "3" in info.value.task
+
+
+# --- scenarios in a child process --------------------------------------------------------------
+def test_terminate_kills_a_retired_worker_that_does_not_exit():
+    # _process.py _finish_if_drained: terminate kills workers in _slots only; a
+    # retired one (in _dying, kill_at None) that does not exit is waited for forever.
+    out = _run_script("""
+        def leave_thread():
+            threading.Thread(target=threading.Event().wait).start()  # non-daemon
+            return "ok"
+        if __name__ == "__main__":
+            pool = bf.Pool(1, mode="process", max_tasks_per_worker=1)
+            assert pool.submit(leave_thread).result(timeout=20) == "ok"
+            assert pool.submit(abs, -1).result(timeout=20) == 1
+            t = threading.Thread(target=pool.terminate, daemon=True)
+            t.start(); t.join(15)
+            print("HUNG" if t.is_alive() else "OK", flush=True)
+            os._exit(0)
+    """)
+    assert out.strip() == "OK"
+
+
+def test_error_callback_may_terminate_the_pool():
+    # The caller waiting in result() leads the manager's loop and runs callbacks
+    # under _poll_lock; terminate() then joins a manager parked until it leaves.
+    out = _run_script("""
+        def fail():
+            raise ValueError("boom")
+        if __name__ == "__main__":
+            pool = bf.Pool(2, mode="process")
+            slow = pool.submit(time.sleep, 3)
+            pool.apply_async(fail, error_callback=lambda e: pool.terminate())
+            t = threading.Thread(target=lambda: slow.exception(), daemon=True)
+            t.start(); t.join(15)
+            print("HUNG" if t.is_alive() else "OK", flush=True)
+            os._exit(0)
+    """)
+    assert out.strip() == "OK"
+
+
+def test_a_worker_that_runs_out_of_memory_reading_its_batch_fails_the_task():
+    # _process_worker.py reads a whole batch before marking it started; a worker
+    # that dies there is "not running" the batch, which is requeued for ever.
+    out = _run_script("""
+        import resource
+        def limit_memory():
+            with open("/proc/self/status") as f:
+                vm = next(int(l.split()[1]) for l in f if l.startswith("VmSize")) * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (vm + (150 << 20), resource.RLIM_INFINITY))
+        if __name__ == "__main__":
+            pool = bf.Pool(1, mode="process", initializer=limit_memory)
+            assert pool.submit(len, b"x").result(timeout=20) == 1
+            fut = pool.submit(len, b"x" * (300 << 20))
+            try:
+                fut.exception(timeout=30)
+                print("OK", flush=True)
+            except TimeoutError:
+                print("HUNG", flush=True)
+            os._exit(0)
+    """, timeout=80)
+    assert out.strip() == "OK"
+
+
+def test_a_failing_manager_fails_the_tasks_in_flight(tmp_path):
+    # _process.py _manage: break_pool aborts queued jobs only; batches in
+    # p.inflight (and posts of the failed step) are dropped, so a map hangs.
+    out = _run_script(f"""
+        import resource, signal
+        d = {str(tmp_path)!r}
+        def task(i):
+            open(os.path.join(d, f"{{i}}.pid"), "w").write(str(os.getpid()))
+            time.sleep(3)
+            return i
+        if __name__ == "__main__":
+            pool = bf.Pool(2, mode="process")
+            out = []
+            th = threading.Thread(target=lambda: out.append(pool.map(task, [0, 1], chunksize=1)),
+                                  daemon=True)
+            th.start()
+            while len(os.listdir(d)) < 2: time.sleep(0.01)
+            victim = int(open(os.path.join(d, "0.pid")).read())
+            resource.setrlimit(resource.RLIMIT_NOFILE,
+                               (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+            hog = []
+            try:
+                while True: hog.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError:
+                pass
+            os.kill(victim, signal.SIGKILL)
+            th.join(15)
+            print("HUNG" if th.is_alive() else "OK", flush=True)
+            os._exit(0)
+    """)
+    assert out.strip().splitlines()[-1] == "OK"
+
+
+def test_an_imap_iterator_collected_by_the_gc_does_not_deadlock_the_pool():
+    # _pool.py _ResultIterator.__del__ -> ManyJob.cancel takes the scheduler's
+    # (non-reentrant) lock; the cyclic GC may run it in a thread holding that lock.
+    out = _run_script("""
+        import gc
+        def sq(x):
+            return x * x
+        class Holder:
+            pass
+        if __name__ == "__main__":
+            pool = bf.Pool(2, mode="thread")
+            gc.set_threshold(50, 1, 1)
+            def churn():
+                for i in range(3000):
+                    it = pool.imap(sq, range(50), chunksize=1)
+                    next(it)
+                    h = Holder(); h.it = it; h.me = h  # freed by the cyclic GC only
+                    del it, h
+                    pool.submit(sq, i).result()
+            t = threading.Thread(target=churn, daemon=True)
+            t.start(); t.join(40)
+            print("HUNG" if t.is_alive() else "OK", flush=True)
+            os._exit(0)
+    """)
+    assert out.strip() == "OK"
+
+
+def test_an_idle_pool_whose_workers_die_at_start_stops_restarting_them():
+    # _process.py _exited: a worker that dies before READY with nothing in flight is
+    # restarted without counting a startup failure: an endless respawn loop.
+    pool = bf.Pool(2, mode="process", initializer=os._exit, initargs=(3,))
+    try:
+        assert wait_until(lambda: pool._scheduler.broken is not None, timeout=10), (
+            "the pool keeps starting workers that die at once")
+    finally:
+        pool.terminate()
