@@ -326,3 +326,42 @@ def test_an_idle_pool_whose_workers_die_at_start_stops_restarting_them():
             "the pool keeps starting workers that die at once")
     finally:
         pool.terminate()
+
+
+# --- a crash while the pool drains ------------------------------------------------------------
+def crash_once(marker):
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(7)
+    return "survived"
+
+
+def crash_at_gate_on(x, bad, gate=None):
+    if x == bad:
+        wait_at_gate(gate)
+        os._exit(9)
+    return x
+
+
+def test_draining_pool_runs_the_retry_of_a_task_that_crashed(tmp_path):
+    with bf.Pool(1, mode="process", retries=1) as pool:
+        fut = pool.submit(crash_once, str(tmp_path / "marker"))
+    assert fut.result(timeout=20) == "survived"
+
+
+def test_draining_pool_reruns_the_chunk_of_a_task_that_crashed(gate):
+    pool = bf.Pool(1, mode="process")
+    try:
+        pool.starmap(crash_at_gate_on, [(i, -1) for i in range(2000)])  # measured quick: untracked
+        # One untracked chunk of 8; task 3 crashes the worker, which one is
+        # unknown, so all 8 are queued again one by one.
+        running = InThread(pool.starmap, crash_at_gate_on, [(i, 3, gate.path) for i in range(8)], 8)
+        assert wait_until(lambda: any(p is not None and p.inflight
+                                      for p in pool._engine._slots), timeout=20)
+        pool.shutdown(wait=False)
+        gate.release(2)  # task 3 crashes its worker now, and again when run alone
+        assert running.finished(20), "the map never returned"
+        with pytest.raises(bf.WorkerCrashedError):
+            running.result()
+    finally:
+        pool.terminate()

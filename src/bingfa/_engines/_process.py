@@ -237,7 +237,14 @@ class ProcessEngine(Engine):
                         wait = deadline - time.monotonic()
                         if wait <= 0:
                             break
-                    if not self._step(wait):
+                    try:
+                        stepped = self._step(wait)
+                    except BaseException as exc:
+                        if isinstance(exc, KeyboardInterrupt):
+                            raise  # held back above; cannot come from inside a step
+                        self._fail(exc)
+                        raise
+                    if not stepped:
                         self._done = True
         finally:
             self._leader = None
@@ -478,22 +485,32 @@ class ProcessEngine(Engine):
                     with self._lead_cond:
                         while self._lead_wanted:
                             self._lead_cond.wait()
-        except BaseException as exc:  # a bug or a system limit must not hang the callers
-            error = PoolClosedError(f"bingfa's process manager failed: {exc!r}")
-            self.break_pool(error, exc)
-            with self._lock:
-                running: list[Job] = []
-                for p in [*self._slots, *self._dying]:
-                    if p is not None:
-                        running += [b.job for b in p.inflight]
-                        p.inflight.clear()
-                        if p.pid:
-                            with contextlib.suppress(ProcessLookupError):
-                                os.kill(p.pid, signal.SIGKILL)
-            self.abort_jobs(running, error)
+        except BaseException as exc:
+            self._fail(exc)
             raise
         finally:
             self._close_everything()
+
+    def _fail(self, exc: BaseException) -> None:
+        """The manager's loop failed (a bug, a system limit): fail everything, kill workers.
+
+        Whatever the failed step had collected is lost, so no task may be left
+        waiting for it: every queued and running task fails with the error.
+        """
+        error = PoolClosedError(f"bingfa's process manager failed: {exc!r}")
+        self.break_pool(error, exc)
+        with self._lock:
+            self._done = True
+            running: list[Job] = []
+            for p in [*self._slots, *self._dying]:
+                if p is not None:
+                    running += [b.job for b in p.inflight]
+                    p.inflight.clear()
+                    if p.pid:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(p.pid, signal.SIGKILL)
+        self.abort_jobs(running, error)
+        self._poke()
 
     def _step(self, max_wait: float | None) -> bool:
         """One turn of the manager's loop; ``False`` when the engine is done.
@@ -533,9 +550,11 @@ class ProcessEngine(Engine):
         with self._lock:
             self._check_deadlines(posts)
             posts += self._dispatch()
-            done = self._finish_if_drained()
         _run_posts(posts)
-        return not done
+        # Only now: the posts may have put work back (a retry, tasks of a dead
+        # worker), which a draining pool must still run.
+        with self._lock:
+            return not self._finish_if_drained()
 
     def _poll_timeout(self) -> float:
         if self.config.task_timeout is None and not self._dying:
@@ -781,6 +800,12 @@ class ProcessEngine(Engine):
                 if p is not None and not p.killed:
                     self._kill(p, now)
         elif self._draining or self.broken is not None:
+            if self.broken is None and not self.scheduler.idle():
+                # Work came back while draining: make sure it has workers.
+                for slot, p in enumerate(self._slots):
+                    if p is None and self._can_restart():
+                        self._start_proc(slot)
+                return False
             idle = all(p is None or not p.inflight for p in self._slots)
             if idle and (self.broken is not None or self.scheduler.idle()):
                 for p in self._slots:
