@@ -188,6 +188,10 @@ class ProcessEngine(Engine):
         error = PoolClosedError("the pool was terminated before the task finished")
         with self._lock:
             self._terminated = self._draining = True
+            if self.scheduler.broken is None:
+                # Tasks that come back later (a crash being settled right
+                # now) fail at once instead of waiting in a dead pool.
+                self.scheduler.broken = error
             jobs = self.scheduler.cancel_all()
             for p in self._slots:
                 if p is not None:
@@ -279,6 +283,14 @@ class ProcessEngine(Engine):
             target=worker_main, args=(boot,), name=f"bingfa-worker-{slot}", daemon=False)
         try:
             process.start()
+        except BaseException:
+            for fd in (p.task_fd, p.result_fd):
+                os.close(fd)
+            mm = p.progress.obj
+            p.progress.release()
+            if isinstance(mm, mmap.mmap):
+                mm.close()
+            raise
         finally:
             for fd in (task_r, result_w, progress_fd):
                 os.close(fd)

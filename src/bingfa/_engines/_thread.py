@@ -78,6 +78,8 @@ class ThreadEngine(Engine):
         error = PoolClosedError("the pool was terminated before the task finished")
         with self._cond:
             self._terminated = self._draining = True
+            if self.scheduler.broken is None:
+                self.scheduler.broken = error  # late retries fail at once
             jobs = self.scheduler.cancel_all()
             running: list[Job] = []
             for w in self._slots:
