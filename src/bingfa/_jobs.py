@@ -68,6 +68,13 @@ class Batch:
         self.track = job.per_task is None or job.per_task >= TRACK_THRESHOLD_SECONDS
         self.seq = 0  # set by the engine that sends it
 
+    @classmethod
+    def single(cls, job: Job, item: Any, index: int, attempts: int = 0) -> Batch:
+        """A batch of one task, tracked so that a crash or timeout names it."""
+        batch = cls(job, [item], (index,), attempts)
+        batch.track = True
+        return batch
+
     def describe_task(self, local_index: int) -> str:
         """A short text naming a task, for errors."""
         return self.job.describe_task(self.indices[local_index], self.items[local_index])
@@ -109,8 +116,7 @@ class Job:
         """One task of ``batch`` failed for the pool's reasons (crash, timeout)."""
         item, index = batch.items[local_index], batch.indices[local_index]
         if isinstance(error, RETRYABLE) and batch.attempts < self.retries and not self.cancelled:
-            again = Batch(self, [item], [index], batch.attempts + 1)
-            again.track = True  # alone in its batch: a crash is blamed on it by name
+            again = Batch.single(self, item, index, batch.attempts + 1)
             with self.scheduler.lock:
                 self._again.append(again)
                 self.scheduler.activate(self)
@@ -140,9 +146,7 @@ class Job:
         with self.scheduler.lock:
             if one_by_one:
                 for item, index in zip(items, indices, strict=True):
-                    again = Batch(self, [item], [index], batch.attempts)
-                    again.track = True
-                    self._again.append(again)
+                    self._again.append(Batch.single(self, item, index, batch.attempts))
             else:
                 self._again.append(Batch(self, items, indices, batch.attempts))
             self.scheduler.activate(self)
@@ -184,9 +188,7 @@ class OneJob(Job):
         self._pending = False
         if not self.future.set_running_or_notify_cancel():
             return None  # cancelled before it started
-        batch = Batch(self, [self.item], (0,))
-        batch.track = True
-        return batch
+        return Batch.single(self, self.item, 0)
 
     def has_work(self) -> bool:
         return self._pending or bool(self._again)
@@ -214,10 +216,7 @@ class OneJob(Job):
 
     def alone(self, batch: Batch) -> Batch:
         """``batch``'s task again, as a batch of this job's own (used by groups)."""
-        own = Batch(self, [self.item], (0,), batch.attempts)
-        own.track = True
-        return own
-
+        return Batch.single(self, self.item, 0, batch.attempts)
 
     def abort(self, error: BaseException) -> None:
         with self.scheduler.lock:
@@ -535,23 +534,23 @@ class ManyJob(Job):
     def cancel(self) -> None:
         """Stop handing out this job's tasks; results still in flight are dropped."""
         with self.scheduler.lock:
-            self.cancelled = True
-            self._segments.clear()
-            self._again.clear()
-            self._close_input()
-            self.cond.notify_all()
+            self._stop()
         self.scheduler.wake()
 
     def abort(self, error: BaseException) -> None:
         with self.scheduler.lock:
-            self.cancelled = True
-            self._segments.clear()
-            self._again.clear()
             if self.first_error is None:
                 self.first_error = (-1, error)
             self.aborted = error
-            self._close_input()
-            self.cond.notify_all()
+            self._stop()
+
+    def _stop(self) -> None:
+        """Hand out nothing more and wake the consumer (lock held)."""
+        self.cancelled = True
+        self._segments.clear()
+        self._again.clear()
+        self._close_input()
+        self.cond.notify_all()
 
 
 class Scheduler:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
-import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, TypeVar
@@ -596,7 +595,6 @@ def imap(fn: Callable[[T], R], iterable: Iterable[T], *, mode: Mode | str = "thr
 
 
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
-_exit_lock = threading.Lock()
 
 
 def _shutdown_quietly(engine: Engine) -> None:
@@ -611,9 +609,8 @@ def _shutdown_quietly(engine: Engine) -> None:
 def _terminate_at_exit() -> None:
     # Runs before multiprocessing's own exit handler (registered earlier, run
     # later), which would otherwise wait forever for workers still running.
-    with _exit_lock:
-        for engine in list(_live_engines):
-            try:
-                engine.terminate()
-            except Exception:
-                pass
+    for engine in list(_live_engines):
+        try:
+            engine.terminate()
+        except Exception:
+            pass

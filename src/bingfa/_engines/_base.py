@@ -62,10 +62,6 @@ class Engine(abc.ABC):
     def join(self, timeout: float | None = None) -> bool:
         """Wait until every worker has stopped; whether they all did."""
 
-    @abc.abstractmethod
-    def alive(self) -> bool:
-        """Whether the engine still has workers or a manager running."""
-
     @property
     def broken(self) -> BaseException | None:
         """Why the pool can run nothing more (an initializer failed), or ``None``."""

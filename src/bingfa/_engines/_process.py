@@ -210,9 +210,6 @@ class ProcessEngine(Engine):
         manager.join(timeout)
         return not manager.is_alive()
 
-    def alive(self) -> bool:
-        return self._manager is not None and self._manager.is_alive()
-
     def wait_for(self, future: Future[Any], timeout: float | None) -> None:
         """Wait for ``future`` by polling the workers in this thread.
 

@@ -110,10 +110,6 @@ class ThreadEngine(Engine):
             if deadline is not None and time.monotonic() >= deadline:
                 return not any(t.is_alive() for t in threads)
 
-    def alive(self) -> bool:
-        with self._cond:
-            return any(t.is_alive() for t in self._threads)
-
     # --- workers -------------------------------------------------------------------
     def _spawn(self, slot: int) -> None:
         """Start a worker thread in ``slot`` (lock held)."""
