@@ -12,7 +12,8 @@ PUBLIC = sorted(name for name in bingfa.__all__ if name != "__version__")
 
 
 def test_all_matches_the_public_names():
-    public = {name for name in vars(bingfa) if not name.startswith("_")}
+    # dir(), not vars(): names are loaded on first use
+    public = {name for name in dir(bingfa) if not name.startswith("_")}
     # submodules are private (underscored) and never public attributes
     assert public == set(bingfa.__all__) - {"__version__"}
     assert len(bingfa.__all__) == len(set(bingfa.__all__))
@@ -22,6 +23,11 @@ def test_all_matches_the_public_names():
 def test_every_name_in_all_exists():
     for name in bingfa.__all__:
         assert hasattr(bingfa, name), name
+
+
+def test_an_unknown_name_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        bingfa.nonexistent  # noqa: B018
 
 
 def test_version_is_a_string():

@@ -6,9 +6,12 @@ as Python does.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
+
+TYPE_CHECKING = False  # typing and argparse cost milliseconds that `bingfa run` must not pay
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 __all__ = ["main"]
 
@@ -100,10 +103,14 @@ def demo(n: int, mode: str, workers: int | None) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="bingfa", description="bingfa (并发): one fast API for Python concurrency.")
     parser.add_argument("--version", action="version", version=f"bingfa {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", help="run a command for each argument, several at a time "
+                   "(GNU parallel's core; see bingfa run --help)", add_help=False)
     sub.add_parser("info", help="show Python, cores, start methods and installed extras")
     demo_p = sub.add_parser("demo", help="run a small parallel map and check its result")
     demo_p.add_argument("-n", type=int, default=100_000, help="items to map (default 100000)")
@@ -114,8 +121,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bingfa`` command; returns the exit status."""
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    if args_list[:1] == ["run"]:
+        # Its own parser: GNU parallel's syntax (:::, ::::) is not argparse's,
+        # and argparse's import would be paid by every one of its start-ups.
+        from ._cli_run import main_run
+
+        return main_run(args_list[1:])
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     if args.command == "info":
         print(info())
         return 0

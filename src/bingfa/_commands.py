@@ -17,105 +17,22 @@ What it guards against, compared with a bare ``subprocess.Popen``:
 from __future__ import annotations
 
 import os
-import shlex
 import signal as signals
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
-from ._errors import CommandError, CommandNotFoundError
+from ._children import DRAIN_AFTER_KILL, KILL_GRACE, command_argv
+from ._cmdresult import CommandResult, make_result
+from ._errors import CommandNotFoundError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._children import Command
 
 __all__ = ["CommandResult", "run"]
 
-# How long a timed-out or interrupted command's process group gets between
-# SIGTERM and SIGKILL, and how long its output may take to drain afterwards.
-KILL_GRACE = 0.5
-DRAIN_AFTER_KILL = 1.0
-STDERR_TAIL_LINES = 10
-
-Command = str | Sequence[str | os.PathLike[str]]
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """What an external command did.
-
-    Attributes:
-        args: the command as run (a list, or the string given with ``shell=True``).
-        returncode: the exit status; negative when a signal ended it (as in
-            :mod:`subprocess`).
-        stdout: everything it wrote to standard output (``str`` with
-            ``text=True``, else ``bytes``), including what came before a timeout.
-        stderr: the same for standard error.
-        duration: seconds from start to exit.
-        timed_out: whether bingfa ended it because of ``timeout``.
-        signal: the number of the signal that ended it, or ``None``.
-    """
-
-    args: list[str] | str
-    returncode: int
-    stdout: Any
-    stderr: Any
-    duration: float
-    timed_out: bool
-    signal: int | None
-
-    @property
-    def ok(self) -> bool:
-        """Whether it exited 0 within its timeout."""
-        return self.returncode == 0 and not self.timed_out
-
-    def check(self) -> CommandResult:
-        """Return itself if :attr:`ok`; raise :class:`~bingfa.CommandError` otherwise."""
-        if not self.ok:
-            raise CommandError(_failure_message(self), self)
-        return self
-
-
-def _failure_message(result: CommandResult) -> str:
-    shown = result.args if isinstance(result.args, str) else shlex.join(result.args)
-    if result.timed_out:
-        how = f"timed out after {result.duration:.3g} s and was killed"
-    elif result.signal is not None:
-        how = f"was killed by signal {result.signal} ({_signal_name(result.signal)})"
-    else:
-        how = f"exited with status {result.returncode}"
-    err = result.stderr
-    text = err.decode("utf-8", "replace") if isinstance(err, bytes) else str(err)
-    tail = text.rstrip().splitlines()[-STDERR_TAIL_LINES:]
-    message = f"command {shown!r} {how}"
-    if tail:
-        message += "; its stderr ended with:\n  " + "\n  ".join(tail)
-    return message
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signals.Signals(number).name
-    except ValueError:
-        return "unknown"
-
-
-def _argv(cmd: Command, shell: bool) -> list[str] | str:
-    """The command in the form Popen takes, checked."""
-    if shell:
-        if not isinstance(cmd, str):
-            raise TypeError("with shell=True the command must be a string")
-        if not cmd.strip():
-            raise ValueError("the command is empty")
-        shlex.split(cmd)  # ValueError for unbalanced quotes, before anything runs
-        return cmd
-    if isinstance(cmd, str):
-        argv = shlex.split(cmd)  # ValueError: "No closing quotation"
-    elif isinstance(cmd, bytes):
-        raise TypeError("the command must be a string or a list of arguments, not bytes")
-    else:
-        argv = [os.fspath(part) for part in cmd]
-    if not argv:
-        raise ValueError("the command is empty")
-    return [str(a) for a in argv]
 
 
 def _end_group(proc: subprocess.Popen[bytes], grace: float) -> None:
@@ -202,7 +119,7 @@ def run(
         if r.timed_out:
             print(host, "did not answer;", r.stdout)
     """
-    argv = _argv(cmd, shell)
+    argv = command_argv(cmd, shell)
     if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
         raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
     data = input.encode(encoding) if isinstance(input, str) else input
@@ -241,11 +158,8 @@ def run(
             os.killpg(proc.pid, signals.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    stdout: Any = out.decode(encoding, errors) if text else out
-    stderr: Any = err.decode(encoding, errors) if text else err
-    result = CommandResult(
-        args=argv, returncode=returncode, stdout=stdout, stderr=stderr, duration=duration,
-        timed_out=timed_out, signal=-returncode if returncode < 0 else None)
+    result = make_result(argv, returncode, out, err, duration=duration, timed_out=timed_out,
+                         text=text, encoding=encoding, errors=errors)
     if check:
         result.check()
     return result

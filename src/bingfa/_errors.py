@@ -23,7 +23,9 @@ own type, and the traceback of the worker where it happened is attached as its
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # no typing at run time: bingfa run starts fast
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "BackendUnavailableError",
@@ -202,3 +204,10 @@ def _rebuild_with_kwargs(cls: type[BaseException], args: tuple[Any, ...],
     # (which replays ``cls(*args)`` only), so errors that carry context rebuild
     # themselves through this helper.
     return cls(*args, **kwargs)
+
+
+# Raised from deep inside bingfa, these classes show (and pickle) under the
+# name users import them by.
+for _name in __all__:
+    globals()[_name].__module__ = "bingfa"
+del _name

@@ -1,0 +1,402 @@
+"""``bingfa run``: the core of GNU parallel, started as fast as xargs.
+
+Only what a run needs is imported (no Pool, no argparse), and a command line
+without shell syntax is executed directly instead of through ``/bin/sh``:
+those two things are what lets 500 short jobs finish in the time ``xargs``
+takes. See ``docs/commands.md`` for the user's view.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+
+from ._fanout import Fanout, Job, parse_halt
+from ._template import Template
+
+# Start-up is a large part of a short run, so only what runs is imported:
+# typing, re, dataclasses and argparse each cost milliseconds.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from typing import IO
+
+__all__ = ["main_run"]
+
+USAGE = """\
+usage: bingfa run [OPTIONS] COMMAND... [::: ARGS...]... [:::: FILE...]...
+       bingfa run [OPTIONS] -- PROGRAM [ARG...] [::: ARGS...]...
+
+Run COMMAND once for each argument, several at a time. Arguments come from
+'::: a b c', from files after '::::' (one per line; '-' is standard input), or
+from standard input. Several sources combine as a cartesian product; --link
+pairs them instead. COMMAND is a shell command line; after '--' it is a
+program and its arguments, run without a shell.
+
+replacement strings (the argument is appended when there are none):
+  {}  argument     {.}  without extension    {/}  base name    {//} directory
+  {/.} base name without extension   {#} job number   {%} job slot
+  {1} {2} ... argument from source 1, 2 ... (also {1.} {1/} {1//} {1/.})
+
+options:
+  -j, --jobs N       run N jobs at once; N% is a share of the cores (default: cores)
+  --timeout SECONDS  kill a job (its whole process group) after SECONDS
+  --retries N        run a failed job again, up to N more times
+  --halt WHEN        now,fail=N | soon,fail=N | now,success=N | soon,success=N
+  -k, --keep-order   print output in input order (default: as jobs finish)
+  --tag              put the arguments and a tab before each output line
+  --link             pair the sources instead of combining them
+  --joblog FILE      log each job: Seq Host Starttime JobRuntime Send Receive
+                     Exitval Signal Command
+  --results DIR      save each job's stdout, stderr and seq under DIR
+  --bar              show a progress bar on standard error
+  --dry-run          print the commands, run nothing
+  -h, --help         show this help
+
+exit status: 0 if every job succeeded, else the number of failed jobs (at most
+101); 255 for bad usage; 130 after Ctrl-C, which kills the running jobs.
+"""
+
+_SOURCE_MARKS = (":::", "::::")
+EXIT_BAD_USAGE = 255
+EXIT_INTERRUPTED = 130
+MAX_FAILED_STATUS = 101
+BAR_INTERVAL = 0.1
+
+
+class UsageError(Exception):
+    """A mistake on the command line: one line on stderr, exit status 255."""
+
+
+class Options:
+    """The parsed command line of ``bingfa run``."""
+
+    def __init__(self) -> None:
+        self.jobs: int | None = None
+        self.timeout: float | None = None
+        self.retries = 0
+        self.halt: str | None = None
+        self.keep_order = False
+        self.tag = False
+        self.link = False
+        self.joblog: str | None = None
+        self.results: str | None = None
+        self.bar = False
+        self.dry_run = False
+        self.argv_mode = False
+        self.command: list[str] = []
+        self.sources: list[tuple[str, str | list[str]]] = []  # (":::", values) | ("::::", path)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _parse_jobs(text: str) -> int:
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1])
+            if share <= 0:
+                raise ValueError
+            return max(1, int(_cores() * share / 100))
+        jobs = int(text)
+    except ValueError:
+        raise UsageError(f"-j wants a number of jobs or a share of cores like 50%, "
+                         f"not {text!r}") from None
+    if jobs <= 0:
+        raise UsageError(f"-j must be at least 1, got {jobs}")
+    return jobs
+
+
+def _number(option: str, text: str, kind: type[float] | type[int]) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise UsageError(f"{option} wants a number, not {text!r}") from None
+    if value < 0 or (kind is float and value == 0):
+        raise UsageError(f"{option} must be {'positive' if kind is float else '>= 0'}, "
+                         f"got {text}")
+    return value
+
+
+_WITH_VALUE = {"-j", "--jobs", "--timeout", "--retries", "--halt", "--joblog", "--results"}
+_FLAGS = {"-k": "keep_order", "--keep-order": "keep_order", "--tag": "tag", "--link": "link",
+          "--bar": "bar", "--dry-run": "dry_run"}
+
+
+def parse(args: Sequence[str]) -> Options:
+    """``bingfa run``'s arguments as :class:`Options`; UsageError for mistakes."""
+    opts = Options()
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            opts.argv_mode = True
+            i += 1
+            break
+        if arg in _SOURCE_MARKS or not arg.startswith("-") or arg == "-":
+            break
+        name, eq, value = arg.partition("=")
+        if name.startswith("-j") and name not in _WITH_VALUE and not eq:
+            name, value, eq = "-j", arg[2:], "="  # -j4
+        if name in _FLAGS and not eq:
+            setattr(opts, _FLAGS[name], True)
+            i += 1
+            continue
+        if name in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            raise SystemExit(0)
+        if name not in _WITH_VALUE:
+            raise UsageError(f"unknown option {arg!r} (see bingfa run --help)")
+        if not eq:
+            i += 1
+            if i >= len(args):
+                raise UsageError(f"{name} needs a value")
+            value = args[i]
+        i += 1
+        if name in ("-j", "--jobs"):
+            opts.jobs = _parse_jobs(value)
+        elif name == "--timeout":
+            opts.timeout = _number(name, value, float)
+        elif name == "--retries":
+            opts.retries = int(_number(name, value, int))
+        elif name == "--halt":
+            try:
+                parse_halt(value)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            opts.halt = value
+        elif name == "--joblog":
+            opts.joblog = value
+        else:
+            opts.results = value
+    rest = list(args[i:])
+    marks = [k for k, word in enumerate(rest) if word in _SOURCE_MARKS]
+    end = marks[0] if marks else len(rest)
+    opts.command = rest[:end]
+    if not opts.command:
+        raise UsageError("no command given (see bingfa run --help)")
+    for n, start in enumerate(marks):
+        stop = marks[n + 1] if n + 1 < len(marks) else len(rest)
+        values = rest[start + 1:stop]
+        if rest[start] == ":::":
+            if not values:
+                raise UsageError("::: must be followed by at least one argument")
+            opts.sources.append((":::", values))
+        else:
+            if not values:
+                raise UsageError(":::: must be followed by at least one file")
+            opts.sources += [("::::", path) for path in values]
+    return opts
+
+
+def _lines(stream: IO[bytes]) -> Iterator[str]:
+    for raw in stream:
+        yield os.fsdecode(raw[:-1] if raw.endswith(b"\n") else raw)
+
+
+def _open_sources(opts: Options) -> list[Iterator[str] | list[str]]:
+    """Each input source as values; files are opened now, so a missing one is a usage error."""
+    sources: list[Iterator[str] | list[str]] = []
+    specs = opts.sources or [("::::", "-")]
+    for kind, spec in specs:
+        if kind == ":::":
+            assert isinstance(spec, list)
+            sources.append(spec)
+        elif spec == "-":
+            sources.append(_lines(sys.stdin.buffer))
+        else:
+            assert isinstance(spec, str)
+            try:
+                handle = open(spec, "rb")  # noqa: SIM115 - read lazily, closed at exit
+            except OSError as exc:
+                raise UsageError(f"cannot read input file {spec!r}: "
+                                 f"{exc.strerror or exc}") from None
+            sources.append(_lines(handle))
+    return sources
+
+
+def _combine(sources: list[Iterator[str] | list[str]], link: bool) -> Iterator[tuple[str, ...]]:
+    """The argument tuples: a cartesian product (first source slowest), or zipped."""
+    if len(sources) == 1:
+        return ((value,) for value in sources[0])
+    lists = [list(s) for s in sources]
+    if any(not values for values in lists):
+        return iter(())
+    if link:
+        # As GNU parallel: shorter sources wrap around to the longest's length.
+        longest = max(len(values) for values in lists)
+        return (tuple(values[k % len(values)] for values in lists) for k in range(longest))
+    return itertools.product(*lists)
+
+
+def _jobs(template: Template, arguments: Iterator[tuple[str, ...]]) -> Iterator[Job]:
+    for seq, values in enumerate(arguments, 1):
+        if template.uses_slot:
+            def build(slot: int, values: tuple[str, ...] = values, seq: int = seq) -> list[str]:
+                return template.argv(values, seq, slot)
+            yield Job(seq, None, build=build, info=values)
+        else:
+            yield Job(seq, template.argv(values, seq, 0), info=values)
+
+
+def _escape(value: str) -> str:
+    """An argument as a directory name under --results: no '/', never '.' or '..'."""
+    name = value.replace("\\", "\\\\").replace("/", "\\_")
+    return "\\" + name if name in ("", ".", "..") else name
+
+
+class Reporter:
+    """Where finished jobs go: the terminal, the joblog, the results folder, the bar."""
+
+    def __init__(self, opts: Options, template: Template, total: int | None) -> None:
+        self._opts = opts
+        self._template = template
+        self._out = sys.stdout.buffer
+        self._err = sys.stderr.buffer
+        self._log: IO[str] | None = None
+        self._total = total
+        self._done = 0
+        self._bar_shown = 0.0
+        if opts.joblog is not None:
+            try:
+                self._log = open(opts.joblog, "w", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                raise UsageError(f"cannot write joblog {opts.joblog!r}: "
+                                 f"{exc.strerror or exc}") from None
+            self._log.write("Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal"
+                            "\tCommand\n")
+            self._log.flush()
+        if opts.results is not None:
+            try:
+                os.makedirs(opts.results, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"cannot create results folder {opts.results!r}: "
+                                 f"{exc.strerror or exc}") from None
+
+    def command_line(self, job: Job) -> str:
+        return self._template.line(job.info, job.seq, job.slot or 1)
+
+    def finished(self, job: Job) -> None:
+        self._print(job)
+        if self._log is not None:
+            signal_number = job.signal or 0
+            exitval = job.returncode if job.returncode >= 0 else -1
+            self._log.write(f"{job.seq}\t:\t{job.wall_start:.3f}\t{job.duration:8.3f}\t0\t"
+                            f"{job.received}\t{exitval}\t{signal_number}\t"
+                            f"{self.command_line(job)}\n")
+            self._log.flush()
+        if self._opts.results is not None:
+            self._save(job)
+        self._done += 1
+        if self._opts.bar:
+            self.bar()
+
+    def _print(self, job: Job) -> None:
+        if self._opts.tag:
+            tag = ("\t".join(job.info) if len(job.info) > 1 else job.info[0]).encode(
+                errors="surrogateescape") + b"\t"
+            for data, stream in ((job.stdout, self._out), (job.stderr, self._err)):
+                if data:
+                    lines = data.splitlines(keepends=True)
+                    stream.write(b"".join(tag + line for line in lines))
+                    if not data.endswith(b"\n"):
+                        stream.write(b"\n")
+        else:
+            if job.stdout:
+                self._out.write(job.stdout)
+            if job.stderr:
+                self._err.write(job.stderr)
+        if job.stdout:
+            self._out.flush()
+        if job.stderr:
+            self._err.flush()
+
+    def _save(self, job: Job) -> None:
+        assert self._opts.results is not None
+        folder = self._opts.results
+        for n, value in enumerate(job.info, 1):
+            folder = os.path.join(folder, str(n), _escape(value))
+        os.makedirs(folder, exist_ok=True)
+        for name, data in (("stdout", job.stdout), ("stderr", job.stderr),
+                           ("seq", f"{job.seq}\n".encode())):
+            with open(os.path.join(folder, name), "wb") as handle:
+                handle.write(data)
+
+    def bar(self, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and now - self._bar_shown < BAR_INTERVAL:
+            return
+        self._bar_shown = now
+        total = self._total or 0
+        share = self._done / total if total else 1.0
+        filled = int(share * 30)
+        text = f"\r{share:4.0%} [{'#' * filled}{'.' * (30 - filled)}] {self._done}/{total}"
+        self._err.write(text.encode() + (b"\n" if final else b""))
+        self._err.flush()
+
+    def close(self) -> None:
+        if self._opts.bar:
+            self.bar(final=True)
+        if self._log is not None:
+            self._log.close()
+
+
+def run_jobs(opts: Options) -> int:
+    """Run what ``opts`` asks for; the exit status."""
+    try:
+        template = Template(opts.command, argv=opts.argv_mode,
+                            sources=max(1, len(opts.sources) or 1))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    sources = _open_sources(opts)
+    arguments = _combine(sources, opts.link)
+    parallel = opts.jobs or _cores()
+    total: int | None = None
+    if opts.bar:
+        listed = list(arguments)  # the bar needs the total
+        total = len(listed)
+        arguments = iter(listed)
+    if opts.dry_run:
+        out = sys.stdout
+        for seq, values in enumerate(arguments, 1):
+            out.write(template.line(values, seq, (seq - 1) % parallel + 1) + "\n")
+        return 0
+    reporter = Reporter(opts, template, total)
+    halt = parse_halt(opts.halt)
+    fanout = Fanout(_jobs(template, arguments), parallel=parallel, timeout=opts.timeout,
+                    retries=opts.retries, halt=halt, keep_order=opts.keep_order,
+                    missing="fail")
+    jobs = iter(fanout)
+    try:
+        for job in jobs:
+            reporter.finished(job)
+    finally:
+        jobs.close()  # type: ignore[attr-defined]
+        reporter.close()
+    if fanout.halted and halt is not None and not halt.on_failure:
+        return 0
+    return min(fanout.failed, MAX_FAILED_STATUS)
+
+
+def main_run(args: Sequence[str]) -> int:
+    """``bingfa run``: returns the exit status (see :data:`USAGE`)."""
+    try:
+        return run_jobs(parse(args))
+    except UsageError as exc:
+        sys.stderr.write(f"bingfa run: {exc}\n")
+        return EXIT_BAD_USAGE
+    except KeyboardInterrupt:
+        # The fan-out has ended every job, process groups and all, on the way out.
+        sys.stderr.write("bingfa run: interrupted; running jobs were killed\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Our reader went away (| head): the jobs were ended; stop quietly, as
+        # other tools do, without a second error when Python flushes stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -1,0 +1,345 @@
+"""One thread, one epoll: many external commands at once, with no thread per command.
+
+A :class:`CommandLoop` starts commands (:mod:`._children`), reads their pipes
+as data arrives (so no command ever blocks on a full pipe), writes their input,
+and watches a pidfd per command to learn when it exits. Timeouts are a heap of
+deadlines checked between polls. It is the engine under ``bf.run_many``,
+``bf.stream`` and ``bingfa run``; they decide what to start and when.
+
+A command is finished when its leader has exited *and* both its output pipes
+are closed (background members of its group may still be writing). Then
+whatever is left of its process group is killed and the leader is reaped.
+Ending a command early (timeout, halt, Ctrl-C) is SIGTERM to the group, then
+SIGKILL after :data:`KILL_GRACE` seconds; if something outside the group
+still holds its pipes, bingfa stops reading them :data:`DRAIN_AFTER_KILL`
+seconds later.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import select
+import time
+
+from . import _signums as signals
+from ._children import DRAIN_AFTER_KILL, KILL_GRACE, spawn
+
+TYPE_CHECKING = False  # no typing at run time: bingfa run starts fast
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    from ._children import Child
+
+    OutputSink = Callable[[int, bytes], None]  # (1 for stdout or 2 for stderr, data)
+
+__all__ = ["CommandLoop", "Running"]
+
+READ_SIZE = 1 << 16
+
+
+# What a registered fd is, for the event handler.
+_STDOUT, _STDERR, _STDIN, _EXIT = 1, 2, 0, 3
+
+
+class Running:
+    """One run of one command inside a :class:`CommandLoop`."""
+
+    __slots__ = (
+        "_exited",
+        "_input",
+        "_open",
+        "_stage",
+        "argv",
+        "child",
+        "ended",
+        "err",
+        "killed",
+        "out",
+        "received",
+        "returncode",
+        "sink",
+        "started",
+        "tag",
+        "timed_out",
+        "wall_start",
+    )
+
+    def __init__(self, tag: Any, argv: list[str], child: Child, sink: OutputSink | None,
+                 data: bytes | None, started: float) -> None:
+        self.tag = tag                # the caller's: what this run is for
+        self.argv = argv
+        self.child = child
+        self.out: list[bytes] = []    # collected output, unless a sink takes it
+        self.err: list[bytes] = []
+        self.sink = sink
+        self.received = 0             # bytes read from stdout and stderr
+        self.started = started
+        self.wall_start = time.time() - (time.perf_counter() - started)
+        self.ended = 0.0
+        self.returncode = 0
+        self.timed_out = False
+        self.killed = False           # ended by bingfa (timeout, halt, interrupt)
+        self._open = (child.stdout is not None) + (child.stderr is not None)
+        self._exited = False
+        self._input = memoryview(data) if data else None
+        self._stage = 0               # 0 running, 1 TERM sent, 2 KILL sent, 3 draining
+
+    @property
+    def duration(self) -> float:
+        """Seconds from start to exit."""
+        return self.ended - self.started
+
+    @property
+    def stdout(self) -> bytes:
+        """Everything it wrote to standard output (empty when a sink took it)."""
+        return b"".join(self.out)
+
+    @property
+    def stderr(self) -> bytes:
+        """Everything it wrote to standard error (empty when a sink took it)."""
+        return b"".join(self.err)
+
+    @property
+    def signal(self) -> int | None:
+        """The signal that ended it, or None."""
+        return -self.returncode if self.returncode < 0 else None
+
+
+class CommandLoop:
+    """Runs commands concurrently from the calling thread; see the module docstring.
+
+    Not thread-safe: one thread calls :meth:`start` and :meth:`wait`.
+    """
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._environ: dict[str, str] | None = None
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # stdin without input
+        self._fds: dict[int, tuple[Running, int]] = {}
+        self._running: set[Running] = set()
+        self._timers: list[tuple[float, int, Running, int]] = []  # (when, seq, run, stage)
+        self._seq = 0
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    @property
+    def running(self) -> frozenset[Running]:
+        """The runs started and not yet finished."""
+        return frozenset(self._running)
+
+    def fileno(self) -> int:
+        """The epoll's fd: readable when :meth:`wait` has something to do (for asyncio)."""
+        return self._epoll.fileno()
+
+    def next_deadline(self) -> float | None:
+        """The ``time.monotonic()`` at which a timeout or grace period ends next, if any."""
+        return self._timers[0][0] if self._timers else None
+
+    def start(self, argv: list[str], *, tag: Any = None, env: Mapping[str, str] | None = None,
+              cwd: str | os.PathLike[str] | None = None, input: bytes | None = None,
+              timeout: float | None = None, sink: OutputSink | None = None) -> Running:
+        """Start ``argv``; it is reported by :meth:`wait` once finished.
+
+        Raises:
+            CommandNotFoundError: from :func:`~._children.spawn`.
+        """
+        if env is None:
+            if self._environ is None:
+                # posix_spawn walks the environment on every call: a plain dict
+                # is walked in C, os.environ in Python (a third of the cost of
+                # a short job). Taken once, like the moment a Pool forks.
+                self._environ = dict(os.environ)
+            env = self._environ
+        started = time.perf_counter()
+        child = spawn(argv, env=env, cwd=cwd, stdin=self._devnull if input is None else None)
+        run = Running(tag, argv, child, sink, input, started)
+        self._running.add(run)
+        register = self._epoll.register
+        for fd, kind in ((child.stdout, _STDOUT), (child.stderr, _STDERR)):
+            if fd is not None:
+                self._fds[fd] = (run, kind)
+                register(fd, select.EPOLLIN)
+        self._fds[child.pidfd] = (run, _EXIT)
+        register(child.pidfd, select.EPOLLIN)
+        if child.stdin is not None:
+            if run._input is None:
+                os.close(child.stdin)
+                child.stdin = None
+            else:
+                self._fds[child.stdin] = (run, _STDIN)
+                register(child.stdin, select.EPOLLOUT)
+        if timeout is not None:
+            self._at(time.monotonic() + timeout, run, 1)
+        return run
+
+    def wait(self, timeout: float | None = None) -> list[Running]:
+        """Wait up to ``timeout`` seconds (None: until one finishes); the runs that finished."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            finished = self.poll(left)
+            if finished or not self._running or (end is not None and left == 0.0):
+                return finished
+
+    def poll(self, timeout: float | None = None) -> list[Running]:
+        """Handle one round of events (waiting up to ``timeout`` for one); the runs that finished.
+
+        Unlike :meth:`wait` it returns after any output, which is what a sink
+        that must hand lines on as they arrive needs.
+        """
+        finished: list[Running] = []
+        if not self._running:
+            return finished
+        self._fire_timers(time.monotonic(), finished)
+        if finished:
+            return finished
+        wait = -1.0 if timeout is None else timeout
+        if self._timers:
+            until_timer = max(0.0, self._timers[0][0] - time.monotonic())
+            wait = until_timer if wait < 0 else min(wait, until_timer)
+        for fd, _ in self._epoll.poll(wait):
+            entry = self._fds.get(fd)
+            if entry is not None:
+                self._handle(fd, entry[0], entry[1], finished)
+        self._fire_timers(time.monotonic(), finished)
+        return finished
+
+    def stop(self, run: Running, grace: float = KILL_GRACE) -> None:
+        """End ``run`` early: SIGTERM to its group now, SIGKILL after ``grace``."""
+        if run._stage == 0 and run in self._running:
+            run.killed = True
+            self._escalate(run, 1, time.monotonic(), grace)
+
+    def stop_all(self, grace: float = KILL_GRACE) -> list[Running]:
+        """End every running command and wait until they are all reaped; those runs."""
+        for run in list(self._running):
+            self.stop(run, grace)
+        ended: list[Running] = []
+        while self._running:
+            ended += self.wait()
+        return ended
+
+    def close(self) -> None:
+        """Kill and reap whatever still runs, then release the epoll."""
+        if self._closed:
+            return
+        try:
+            self.stop_all()
+        except BaseException:
+            # A second Ctrl-C during the grace period: no more grace.
+            self._kill_now()
+            raise
+        finally:
+            self._closed = True
+            self._epoll.close()
+            os.close(self._devnull)
+
+    def _kill_now(self) -> None:
+        for run in list(self._running):
+            run.killed = True
+            run.child.signal_group(signals.SIGKILL)
+            for fd in (run.child.stdin, run.child.stdout, run.child.stderr):
+                if fd is not None:
+                    self._close_fd(run, fd)
+            if self._fds.pop(run.child.pidfd, None) is not None:
+                self._epoll.unregister(run.child.pidfd)
+            run.returncode = run.child.reap()
+            self._running.discard(run)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _at(self, when: float, run: Running, stage: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (when, self._seq, run, stage))
+
+    def _fire_timers(self, now: float, finished: list[Running]) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, run, stage = heapq.heappop(timers)
+            if run not in self._running or stage <= run._stage:
+                continue  # stale: it finished, or was moved on already
+            if stage == 1:
+                run.timed_out = True
+                run.killed = True
+            self._escalate(run, stage, now, KILL_GRACE)
+            self._maybe_finish(run, finished)
+
+    def _escalate(self, run: Running, stage: int, now: float, grace: float) -> None:
+        run._stage = stage
+        if stage == 1:
+            run.child.signal_group(signals.SIGTERM)
+            self._at(now + grace, run, 2)
+        elif stage == 2:
+            run.child.signal_group(signals.SIGKILL)
+            self._at(now + DRAIN_AFTER_KILL, run, 3)
+        else:  # stage 3: the group is dead; whoever still holds the pipes is not ours
+            for fd in (run.child.stdin, run.child.stdout, run.child.stderr):
+                if fd is not None:
+                    self._close_fd(run, fd)
+
+    def _handle(self, fd: int, run: Running, kind: int, finished: list[Running]) -> None:
+        if kind == _EXIT:
+            self._epoll.unregister(fd)
+            del self._fds[fd]
+            run._exited = True
+            run.ended = time.perf_counter()
+        elif kind == _STDIN:
+            self._feed(run, fd)
+            return
+        else:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                return
+            if data:
+                run.received += len(data)
+                if run.sink is not None:
+                    run.sink(kind, data)
+                else:
+                    (run.out if kind == _STDOUT else run.err).append(data)
+                return
+            self._close_fd(run, fd)
+        self._maybe_finish(run, finished)
+
+    def _feed(self, run: Running, fd: int) -> None:
+        view = run._input
+        try:
+            if view is not None:
+                written = os.write(fd, view[:READ_SIZE])
+                run._input = view = view[written:] if written < len(view) else None
+        except BlockingIOError:
+            return
+        except (BrokenPipeError, ConnectionResetError):
+            view = None  # it stopped reading: the rest of its input is not wanted
+        if view is None:
+            self._close_fd(run, fd)
+
+    def _close_fd(self, run: Running, fd: int) -> None:
+        if self._fds.pop(fd, None) is None:
+            return
+        self._epoll.unregister(fd)
+        os.close(fd)
+        child = run.child
+        if fd == child.stdout:
+            child.stdout = None
+            run._open -= 1
+        elif fd == child.stderr:
+            child.stderr = None
+            run._open -= 1
+        elif fd == child.stdin:
+            child.stdin = None
+
+    def _maybe_finish(self, run: Running, finished: list[Running]) -> None:
+        if not run._exited or run._open or run not in self._running:
+            return
+        if run.child.stdin is not None:
+            self._close_fd(run, run.child.stdin)
+        # Anything the leader left behind in its group goes with it.
+        run.child.signal_group(signals.SIGKILL)
+        run.returncode = run.child.reap()
+        self._running.discard(run)
+        finished.append(run)
