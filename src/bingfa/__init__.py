@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._cmdresult import CommandResult as CommandResult
+    from ._commands import arun as arun
     from ._commands import run as run
     from ._context import cancelled as cancelled
     from ._context import worker_id as worker_id
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from ._pool import imap as imap
     from ._pool import map as map
     from ._run_many import CommandRun as CommandRun
-    from ._run_many import arun as arun
     from ._run_many import run_many as run_many
     from ._stream import CommandStream as CommandStream
     from ._stream import OutputLine as OutputLine
@@ -63,7 +63,7 @@ _HOMES = {
     "SerializationError": "_errors",
     "TaskTimeoutError": "_errors",
     "WorkerCrashedError": "_errors",
-    "arun": "_run_many",
+    "arun": "_commands",
     "cancelled": "_context",
     "imap": "_pool",
     "map": "_pool",

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     Command = str | Sequence[str | os.PathLike[str]]
 
 __all__ = [
-    "DRAIN_AFTER_KILL", "KILL_GRACE", "Child", "Command", "command_argv", "resolve", "spawn",
-    "split_command",
+    "DRAIN_AFTER_KILL", "KILL_GRACE", "Child", "check_timeout", "command_argv", "prepare",
+    "resolve", "spawn", "split_command",
 ]
 
 
@@ -85,6 +85,28 @@ def command_argv(cmd: Command, shell: bool) -> list[str] | str:
     if not argv:
         raise ValueError("the command is empty")
     return [str(a) for a in argv]
+
+
+def prepare(cmd: Command, *, shell: bool, timeout: float | None, input: bytes | str | None,
+            encoding: str) -> tuple[list[str] | str, list[str], bytes | None]:
+    """Check a command and its options: (the command as given, what to spawn, input bytes).
+
+    Raises:
+        ValueError: an empty command, unbalanced quotes, a negative timeout.
+        TypeError: bytes as the command, or a list with ``shell=True``.
+    """
+    argv = command_argv(cmd, shell)
+    check_timeout(timeout)
+    data = input.encode(encoding) if isinstance(input, str) else input
+    return argv, ["/bin/sh", "-c", argv] if isinstance(argv, str) else argv, data
+
+
+def check_timeout(timeout: float | None) -> None:
+    """Raises ValueError unless ``timeout`` is None or a number of seconds >= 0."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+        raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
 
 
 def split_command(line: str) -> list[str]:

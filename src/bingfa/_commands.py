@@ -1,81 +1,40 @@
-"""Running external commands safely: ``bf.run``.
+"""Running one external command safely: ``bf.run`` and, for asyncio, ``bf.arun``.
 
-What it guards against, compared with a bare ``subprocess.Popen``:
+What they guard against, compared with a bare ``subprocess.Popen``:
 
 - pipe deadlocks: both output streams are drained together, whatever the
   command writes and however much;
 - orphans: every command runs in a session (and process group) of its own, and
-  a timeout, Ctrl-C or an error ends the whole group (SIGTERM, then SIGKILL
-  after a grace period), grandchildren included, and reaps it;
+  a timeout, Ctrl-C, task cancellation or an error ends the whole group
+  (SIGTERM, then SIGKILL after a grace period), grandchildren included, and
+  reaps it; what the leader leaves behind in its group when it exits is
+  killed too;
 - lost output: what the command wrote before a timeout is kept on the result,
   and bytes that are not valid in the encoding are replaced, never dropped;
 - unclear failures: a missing executable is a :class:`~bingfa.CommandNotFoundError`
   naming it, and ``check=True`` raises :class:`~bingfa.CommandError` with the
   tail of standard error.
+
+Both run on a :class:`~._cmdloop.CommandLoop`, the engine ``bf.run_many`` and
+``bingfa run`` use for thousands of commands.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-import signal as signals
-import subprocess
 import time
 from collections.abc import Mapping
-from typing import Any
 
-from ._children import DRAIN_AFTER_KILL, KILL_GRACE, command_argv
+from ._children import prepare
+from ._cmdloop import CommandLoop, Running
 from ._cmdresult import CommandResult, make_result
-from ._errors import CommandNotFoundError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._children import Command
 
-__all__ = ["CommandResult", "run"]
-
-
-
-def _end_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """Terminate the command's whole process group, then kill it after ``grace``."""
-    try:
-        os.killpg(proc.pid, signals.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        # Grandchildren may outlive the leader: kill whatever is left in the group.
-        os.killpg(proc.pid, signals.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-
-
-def _drain(proc: subprocess.Popen[bytes], partial: tuple[Any, Any]) -> tuple[bytes, bytes]:
-    """What is left to read once the group is dead, without waiting forever.
-
-    A grandchild that left the process group (``setsid``) may still hold the
-    pipes; after DRAIN_AFTER_KILL seconds bingfa stops reading and keeps what
-    it has.
-    """
-    out: bytes | None
-    err: bytes | None
-    try:
-        out, err = proc.communicate(timeout=DRAIN_AFTER_KILL)
-    except subprocess.TimeoutExpired as exc:
-        out, err = _as_bytes(exc.stdout), _as_bytes(exc.stderr)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-    except ValueError:  # pipes already closed
-        out, err = partial
-    return out or partial[0] or b"", err or partial[1] or b""
-
-
-def _as_bytes(data: bytes | str | None) -> bytes | None:
-    return data.encode() if isinstance(data, str) else data
+__all__ = ["arun", "run"]
 
 
 def run(
@@ -119,47 +78,96 @@ def run(
         if r.timed_out:
             print(host, "did not answer;", r.stdout)
     """
-    argv = command_argv(cmd, shell)
-    if timeout is not None and (isinstance(timeout, bool) or timeout < 0):
-        raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
-    data = input.encode(encoding) if isinstance(input, str) else input
-    start = time.perf_counter()
+    args, argv, data = prepare(cmd, shell=shell, timeout=timeout, input=input,
+                               encoding=encoding)
+    commands = CommandLoop()
     try:
-        proc = subprocess.Popen(
-            argv, shell=shell, env=env, cwd=cwd,
-            stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True)  # its own process group, to end it whole
-    except FileNotFoundError as exc:
-        missing = argv[0] if isinstance(argv, list) else argv
-        if cwd is not None and not os.path.isdir(cwd):
-            raise
-        raise CommandNotFoundError(f"command not found: {missing!r}", missing) from exc
-    except PermissionError as exc:
-        missing = argv[0] if isinstance(argv, list) else argv
-        raise CommandNotFoundError(f"command cannot be run (permission denied): {missing!r}",
-                                   missing) from exc
-    timed_out = False
+        started = commands.start(argv, input=data, timeout=timeout, env=env, cwd=cwd)
+        while len(commands):
+            commands.wait()
+    finally:
+        commands.close()  # on Ctrl-C or any error: the group is ended and reaped
+    return _result(args, started, check, text, encoding, errors)
+
+
+async def arun(
+    cmd: Command,
+    *,
+    input: bytes | str | None = None,
+    timeout: float | None = None,
+    check: bool = False,
+    text: bool = False,
+    encoding: str = "utf-8",
+    errors: str = "replace",
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    shell: bool = False,
+) -> CommandResult:
+    """:func:`bingfa.run` for asyncio: ``result = await bf.arun(cmd)``.
+
+    The event loop is never blocked and no thread is used: the command's
+    pipes and exit are watched by the loop itself. Cancelling the awaiting
+    task ends the command's whole process group (SIGTERM, then SIGKILL) before
+    the cancellation goes on. Arguments and errors are those of :func:`bingfa.run`.
+
+    Example::
+
+        results = await asyncio.gather(*(bf.arun(["ping", "-qc", "1", h], timeout=5)
+                                         for h in hosts))
+    """
+    args, argv, data = prepare(cmd, shell=shell, timeout=timeout, input=input,
+                               encoding=encoding)
+    commands = CommandLoop()
     try:
-        out, err = proc.communicate(data, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        timed_out = True
-        _end_group(proc, KILL_GRACE)
-        out, err = _drain(proc, (exc.stdout, exc.stderr))
-    except BaseException:  # Ctrl-C or anything else: leave nothing running
-        _end_group(proc, KILL_GRACE)
-        _drain(proc, (b"", b""))
-        raise
-    duration = time.perf_counter() - start
-    returncode = proc.returncode
-    if not timed_out:
-        # The leader exited; anything it left running in its group goes too.
+        started = commands.start(argv, input=data, timeout=timeout, env=env, cwd=cwd)
         try:
-            os.killpg(proc.pid, signals.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    result = make_result(argv, returncode, out, err, duration=duration, timed_out=timed_out,
-                         text=text, encoding=encoding, errors=errors)
-    if check:
-        result.check()
-    return result
+            await _until_idle(commands)
+        except BaseException:
+            commands.stop(started)
+            try:
+                await _until_idle(commands)  # the grace period, without blocking the loop
+            except BaseException:
+                pass  # cancelled again: close() below finishes the job, blocking
+            raise
+    finally:
+        commands.close()
+    return _result(args, started, check, text, encoding, errors)
+
+
+def _result(args: list[str] | str, finished: Running, check: bool, text: bool, encoding: str,
+            errors: str) -> CommandResult:
+    result = make_result(args, finished.returncode, finished.stdout, finished.stderr,
+                         duration=finished.duration, timed_out=finished.timed_out, text=text,
+                         encoding=encoding, errors=errors)
+    return result.check() if check else result
+
+
+async def _until_idle(commands: CommandLoop) -> None:
+    """Drive ``commands`` from the running event loop until nothing runs."""
+    loop = asyncio.get_running_loop()
+    idle: asyncio.Future[None] = loop.create_future()
+    timer: asyncio.TimerHandle | None = None
+
+    def step() -> None:
+        nonlocal timer
+        if timer is not None:
+            timer.cancel()
+            timer = None
+        commands.poll(0)
+        if not len(commands):
+            if not idle.done():
+                idle.set_result(None)
+            return
+        deadline = commands.next_deadline()
+        if deadline is not None:
+            timer = loop.call_later(max(0.0, deadline - time.monotonic()), step)
+
+    fd = commands.fileno()
+    loop.add_reader(fd, step)
+    try:
+        step()
+        await idle
+    finally:
+        loop.remove_reader(fd)
+        if timer is not None:
+            timer.cancel()

@@ -1,21 +1,18 @@
-"""Many commands at once (``bf.run_many``) and one command from asyncio (``bf.arun``).
+"""Many commands at once: ``bf.run_many``.
 
-Both run on a :class:`~._cmdloop.CommandLoop`: no thread per command, every
+It runs on a :class:`~._cmdloop.CommandLoop`: no thread per command, every
 command in a process group of its own, ended whole when it times out, when
 the caller stops iterating, or on Ctrl-C or task cancellation.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 
-from ._children import command_argv
-from ._cmdloop import CommandLoop
+from ._children import check_timeout, command_argv
 from ._cmdresult import CommandResult, failure_message, make_result
 from ._errors import CommandError
 from ._fanout import Fanout, Halt, Job, parse_halt
@@ -25,7 +22,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._children import Command
 
-__all__ = ["CommandRun", "arun", "run_many"]
+__all__ = ["CommandRun", "run_many"]
 
 
 def usable_cores() -> int:
@@ -49,14 +46,6 @@ def check_jobs(jobs: int | None) -> int:
     if jobs <= 0:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     return jobs
-
-
-def check_timeout(timeout: float | None) -> None:
-    """Raises ValueError unless ``timeout`` is None or a number of seconds >= 0."""
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-        raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
 
 
 def _job(seq: int, cmd: Command, shell: bool) -> Job:
@@ -232,85 +221,4 @@ def run_many(
     fanout = Fanout(source, parallel=parallel, timeout=timeout, retries=retries,
                     halt=halt_rule, keep_order=keep_order, env=env, cwd=cwd)
     return CommandRun(fanout, halt_rule, total, progress, text, encoding, errors)
-
-
-async def arun(
-    cmd: Command,
-    *,
-    input: bytes | str | None = None,
-    timeout: float | None = None,
-    check: bool = False,
-    text: bool = False,
-    encoding: str = "utf-8",
-    errors: str = "replace",
-    env: Mapping[str, str] | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-    shell: bool = False,
-) -> CommandResult:
-    """:func:`bingfa.run` for asyncio: ``result = await bf.arun(cmd)``.
-
-    The event loop is never blocked and no thread is used: the command's
-    pipes and exit are watched by the loop itself. Cancelling the awaiting
-    task ends the command's whole process group (SIGTERM, then SIGKILL) before
-    the cancellation goes on. Arguments and errors are those of :func:`bingfa.run`.
-
-    Example::
-
-        results = await asyncio.gather(*(bf.arun(["ping", "-qc", "1", h], timeout=5)
-                                         for h in hosts))
-    """
-    argv = command_argv(cmd, shell)
-    check_timeout(timeout)
-    data = input.encode(encoding) if isinstance(input, str) else input
-    full = ["/bin/sh", "-c", argv] if isinstance(argv, str) else argv
-    commands = CommandLoop()
-    try:
-        run = commands.start(full, input=data, timeout=timeout, env=env, cwd=cwd)
-        try:
-            await _until_idle(commands)
-        except BaseException:
-            commands.stop(run)
-            try:
-                await _until_idle(commands)  # the grace period, without blocking the loop
-            except BaseException:
-                pass  # cancelled again: close() below finishes the job, blocking
-            raise
-    finally:
-        commands.close()
-    result = make_result(argv, run.returncode, run.stdout, run.stderr, duration=run.duration,
-                         timed_out=run.timed_out, text=text, encoding=encoding, errors=errors)
-    if check:
-        result.check()
-    return result
-
-
-async def _until_idle(commands: CommandLoop) -> None:
-    """Drive ``commands`` from the running event loop until nothing runs."""
-    loop = asyncio.get_running_loop()
-    idle: asyncio.Future[None] = loop.create_future()
-    timer: asyncio.TimerHandle | None = None
-
-    def step() -> None:
-        nonlocal timer
-        if timer is not None:
-            timer.cancel()
-            timer = None
-        commands.poll(0)
-        if not len(commands):
-            if not idle.done():
-                idle.set_result(None)
-            return
-        deadline = commands.next_deadline()
-        if deadline is not None:
-            timer = loop.call_later(max(0.0, deadline - time.monotonic()), step)
-
-    fd = commands.fileno()
-    loop.add_reader(fd, step)
-    try:
-        step()
-        await idle
-    finally:
-        loop.remove_reader(fd)
-        if timer is not None:
-            timer.cancel()
 

@@ -13,11 +13,10 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from ._children import command_argv
+from ._children import prepare
 from ._cmdloop import CommandLoop, Running
 from ._cmdresult import STDERR_TAIL_LINES, CommandResult, failure_message, make_result
 from ._errors import CommandError
-from ._run_many import check_timeout
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -168,14 +167,12 @@ def stream(
                 print(source, line)
         print(lines.result.returncode)
     """
-    argv = command_argv(cmd, shell)
-    check_timeout(timeout)
-    data = input.encode(encoding) if isinstance(input, str) else input
-    full = ["/bin/sh", "-c", argv] if isinstance(argv, str) else argv
+    args, argv, data = prepare(cmd, shell=shell, timeout=timeout, input=input,
+                               encoding=encoding)
     commands = CommandLoop()
     try:
-        run = commands.start(full, input=data, timeout=timeout, env=env, cwd=cwd)
+        started = commands.start(argv, input=data, timeout=timeout, env=env, cwd=cwd)
     except BaseException:
         commands.close()
         raise
-    return CommandStream(commands, run, argv, check, text, encoding, errors)
+    return CommandStream(commands, started, args, check, text, encoding, errors)
