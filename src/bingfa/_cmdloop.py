@@ -156,7 +156,27 @@ class CommandLoop:
             env = self._environ
         started = time.perf_counter()
         child = spawn(argv, env=env, cwd=cwd, stdin=self._devnull if input is None else None)
-        run = Running(tag, argv, child, sink, input, started)
+        run: Running | None = None
+        try:
+            run = Running(tag, argv, child, sink, input, started)
+            self._watch(run)
+        except BaseException:  # Ctrl-C right after the spawn: do not lose the child
+            if run is not None:
+                self._running.discard(run)
+            child.signal_group(signals.SIGKILL)
+            for fd in (child.stdin, child.stdout, child.stderr):
+                if fd is not None:
+                    self._fds.pop(fd, None)
+                    os.close(fd)
+            self._fds.pop(child.pidfd, None)
+            child.reap()
+            raise
+        if timeout is not None:
+            self._at(time.monotonic() + timeout, run, 1)
+        return run
+
+    def _watch(self, run: Running) -> None:
+        child = run.child
         self._running.add(run)
         register = self._epoll.register
         for fd, kind in ((child.stdout, _STDOUT), (child.stderr, _STDERR)):
@@ -172,9 +192,6 @@ class CommandLoop:
             else:
                 self._fds[child.stdin] = (run, _STDIN)
                 register(child.stdin, select.EPOLLOUT)
-        if timeout is not None:
-            self._at(time.monotonic() + timeout, run, 1)
-        return run
 
     def wait(self, timeout: float | None = None) -> list[Running]:
         """Wait up to ``timeout`` seconds (None: until one finishes); the runs that finished."""
