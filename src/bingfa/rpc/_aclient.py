@@ -1,0 +1,400 @@
+"""The asyncio RPC client: ``client = await bf.rpc.aconnect(address)``.
+
+Calls in flight share one connection and are matched by request id. Frames
+written in one pass of the event loop go out in one system call, and every
+frame that arrives in one read is answered in one pass, so 64 calls in flight
+cost little more than one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+from ._client import STREAM_WINDOW, _secret_bytes
+from ._codec import MSGPACK, PICKLE, Codec
+from ._errors import AuthenticationError, ConnectionLostError, RPCTimeoutError, rebuild
+from ._wire import (
+    CALL,
+    CANCEL,
+    CREDIT,
+    END,
+    ERROR,
+    FLAG_PICKLE,
+    FLAG_SECRET,
+    HEADER,
+    HELLO_SIZE,
+    ITEM,
+    RESULT,
+    STREAM,
+    WELCOME_SIZE,
+    check_welcome,
+    login,
+    pack_header,
+    parse_address,
+    read_hello,
+)
+
+__all__ = ["AsyncClient", "aconnect"]
+
+CONNECT_TIMEOUT = 10.0
+
+
+class _AsyncStream:
+    """A stream's items, fed by the protocol."""
+
+    __slots__ = ("ended", "error", "items", "waiter")
+
+    def __init__(self) -> None:
+        self.items: deque[Any] = deque()
+        self.ended = False
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class _Protocol(asyncio.Protocol):
+    """Frames in, answers to the futures waiting for them."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.codec: Codec = MSGPACK
+        self.handshaking: asyncio.Future[bytes] | None = None
+        self.expect = 0
+        self.buffer = bytearray()
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.streams: dict[int, _AsyncStream] = {}
+        self.lost: ConnectionLostError | None = None
+        self.out: list[bytes] = []
+        self.flush_scheduled = False
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    async def read_exactly(self, size: int) -> bytes:
+        self.expect = size
+        self.handshaking = self.loop.create_future()
+        self._check_handshake()
+        return await self.handshaking
+
+    def _check_handshake(self) -> None:
+        waiter = self.handshaking
+        if waiter is not None and not waiter.done() and len(self.buffer) >= self.expect:
+            data = bytes(self.buffer[:self.expect])
+            del self.buffer[:self.expect]
+            self.handshaking = None
+            waiter.set_result(data)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if self.handshaking is not None:
+            self._check_handshake()
+            return
+        pos = 0
+        end = len(buffer)
+        loads = self.codec.loads
+        try:
+            while end - pos >= 4:
+                (size,) = HEADER.unpack_from(buffer, pos)
+                if end - pos - 4 < size:
+                    break
+                message = loads(bytes(buffer[pos + 4:pos + 4 + size]))
+                pos += 4 + size
+                self._deliver(message)
+        except Exception as exc:
+            self._lose(f"the server sent something that does not parse: {exc}")
+        finally:
+            del buffer[:pos]
+
+    def _deliver(self, message: Any) -> None:
+        kind, call_id = message[0], message[1]
+        if kind in (ITEM, END, ERROR) and call_id in self.streams:
+            stream = self.streams[call_id]
+            if kind == ITEM:
+                stream.items.append(message[2])
+            else:
+                if kind == ERROR:
+                    stream.error = rebuild(message[2], message[3], message[4], message[5])
+                stream.ended = True
+                del self.streams[call_id]
+            stream.wake()
+            return
+        future = self.pending.pop(call_id, None)
+        if future is None or future.done():
+            return
+        if kind == RESULT:
+            future.set_result(message[2])
+        elif kind == ERROR:
+            future.set_exception(rebuild(message[2], message[3], message[4], message[5]))
+        elif kind == STREAM:
+            stream = self.streams[call_id] = _AsyncStream()
+            future.set_result(stream)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lose("the server closed the connection" if exc is None
+                   else f"the connection broke: {exc}")
+
+    def _lose(self, why: str) -> None:
+        if self.lost is None:
+            self.lost = ConnectionLostError(why)
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(self.lost)
+        self.pending.clear()
+        for stream in self.streams.values():
+            stream.error = self.lost
+            stream.ended = True
+            stream.wake()
+        self.streams.clear()
+        if self.handshaking is not None and not self.handshaking.done():
+            self.handshaking.set_exception(self.lost)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def write(self, frame: bytes) -> None:
+        """Queue a frame; everything queued in one pass of the loop leaves together."""
+        if self.lost is not None:
+            raise self.lost
+        self.out.append(frame)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.out and self.transport is not None and self.lost is None:
+            out, self.out = self.out, []
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+
+
+class AsyncRemoteStream(AsyncIterator[Any]):
+    """The items of a generator on the server, for ``async for``; see :class:`RemoteStream`."""
+
+    def __init__(self, client: AsyncClient, protocol: _Protocol, call_id: int,
+                 stream: _AsyncStream, timeout: float | None) -> None:
+        self._client = client
+        self._protocol = protocol
+        self._id = call_id
+        self._stream = stream
+        self._timeout = timeout
+        self._taken = 0
+        self._finished = False
+
+    def __aiter__(self) -> AsyncRemoteStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        stream = self._stream
+        if self._finished:
+            raise StopAsyncIteration
+        while not stream.items and not stream.ended:
+            stream.waiter = self._protocol.loop.create_future()
+            try:
+                await asyncio.wait_for(stream.waiter, self._timeout)
+            except TimeoutError:
+                await self.aclose()
+                raise RPCTimeoutError(f"no stream item within {self._timeout} s") from None
+            except BaseException:
+                await self.aclose()
+                raise
+        if stream.items:
+            self._taken += 1
+            if self._taken >= STREAM_WINDOW // 2:
+                self._protocol.write(self._client._frame([CREDIT, self._id, self._taken]))
+                self._taken = 0
+            return stream.items.popleft()
+        self._finished = True
+        if stream.error is not None:
+            raise stream.error
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop: the generator on the server is cancelled."""
+        if not self._finished:
+            self._finished = True
+            if self._protocol.streams.pop(self._id, None) is not None:
+                with contextlib.suppress(Exception):
+                    self._protocol.write(self._client._frame([CANCEL, self._id]))
+
+
+class _AsyncMethod:
+    __slots__ = ("_client", "_name")
+
+    def __init__(self, client: AsyncClient, name: str) -> None:
+        self._client = client
+        self._name = name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._client.call(self._name, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<remote async method {self._name!r}>"
+
+
+class AsyncClient:
+    """A connection to a bingfa RPC server for asyncio code; see :func:`bingfa.rpc.aconnect`.
+
+    ``await client.add(1, 2)`` or ``await client.call("add", 1, 2, timeout=1.0)``.
+    """
+
+    def __init__(self, address: str, *, secret: bytes | str | None = None,
+                 tls: ssl.SSLContext | None = None, timeout: float | None = None) -> None:
+        parse_address(address)
+        if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.address = address
+        self.timeout = timeout
+        self._secret = _secret_bytes(secret)
+        self._tls = tls
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._methods: dict[str, _AsyncMethod] = {}
+
+    async def _connection(self) -> _Protocol:
+        protocol = self._protocol
+        if protocol is not None and protocol.lost is None:
+            return protocol
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._closed:
+                raise ConnectionLostError("the client is closed")
+            protocol = self._protocol
+            if protocol is None or protocol.lost is not None:
+                protocol = await asyncio.wait_for(self._open(), CONNECT_TIMEOUT)
+                self._protocol = protocol
+            return protocol
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        parsed = parse_address(self.address)
+        if parsed.scheme == "unix":
+            _, protocol = await loop.create_unix_connection(
+                _Protocol, parsed.path, ssl=self._tls,
+                server_hostname=None)
+        else:
+            _, protocol = await loop.create_connection(
+                _Protocol, parsed.host, parsed.port, ssl=self._tls,
+                server_hostname=parsed.host if self._tls else None)
+        try:
+            flags, server_nonce = read_hello(await protocol.read_exactly(HELLO_SIZE))
+            secret = self._secret
+            if secret and not flags & FLAG_SECRET:
+                raise AuthenticationError("the server does not ask for a secret, so it cannot "
+                                          "prove it knows ours: refusing to talk to it")
+            message, client_nonce = login(secret, server_nonce)
+            assert protocol.transport is not None
+            protocol.transport.write(message)
+            try:
+                answer = await protocol.read_exactly(WELCOME_SIZE)
+            except ConnectionLostError:
+                answer = b""
+            if not check_welcome(answer, secret, server_nonce, client_nonce):
+                if not secret and flags & FLAG_SECRET:
+                    raise AuthenticationError("the server requires a secret: pass secret=")
+                raise AuthenticationError("the server rejected the handshake: wrong secret")
+            if flags & FLAG_PICKLE:
+                if not (secret or self._tls):
+                    raise AuthenticationError("the server uses pickle; a client unpickles only "
+                                              "from a server that proved it knows the secret")
+                protocol.codec = PICKLE
+            protocol.data_received(b"")  # frames that came with the welcome
+        except BaseException:
+            if protocol.transport is not None:
+                protocol.transport.abort()
+            raise
+        return protocol
+
+    def _frame(self, message: list[Any]) -> bytes:
+        assert self._protocol is not None
+        data = self._protocol.codec.dumps(message)
+        return pack_header(len(data)) + data
+
+    async def call(self, method: str, /, *args: Any, timeout: float | None = None,
+                   **kwargs: Any) -> Any:
+        """Call ``method``; see :meth:`bingfa.rpc.Client.call`. A generator method
+        returns an async iterator."""
+        if timeout is None:
+            timeout = self.timeout
+        protocol = self._protocol
+        if protocol is None or protocol.lost is not None:
+            protocol = await self._connection()
+        call_id = next(self._ids)
+        frame = self._frame([CALL, call_id, method, list(args), kwargs or None, timeout,
+                             STREAM_WINDOW])
+        future: asyncio.Future[Any] = protocol.loop.create_future()
+        protocol.pending[call_id] = future
+        protocol.write(frame)
+        timer = None
+        if timeout is not None:
+            timer = protocol.loop.call_later(timeout, _expire, future, method, timeout)
+        try:
+            value = await future
+        except BaseException:
+            if protocol.pending.pop(call_id, None) is not None and protocol.lost is None:
+                with contextlib.suppress(Exception):
+                    protocol.write(self._frame([CANCEL, call_id]))
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if isinstance(value, _AsyncStream):
+            return AsyncRemoteStream(self, protocol, call_id, value, timeout)
+        return value
+
+    async def methods(self) -> dict[str, dict[str, str]]:
+        """What the server serves: name -> signature, docstring and kind."""
+        result: dict[str, dict[str, str]] = await self.call("__methods__")
+        return result
+
+    def __getattr__(self, name: str) -> _AsyncMethod:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        method = self._methods.get(name)
+        if method is None:
+            method = self._methods[name] = _AsyncMethod(self, name)
+        return method
+
+    async def aclose(self) -> None:
+        """Close the connection; calls still waiting get ConnectionLostError."""
+        self._closed = True
+        if self._protocol is not None:
+            self._protocol._lose("the client was closed")
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+
+def _expire(future: asyncio.Future[Any], method: str, timeout: float) -> None:
+    if not future.done():
+        future.set_exception(RPCTimeoutError(f"{method}() did not answer within {timeout} s"))
+
+
+async def aconnect(address: str, *, secret: bytes | str | None = None,
+                   tls: ssl.SSLContext | None = None,
+                   timeout: float | None = None) -> AsyncClient:
+    """Connect to a bingfa RPC server from asyncio; an :class:`AsyncClient`.
+
+    Arguments and errors are those of :func:`bingfa.rpc.connect`.
+    """
+    client = AsyncClient(address, secret=secret, tls=tls, timeout=timeout)
+    await client._connection()
+    return client

@@ -1,0 +1,847 @@
+"""The RPC server: an asyncio loop that reads calls and runs handlers where they belong.
+
+- ``async def`` handlers run on the server's event loop, as tasks; a deadline
+  or a client's cancel cancels the task.
+- Plain functions run in a bingfa :class:`~bingfa.Pool` (threads unless you pass
+  another), where :func:`bingfa.cancelled` tells them their call was given up.
+  A plain function that has proven itself quick (its last calls all under
+  :data:`QUICK_SECONDS`) runs on the loop directly instead, which saves two
+  thread switches per call; a single slow call sends it back to the pool for
+  good. Only the server's own thread pool is bypassed this way: a pool you
+  pass, processes say, always runs the handler.
+- Generators and async generators stream: items go out as the client grants
+  credit, so a slow consumer holds the handler back instead of filling memory.
+
+Per connection: a handshake first (see :mod:`._wire`), a size limit checked
+from the frame header, a cap on calls in flight (beyond it the connection is
+simply not read), handshake and idle timeouts. A malformed frame closes that
+connection, never the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import TracebackType
+from typing import Any
+
+from .._context import CancelFlag, WorkerContext, current, set_thread_context
+from .._errors import SerializationError
+from ._codec import Codec, codec_for
+from ._errors import describe
+from ._wire import (
+    CALL,
+    CANCEL,
+    CREDIT,
+    END,
+    ERROR,
+    HEADER,
+    ITEM,
+    LOGIN_SIZE,
+    REJECTED,
+    RESULT,
+    STREAM,
+    WELCOME_SIZE,
+    Address,
+    check_login,
+    hello,
+    pack_header,
+    parse_address,
+    welcome,
+)
+
+__all__ = ["Server", "serve"]
+
+QUICK_SECONDS = 50e-6     # a call this short may run on the loop...
+QUICK_STREAK = 16         # ...once this many calls in a row were that short
+SLOW_ON_LOOP = 2e-3       # one inline call longer than this: back to the pool for good
+BACKLOG = 512
+DEFAULT_WINDOW = 64       # stream items in flight when the client does not say
+POOL_THREADS = 32
+
+
+class _Method:
+    """A served callable, what kind it is, and how quick it has been."""
+
+    __slots__ = ("doc", "fn", "kind", "name", "quick_streak", "signature", "slow")
+
+    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        self.name = name
+        self.fn = fn
+        if inspect.iscoroutinefunction(fn):
+            self.kind = "coroutine"
+        elif inspect.isasyncgenfunction(fn):
+            self.kind = "async generator"
+        elif inspect.isgeneratorfunction(fn):
+            self.kind = "generator"
+        else:
+            self.kind = "function"
+        try:
+            self.signature = str(inspect.signature(fn))
+        except (TypeError, ValueError):
+            self.signature = "(...)"
+        self.doc = inspect.getdoc(fn) or ""
+        self.quick_streak = 0
+        self.slow = False   # once slow on the loop, never inline again
+
+    def describe(self) -> dict[str, str]:
+        return {"signature": self.signature, "doc": self.doc, "kind": self.kind}
+
+
+def _methods_of(target: Any) -> dict[str, _Method]:
+    if isinstance(target, dict):
+        items = list(target.items())
+        for name, fn in items:
+            if not isinstance(name, str) or not callable(fn):
+                raise TypeError(f"a dict target maps names to functions; {name!r} -> {fn!r} "
+                                "is not that")
+    else:
+        items = [(name, getattr(target, name)) for name in dir(target)
+                 if not name.startswith("_")]
+        items = [(name, fn) for name, fn in items if callable(fn) and not isinstance(fn, type)]
+    methods = {name: _Method(name, fn) for name, fn in items if not name.startswith("_")}
+    if not methods:
+        raise ValueError(f"{target!r} has no public methods to serve")
+    return methods
+
+
+def _run_with_flag(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
+                   flag: CancelFlag) -> Any:
+    """Run a handler in a pool thread, with ``bf.cancelled()`` answering for its call."""
+    ctx = current()
+    own = ctx is None
+    if own:
+        ctx = WorkerContext(-1)
+        set_thread_context(ctx)
+    assert ctx is not None
+    previous = ctx.cancel_flag
+    ctx.cancel_flag = flag
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        ctx.cancel_flag = previous
+        if own:
+            set_thread_context(None)
+
+
+class _Call:
+    """One call in flight on a connection."""
+
+    __slots__ = ("flag", "handle", "id", "stream", "task", "timer")
+
+    def __init__(self, call_id: int) -> None:
+        self.id = call_id
+        self.flag = CancelFlag()
+        self.task: asyncio.Task[Any] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.stream: _Credits | None = None
+
+
+class _Credits:
+    """How many stream items the client will still take; thread- and loop-safe."""
+
+    def __init__(self, window: int) -> None:
+        self.available = window
+        self.cond = threading.Condition()
+        self.event = asyncio.Event()
+        self.closed = False
+
+    def grant(self, n: int) -> None:
+        with self.cond:
+            self.available += n
+            self.cond.notify_all()
+        self.event.set()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        self.event.set()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: handshake, frames in, frames out."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.loop = server._loop
+        self.codec = server._codec
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.ready = False
+        self.closed = False
+        self.calls: dict[int, _Call] = {}
+        self.out: list[bytes] = []
+        self.flush_scheduled = False
+        self.reading = False
+        self.paused = False
+        self.nonce = b""
+        self.timer: asyncio.TimerHandle | None = None
+        self.last_activity = time.monotonic()
+
+    # -- connection life ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server._connections.add(self)
+        greeting, self.nonce = hello(self.server._secret, self.codec.name == "pickle")
+        transport.write(greeting)
+        self.timer = self.loop.call_later(self.server.handshake_timeout, self._handshake_expired)
+
+    def _handshake_expired(self) -> None:
+        if not self.ready:
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server._connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+        for call in list(self.calls.values()):
+            self._cancel(call)
+        self.calls.clear()
+        self.server._connection_closed()
+
+    def abort(self) -> None:
+        """Drop the connection at once (bad handshake, malformed frame, shutdown)."""
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        if not self.ready:
+            buffer += data
+            if len(buffer) < LOGIN_SIZE:
+                return
+            if not self._handshake(bytes(buffer[:LOGIN_SIZE])):
+                return
+            data = bytes(buffer[LOGIN_SIZE:])
+            buffer.clear()
+        if buffer:
+            buffer += data
+            data = bytes(buffer)
+            buffer.clear()
+        # ``data`` now starts at a frame boundary; what is left of it is kept.
+        self.last_activity = time.monotonic()
+        limit = self.server.max_message_size
+        pos = 0
+        end = len(data)
+        loads = self.codec.loads
+        view = memoryview(data)
+        self.reading = True  # replies wait for the one write at the end
+        try:
+            while end - pos >= 4:
+                (size,) = HEADER.unpack_from(data, pos)
+                if size == 0 or size > limit:
+                    # Refused from the header alone: nothing that size is allocated.
+                    self.abort()
+                    return
+                if end - pos - 4 < size:
+                    break
+                message = loads(view[pos + 4:pos + 4 + size])
+                pos += 4 + size
+                self._dispatch(message)
+                if self.closed:
+                    return
+        except Exception:
+            self.abort()  # malformed: this connection goes, the server stays
+            return
+        finally:
+            view.release()
+            if pos < end and not self.closed:
+                buffer += data[pos:]
+            self.reading = False
+            self._flush()
+
+    def _handshake(self, login: bytes) -> bool:
+        server = self.server
+        client_nonce = check_login(login, server._secret, self.nonce)
+        assert self.transport is not None
+        if client_nonce is None:
+            self.transport.write(REJECTED + bytes(WELCOME_SIZE - 1))
+            self.transport.close()
+            self.closed = True
+            return False
+        self.transport.write(welcome(server._secret, self.nonce, client_nonce))
+        self.ready = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if server.idle_timeout is not None:
+            self.timer = self.loop.call_later(server.idle_timeout, self._idle_check)
+        return True
+
+    def _idle_check(self) -> None:
+        idle = time.monotonic() - self.last_activity
+        timeout = self.server.idle_timeout
+        assert timeout is not None
+        if self.calls or idle < timeout:
+            self.timer = self.loop.call_later(max(timeout - idle, 0.1), self._idle_check)
+        else:
+            self.transport.close() if self.transport is not None else None
+
+    def _dispatch(self, message: Any) -> None:
+        kind = message[0]
+        if kind == CALL:
+            _, call_id, name, args, kwargs, timeout, window = message
+            if (not isinstance(call_id, int) or not isinstance(name, str)
+                    or not isinstance(args, list) or not isinstance(kwargs, (dict, type(None)))
+                    or not isinstance(timeout, (int, float, type(None)))
+                    or not isinstance(window, (int, type(None)))):
+                raise ValueError("malformed call")
+            self._call(call_id, name, args, kwargs or {}, timeout, window)
+        elif kind == CREDIT:
+            _, call_id, n = message
+            call = self.calls.get(call_id)
+            if call is not None and call.stream is not None and isinstance(n, int) and n > 0:
+                call.stream.grant(n)
+        elif kind == CANCEL:
+            call = self.calls.get(message[1])
+            if call is not None:
+                self._cancel(call)
+        else:
+            raise ValueError(f"unexpected message kind {kind!r}")
+
+    # -- running calls -----------------------------------------------------------------
+
+    def _call(self, call_id: int, name: str, args: list[Any], kwargs: dict[str, Any],
+              timeout: float | None, window: int | None) -> None:
+        server = self.server
+        if name == "__methods__":
+            self._reply(call_id, {n: m.describe() for n, m in server._methods.items()})
+            return
+        method = server._methods.get(name)
+        if method is None:
+            self._error(call_id, AttributeError(
+                f"the server has no method {name!r}; it serves: "
+                f"{', '.join(sorted(server._methods))}"))
+            return
+        call = _Call(call_id)
+        if method.kind == "function" and server._inline_ok and method.quick_streak >= QUICK_STREAK:
+            self._run_inline(call, method, args, kwargs)
+            return
+        self.calls[call_id] = call
+        if len(self.calls) >= server.max_concurrent_calls and not self.paused:
+            self.paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+        if timeout is not None:
+            call.timer = self.loop.call_later(max(timeout, 0), self._expire, call)
+        if method.kind == "coroutine":
+            call.task = self.loop.create_task(self._await(call, method.fn(*args, **kwargs)))
+        elif method.kind == "async generator":
+            call.stream = _Credits(window or DEFAULT_WINDOW)
+            call.task = self.loop.create_task(self._astream(call, method.fn(*args, **kwargs)))
+        elif method.kind == "generator":
+            call.stream = _Credits(window or DEFAULT_WINDOW)
+            self._send(call_id, [STREAM, call_id])
+            future = server._pool.submit(self._stream_in_thread, call, method.fn, args, kwargs)
+            future.add_done_callback(lambda f, c=call: self._pool_done(c, f, None))
+        else:
+            self._submit(call, method, args, kwargs, window)
+
+    def _run_inline(self, call: _Call, method: _Method, args: list[Any],
+                    kwargs: dict[str, Any]) -> None:
+        start = time.perf_counter()
+        try:
+            value = method.fn(*args, **kwargs)
+        except Exception as exc:
+            self._error(call.id, exc)
+            return
+        finally:
+            if time.perf_counter() - start > SLOW_ON_LOOP:
+                method.slow = True
+                method.quick_streak = 0
+        if inspect.isgenerator(value) or inspect.iscoroutine(value):
+            # Rare: a plain function returning a generator or a coroutine.
+            method.slow, method.quick_streak = True, 0
+            value.close()
+            self._submit(call, method, args, kwargs, None)
+            return
+        self._reply(call.id, value)
+
+    def _submit(self, call: _Call, method: _Method, args: list[Any], kwargs: dict[str, Any],
+                window: int | None) -> None:
+        self.calls[call.id] = call
+        future = self.server._pool.submit(self._timed, method, args, kwargs, call.flag)
+        future.add_done_callback(lambda f, c=call: self._pool_done(c, f, window))
+
+    @staticmethod
+    def _timed(method: _Method, args: list[Any], kwargs: dict[str, Any],
+               flag: CancelFlag) -> Any:
+        start = time.perf_counter()
+        try:
+            return _run_with_flag(method.fn, args, kwargs, flag)
+        finally:
+            if not method.slow:
+                quick = time.perf_counter() - start < QUICK_SECONDS
+                method.quick_streak = method.quick_streak + 1 if quick else 0
+
+    def _pool_done(self, call: _Call, future: Any, window: int | None) -> None:
+        """Where the pool's future completes (a pool thread): hand the outcome to the loop."""
+        server = self.server
+        try:
+            value = future.result()
+        except BaseException as exc:
+            server._post_error(self, call, exc)
+            return
+        if value is _END:
+            server._post_frame(self, server._frame([END, call.id]), done=call)
+        elif value is _STOPPED:
+            server._post_frame(self, b"", done=call)
+        elif inspect.isgenerator(value):  # a plain function that returned a generator
+            call.stream = _Credits(window or DEFAULT_WINDOW)
+            server._post_frame(self, server._frame([STREAM, call.id]))
+            stream = server._pool.submit(self._stream_in_thread, call, lambda: value, [], {})
+            stream.add_done_callback(lambda f, c=call: self._pool_done(c, f, None))
+        elif inspect.iscoroutine(value):  # ...or a coroutine
+            asyncio.run_coroutine_threadsafe(self._await(call, value), self.loop)
+        else:
+            try:
+                frame = server._frame([RESULT, call.id, value])
+            except SerializationError as exc:
+                server._post_error(self, call, exc)
+                return
+            server._post_frame(self, frame, done=call)
+
+    async def _await(self, call: _Call, coro: Any) -> None:
+        try:
+            value = await coro
+        except asyncio.CancelledError:
+            self._finish(call)
+            return
+        except Exception as exc:
+            self._finish(call)
+            self._error(call.id, exc)
+            return
+        self._finish(call)
+        self._reply(call.id, value)
+
+    async def _astream(self, call: _Call, agen: AsyncIterator[Any]) -> None:
+        credits = call.stream
+        assert credits is not None
+        self._send(call.id, [STREAM, call.id])
+        try:
+            async for item in agen:
+                while credits.available <= 0 and not credits.closed:
+                    credits.event.clear()
+                    await credits.event.wait()
+                if credits.closed:
+                    break
+                credits.available -= 1
+                self._send(call.id, [ITEM, call.id, item])
+        except asyncio.CancelledError:
+            self._finish(call)
+            return
+        except Exception as exc:
+            self._finish(call)
+            self._error(call.id, exc)
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                await agen.aclose()  # type: ignore[attr-defined]
+        self._finish(call)
+        self._send(call.id, [END, call.id])
+
+    def _stream_in_thread(self, call: _Call, fn: Callable[..., Iterator[Any]],
+                          args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """Iterate a sync generator in a pool thread, within the client's credit."""
+        credits = call.stream
+        assert credits is not None
+        generator = _run_with_flag(fn, args, kwargs, call.flag)
+        server = self.server
+        try:
+            for item in generator:
+                with credits.cond:
+                    while credits.available <= 0 and not credits.closed:
+                        credits.cond.wait()
+                    if credits.closed:
+                        return _STOPPED
+                    credits.available -= 1
+                server._post_frame(self, server._frame([ITEM, call.id, item]))
+                if call.flag.is_set:
+                    return _STOPPED
+        finally:
+            generator.close()
+        return _END
+
+    def _expire(self, call: _Call) -> None:
+        from ._errors import RPCTimeoutError
+
+        if call.id in self.calls:
+            self._cancel(call)
+            self._error(call.id, RPCTimeoutError("the call's deadline passed on the server"))
+
+    def _cancel(self, call: _Call) -> None:
+        call.flag.set()
+        if call.task is not None:
+            call.task.cancel()
+        if call.stream is not None:
+            call.stream.close()
+        self._finish(call)
+
+    def _finish(self, call: _Call) -> None:
+        if self.calls.pop(call.id, None) is None:
+            return
+        if call.timer is not None:
+            call.timer.cancel()
+        if self.paused and len(self.calls) < self.server.max_concurrent_calls // 2:
+            self.paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def _reply(self, call_id: int, value: Any) -> None:
+        self._send(call_id, [RESULT, call_id, value])
+
+    def _error(self, call_id: int, exc: BaseException) -> None:
+        type_name, message, args, text = describe(exc, self.server.expose_tracebacks)
+        try:
+            frame = self.server._frame([ERROR, call_id, type_name, message, args, text])
+        except SerializationError:  # its arguments cannot travel: the message still can
+            frame = self.server._frame([ERROR, call_id, type_name, message, None, text])
+        self._write(frame)
+
+    def _send(self, call_id: int, message: list[Any]) -> None:
+        try:
+            frame = self.server._frame(message)
+        except SerializationError as exc:
+            self._error(call_id, exc)
+            return
+        self._write(frame)
+
+    def _write(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        self.out.append(frame)
+        if not self.flush_scheduled and not self.reading:
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.out and not self.closed and self.transport is not None:
+            out, self.out = self.out, []
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+
+
+_END = object()
+_STOPPED = object()
+
+
+class Server:
+    """A bingfa RPC server; see :func:`bingfa.rpc.serve`.
+
+    Attributes:
+        address: the address clients connect to (``tcp://127.0.0.1:PORT`` with
+            the real port when 0 was asked for).
+    """
+
+    def __init__(self, target: Any, address: str, *, secret: bytes | str | None = None,
+                 tls: ssl.SSLContext | None = None, serializer: str = "msgpack",
+                 pool: Any = None, max_message_size: int = 64 * 2**20,
+                 expose_tracebacks: bool = True, max_concurrent_calls: int = 256,
+                 handshake_timeout: float = 10.0, idle_timeout: float | None = None,
+                 grace: float = 5.0) -> None:
+        parsed = parse_address(address)
+        self._codec: Codec = codec_for(serializer)
+        if isinstance(secret, str):
+            secret = secret.encode()
+        if secret is not None and not isinstance(secret, bytes):
+            raise TypeError(f"secret must be bytes or str, not {type(secret).__name__}")
+        if secret is not None and len(secret) < 16:
+            raise ValueError("the secret must be at least 16 bytes long")
+        if tls is not None and not isinstance(tls, ssl.SSLContext):
+            raise TypeError(f"tls must be an ssl.SSLContext, not {type(tls).__name__}")
+        if serializer == "pickle" and not secret and not (
+                tls is not None and tls.verify_mode == ssl.CERT_REQUIRED):
+            raise ValueError(
+                "serializer='pickle' lets any client run code on this server: it needs a "
+                "secret= or a tls= context that verifies client certificates "
+                "(verify_mode=ssl.CERT_REQUIRED)")
+        if not isinstance(max_message_size, int) or max_message_size < 1024:
+            raise ValueError("max_message_size must be an int >= 1024 bytes")
+        if not isinstance(max_concurrent_calls, int) or max_concurrent_calls < 1:
+            raise ValueError("max_concurrent_calls must be an int >= 1")
+        self._methods = _methods_of(target)
+        self._secret = secret
+        self._tls = tls
+        self.max_message_size = max_message_size
+        self.max_concurrent_calls = max_concurrent_calls
+        self.expose_tracebacks = expose_tracebacks
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.grace = grace
+        self._own_pool = pool is None
+        self._pool = pool
+        self._inline_ok = pool is None  # only our own thread pool may be bypassed
+        self._sock = self._listen(parsed)
+        self.address = self._public_address(parsed)
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._stopping: asyncio.Event | None = None
+        self._posted: deque[tuple[_Connection, bytes, _Call | None]] = deque()
+        self._post_scheduled = False
+        self._post_lock = threading.Lock()
+        self._closed = False
+        self._idle: asyncio.Event | None = None
+
+    # -- set-up ------------------------------------------------------------------------
+
+    @staticmethod
+    def _listen(address: Address) -> socket.socket:
+        if address.scheme == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.exists(address.path) and not _is_socket(address.path):
+                    raise ValueError(f"{address.path!r} exists and is not a socket")
+                os.unlink(address.path)
+            sock.bind(address.path)
+        else:
+            infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+            family, _, _, _, sockaddr = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(sockaddr)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+        return sock
+
+    def _public_address(self, address: Address) -> str:
+        if address.scheme == "unix":
+            return str(address)
+        host, port = self._sock.getsockname()[:2]
+        return str(Address("tcp", host, port, ""))
+
+    # -- running -----------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        if self._pool is None:
+            from .._pool import Pool
+
+            self._pool = Pool(POOL_THREADS, mode="thread")
+        if self._sock.family == socket.AF_UNIX:
+            self._server = await self._loop.create_unix_server(
+                lambda: _Connection(self), sock=self._sock, ssl=self._tls, backlog=BACKLOG)
+        else:
+            self._server = await self._loop.create_server(
+                lambda: _Connection(self), sock=self._sock, ssl=self._tls, backlog=BACKLOG)
+
+    async def _stop(self) -> None:
+        """Stop accepting; let calls in flight finish within the grace period; close."""
+        if self._server is not None:
+            self._server.close()
+        deadline = self._loop.time() + self.grace
+        while any(c.calls for c in self._connections) and self._loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in list(self._connections):
+            for call in list(conn.calls.values()):
+                conn._cancel(call)
+            conn._flush()
+            if conn.transport is not None:
+                conn.transport.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._own_pool and self._pool is not None:
+            pool, self._pool = self._pool, None
+            await self._loop.run_in_executor(None, pool.shutdown)
+        if self._sock.family == socket.AF_UNIX:
+            with contextlib.suppress(OSError):
+                os.unlink(self._sock.getsockname())
+
+    async def serve_async(self) -> None:
+        """Serve on the running event loop until :meth:`close` is called."""
+        await self._start()
+        self._started.set()
+        assert self._stopping is not None
+        try:
+            await self._stopping.wait()
+        finally:
+            await self._stop()
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until :meth:`close` is called (from elsewhere) or Ctrl-C."""
+        asyncio.run(self.serve_async())
+
+    def _run_thread(self) -> None:
+        try:
+            asyncio.run(self.serve_async())
+        finally:
+            self._started.set()
+
+    def start(self) -> Server:
+        """Serve in a background thread; returns once the server is listening."""
+        if self._thread is not None:
+            raise RuntimeError("this server is already running")
+        self._thread = threading.Thread(target=self._run_thread, name="bingfa-rpc-server",
+                                        daemon=True)
+        self._thread.start()
+        self._started.wait()
+        return self
+
+    def close(self) -> None:
+        """Stop serving: calls in flight get the grace period, then connections close."""
+        if self._closed:
+            return
+        self._closed = True
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stopping.set)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        elif loop is None:
+            self._sock.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` from the server's own event loop."""
+        if not self._closed:
+            self._closed = True
+            assert self._stopping is not None
+            self._stopping.set()
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Server:
+        self._task = asyncio.get_running_loop().create_task(self.serve_async())
+        await asyncio.sleep(0)
+        while not self._started.is_set():
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.001)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+        await self._task
+
+    # -- plumbing shared by connections -------------------------------------------------
+
+    def _frame(self, message: list[Any]) -> bytes:
+        data = self._codec.dumps(message)
+        return pack_header(len(data)) + data
+
+    def _post_error(self, conn: _Connection, call: _Call, exc: BaseException) -> None:
+        """From a pool thread: the call failed; the loop sends the error."""
+        def fail() -> None:
+            if call.id in conn.calls:  # not cancelled or expired meanwhile
+                conn._finish(call)
+                conn._error(call.id, exc)
+
+        self._call_on_loop(fail)
+
+    def _post_frame(self, conn: _Connection, frame: bytes, done: _Call | None = None) -> None:
+        """From any thread: queue ``frame`` for ``conn`` (and end the call ``done``).
+
+        Results from many pool threads cost the loop one wake-up per batch,
+        not one per result.
+        """
+        with self._post_lock:
+            self._posted.append((conn, frame, done))
+            if self._post_scheduled:
+                return
+            self._post_scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain_posted)
+        except RuntimeError:  # the loop is closed: the server is gone
+            pass
+
+    def _drain_posted(self) -> None:
+        with self._post_lock:
+            posted, self._posted = self._posted, deque()
+            self._post_scheduled = False
+        touched = set()
+        for conn, frame, done in posted:
+            if done is not None:
+                if done.id not in conn.calls:
+                    continue  # cancelled or expired: the client has its answer
+                conn._finish(done)
+            if frame and not conn.closed:
+                conn.out.append(frame)
+                touched.add(conn)
+        for conn in touched:
+            conn._flush()
+
+    def _call_on_loop(self, fn: Callable[[], Any]) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(fn)
+
+    def _connection_closed(self) -> None:
+        return None
+
+
+def _is_socket(path: str) -> bool:
+    import stat
+
+    return stat.S_ISSOCK(os.stat(path).st_mode)
+
+
+def serve(target: Any, address: str, *, secret: bytes | str | None = None,
+          tls: ssl.SSLContext | None = None, serializer: str = "msgpack", pool: Any = None,
+          max_message_size: int = 64 * 2**20, expose_tracebacks: bool = True,
+          max_concurrent_calls: int = 256, handshake_timeout: float = 10.0,
+          idle_timeout: float | None = None, grace: float = 5.0) -> Server:
+    """Serve ``target``'s public methods (or a dict of functions) at ``address``.
+
+    The socket is bound at once (``server.address`` tells the port when 0 was
+    asked for); serving starts with ``with serve(...) as server:`` (a
+    background thread), ``async with`` (the running loop) or
+    ``server.serve_forever()``.
+
+    Args:
+        target: an object, whose public methods are served, or a dict of
+            name -> function.
+        address: ``tcp://HOST:PORT`` (port 0: any free port) or ``unix:///PATH``.
+        secret: clients must prove they know it (HMAC-SHA256 challenge-response,
+            both ways) before any call runs. At least 16 bytes.
+        tls: an :class:`ssl.SSLContext` for the server side; with
+            ``verify_mode=CERT_REQUIRED`` clients need certificates.
+        serializer: ``"msgpack"`` (default: plain data, nothing is ever
+            unpickled) or ``"pickle"`` (anything; needs ``secret`` or TLS
+            with client certificates).
+        pool: a :class:`bingfa.Pool` for plain functions (default: 32 threads).
+        max_message_size: the largest frame accepted, checked from its header.
+        expose_tracebacks: send handler tracebacks to clients.
+        max_concurrent_calls: calls in flight per connection before the
+            server stops reading from it.
+        handshake_timeout, idle_timeout: seconds before a connection that
+            does not log in, or does nothing, is closed.
+        grace: seconds calls in flight get to finish when the server stops.
+
+    Raises:
+        ValueError: an address that does not parse, a port out of range,
+            pickle without authentication, an unknown serializer, a target
+            with nothing to serve.
+        OSError: the address is in use.
+    """
+    return Server(target, address, secret=secret, tls=tls, serializer=serializer, pool=pool,
+                  max_message_size=max_message_size, expose_tracebacks=expose_tracebacks,
+                  max_concurrent_calls=max_concurrent_calls,
+                  handshake_timeout=handshake_timeout, idle_timeout=idle_timeout, grace=grace)
