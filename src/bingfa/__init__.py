@@ -17,6 +17,7 @@ TYPE_CHECKING = False  # not from typing: its import alone costs more than the r
 if TYPE_CHECKING:
     from typing import Any
 
+    from . import rpc as rpc
     from ._cmdresult import CommandResult as CommandResult
     from ._commands import arun as arun
     from ._commands import run as run
@@ -74,10 +75,16 @@ _HOMES = {
     "worker_state": "_context",
 }
 
-__all__ = sorted([*_HOMES, "__version__"])
+# public subpackages, also loaded on first use: bf.rpc
+_SUBPACKAGES = ("rpc",)
+
+__all__ = sorted([*_HOMES, *_SUBPACKAGES, "__version__"])
 
 
 def __getattr__(name: str) -> "Any":
+    if name in _SUBPACKAGES:
+        __import__(f"{__name__}.{name}")
+        return _sys.modules[f"{__name__}.{name}"]
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'bingfa' has no attribute {name!r}")
@@ -94,7 +101,7 @@ def __getattr__(name: str) -> "Any":
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+    return sorted({*globals(), *_HOMES, *_SUBPACKAGES})
 
 
 del TYPE_CHECKING

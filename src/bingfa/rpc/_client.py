@@ -192,29 +192,34 @@ class _Connection:
     def wait(self, pending: _Pending, ready: Any, deadline: float | None) -> bool:
         """Wait until ``ready()``; False if ``deadline`` (monotonic) passed first."""
         waiting = self.waiting
-        while not ready():
-            if self.lost is not None:
-                raise self.lost
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
-            # Listed before trying to read: a leader that lets go after our try
-            # sees us and wakes us, so no wake-up is lost.
-            waiting.add(pending)
-            try:
-                if self.read_lock.acquire(blocking=False):
+        try:
+            while not ready():
+                if self.lost is not None:
+                    raise self.lost
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                # Listed before trying to read: a leader that lets go after our
+                # try sees us and wakes us, so no wake-up is lost.
+                waiting.add(pending)
+                try:
+                    if self.read_lock.acquire(blocking=False):
+                        waiting.discard(pending)
+                        try:
+                            self._read(ready, deadline)
+                        finally:
+                            self.read_lock.release()
+                            self._pass_reading()
+                    elif remaining is None:
+                        pending.lock.acquire()
+                    else:
+                        pending.lock.acquire(timeout=remaining)
+                finally:
                     waiting.discard(pending)
-                    try:
-                        self._read(ready, deadline)
-                    finally:
-                        self.read_lock.release()
-                        self._pass_reading()
-                elif remaining is None:
-                    pending.lock.acquire()
-                else:
-                    pending.lock.acquire(timeout=remaining)
-            finally:
-                waiting.discard(pending)
+        finally:
+            # The reading may have been handed to us as we were leaving: pass it on.
+            if waiting and not self.read_lock.locked():
+                self._pass_reading()
         return True
 
     def _pass_reading(self) -> None:
@@ -292,13 +297,12 @@ class _Connection:
             pending.stream = True
             pending.items = deque()
             pending.done = True
-        elif kind == ITEM:
-            assert pending.items is not None
-            pending.items.append(message[2])
-        elif kind == END:
-            pending.items = pending.items or deque()
-            pending.items.append(_END)
-            del self.pending[call_id]
+        elif kind in (ITEM, END):
+            if pending.items is None:
+                raise ValueError("a stream item before the stream began")
+            pending.items.append(message[2] if kind == ITEM else _END)
+            if kind == END:
+                del self.pending[call_id]
         pending.wake()
 
     def _lose(self, why: str) -> None:
@@ -408,6 +412,75 @@ class _Method:
         return f"<remote method {self._name!r}>"
 
 
+class _TLSBridge:
+    """A sync face for :class:`AsyncClient`, whose loop runs in a helper thread.
+
+    Used with ``tls=``: asyncio's TLS runs on memory buffers in one thread,
+    where an SSL socket would be read and written by several.
+    """
+
+    def __init__(self, address: str, secret: bytes | None, tls: ssl.SSLContext,
+                 timeout: float | None) -> None:
+        import asyncio
+
+        from ._aclient import AsyncClient
+
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="bingfa-rpc-tls")
+        self._thread.start()
+        self._client = AsyncClient(address, secret=secret, tls=tls, timeout=timeout)
+        try:
+            self._wait(self._client._connection())
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait(self, coro: Any) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+             timeout: float | None) -> Any:
+        value = self._wait(self._client.call(method, *args, timeout=timeout, **kwargs))
+        if hasattr(value, "__anext__"):
+            return _SyncStream(self, value)
+        return value
+
+    def close(self) -> None:
+        if self._loop.is_running():
+            with contextlib.suppress(Exception):
+                self._wait(self._client.aclose())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+        self._loop.close()
+
+
+class _SyncStream(Iterator[Any]):
+    """An async stream of the TLS bridge, iterated from a thread."""
+
+    def __init__(self, bridge: _TLSBridge, stream: Any) -> None:
+        self._bridge = bridge
+        self._stream = stream
+
+    def __next__(self) -> Any:
+        try:
+            return self._bridge._wait(self._stream.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        """Stop: the generator on the server is cancelled."""
+        self._bridge._wait(self._stream.aclose())
+
+    def __enter__(self) -> _SyncStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Client:
     """A connection to a bingfa RPC server, shared safely by any number of threads.
 
@@ -428,7 +501,11 @@ class Client:
         self._connect_lock = threading.Lock()
         self._closed = False
         self._methods: dict[str, _Method] = {}
-        self._connection()  # connect now: a wrong address or secret fails here
+        self._bridge: _TLSBridge | None = None
+        if tls is not None:
+            self._bridge = _TLSBridge(address, self._secret, tls, timeout)
+        else:
+            self._connection()  # connect now: a wrong address or secret fails here
 
     def _connection(self) -> _Connection:
         conn = self._conn
@@ -439,6 +516,8 @@ class Client:
                 raise ConnectionLostError("the client is closed")
             conn = self._conn
             if conn is None or conn.lost is not None:
+                if conn is not None:
+                    conn.sock.close()  # lost: whoever used it has had its error
                 sock = open_socket(self.address, self._tls, CONNECT_TIMEOUT)
                 try:
                     sock.settimeout(CONNECT_TIMEOUT)
@@ -467,6 +546,8 @@ class Client:
         """
         if timeout is None:
             timeout = self.timeout
+        if self._bridge is not None:
+            return self._bridge.call(method, args, kwargs, timeout)
         conn = self._connection()
         call_id = next(conn.ids)
         frame = _frame(conn.codec, [CALL, call_id, method, list(args), kwargs or None, timeout,
@@ -508,6 +589,8 @@ class Client:
             self._closed = True
             if self._conn is not None:
                 self._conn.close()
+            if self._bridge is not None:
+                self._bridge.close()
 
     def __enter__(self) -> Client:
         return self

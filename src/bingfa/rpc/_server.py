@@ -592,6 +592,7 @@ class Server:
         self._pool = pool
         self._inline_ok = pool is None  # only our own thread pool may be bypassed
         self._sock = self._listen(parsed)
+        self._unix_path = parsed.path if parsed.scheme == "unix" else None
         self.address = self._public_address(parsed)
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._server: asyncio.base_events.Server | None = None
@@ -666,9 +667,9 @@ class Server:
         if self._own_pool and self._pool is not None:
             pool, self._pool = self._pool, None
             await self._loop.run_in_executor(None, pool.shutdown)
-        if self._sock.family == socket.AF_UNIX:
+        if self._unix_path is not None:
             with contextlib.suppress(OSError):
-                os.unlink(self._sock.getsockname())
+                os.unlink(self._unix_path)
 
     async def serve_async(self) -> None:
         """Serve on the running event loop until :meth:`close` is called."""

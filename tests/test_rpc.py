@@ -1,0 +1,450 @@
+"""bingfa.rpc: calls, errors, streams, deadlines, reconnection, asyncio, TLS (real sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import decimal
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import trustme
+from conftest import wait_until
+
+import bingfa as bf
+from bingfa import rpc
+
+PY = sys.executable
+ADDRESS = "tcp://127.0.0.1:0"
+
+
+@rpc.register
+@dataclasses.dataclass
+class Point:
+    x: float
+    y: float
+
+
+@rpc.register_error
+class InsufficientFunds(Exception):
+    pass
+
+
+class Unregistered(Exception):
+    pass
+
+
+class Service:
+    """A bit of everything a server may serve."""
+
+    def __init__(self) -> None:
+        self.cancelled_seen = threading.Event()
+        self.async_cancelled = threading.Event()
+        self.produced = 0
+
+    def add(self, a, b):
+        """Add two things."""
+        return a + b
+
+    def echo(self, value):
+        return value
+
+    def kw(self, a, *, scale=1):
+        return a * scale
+
+    def fail(self, kind):
+        if kind == "key":
+            raise KeyError("missing")
+        if kind == "funds":
+            raise InsufficientFunds("balance 3 < 5")
+        raise Unregistered("not known to the client")
+
+    def count(self, n):
+        for i in range(n):
+            self.produced += 1
+            yield i
+
+    async def acount(self, n):
+        for i in range(n):
+            yield i
+            await asyncio.sleep(0)
+
+    async def slow(self, seconds):
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            self.async_cancelled.set()
+            raise
+        return seconds
+
+    def polls(self):
+        while not bf.cancelled():
+            time.sleep(0.005)
+        self.cancelled_seen.set()
+        return "stopped"
+
+    def _private(self):
+        return "never served"
+
+
+@pytest.fixture
+def service():
+    return Service()
+
+
+@pytest.fixture
+def server(service):
+    with rpc.serve(service, ADDRESS) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server):
+    with rpc.connect(server.address) as c:
+        yield c
+
+
+# -- calls and data --------------------------------------------------------------------
+
+
+def test_calls_as_attributes_and_by_name(client):
+    assert client.add(1, 2) == 3
+    assert client.call("add", "a", "b") == "ab"
+    assert client.kw(2, scale=5) == 10
+
+
+def test_python_types_survive_the_trip(client):
+    values = [
+        (1, (2, 3)), {1, 2}, frozenset({"a"}), b"\x00\xff", 2**100, -(2**70), 1.5,
+        datetime.datetime(2026, 11, 24, 12, 0, tzinfo=datetime.UTC),
+        datetime.date(2026, 1, 2), datetime.time(3, 4, 5), datetime.timedelta(days=2, seconds=3),
+        decimal.Decimal("1.10"), complex(1, -2), {"nested": [1, {"x": (None, True)}]},
+        Point(1.0, 2.5), {3: "int keys"},
+    ]
+    for value in values:
+        back = client.echo(value)
+        assert back == value
+        assert type(back) is type(value)
+
+
+def test_methods_lists_what_is_served(client):
+    methods = client.methods()
+    assert "_private" not in methods
+    assert set(methods) >= {"add", "count", "acount", "slow", "polls"}
+    assert methods["add"]["doc"] == "Add two things."
+    assert methods["add"]["signature"] == "(a, b)"
+    assert methods["slow"]["kind"] == "coroutine"
+    assert methods["count"]["kind"] == "generator"
+
+
+def test_a_dict_of_functions_and_a_unix_socket(tmp_path):
+    address = f"unix://{tmp_path}/rpc.sock"
+    with rpc.serve({"mul": lambda a, b: a * b}, address) as server:
+        assert server.address == address
+        with rpc.connect(address) as c:
+            assert c.mul(6, 7) == 42
+    assert not os.path.exists(tmp_path / "rpc.sock")
+
+
+def test_many_threads_share_one_client(client):
+    errors = []
+
+    def work(k):
+        try:
+            for i in range(300):
+                assert client.add(i, k) == i + k
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_sync_handlers_run_in_a_pool_and_coroutines_on_the_loop(server):
+    seen = {}
+
+    def where():
+        return threading.current_thread().name
+
+    async def awhere():
+        return threading.current_thread().name
+
+    with rpc.serve({"where": where, "awhere": awhere}, ADDRESS) as s, rpc.connect(s.address) as c:
+        seen["sync"] = c.where()
+        seen["async"] = c.awhere()
+    assert seen["async"] == "bingfa-rpc-server"
+    assert seen["sync"] != "bingfa-rpc-server"
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+def test_remote_exceptions_keep_their_type_and_traceback(client):
+    with pytest.raises(KeyError) as info:
+        client.fail("key")
+    assert isinstance(info.value.__cause__, bf.RemoteTraceback)
+    assert "in fail" in str(info.value.__cause__)
+    with pytest.raises(InsufficientFunds, match="balance 3 < 5"):
+        client.fail("funds")
+    with pytest.raises(rpc.RemoteError) as info:
+        client.fail("other")
+    assert info.value.remote_type.endswith("Unregistered")
+    assert isinstance(info.value, bf.BingfaError)
+
+
+def test_hidden_tracebacks(service):
+    with rpc.serve(service, ADDRESS, expose_tracebacks=False) as s, \
+            rpc.connect(s.address) as c, pytest.raises(KeyError) as info:
+        c.fail("key")
+    assert info.value.__cause__ is None
+
+
+def test_bad_calls(client, service):
+    with pytest.raises(AttributeError, match="no method 'nope'"):
+        client.nope()
+    with pytest.raises(TypeError, match="argument"):
+        client.add(1)
+    with pytest.raises(bf.SerializationError, match="object"):
+        client.echo(object())
+    assert client.add(1, 1) == 2  # the connection is fine after all that
+
+
+@pytest.mark.parametrize("address", ["nonsense", "tcp://127.0.0.1", "tcp://127.0.0.1:70000",
+                                     "tcp://:80", "http://x:1", "unix://"])
+def test_addresses_that_do_not_parse(address):
+    with pytest.raises(ValueError, match="address"):
+        rpc.serve({"f": print}, address)
+    with pytest.raises(ValueError, match="address"):
+        rpc.connect(address)
+
+
+def test_bad_server_options():
+    with pytest.raises(ValueError, match="pickle"):
+        rpc.serve({"f": print}, ADDRESS, serializer="pickle")
+    with pytest.raises(ValueError, match="serializer"):
+        rpc.serve({"f": print}, ADDRESS, serializer="json")
+    with pytest.raises(ValueError, match="no public methods"):
+        rpc.serve(object(), ADDRESS)
+    with pytest.raises(ValueError, match="16 bytes"):
+        rpc.serve({"f": print}, ADDRESS, secret="short")
+
+
+def test_pickle_with_a_secret_carries_anything():
+    secret = "s" * 32
+    with rpc.serve({"echo": lambda x: x}, ADDRESS, serializer="pickle", secret=secret) as s, \
+            rpc.connect(s.address, secret=secret) as c:
+        assert c.echo(Unregistered("x")).args == ("x",)
+
+
+# -- deadlines and cancellation ------------------------------------------------------------
+
+
+def test_a_deadline_cancels_an_async_handler(client, service):
+    with pytest.raises(rpc.RPCTimeoutError) as info:
+        client.slow(30, timeout=0.2)
+    assert isinstance(info.value, TimeoutError)
+    assert service.async_cancelled.wait(5)
+
+
+def test_a_deadline_reaches_a_thread_handler_through_bf_cancelled(client, service):
+    with pytest.raises(rpc.RPCTimeoutError):
+        client.call("polls", timeout=0.2)
+    assert service.cancelled_seen.wait(5)
+
+
+def test_the_client_default_timeout(server):
+    with rpc.connect(server.address, timeout=0.2) as c, pytest.raises(TimeoutError):
+        c.slow(30)
+
+
+# -- streams -------------------------------------------------------------------------------
+
+
+def test_generators_stream(client):
+    assert list(client.count(500)) == list(range(500))
+    assert list(client.acount(5)) == [0, 1, 2, 3, 4]
+
+
+def test_a_slow_consumer_holds_the_generator_back(client, service):
+    stream = client.count(100_000)
+    assert next(stream) == 0
+    # The server runs ahead by at most its window of credit, not the whole stream.
+    assert wait_until(lambda: service.produced >= 2)
+    time.sleep(0.2)  # let an unbounded producer show itself, if it were one
+    assert service.produced <= 200
+    for _ in range(100):
+        next(stream)
+    assert wait_until(lambda: service.produced > 100)
+    assert service.produced <= 400
+    stream.close()
+
+
+def test_closing_a_stream_stops_the_generator(client, service):
+    with client.count(10**9) as stream:
+        assert next(stream) == 0
+    produced = service.produced
+    time.sleep(0.2)  # a generator that kept going would be visible now
+    assert service.produced <= produced + 100
+    assert client.add(2, 2) == 4
+
+
+# -- connection loss and reconnection ----------------------------------------------------
+
+
+SERVER_SCRIPT = textwrap.dedent("""
+    import asyncio, sys
+    import bingfa.rpc as rpc
+
+    async def hang():
+        await asyncio.sleep(100)
+
+    server = rpc.serve({"add": lambda a, b: a + b, "hang": hang}, sys.argv[1])
+    print(server.address, flush=True)
+    server.serve_forever()
+""")
+
+
+def _server_process(address):
+    proc = subprocess.Popen([PY, "-c", SERVER_SCRIPT, address], stdout=subprocess.PIPE,
+                            text=True)
+    return proc, proc.stdout.readline().strip()
+
+
+@pytest.mark.timeout(30)
+def test_a_killed_server_gives_connection_lost_promptly_and_a_restart_reconnects():
+    proc, address = _server_process(ADDRESS)
+    try:
+        client = rpc.connect(address)
+        assert client.add(1, 2) == 3
+        errors = []
+
+        def call_hang():
+            try:
+                client.hang()
+            except Exception as exc:
+                errors.append((exc, time.monotonic()))
+
+        caller = threading.Thread(target=call_hang)
+        caller.start()
+        time.sleep(0.2)  # let the call reach the server before it dies
+        proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        caller.join(5)
+        assert errors, "the call did not fail"
+        exc, when = errors[0]
+        assert isinstance(exc, rpc.ConnectionLostError)
+        assert isinstance(exc, ConnectionError)
+        assert when - killed < 1.0
+        proc.wait()
+        proc, _ = _server_process(address)  # the same port again
+        assert client.add(2, 3) == 5
+        client.close()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# -- asyncio -------------------------------------------------------------------------------
+
+
+def test_the_asyncio_client(server, service):
+    async def main():
+        async with await rpc.aconnect(server.address) as c:
+            assert await c.add(1, 2) == 3
+            results = await asyncio.gather(*(c.add(i, i) for i in range(200)))
+            assert results == [2 * i for i in range(200)]
+            assert [x async for x in await c.acount(4)] == [0, 1, 2, 3]
+            assert [x async for x in await c.count(70)] == list(range(70))
+            with pytest.raises(KeyError):
+                await c.fail("key")
+            with pytest.raises(rpc.RPCTimeoutError):
+                await c.call("slow", 30, timeout=0.2)
+            assert "add" in await c.methods()
+
+    asyncio.run(main())
+    assert service.async_cancelled.wait(5)
+
+
+def test_async_with_serve_on_the_running_loop():
+    async def main():
+        async with rpc.serve({"add": lambda a, b: a + b}, ADDRESS) as server:
+            client = await rpc.aconnect(server.address)
+            assert await client.add(40, 2) == 42
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+# -- security --------------------------------------------------------------------------------
+
+
+def test_a_secret_is_required_and_checked(service):
+    secret = b"k" * 32
+    with rpc.serve(service, ADDRESS, secret=secret) as server:
+        with rpc.connect(server.address, secret=secret) as c:
+            assert c.add(1, 1) == 2
+        with pytest.raises(rpc.AuthenticationError):
+            rpc.connect(server.address)
+        with pytest.raises(rpc.AuthenticationError):
+            rpc.connect(server.address, secret=b"x" * 32)
+
+
+@pytest.fixture(scope="module")
+def certificates():
+    ca = trustme.CA()
+    return ca, ca.issue_cert("127.0.0.1"), ca.issue_cert("client")
+
+
+def test_tls_with_client_certificates(certificates, service):
+    import ssl
+
+    ca, server_cert, client_cert = certificates
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(server_ctx)
+    ca.configure_trust(server_ctx)
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    client_cert.configure_cert(client_ctx)
+    with rpc.serve(service, ADDRESS, tls=server_ctx, serializer="pickle") as server:
+        with rpc.connect(server.address, tls=client_ctx) as c:
+            assert c.add(1, 2) == 3
+            assert list(c.count(3)) == [0, 1, 2]
+        anonymous = ssl.create_default_context()
+        ca.configure_trust(anonymous)
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            rpc.connect(server.address, tls=anonymous).add(1, 1)
+
+
+# -- shutdown --------------------------------------------------------------------------------
+
+
+def test_shutdown_lets_calls_in_flight_finish():
+    started = threading.Event()
+
+    async def work():
+        started.set()
+        await asyncio.sleep(0.3)
+        return "finished"
+
+    results = []
+    server = rpc.serve({"work": work}, ADDRESS).start()
+    client = rpc.connect(server.address)
+    caller = threading.Thread(target=lambda: results.append(client.work()))
+    caller.start()
+    assert started.wait(5)
+    server.close()
+    caller.join(5)
+    client.close()
+    assert results == ["finished"]
