@@ -448,3 +448,53 @@ def test_shutdown_lets_calls_in_flight_finish():
     caller.join(5)
     client.close()
     assert results == ["finished"]
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_bingfa_rpc_serve_and_call(tmp_path):
+    (tmp_path / "calc.py").write_text(textwrap.dedent("""
+        class Calc:
+            def add(self, a, b):
+                return a + b
+
+            def count(self, n):
+                yield from range(n)
+    """))
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s" * 32 + "\n")
+    cli = [PY, "-m", "bingfa._cli", "rpc"]
+    server = subprocess.Popen([*cli, "serve", "calc:Calc", "--address", ADDRESS,
+                               "--secret-file", str(secret_file)], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = server.stdout.readline()
+        assert banner.startswith("serving calc:Calc at tcp://127.0.0.1:")
+        address = banner.split()[3]
+
+        def call(*args):
+            return subprocess.run([*cli, "call", address, *args, "--secret-file",
+                                   str(secret_file)], capture_output=True, text=True, timeout=30)
+
+        assert call("add", "1", "2").stdout == "3\n"
+        assert call("add", '"a"', '"b"').stdout == '"ab"\n'
+        assert call("count", "3").stdout == "0\n1\n2\n"
+        missing = call("nope")
+        assert missing.returncode == 1
+        assert "no method 'nope'" in missing.stderr
+        not_json = call("add", "x", "1")
+        assert not_json.returncode == 2
+        assert "not JSON" in not_json.stderr
+        no_secret = subprocess.run([*cli, "call", address, "add", "1", "2"],
+                                   capture_output=True, text=True, timeout=30)
+        assert no_secret.returncode == 1
+        assert "secret" in no_secret.stderr
+        server.send_signal(signal.SIGINT)
+        assert server.wait(10) == 0
+    finally:
+        server.kill()
+        server.wait()
+        server.stdout.close()
+        server.stderr.close()

@@ -12,6 +12,7 @@ TYPE_CHECKING = False  # typing and argparse cost milliseconds that `bingfa run`
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Sequence
+    from typing import Any
 
 __all__ = ["main"]
 
@@ -102,6 +103,26 @@ def demo(n: int, mode: str, workers: int | None) -> str:
             f"{elapsed * 1e3:.1f} ms, sum {sum(results):,} ({status})")
 
 
+def _add_rpc_parser(sub: Any) -> None:
+    """``bingfa rpc serve`` and ``bingfa rpc call`` (run by bingfa/rpc/_cli.py)."""
+    rpc = sub.add_parser("rpc", help="serve an object over RPC, or call a server")
+    commands = rpc.add_subparsers(dest="rpc_command", metavar="{serve,call}", required=True)
+    serve = commands.add_parser("serve", help="serve MODULE:ATTR until Ctrl-C")
+    serve.add_argument("target", metavar="MODULE:ATTR",
+                       help="what to serve: an object, a dict of functions, or a class")
+    serve.add_argument("--address", default="tcp://127.0.0.1:0",
+                       help="tcp://HOST:PORT or unix:///PATH (default: a free local port)")
+    serve.add_argument("--secret-file", help="a file holding the secret clients must know")
+    serve.add_argument("--serializer", default="msgpack", choices=["msgpack", "pickle"])
+    call = commands.add_parser("call", help="call METHOD on the server at ADDRESS")
+    call.add_argument("address", metavar="ADDRESS")
+    call.add_argument("method", metavar="METHOD")
+    call.add_argument("args", metavar="JSON_ARG", nargs="*",
+                      help="arguments, each as JSON: 42, '\"text\"', '[1, 2]'")
+    call.add_argument("--secret-file", help="a file holding the server's secret")
+    call.add_argument("--timeout", type=float, default=None, help="seconds (default: none)")
+
+
 def _parser() -> argparse.ArgumentParser:
     import argparse
 
@@ -112,6 +133,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run a command for each argument, several at a time "
                    "(GNU parallel's core; see bingfa run --help)", add_help=False)
     sub.add_parser("info", help="show Python, cores, start methods and installed extras")
+    _add_rpc_parser(sub)
     demo_p = sub.add_parser("demo", help="run a small parallel map and check its result")
     demo_p.add_argument("-n", type=int, default=100_000, help="items to map (default 100000)")
     demo_p.add_argument("--mode", default="process", choices=["thread", "process"])
@@ -140,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--workers must be a positive integer")
         print(demo(args.n, args.mode, args.workers))
         return 0
+    if args.command == "rpc":
+        from .rpc._cli import run as run_rpc
+
+        return run_rpc(args, parser)
     parser.print_help()
     return 0
 
