@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from ._fanout import Fanout, Job, parse_halt
+from ._fanout import PENDING, Fanout, Job, parse_halt
 from ._template import Template
 
 # Start-up is a large part of a short run, so only what runs is imported:
@@ -200,31 +200,94 @@ def _lines(stream: IO[bytes]) -> Iterator[str]:
         yield os.fsdecode(raw[:-1] if raw.endswith(b"\n") else raw)
 
 
-def _open_sources(opts: Options) -> list[Iterator[str] | list[str]]:
-    """Each input source as values; files are opened now, so a missing one is a usage error."""
+class LineFeeder:
+    """The lines of a pipe or terminal, read in a thread as they come.
+
+    Waiting for the next argument (``tail -f log | bingfa run ...``) must not
+    stop the run: finished jobs are still reported and timeouts still kill.
+    :meth:`values` yields PENDING when no line is there yet, and ``wakeup``
+    turns readable when one arrives.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        import threading
+        from collections import deque
+
+        self._lines: deque[str] = deque()
+        self._done = False
+        self.wakeup, self._wake_writer = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        threading.Thread(target=self._read, args=(stream,), daemon=True,
+                         name="bingfa-run-arguments").start()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        try:
+            for line in _lines(stream):
+                self._lines.append(line)
+                self._wake()
+        finally:
+            self._done = True
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_writer, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
+
+    def values(self) -> Iterator[str]:
+        """The lines, with PENDING while the next one has not arrived."""
+        lines = self._lines
+        while True:
+            if lines:
+                yield lines.popleft()
+            elif self._done:
+                if not lines:  # appended before done was set
+                    return
+            else:
+                yield PENDING
+
+
+def _open_sources(opts: Options, streaming: bool) -> tuple[list[Iterator[str] | list[str]],
+                                                          int | None]:
+    """Each input source as values, and the wake-up fd of one read as it comes.
+
+    Files are opened now, so a missing one is a usage error. With
+    ``streaming``, a single source that is a pipe or a terminal is read by a
+    :class:`LineFeeder`; several sources are combined, which needs them whole
+    anyway, and so do ``--bar`` and ``--dry-run``.
+    """
+    import stat
+
     sources: list[Iterator[str] | list[str]] = []
+    wakeup = None
     specs = opts.sources or [("::::", "-")]
     for kind, spec in specs:
         if kind == ":::":
             assert isinstance(spec, list)
             sources.append(spec)
-        elif spec == "-":
-            sources.append(_lines(sys.stdin.buffer))
+            continue
+        assert isinstance(spec, str)
+        if spec == "-":
+            handle = sys.stdin.buffer
         else:
-            assert isinstance(spec, str)
             try:
                 handle = open(spec, "rb")  # noqa: SIM115 - read lazily, closed at exit
             except OSError as exc:
                 raise UsageError(f"cannot read input file {spec!r}: "
                                  f"{exc.strerror or exc}") from None
+        if streaming and len(specs) == 1 and not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            feeder = LineFeeder(handle)
+            wakeup = feeder.wakeup
+            sources.append(feeder.values())
+        else:
             sources.append(_lines(handle))
-    return sources
+    return sources, wakeup
 
 
 def _combine(sources: list[Iterator[str] | list[str]], link: bool) -> Iterator[tuple[str, ...]]:
     """The argument tuples: a cartesian product (first source slowest), or zipped."""
     if len(sources) == 1:
-        return ((value,) for value in sources[0])
+        return (value if value is PENDING else (value,) for value in sources[0])
     lists = [list(s) for s in sources]
     if any(not values for values in lists):
         return iter(())
@@ -235,8 +298,16 @@ def _combine(sources: list[Iterator[str] | list[str]], link: bool) -> Iterator[t
     return itertools.product(*lists)
 
 
+NO_JOB_YET: Job = PENDING  # PENDING, typed for the jobs it stands among
+
+
 def _jobs(template: Template, arguments: Iterator[tuple[str, ...]]) -> Iterator[Job]:
-    for seq, values in enumerate(arguments, 1):
+    seq = 0
+    for values in arguments:
+        if values is PENDING:
+            yield NO_JOB_YET
+            continue
+        seq += 1
         if template.uses_slot:
             def build(slot: int, values: tuple[str, ...] = values, seq: int = seq) -> list[str]:
                 return template.argv(values, seq, slot)
@@ -245,10 +316,25 @@ def _jobs(template: Template, arguments: Iterator[tuple[str, ...]]) -> Iterator[
             yield Job(seq, template.argv(values, seq, 0), info=values)
 
 
+MAX_NAME_BYTES = 255
+
+
 def _escape(value: str) -> str:
-    """An argument as a directory name under --results: no '/', never '.' or '..'."""
+    """An argument as a directory name under --results: no '/', never '.' or '..'.
+
+    A name too long for the file system keeps its first 200 bytes and gets a
+    hash of the whole, so different long arguments stay apart.
+    """
     name = value.replace("\\", "\\\\").replace("/", "\\_")
-    return "\\" + name if name in ("", ".", "..") else name
+    if name in ("", ".", ".."):
+        return "\\" + name
+    raw = os.fsencode(name)
+    if len(raw) > MAX_NAME_BYTES:
+        import hashlib
+
+        digest = hashlib.sha256(raw).hexdigest()[:16]
+        name = os.fsdecode(raw[:200]) + "\\#" + digest
+    return name
 
 
 class Reporter:
@@ -265,7 +351,9 @@ class Reporter:
         self._bar_shown = 0.0
         if opts.joblog is not None:
             try:
-                self._log = open(opts.joblog, "w", encoding="utf-8")  # noqa: SIM115
+                # surrogateescape: arguments that are not UTF-8 are written as the bytes they were
+                self._log = open(opts.joblog, "w", encoding="utf-8",  # noqa: SIM115
+                                 errors="surrogateescape")
             except OSError as exc:
                 raise UsageError(f"cannot write joblog {opts.joblog!r}: "
                                  f"{exc.strerror or exc}") from None
@@ -354,7 +442,7 @@ def run_jobs(opts: Options) -> int:
                             sources=max(1, len(opts.sources) or 1))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    sources = _open_sources(opts)
+    sources, wakeup = _open_sources(opts, streaming=not (opts.bar or opts.dry_run))
     arguments = _combine(sources, opts.link)
     parallel = opts.jobs or _cores()
     total: int | None = None
@@ -371,7 +459,7 @@ def run_jobs(opts: Options) -> int:
     halt = parse_halt(opts.halt)
     fanout = Fanout(_jobs(template, arguments), parallel=parallel, timeout=opts.timeout,
                     retries=opts.retries, halt=halt, keep_order=opts.keep_order,
-                    missing="fail")
+                    missing="fail", wakeup=wakeup)
     jobs = iter(fanout)
     try:
         for job in jobs:

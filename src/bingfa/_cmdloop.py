@@ -40,7 +40,7 @@ READ_SIZE = 1 << 16
 
 
 # What a registered fd is, for the event handler.
-_STDOUT, _STDERR, _STDIN, _EXIT = 1, 2, 0, 3
+_STDOUT, _STDERR, _STDIN, _EXIT, _WAKE = 1, 2, 0, 3, 4
 
 
 class Running:
@@ -122,6 +122,7 @@ class CommandLoop:
         self._timers: list[tuple[float, int, Running, int]] = []  # (when, seq, run, stage)
         self._seq = 0
         self._closed = False
+        self._wakeups: list[int] = []
 
     def __len__(self) -> int:
         return len(self._running)
@@ -130,6 +131,17 @@ class CommandLoop:
     def running(self) -> frozenset[Running]:
         """The runs started and not yet finished."""
         return frozenset(self._running)
+
+    def watch(self, fd: int) -> None:
+        """Also return from :meth:`poll` when the non-blocking ``fd`` turns readable.
+
+        What arrives on it is read and dropped: it is a wake-up call (new
+        input for the caller), so :meth:`poll` may block on it even when no
+        command runs.
+        """
+        self._wakeups.append(fd)
+        self._epoll.register(fd, select.EPOLLIN)
+        self._fds[fd] = (None, _WAKE)  # type: ignore[assignment]
 
     def fileno(self) -> int:
         """The epoll's fd: readable when :meth:`wait` has something to do (for asyncio)."""
@@ -209,7 +221,7 @@ class CommandLoop:
         that must hand lines on as they arrive needs.
         """
         finished: list[Running] = []
-        if not self._running:
+        if not self._running and not self._wakeups:
             return finished
         self._fire_timers(time.monotonic(), finished)
         if finished:
@@ -299,6 +311,13 @@ class CommandLoop:
                     self._close_fd(run, fd)
 
     def _handle(self, fd: int, run: Running, kind: int, finished: list[Running]) -> None:
+        if kind == _WAKE:
+            try:
+                while os.read(fd, READ_SIZE):
+                    pass
+            except BlockingIOError:
+                pass
+            return
         if kind == _EXIT:
             self._epoll.unregister(fd)
             del self._fds[fd]

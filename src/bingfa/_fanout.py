@@ -11,6 +11,7 @@ still running, process groups and all.
 from __future__ import annotations
 
 import heapq
+import time
 
 from ._cmdloop import CommandLoop
 from ._errors import CommandNotFoundError
@@ -22,7 +23,13 @@ if TYPE_CHECKING:
 
     from ._cmdloop import Running
 
-__all__ = ["Fanout", "Halt", "Job", "parse_halt"]
+__all__ = ["PENDING", "Fanout", "Halt", "Job", "parse_halt"]
+
+# A source of jobs may yield this: no job yet, but more may come, and its
+# wake-up fd (see Fanout's ``wakeup``) turns readable when one does. So an
+# argument stream that is slow to arrive (``tail -f | bingfa run``) never
+# keeps finished jobs from being reported or timeouts from being enforced.
+PENDING: Any = object()
 
 # With keep_order, how far past the oldest unfinished job new jobs may start:
 # finished results wait in memory for it, so this bounds that memory.
@@ -127,6 +134,8 @@ class Job:
     def _not_found(self, error: CommandNotFoundError) -> None:
         # As a shell would report it: status 127 and a line on stderr.
         self.returncode = 127
+        self.wall_start = time.time()
+        self.duration = 0.0
         self.stdout = b""
         self.stderr = f"bingfa: {error}\n".encode()
         self.received = 0
@@ -150,7 +159,7 @@ class Fanout:
     def __init__(self, jobs: Iterator[Job], *, parallel: int, timeout: float | None = None,
                  retries: int = 0, halt: Halt | None = None, keep_order: bool = True,
                  env: Mapping[str, str] | None = None, cwd: Any = None,
-                 missing: str = "raise") -> None:
+                 missing: str = "raise", wakeup: int | None = None) -> None:
         self._source = jobs
         self._parallel = parallel
         self._timeout = timeout
@@ -170,9 +179,13 @@ class Fanout:
         self._waiting: dict[int, Job] = {}  # finished, held back for input order
         self._next_out = 1                  # with keep_order: the seq to yield next
         self._exhausted = False
+        self._awaiting_input = False
+        self._wakeup = wakeup
 
     def __iter__(self) -> Iterator[Job]:
         loop = CommandLoop()
+        if self._wakeup is not None:
+            loop.watch(self._wakeup)
         try:
             yield from self._drive(loop)
         finally:
@@ -189,9 +202,9 @@ class Fanout:
                 if unstarted is not None:
                     heapq.heappush(free, unstarted.slot)
                     yield from self._settle(unstarted)
-            if not len(loop):
+            if not len(loop) and (self.halted or not self._awaiting_input):
                 break
-            for run in loop.wait():
+            for run in loop.poll():
                 job = run.tag
                 heapq.heappush(free, job.slot)
                 job._record(run)
@@ -213,8 +226,9 @@ class Fanout:
         if self._keep_order and self.started - self._next_out + 1 >= self._window:
             return None  # the oldest unfinished job holds back too much finished output
         job = next(self._source, None)
-        if job is None:
-            self._exhausted = True
+        self._awaiting_input = job is PENDING
+        if job is None or job is PENDING:
+            self._exhausted = job is None
             return None
         self.started += 1
         return job
