@@ -194,6 +194,24 @@ class Codec:
         self._dumps = dumps
         self.loads = loads
 
+    def reusable_dumps(self) -> Callable[[Any], bytes]:
+        """A :meth:`dumps` for one thread only, which reuses its encoder (5x cheaper)."""
+        if self is not MSGPACK:
+            return self.dumps
+        packer = msgpack.Packer(default=_default, strict_types=True, use_bin_type=True)
+        pack = packer.pack
+
+        def dumps(message: Any) -> bytes:
+            try:
+                data: bytes = pack(message)
+            except Exception as exc:
+                packer.reset()  # a failed pack may leave half a message behind
+                raise SerializationError(f"cannot serialize the call's data with msgpack: "
+                                         f"{exc}") from exc
+            return data
+
+        return dumps
+
     def dumps(self, message: Any) -> bytes:
         """``message`` as bytes; SerializationError naming what could not be sent."""
         try:

@@ -28,6 +28,7 @@ import socket
 import ssl
 import threading
 import time
+import types
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
@@ -60,6 +61,9 @@ from ._wire import (
 
 __all__ = ["Server", "serve"]
 
+perf_counter = time.perf_counter
+_LATER = (types.GeneratorType, types.CoroutineType)  # results that are not results yet
+
 QUICK_SECONDS = 50e-6     # a call this short may run on the loop...
 QUICK_STREAK = 16         # ...once this many calls in a row were that short
 SLOW_ON_LOOP = 2e-3       # one inline call longer than this: back to the pool for good
@@ -71,7 +75,17 @@ POOL_THREADS = 32
 class _Method:
     """A served callable, what kind it is, and how quick it has been."""
 
-    __slots__ = ("doc", "fn", "kind", "name", "quick_streak", "signature", "slow")
+    __slots__ = (
+        "doc",
+        "fn",
+        "inline",
+        "kind",
+        "may_inline",
+        "name",
+        "quick_streak",
+        "signature",
+        "slow",
+    )
 
     def __init__(self, name: str, fn: Callable[..., Any]) -> None:
         self.name = name
@@ -90,7 +104,23 @@ class _Method:
             self.signature = "(...)"
         self.doc = inspect.getdoc(fn) or ""
         self.quick_streak = 0
-        self.slow = False   # once slow on the loop, never inline again
+        self.slow = False          # once slow on the loop, never inline again
+        self.may_inline = False    # the server's pool is its own (set by the server)
+        self.inline = False        # run on the loop now
+
+    def timed(self, seconds: float) -> None:
+        """A call in the pool took ``seconds``: promote after a streak of quick ones."""
+        if self.slow or not self.may_inline or self.kind != "function":
+            return
+        self.quick_streak = self.quick_streak + 1 if seconds < QUICK_SECONDS else 0
+        if self.quick_streak >= QUICK_STREAK:
+            self.inline = True
+
+    def demote(self) -> None:
+        """Back to the pool, for good."""
+        self.slow = True
+        self.inline = False
+        self.quick_streak = 0
 
     def describe(self) -> dict[str, str]:
         return {"signature": self.signature, "doc": self.doc, "kind": self.kind}
@@ -299,16 +329,22 @@ class _Connection(asyncio.Protocol):
         kind = message[0]
         if kind == CALL:
             _, call_id, name, args, kwargs, timeout, window = message
-            if (not isinstance(call_id, int) or not isinstance(name, str)
-                    or not isinstance(args, list) or not isinstance(kwargs, (dict, type(None)))
-                    or not isinstance(timeout, (int, float, type(None)))
-                    or not isinstance(window, (int, type(None)))):
+            # type() checks: a malformed call must not reach a handler, and
+            # this runs for every call.
+            if (type(call_id) is not int or type(name) is not str or type(args) is not list
+                    or (kwargs is not None and type(kwargs) is not dict)
+                    or (timeout is not None and type(timeout) not in (int, float))
+                    or (window is not None and type(window) is not int)):
                 raise ValueError("malformed call")
-            self._call(call_id, name, args, kwargs or {}, timeout, window)
+            method = self.server._methods.get(name)
+            if method is not None and method.inline:
+                self._run_inline(call_id, method, args, kwargs or {}, window)
+            else:
+                self._call(call_id, name, method, args, kwargs or {}, timeout, window)
         elif kind == CREDIT:
             _, call_id, n = message
             call = self.calls.get(call_id)
-            if call is not None and call.stream is not None and isinstance(n, int) and n > 0:
+            if call is not None and call.stream is not None and type(n) is int and n > 0:
                 call.stream.grant(n)
         elif kind == CANCEL:
             call = self.calls.get(message[1])
@@ -319,29 +355,18 @@ class _Connection(asyncio.Protocol):
 
     # -- running calls -----------------------------------------------------------------
 
-    def _call(self, call_id: int, name: str, args: list[Any], kwargs: dict[str, Any],
-              timeout: float | None, window: int | None) -> None:
+    def _call(self, call_id: int, name: str, method: _Method | None, args: list[Any],
+              kwargs: dict[str, Any], timeout: float | None, window: int | None) -> None:
         server = self.server
-        if name == "__methods__":
-            self._reply(call_id, {n: m.describe() for n, m in server._methods.items()})
-            return
-        method = server._methods.get(name)
         if method is None:
-            self._error(call_id, AttributeError(
-                f"the server has no method {name!r}; it serves: "
-                f"{', '.join(sorted(server._methods))}"))
+            if name == "__methods__":
+                self._reply(call_id, {n: m.describe() for n, m in server._methods.items()})
+            else:
+                self._error(call_id, AttributeError(
+                    f"the server has no method {name!r}; it serves: "
+                    f"{', '.join(sorted(server._methods))}"))
             return
-        call = _Call(call_id)
-        if method.kind == "function" and server._inline_ok and method.quick_streak >= QUICK_STREAK:
-            self._run_inline(call, method, args, kwargs)
-            return
-        self.calls[call_id] = call
-        if len(self.calls) >= server.max_concurrent_calls and not self.paused:
-            self.paused = True
-            assert self.transport is not None
-            self.transport.pause_reading()
-        if timeout is not None:
-            call.timer = self.loop.call_later(max(timeout, 0), self._expire, call)
+        call = self._open(_Call(call_id), timeout)
         if method.kind == "coroutine":
             call.task = self.loop.create_task(self._await(call, method.fn(*args, **kwargs)))
         elif method.kind == "async generator":
@@ -355,29 +380,50 @@ class _Connection(asyncio.Protocol):
         else:
             self._submit(call, method, args, kwargs, window)
 
-    def _run_inline(self, call: _Call, method: _Method, args: list[Any],
-                    kwargs: dict[str, Any]) -> None:
-        start = time.perf_counter()
+    def _open(self, call: _Call, timeout: float | None) -> _Call:
+        """Count ``call`` in flight (pausing reads at the cap) and arm its deadline."""
+        self.calls[call.id] = call
+        if len(self.calls) >= self.server.max_concurrent_calls and not self.paused:
+            self.paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+        if timeout is not None:
+            call.timer = self.loop.call_later(max(timeout, 0), self._expire, call)
+        return call
+
+    def _run_inline(self, call_id: int, method: _Method, args: list[Any],
+                    kwargs: dict[str, Any], window: int | None) -> None:
+        """Run a proven-quick function on the loop; a slow call demotes it for good."""
+        start = perf_counter()
         try:
             value = method.fn(*args, **kwargs)
         except Exception as exc:
-            self._error(call.id, exc)
+            self._error(call_id, exc)
             return
         finally:
-            if time.perf_counter() - start > SLOW_ON_LOOP:
-                method.slow = True
-                method.quick_streak = 0
-        if inspect.isgenerator(value) or inspect.iscoroutine(value):
-            # Rare: a plain function returning a generator or a coroutine.
-            method.slow, method.quick_streak = True, 0
-            value.close()
-            self._submit(call, method, args, kwargs, None)
+            if perf_counter() - start > SLOW_ON_LOOP:
+                method.demote()
+        if type(value) in _LATER:  # rare: it returned a generator or a coroutine
+            method.demote()
+            call = self._open(_Call(call_id), None)
+            if isinstance(value, types.CoroutineType):
+                call.task = self.loop.create_task(self._await(call, value))
+            else:
+                call.stream = _Credits(window or DEFAULT_WINDOW)
+                self._send(call_id, [STREAM, call_id])
+                future = self.server._pool.submit(self._stream_in_thread, call,
+                                                  lambda: value, [], {})
+                future.add_done_callback(lambda f, c=call: self._pool_done(c, f, None))
             return
-        self._reply(call.id, value)
+        try:
+            frame = self.server._frame_on_loop([RESULT, call_id, value])
+        except SerializationError as exc:
+            self._error(call_id, exc)
+            return
+        self._write(frame)
 
     def _submit(self, call: _Call, method: _Method, args: list[Any], kwargs: dict[str, Any],
                 window: int | None) -> None:
-        self.calls[call.id] = call
         future = self.server._pool.submit(self._timed, method, args, kwargs, call.flag)
         future.add_done_callback(lambda f, c=call: self._pool_done(c, f, window))
 
@@ -388,9 +434,7 @@ class _Connection(asyncio.Protocol):
         try:
             return _run_with_flag(method.fn, args, kwargs, flag)
         finally:
-            if not method.slow:
-                quick = time.perf_counter() - start < QUICK_SECONDS
-                method.quick_streak = method.quick_streak + 1 if quick else 0
+            method.timed(time.perf_counter() - start)
 
     def _pool_done(self, call: _Call, future: Any, window: int | None) -> None:
         """Where the pool's future completes (a pool thread): hand the outcome to the loop."""
@@ -561,6 +605,7 @@ class Server:
                  grace: float = 5.0) -> None:
         parsed = parse_address(address)
         self._codec: Codec = codec_for(serializer)
+        self._loop_dumps = self._codec.reusable_dumps()
         if isinstance(secret, str):
             secret = secret.encode()
         if secret is not None and not isinstance(secret, bytes):
@@ -580,6 +625,8 @@ class Server:
         if not isinstance(max_concurrent_calls, int) or max_concurrent_calls < 1:
             raise ValueError("max_concurrent_calls must be an int >= 1")
         self._methods = _methods_of(target)
+        for method in self._methods.values():
+            method.may_inline = pool is None  # only our own thread pool may be bypassed
         self._secret = secret
         self._tls = tls
         self.max_message_size = max_message_size
@@ -590,7 +637,6 @@ class Server:
         self.grace = grace
         self._own_pool = pool is None
         self._pool = pool
-        self._inline_ok = pool is None  # only our own thread pool may be bypassed
         self._sock = self._listen(parsed)
         self._unix_path = parsed.path if parsed.scheme == "unix" else None
         self.address = self._public_address(parsed)
@@ -746,7 +792,13 @@ class Server:
     # -- plumbing shared by connections -------------------------------------------------
 
     def _frame(self, message: list[Any]) -> bytes:
+        """``message`` as a frame, from any thread."""
         data = self._codec.dumps(message)
+        return pack_header(len(data)) + data
+
+    def _frame_on_loop(self, message: list[Any]) -> bytes:
+        """``message`` as a frame, from the loop's thread (with its own reused encoder)."""
+        data = self._loop_dumps(message)
         return pack_header(len(data)) + data
 
     def _post_error(self, conn: _Connection, call: _Call, exc: BaseException) -> None:
