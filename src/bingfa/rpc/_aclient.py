@@ -71,6 +71,8 @@ class _Protocol(asyncio.Protocol):
         self.handshaking: asyncio.Future[bytes] | None = None
         self.expect = 0
         self.buffer = bytearray()
+        self.needed = 4
+        self.started = False  # the handshake is over: frames follow
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.streams: dict[int, _AsyncStream] = {}
         self.lost: ConnectionLostError | None = None
@@ -98,25 +100,35 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
-        buffer += data
-        if self.handshaking is not None:
+        if self.handshaking is not None or not self.started:
+            buffer += data
             self._check_handshake()
             return
+        if buffer:
+            buffer += data
+            if len(buffer) < self.needed:
+                return  # a big answer still coming in pieces: no copy until it is whole
+            data = bytes(buffer)
+            buffer.clear()
         pos = 0
-        end = len(buffer)
+        end = len(data)
         loads = self.codec.loads
+        view = memoryview(data)
         try:
             while end - pos >= 4:
-                (size,) = HEADER.unpack_from(buffer, pos)
+                (size,) = HEADER.unpack_from(data, pos)
                 if end - pos - 4 < size:
                     break
-                message = loads(bytes(buffer[pos + 4:pos + 4 + size]))
+                message = loads(view[pos + 4:pos + 4 + size])
                 pos += 4 + size
                 self._deliver(message)
         except Exception as exc:
             self._lose(f"the server sent something that does not parse: {exc}")
         finally:
-            del buffer[:pos]
+            view.release()
+            if pos < end:
+                buffer += data[pos:]
+                self.needed = (4 + HEADER.unpack_from(data, pos)[0]) if end - pos >= 4 else 4
 
     def _deliver(self, message: Any) -> None:
         kind, call_id = message[0], message[1]
@@ -312,7 +324,11 @@ class AsyncClient:
                     raise AuthenticationError("the server uses pickle; a client unpickles only "
                                               "from a server that proved it knows the secret")
                 protocol.codec = PICKLE
-            protocol.data_received(b"")  # frames that came with the welcome
+            protocol.started = True
+            if protocol.buffer:  # frames that came with the welcome
+                leftover = bytes(protocol.buffer)
+                protocol.buffer.clear()
+                protocol.data_received(leftover)
         except BaseException:
             if protocol.transport is not None:
                 protocol.transport.abort()

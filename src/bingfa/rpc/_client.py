@@ -161,6 +161,7 @@ class _Connection:
         self.outbox: deque[bytes] = deque()
         self.read_lock = threading.Lock()
         self.buffer = bytearray()
+        self.needed = 4  # bytes the buffered answer needs before it can be read
         self.lost: ConnectionLostError | None = None
         sock.settimeout(None)
         self.blocking_timeout: float | None = None
@@ -257,6 +258,8 @@ class _Connection:
         buffer = self.buffer
         if buffer:
             buffer += data
+            if len(buffer) < self.needed:
+                return  # a big answer still coming in pieces: no copy until it is whole
             data = bytes(buffer)
             buffer.clear()
         pos = 0
@@ -279,6 +282,7 @@ class _Connection:
             view.release()
             if pos < end:
                 buffer += data[pos:]
+                self.needed = (4 + HEADER.unpack_from(data, pos)[0]) if end - pos >= 4 else 4
 
     def _deliver(self, message: Any) -> None:
         kind, call_id = message[0], message[1]

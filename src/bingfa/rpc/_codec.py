@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import pickle
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -142,7 +143,25 @@ _BASES: list[tuple[type, Callable[[Any], Any]]] = [
 ]
 
 
+# Extension types nest by decoding their payload from inside the decoder, on
+# the C stack: a frame of a thousand nested tuples would overflow it and kill
+# the process. Nothing real nests this deep.
+MAX_EXT_DEPTH = 32
+_depth = threading.local()
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
+    depth = getattr(_depth, "value", 0)
+    if depth >= MAX_EXT_DEPTH:
+        raise ValueError(f"extension types nested more than {MAX_EXT_DEPTH} deep")
+    _depth.value = depth + 1
+    try:
+        return _decode_ext(code, data)
+    finally:
+        _depth.value = depth
+
+
+def _decode_ext(code: int, data: bytes) -> Any:
     if code == _TUPLE:
         return tuple(_unpack(data))
     if code == _SET:

@@ -212,6 +212,8 @@ class _Connection(asyncio.Protocol):
         self.out: list[bytes] = []
         self.flush_scheduled = False
         self.reading = False
+        self.write_paused = False
+        self.needed = 4  # bytes the buffered frame needs before it can be read
         self.paused = False
         self.nonce = b""
         self.timer: asyncio.TimerHandle | None = None
@@ -262,12 +264,21 @@ class _Connection(asyncio.Protocol):
                 return
             data = bytes(buffer[LOGIN_SIZE:])
             buffer.clear()
+        self.last_activity = time.monotonic()
         if buffer:
             buffer += data
+            if len(buffer) < self.needed or self._blocked():
+                return  # a big frame still coming in pieces: no copy until it is whole
             data = bytes(buffer)
             buffer.clear()
-        # ``data`` now starts at a frame boundary; what is left of it is kept.
-        self.last_activity = time.monotonic()
+        self._process(data)
+
+    def _blocked(self) -> bool:
+        """Whether no more calls may start: too many in flight, or the client is not reading."""
+        return self.paused or self.write_paused
+
+    def _process(self, data: bytes) -> None:
+        """Run the frames in ``data`` (which starts at a frame boundary); keep the rest."""
         limit = self.server.max_message_size
         pos = 0
         end = len(data)
@@ -275,7 +286,7 @@ class _Connection(asyncio.Protocol):
         view = memoryview(data)
         self.reading = True  # replies wait for the one write at the end
         try:
-            while end - pos >= 4:
+            while end - pos >= 4 and not self._blocked():
                 (size,) = HEADER.unpack_from(data, pos)
                 if size == 0 or size > limit:
                     # Refused from the header alone: nothing that size is allocated.
@@ -294,9 +305,32 @@ class _Connection(asyncio.Protocol):
         finally:
             view.release()
             if pos < end and not self.closed:
-                buffer += data[pos:]
+                self.buffer += data[pos:]
+                self.needed = (4 + HEADER.unpack_from(data, pos)[0]) if end - pos >= 4 else 4
             self.reading = False
             self._flush()
+
+    def _unblocked(self) -> None:
+        """Calls may start again: read the socket, and the frames that waited meanwhile."""
+        if self.closed or self._blocked():
+            return
+        assert self.transport is not None
+        self.transport.resume_reading()
+        if self.buffer and len(self.buffer) >= self.needed:
+            data = bytes(self.buffer)
+            self.buffer.clear()
+            self._process(data)
+
+    def pause_writing(self) -> None:
+        # The client does not read its answers: stop taking its calls, so
+        # what waits to be sent cannot grow without bound.
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.loop.call_soon(self._unblocked)
 
     def _handshake(self, login: bytes) -> bool:
         server = self.server
@@ -367,11 +401,18 @@ class _Connection(asyncio.Protocol):
                     f"{', '.join(sorted(server._methods))}"))
             return
         call = self._open(_Call(call_id), timeout)
-        if method.kind == "coroutine":
-            call.task = self.loop.create_task(self._await(call, method.fn(*args, **kwargs)))
-        elif method.kind == "async generator":
-            call.stream = _Credits(window or DEFAULT_WINDOW)
-            call.task = self.loop.create_task(self._astream(call, method.fn(*args, **kwargs)))
+        if method.kind in ("coroutine", "async generator"):
+            try:
+                started = method.fn(*args, **kwargs)  # wrong arguments fail right here
+            except Exception as exc:
+                self._finish(call)
+                self._error(call_id, exc)
+                return
+            if method.kind == "coroutine":
+                call.task = self.loop.create_task(self._await(call, started))
+            else:
+                call.stream = _Credits(window or DEFAULT_WINDOW)
+                call.task = self.loop.create_task(self._astream(call, started))
         elif method.kind == "generator":
             call.stream = _Credits(window or DEFAULT_WINDOW)
             self._send(call_id, [STREAM, call_id])
@@ -382,6 +423,8 @@ class _Connection(asyncio.Protocol):
 
     def _open(self, call: _Call, timeout: float | None) -> _Call:
         """Count ``call`` in flight (pausing reads at the cap) and arm its deadline."""
+        if call.id in self.calls:
+            raise ValueError(f"call id {call.id} is already in flight")  # closes the connection
         self.calls[call.id] = call
         if len(self.calls) >= self.server.max_concurrent_calls and not self.paused:
             self.paused = True
@@ -544,10 +587,10 @@ class _Connection(asyncio.Protocol):
             return
         if call.timer is not None:
             call.timer.cancel()
+        self.last_activity = time.monotonic()  # the idle clock starts when a call ends
         if self.paused and len(self.calls) < self.server.max_concurrent_calls // 2:
             self.paused = False
-            if self.transport is not None and not self.closed:
-                self.transport.resume_reading()
+            self.loop.call_soon(self._unblocked)
 
     # -- writing -----------------------------------------------------------------------
 
