@@ -1182,7 +1182,7 @@ def test_a_reused_call_id_closes_the_connection_and_leaves_no_stream_running():
 
 @pytest.mark.timeout(90)
 def test_a_client_that_never_reads_cannot_make_the_server_buffer_without_bound():
-    request = call_frame(1, "echo", ["x" * MiB])  # every answer is 1 MiB too
+    payload = "x" * MiB  # every answer is 1 MiB too
     sent = 0
     with bingfa.rpc.serve({"echo": echo}, ADDRESS) as server, \
             raw_login(server.address) as peer:
@@ -1190,7 +1190,7 @@ def test_a_client_that_never_reads_cannot_make_the_server_buffer_without_bound()
         peer.sock.settimeout(3)
         with contextlib.suppress(TimeoutError):  # the server stopped reading: good
             while sent < 250:
-                peer.sock.sendall(request)
+                peer.sock.sendall(call_frame(sent + 1, "echo", [payload]))
                 sent += 1
         growth = rss() - before
     assert growth < 100 * MiB, (

@@ -55,6 +55,7 @@ __all__ = ["Client", "connect"]
 
 CONNECT_TIMEOUT = 10.0
 STREAM_WINDOW = 64
+FOLLOWER_NAP = 0.1
 READ_SIZE = 1 << 18
 MAX_FRAME = 1 << 31
 
@@ -135,8 +136,9 @@ class _Pending:
     __slots__ = ("done", "error", "items", "lock", "stream", "value")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.lock.acquire()  # released to wake the thread that waits for it
+        # Made only when the caller must sleep: a lone caller reads its own
+        # answer and never needs one.
+        self.lock: threading.Lock | None = None
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
@@ -144,8 +146,10 @@ class _Pending:
         self.items: deque[Any] | None = None  # a stream's items not yet taken
 
     def wake(self) -> None:
-        with contextlib.suppress(RuntimeError):  # already awake
-            self.lock.release()
+        lock = self.lock
+        if lock is not None:
+            with contextlib.suppress(RuntimeError):  # already awake
+                lock.release()
 
 
 class _Connection:
@@ -200,21 +204,28 @@ class _Connection:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                # Listed before trying to read: a leader that lets go after our
-                # try sees us and wakes us, so no wake-up is lost.
+                if self.read_lock.acquire(blocking=False):
+                    try:
+                        self._read(ready, deadline)
+                    finally:
+                        self.read_lock.release()
+                        self._pass_reading()
+                    continue
+                lock = pending.lock
+                if lock is None:
+                    lock = threading.Lock()
+                    lock.acquire()  # released by whoever wakes us
+                    pending.lock = lock
+                # Listed, then a second look: a leader that lets go after it,
+                # or an answer that lands, finds the lock to wake us with.
                 waiting.add(pending)
                 try:
-                    if self.read_lock.acquire(blocking=False):
-                        waiting.discard(pending)
-                        try:
-                            self._read(ready, deadline)
-                        finally:
-                            self.read_lock.release()
-                            self._pass_reading()
-                    elif remaining is None:
-                        pending.lock.acquire()
-                    else:
-                        pending.lock.acquire(timeout=remaining)
+                    if ready() or not self.read_lock.locked():
+                        continue
+                    # Never asleep for long: should a wake-up ever go astray,
+                    # this caller looks again whether the socket needs a reader.
+                    nap = FOLLOWER_NAP if remaining is None else min(remaining, FOLLOWER_NAP)
+                    lock.acquire(timeout=nap)
                 finally:
                     waiting.discard(pending)
         finally:

@@ -68,6 +68,10 @@ QUICK_SECONDS = 50e-6     # a call this short may run on the loop...
 QUICK_STREAK = 16         # ...once this many calls in a row were that short
 SLOW_ON_LOOP = 2e-3       # one inline call longer than this: back to the pool for good
 BACKLOG = 512
+# Requests in flight on one connection may hold this many bytes; beyond it the
+# connection is not read until some finish, so big answers a client does not
+# read cannot pile up without bound.
+MAX_INFLIGHT_BYTES = 16 * 2**20
 DEFAULT_WINDOW = 64       # stream items in flight when the client does not say
 POOL_THREADS = 32
 
@@ -165,10 +169,11 @@ def _run_with_flag(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, An
 class _Call:
     """One call in flight on a connection."""
 
-    __slots__ = ("flag", "handle", "id", "stream", "task", "timer")
+    __slots__ = ("flag", "handle", "id", "size", "stream", "task", "timer")
 
-    def __init__(self, call_id: int) -> None:
+    def __init__(self, call_id: int, size: int = 0) -> None:
         self.id = call_id
+        self.size = size  # bytes of its frame, counted against MAX_INFLIGHT_BYTES
         self.flag = CancelFlag()
         self.task: asyncio.Task[Any] | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -213,6 +218,7 @@ class _Connection(asyncio.Protocol):
         self.flush_scheduled = False
         self.reading = False
         self.write_paused = False
+        self.inflight_bytes = 0  # request bytes of the calls in flight
         self.needed = 4  # bytes the buffered frame needs before it can be read
         self.paused = False
         self.nonce = b""
@@ -275,7 +281,7 @@ class _Connection(asyncio.Protocol):
 
     def _blocked(self) -> bool:
         """Whether no more calls may start: too many in flight, or the client is not reading."""
-        return self.paused or self.write_paused
+        return self.paused or self.write_paused or self.inflight_bytes > MAX_INFLIGHT_BYTES
 
     def _process(self, data: bytes) -> None:
         """Run the frames in ``data`` (which starts at a frame boundary); keep the rest."""
@@ -296,7 +302,7 @@ class _Connection(asyncio.Protocol):
                     break
                 message = loads(view[pos + 4:pos + 4 + size])
                 pos += 4 + size
-                self._dispatch(message)
+                self._dispatch(message, size)
                 if self.closed:
                     return
         except Exception:
@@ -309,6 +315,8 @@ class _Connection(asyncio.Protocol):
                 self.needed = (4 + HEADER.unpack_from(data, pos)[0]) if end - pos >= 4 else 4
             self.reading = False
             self._flush()
+            if self._blocked() and self.transport is not None and not self.closed:
+                self.transport.pause_reading()  # until _unblocked: the buffer stays small
 
     def _unblocked(self) -> None:
         """Calls may start again: read the socket, and the frames that waited meanwhile."""
@@ -359,7 +367,7 @@ class _Connection(asyncio.Protocol):
         else:
             self.transport.close() if self.transport is not None else None
 
-    def _dispatch(self, message: Any) -> None:
+    def _dispatch(self, message: Any, size: int) -> None:
         kind = message[0]
         if kind == CALL:
             _, call_id, name, args, kwargs, timeout, window = message
@@ -374,7 +382,7 @@ class _Connection(asyncio.Protocol):
             if method is not None and method.inline:
                 self._run_inline(call_id, method, args, kwargs or {}, window)
             else:
-                self._call(call_id, name, method, args, kwargs or {}, timeout, window)
+                self._call(call_id, name, method, args, kwargs or {}, timeout, window, size)
         elif kind == CREDIT:
             _, call_id, n = message
             call = self.calls.get(call_id)
@@ -390,7 +398,8 @@ class _Connection(asyncio.Protocol):
     # -- running calls -----------------------------------------------------------------
 
     def _call(self, call_id: int, name: str, method: _Method | None, args: list[Any],
-              kwargs: dict[str, Any], timeout: float | None, window: int | None) -> None:
+              kwargs: dict[str, Any], timeout: float | None, window: int | None,
+              size: int) -> None:
         server = self.server
         if method is None:
             if name == "__methods__":
@@ -400,7 +409,7 @@ class _Connection(asyncio.Protocol):
                     f"the server has no method {name!r}; it serves: "
                     f"{', '.join(sorted(server._methods))}"))
             return
-        call = self._open(_Call(call_id), timeout)
+        call = self._open(_Call(call_id, size), timeout)
         if method.kind in ("coroutine", "async generator"):
             try:
                 started = method.fn(*args, **kwargs)  # wrong arguments fail right here
@@ -426,6 +435,7 @@ class _Connection(asyncio.Protocol):
         if call.id in self.calls:
             raise ValueError(f"call id {call.id} is already in flight")  # closes the connection
         self.calls[call.id] = call
+        self.inflight_bytes += call.size
         if len(self.calls) >= self.server.max_concurrent_calls and not self.paused:
             self.paused = True
             assert self.transport is not None
@@ -588,8 +598,11 @@ class _Connection(asyncio.Protocol):
         if call.timer is not None:
             call.timer.cancel()
         self.last_activity = time.monotonic()  # the idle clock starts when a call ends
+        self.inflight_bytes -= call.size
         if self.paused and len(self.calls) < self.server.max_concurrent_calls // 2:
             self.paused = False
+            self.loop.call_soon(self._unblocked)
+        elif call.size and self.buffer and not self._blocked():
             self.loop.call_soon(self._unblocked)
 
     # -- writing -----------------------------------------------------------------------
