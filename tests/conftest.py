@@ -14,6 +14,7 @@ forkserver's command line, and it must still be counted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -271,6 +272,14 @@ def _multiprocessing_helpers() -> None:
     multiprocessing.set_forkserver_preload(["bingfa", "pytest", "psutil", "cloudpickle"])
     resource_tracker.ensure_running()
     forkserver.ensure_running()
+    # uvloop (the RPC server's loop when installed) opens a pipe on its first
+    # loop and keeps it for the life of the process: open it before any test.
+    try:
+        import uvloop
+    except ImportError:
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.sleep(0))
 
 
 @pytest.fixture(autouse=True)
