@@ -68,6 +68,7 @@ class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.codec: Codec = MSGPACK
+        self.dumps = MSGPACK.reusable_dumps()  # the loop's thread only
         self.handshaking: asyncio.Future[bytes] | None = None
         self.expect = 0
         self.buffer = bytearray()
@@ -324,6 +325,7 @@ class AsyncClient:
                     raise AuthenticationError("the server uses pickle; a client unpickles only "
                                               "from a server that proved it knows the secret")
                 protocol.codec = PICKLE
+                protocol.dumps = PICKLE.dumps
             protocol.started = True
             if protocol.buffer:  # frames that came with the welcome
                 leftover = bytes(protocol.buffer)
@@ -337,7 +339,7 @@ class AsyncClient:
 
     def _frame(self, message: list[Any]) -> bytes:
         assert self._protocol is not None
-        data = self._protocol.codec.dumps(message)
+        data = self._protocol.dumps(message)
         return pack_header(len(data)) + data
 
     async def call(self, method: str, /, *args: Any, timeout: float | None = None,
