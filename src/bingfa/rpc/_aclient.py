@@ -44,6 +44,9 @@ from ._wire import (
 __all__ = ["AsyncClient", "aconnect"]
 
 CONNECT_TIMEOUT = 10.0
+# Frames queued in one pass of the loop leave together, but no more than this
+# many: a batch sent early keeps the server busy while the rest is made.
+FLUSH_EVERY = 16
 
 
 class _AsyncStream:
@@ -180,8 +183,11 @@ class _Protocol(asyncio.Protocol):
         """Queue a frame; everything queued in one pass of the loop leaves together."""
         if self.lost is not None:
             raise self.lost
-        self.out.append(frame)
-        if not self.flush_scheduled:
+        out = self.out
+        out.append(frame)
+        if len(out) >= FLUSH_EVERY:
+            self._flush()  # let the server start on these while we queue the rest
+        elif not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
 

@@ -68,6 +68,7 @@ QUICK_SECONDS = 50e-6     # a call this short may run on the loop...
 QUICK_STREAK = 16         # ...once this many calls in a row were that short
 SLOW_ON_LOOP = 2e-3       # one inline call longer than this: back to the pool for good
 BACKLOG = 512
+FLUSH_EVERY = 16          # answers to a batch of calls leave in pieces of this many
 # Requests in flight on one connection may hold this many bytes; beyond it the
 # connection is not read until some finish, so big answers a client does not
 # read cannot pile up without bound.
@@ -305,6 +306,8 @@ class _Connection(asyncio.Protocol):
                 self._dispatch(message, size)
                 if self.closed:
                     return
+                if len(self.out) >= FLUSH_EVERY:
+                    self._flush()  # the client can start on these while we do the rest
         except Exception:
             self.abort()  # malformed: this connection goes, the server stays
             return
