@@ -17,28 +17,23 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, cast
 
-from ._client import STREAM_WINDOW, _secret_bytes
-from ._codec import MSGPACK, PICKLE, Codec
-from ._errors import AuthenticationError, ConnectionLostError, RPCTimeoutError, rebuild
+from ._client import STREAM_WINDOW, Login, _secret_bytes
+from ._codec import MSGPACK, Codec
+from ._errors import ConnectionLostError, RPCTimeoutError, rebuild
 from ._wire import (
     CALL,
     CANCEL,
     CREDIT,
     END,
     ERROR,
-    FLAG_PICKLE,
-    FLAG_SECRET,
     HEADER,
     HELLO_SIZE,
     ITEM,
     RESULT,
     STREAM,
     WELCOME_SIZE,
-    check_welcome,
-    login,
     pack_header,
     parse_address,
-    read_hello,
 )
 
 __all__ = ["AsyncClient", "aconnect"]
@@ -310,28 +305,15 @@ class AsyncClient:
                 _Protocol, parsed.host, parsed.port, ssl=self._tls,
                 server_hostname=parsed.host if self._tls else None)
         try:
-            flags, server_nonce = read_hello(await protocol.read_exactly(HELLO_SIZE))
-            secret = self._secret
-            if secret and not flags & FLAG_SECRET:
-                raise AuthenticationError("the server does not ask for a secret, so it cannot "
-                                          "prove it knows ours: refusing to talk to it")
-            message, client_nonce = login(secret, server_nonce)
+            login = Login(await protocol.read_exactly(HELLO_SIZE), self._secret)
             assert protocol.transport is not None
-            protocol.transport.write(message)
+            protocol.transport.write(login.message)
             try:
                 answer = await protocol.read_exactly(WELCOME_SIZE)
             except ConnectionLostError:
                 answer = b""
-            if not check_welcome(answer, secret, server_nonce, client_nonce):
-                if not secret and flags & FLAG_SECRET:
-                    raise AuthenticationError("the server requires a secret: pass secret=")
-                raise AuthenticationError("the server rejected the handshake: wrong secret")
-            if flags & FLAG_PICKLE:
-                if not (secret or self._tls):
-                    raise AuthenticationError("the server uses pickle; a client unpickles only "
-                                              "from a server that proved it knows the secret")
-                protocol.codec = PICKLE
-                protocol.dumps = PICKLE.dumps
+            protocol.codec = login.finish(answer, allow_pickle=bool(self._secret or self._tls))
+            protocol.dumps = protocol.codec.reusable_dumps()
             protocol.started = True
             if protocol.buffer:  # frames that came with the welcome
                 leftover = bytes(protocol.buffer)

@@ -52,7 +52,7 @@ from ._wire import (
     read_hello,
 )
 
-__all__ = ["Client", "connect"]
+__all__ = ["Client", "Login", "connect"]
 
 CONNECT_TIMEOUT = 10.0
 STREAM_WINDOW = 64
@@ -102,33 +102,57 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
+class Login:
+    """The client's side of the handshake, without I/O: both clients drive it.
+
+    ``Login(hello, secret)`` checks the server's HELLO and makes ``message``,
+    the LOGIN to send; :meth:`finish` checks the server's answer and says
+    which codec follows.
+    """
+
+    def __init__(self, hello: bytes, secret: bytes | None) -> None:
+        self.flags, self.server_nonce = read_hello(hello)
+        self.secret = secret
+        if secret and not self.flags & FLAG_SECRET:
+            raise AuthenticationError("the server does not ask for a secret, so it cannot "
+                                      "prove it knows ours: refusing to talk to it")
+        self.message, self.client_nonce = login(secret, self.server_nonce)
+
+    def finish(self, answer: bytes, allow_pickle: bool) -> Codec:
+        """The codec to speak, given the server's WELCOME (empty if it hung up).
+
+        Raises:
+            AuthenticationError: a wrong or missing secret, a server that cannot
+                prove it knows ours, or pickle from a server that is not trusted.
+        """
+        secret, flags = self.secret, self.flags
+        if not check_welcome(answer, secret, self.server_nonce, self.client_nonce):
+            if not secret and flags & FLAG_SECRET:
+                raise AuthenticationError("the server requires a secret: pass secret=")
+            raise AuthenticationError("the server rejected the handshake: wrong secret")
+        if flags & FLAG_PICKLE:
+            if not allow_pickle:
+                raise AuthenticationError("the server uses pickle; a client unpickles only "
+                                          "from a server that proved it knows the secret "
+                                          "(or over TLS)")
+            return PICKLE
+        return MSGPACK
+
+
 def handshake(sock: socket.socket, secret: bytes | None, allow_pickle: bool) -> Codec:
     """Log in on a fresh socket; the codec the server speaks.
 
     Raises:
-        AuthenticationError: a wrong secret, or a server that cannot prove it
-            knows ours; ConnectionLostError: the server closed the socket.
+        AuthenticationError: see :meth:`Login.finish`; ConnectionLostError:
+            the server closed the socket before its HELLO.
     """
-    flags, server_nonce = read_hello(_recv_exactly(sock, HELLO_SIZE))
-    if secret and not flags & FLAG_SECRET:
-        raise AuthenticationError("the server does not ask for a secret, so it cannot prove "
-                                  "it knows ours: refusing to talk to it")
-    message, client_nonce = login(secret, server_nonce)
-    sock.sendall(message)
+    login = Login(_recv_exactly(sock, HELLO_SIZE), secret)
+    sock.sendall(login.message)
     try:
         answer = _recv_exactly(sock, WELCOME_SIZE)
     except ConnectionLostError:
         answer = b""
-    if not check_welcome(answer, secret, server_nonce, client_nonce):
-        if not secret and flags & FLAG_SECRET:
-            raise AuthenticationError("the server requires a secret: pass secret=")
-        raise AuthenticationError("the server rejected the handshake: wrong secret")
-    if flags & FLAG_PICKLE:
-        if not allow_pickle:
-            raise AuthenticationError("the server uses pickle; a client unpickles only from "
-                                      "a server that proved it knows the secret (or TLS)")
-        return PICKLE
-    return MSGPACK
+    return login.finish(answer, allow_pickle)
 
 
 class _Pending:
