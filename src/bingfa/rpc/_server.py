@@ -170,7 +170,7 @@ def _run_with_flag(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, An
 class _Call:
     """One call in flight on a connection."""
 
-    __slots__ = ("flag", "handle", "id", "size", "stream", "task", "timer")
+    __slots__ = ("flag", "id", "size", "stream", "task", "timer")
 
     def __init__(self, call_id: int, size: int = 0) -> None:
         self.id = call_id
@@ -251,7 +251,6 @@ class _Connection(asyncio.Protocol):
         for call in list(self.calls.values()):
             self._cancel(call)
         self.calls.clear()
-        self.server._connection_closed()
 
     def abort(self) -> None:
         """Drop the connection at once (bad handshake, malformed frame, shutdown)."""
@@ -906,9 +905,6 @@ class Server:
     def _call_on_loop(self, fn: Callable[[], Any]) -> None:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(fn)
-
-    def _connection_closed(self) -> None:
-        return None
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
