@@ -1,0 +1,46 @@
+"""The installed ``bingfa`` command: its script, --version, info and demo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(sys.executable).parent / "bingfa"
+
+
+def bingfa(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_the_script_is_installed_next_to_python():
+    assert SCRIPT.exists(), "pip install -e . puts the bingfa script next to python"
+
+
+def test_version_and_info():
+    import bingfa as bf
+
+    assert bingfa("--version").stdout.strip() == f"bingfa {bf.__version__}"
+    info = bingfa("info")
+    assert info.returncode == 0
+    assert "start methods:" in info.stdout
+    assert "modes: thread, process" in info.stdout
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_demo_runs_a_checked_map(mode):
+    # Process workers load the script again as their main module: only the
+    # `if __name__ == "__main__"` guard keeps them from running the command too.
+    done = bingfa("demo", "-n", "5000", "--mode", mode)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith("(ok)\n")
+    assert f"{mode} workers" in done.stdout
+
+
+def test_bad_demo_arguments():
+    done = bingfa("demo", "-n", "-1")
+    assert done.returncode == 2
+    assert "-n must be >= 0" in done.stderr
