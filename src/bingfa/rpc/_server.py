@@ -779,6 +779,9 @@ class Server:
         """Serve on the running event loop until :meth:`close` is called."""
         await self._start()
         self._started.set()
+        await self._until_stopped()
+
+    async def _until_stopped(self) -> None:
         assert self._stopping is not None
         try:
             await self._stopping.wait()
@@ -836,12 +839,9 @@ class Server:
         self.close()
 
     async def __aenter__(self) -> Server:
-        self._task = asyncio.get_running_loop().create_task(self.serve_async())
-        await asyncio.sleep(0)
-        while not self._started.is_set():
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.001)
+        await self._start()
+        self._started.set()
+        self._task = asyncio.get_running_loop().create_task(self._until_stopped())
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
