@@ -498,3 +498,34 @@ def test_bingfa_rpc_serve_and_call(tmp_path):
         server.wait()
         server.stdout.close()
         server.stderr.close()
+
+
+# -- pools -------------------------------------------------------------------------------
+
+
+def _where(a, b):
+    return a * b, os.getpid()
+
+
+def _countdown(n):
+    yield from range(n, 0, -1)
+
+
+@pytest.mark.timeout(60)
+def test_a_process_pool_runs_the_handlers():
+    with bf.Pool(2, mode="process") as pool, \
+            rpc.serve({"mul": _where, "countdown": _countdown}, ADDRESS, pool=pool) as server, \
+            rpc.connect(server.address) as c:
+        results = [c.mul(6, 7) for _ in range(20)]  # never inlined: every call is the pool's
+        assert {value for value, _ in results} == {42}
+        assert os.getpid() not in {pid for _, pid in results}
+        # generators stream from the server's own threads, beside the pool
+        assert list(c.countdown(3)) == [3, 2, 1]
+
+
+def test_an_object_that_cannot_travel_to_a_process_pool_says_so():
+    with bf.Pool(1, mode="process") as pool, \
+            rpc.serve(Service(), ADDRESS, pool=pool) as server, \
+            rpc.connect(server.address) as c, \
+            pytest.raises(bf.SerializationError, match="cannot"):
+        c.add(1, 2)

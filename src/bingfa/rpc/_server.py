@@ -75,6 +75,7 @@ FLUSH_EVERY = 16          # answers to a batch of calls leave in pieces of this 
 MAX_INFLIGHT_BYTES = 16 * 2**20
 DEFAULT_WINDOW = 64       # stream items in flight when the client does not say
 POOL_THREADS = 32
+STREAM_THREADS = 8
 
 
 class _Method:
@@ -427,7 +428,7 @@ class _Connection(asyncio.Protocol):
         elif method.kind == "generator":
             call.stream = _Credits(window or DEFAULT_WINDOW)
             self._send(call_id, [STREAM, call_id])
-            future = server._pool.submit(self._stream_in_thread, call, method.fn, args, kwargs)
+            future = server._threads.submit(self._stream_in_thread, call, method.fn, args, kwargs)
             future.add_done_callback(lambda f, c=call: self._pool_done(c, f, None))
         else:
             self._submit(call, method, args, kwargs, window)
@@ -466,7 +467,7 @@ class _Connection(asyncio.Protocol):
             else:
                 call.stream = _Credits(window or DEFAULT_WINDOW)
                 self._send(call_id, [STREAM, call_id])
-                future = self.server._pool.submit(self._stream_in_thread, call,
+                future = self.server._threads.submit(self._stream_in_thread, call,
                                                   lambda: value, [], {})
                 future.add_done_callback(lambda f, c=call: self._pool_done(c, f, None))
             return
@@ -479,7 +480,11 @@ class _Connection(asyncio.Protocol):
 
     def _submit(self, call: _Call, method: _Method, args: list[Any], kwargs: dict[str, Any],
                 window: int | None) -> None:
-        future = self.server._pool.submit(self._timed, method, args, kwargs, call.flag)
+        server = self.server
+        if server._threads is server._pool:
+            future = server._pool.submit(self._timed, method, args, kwargs, call.flag)
+        else:  # a process pool: only the function and its arguments travel
+            future = server._pool.submit(method.fn, *args, **kwargs)
         future.add_done_callback(lambda f, c=call: self._pool_done(c, f, window))
 
     @staticmethod
@@ -506,7 +511,7 @@ class _Connection(asyncio.Protocol):
         elif inspect.isgenerator(value):  # a plain function that returned a generator
             call.stream = _Credits(window or DEFAULT_WINDOW)
             server._post_frame(self, server._frame([STREAM, call.id]))
-            stream = server._pool.submit(self._stream_in_thread, call, lambda: value, [], {})
+            stream = server._threads.submit(self._stream_in_thread, call, lambda: value, [], {})
             stream.add_done_callback(lambda f, c=call: self._pool_done(c, f, None))
         elif inspect.iscoroutine(value):  # ...or a coroutine
             asyncio.run_coroutine_threadsafe(self._await(call, value), self.loop)
@@ -695,6 +700,8 @@ class Server:
         self.grace = grace
         self._own_pool = pool is None
         self._pool = pool
+        self._threads: Any = None       # where generators run (and sync calls, with threads)
+        self._own_threads: Any = None   # made for generators beside a process pool
         self._sock = self._listen(parsed)
         self._unix_path = parsed.path if parsed.scheme == "unix" else None
         self.address = self._public_address(parsed)
@@ -742,10 +749,16 @@ class Server:
     async def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        if self._pool is None:
-            from .._pool import Pool
+        from .._pool import Pool
 
+        if self._pool is None:
             self._pool = Pool(POOL_THREADS, mode="thread")
+        # Generators stream from threads of this process, whatever the pool:
+        # their items are handed to this loop as they come.
+        if getattr(self._pool, "mode", None) == "thread":
+            self._threads = self._pool
+        else:
+            self._threads = self._own_threads = Pool(STREAM_THREADS, mode="thread")
         if self._sock.family == socket.AF_UNIX:
             self._server = await self._loop.create_unix_server(
                 lambda: _Connection(self), sock=self._sock, ssl=self._tls, backlog=BACKLOG)
@@ -768,9 +781,9 @@ class Server:
                 conn.transport.close()
         if self._server is not None:
             await self._server.wait_closed()
-        if self._own_pool and self._pool is not None:
-            pool, self._pool = self._pool, None
-            await self._loop.run_in_executor(None, pool.shutdown)
+        for pool in (self._pool if self._own_pool else None, self._own_threads):
+            if pool is not None:
+                await self._loop.run_in_executor(None, pool.shutdown)
         if self._unix_path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._unix_path)
