@@ -529,3 +529,85 @@ def test_an_object_that_cannot_travel_to_a_process_pool_says_so():
             rpc.connect(server.address) as c, \
             pytest.raises(bf.SerializationError, match="cannot"):
         c.add(1, 2)
+
+
+# -- regressions found in review ---------------------------------------------------------
+
+
+def test_one_call_at_a_time_per_connection_still_serves_every_call():
+    with rpc.serve({"add": lambda a, b: a + b}, ADDRESS, max_concurrent_calls=1) as server, \
+            rpc.connect(server.address, timeout=10) as c:
+        assert [c.add(i, 1) for i in range(5)] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.timeout(60)
+def test_reading_resumes_after_big_requests_finish():
+    def size(data):
+        time.sleep(0.2)
+        return len(data)
+
+    big = b"x" * (9 * 2**20)  # two of these exceed the bytes allowed in flight
+    with rpc.serve({"size": size, "add": lambda a, b: a + b}, ADDRESS) as server, \
+            rpc.connect(server.address, timeout=20) as c:
+        threads = [threading.Thread(target=c.size, args=(big,)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert c.add(1, 2) == 3
+
+
+def test_quick_functions_run_on_the_loop_and_others_never_block_it():
+    release = threading.Event()
+
+    def wait_for_release():
+        return release.wait(20)  # blocks: it must not stop the server
+
+    @rpc.quick
+    def where():
+        return threading.current_thread().name
+
+    functions = {"where": where, "block": wait_for_release, "add": lambda a, b: a + b}
+    with rpc.serve(functions, ADDRESS) as server, rpc.connect(server.address, timeout=20) as c:
+        assert c.where() == "bingfa-rpc-server"
+        for _ in range(50):  # quick-looking calls never move a function onto the loop
+            c.add(1, 1)
+        blocked = threading.Thread(target=c.block)
+        blocked.start()
+        with rpc.connect(server.address, timeout=5) as other:
+            assert other.add(2, 2) == 4  # the server still answers
+        release.set()
+        blocked.join()
+    with pytest.raises(TypeError):
+        rpc.quick(42)
+
+
+def test_a_stream_longer_than_its_timeout_is_not_cut_off():
+    def ticks(n):
+        for i in range(n):
+            time.sleep(0.05)
+            yield i
+
+    with rpc.serve({"ticks": ticks}, ADDRESS) as server, rpc.connect(server.address) as c:
+        assert list(c.call("ticks", 12, timeout=0.3)) == list(range(12))
+
+
+def test_a_timeout_must_be_a_positive_number(client):
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="timeout"):
+            client.call("add", 1, 2, timeout=bad)
+
+
+def test_leaving_an_async_stream_stops_the_generator(server, service):
+    async def main():
+        async with await rpc.aconnect(server.address) as c:
+            async with await c.count(10**9) as stream:
+                async for item in stream:
+                    assert item == 0
+                    break
+            produced = service.produced
+            await asyncio.sleep(0.2)  # a generator that kept going would show now
+            assert service.produced <= produced + 100
+            assert await c.add(1, 1) == 2
+
+    asyncio.run(main())

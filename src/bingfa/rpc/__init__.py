@@ -19,7 +19,7 @@ from ._errors import (
     RPCTimeoutError,
     register_error,
 )
-from ._server import Server, serve
+from ._server import Server, quick, serve
 
 __all__ = [
     "AsyncClient",
@@ -31,12 +31,13 @@ __all__ = [
     "Server",
     "aconnect",
     "connect",
+    "quick",
     "register",
     "register_error",
     "serve",
 ]
 
-for _name in ("AsyncClient", "Client", "Server", "aconnect", "connect", "register",
+for _name in ("AsyncClient", "Client", "Server", "aconnect", "connect", "quick", "register",
               "register_error", "serve"):
     globals()[_name].__module__ = "bingfa.rpc"
 del _name

@@ -234,6 +234,22 @@ class AsyncRemoteStream(AsyncIterator[Any]):
             raise stream.error
         raise StopAsyncIteration
 
+    async def __aenter__(self) -> AsyncRemoteStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        # Dropped without aclose (a `break` out of `async for`): still tell the
+        # server, so its generator does not wait for credit for ever.
+        if not self._finished and self._protocol.lost is None:
+            self._finished = True
+            if self._protocol.streams.pop(self._id, None) is not None:
+                with contextlib.suppress(Exception):
+                    frame = self._client._frame([CANCEL, self._id])
+                    self._protocol.loop.call_soon_threadsafe(self._protocol.write, frame)
+
     async def aclose(self) -> None:
         """Stop: the generator on the server is cancelled."""
         if not self._finished:
@@ -336,6 +352,8 @@ class AsyncClient:
         returns an async iterator."""
         if timeout is None:
             timeout = self.timeout
+        elif not timeout > 0:  # NaN too
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         protocol = self._protocol
         if protocol is None or protocol.lost is not None:
             protocol = await self._connection()

@@ -592,6 +592,8 @@ class Client:
         """
         if timeout is None:
             timeout = self.timeout
+        elif not timeout > 0:  # NaN too
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if self._bridge is not None:
             return self._bridge.call(method, args, kwargs, timeout)
         conn = self._conn

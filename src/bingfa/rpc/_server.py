@@ -4,11 +4,13 @@
   or a client's cancel cancels the task.
 - Plain functions run in a bingfa :class:`~bingfa.Pool` (threads unless you pass
   another), where :func:`bingfa.cancelled` tells them their call was given up.
-  A plain function that has proven itself quick (its last calls all under
-  :data:`QUICK_SECONDS`) runs on the loop directly instead, which saves two
-  thread switches per call; a single slow call sends it back to the pool for
-  good. Only the server's own thread pool is bypassed this way: a pool you
-  pass, processes say, always runs the handler.
+  A function marked with :func:`quick` (it never blocks) runs on the loop
+  directly instead, which saves two thread switches per call; a call of it
+  that takes longer than :data:`SLOW_ON_LOOP` sends it to the pool for good.
+  Only with the server's own thread pool: a pool you pass always runs the
+  handler. Timing alone cannot tell that a function never blocks (a
+  ``queue.get`` is quick until the queue is empty, and then it would stop
+  the whole server), so this is the author's promise, not bingfa's guess.
 - Generators and async generators stream: items go out as the client grants
   credit, so a slow consumer holds the handler back instead of filling memory.
 
@@ -32,7 +34,7 @@ import types
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from .._context import CancelFlag, WorkerContext, current, set_thread_context
 from .._errors import SerializationError
@@ -59,13 +61,13 @@ from ._wire import (
     welcome,
 )
 
-__all__ = ["Server", "serve"]
+__all__ = ["Server", "quick", "serve"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 perf_counter = time.perf_counter
 _LATER = (types.GeneratorType, types.CoroutineType)  # results that are not results yet
 
-QUICK_SECONDS = 50e-6     # a call this short may run on the loop...
-QUICK_STREAK = 16         # ...once this many calls in a row were that short
 SLOW_ON_LOOP = 2e-3       # one inline call longer than this: back to the pool for good
 BACKLOG = 512
 FLUSH_EVERY = 16          # answers to a batch of calls leave in pieces of this many
@@ -75,23 +77,13 @@ FLUSH_EVERY = 16          # answers to a batch of calls leave in pieces of this 
 MAX_INFLIGHT_BYTES = 16 * 2**20
 DEFAULT_WINDOW = 64       # stream items in flight when the client does not say
 POOL_THREADS = 32
-STREAM_THREADS = 8
+STREAM_THREADS = 64
 
 
 class _Method:
     """A served callable, what kind it is, and how quick it has been."""
 
-    __slots__ = (
-        "doc",
-        "fn",
-        "inline",
-        "kind",
-        "may_inline",
-        "name",
-        "quick_streak",
-        "signature",
-        "slow",
-    )
+    __slots__ = ("doc", "fn", "inline", "kind", "name", "signature")
 
     def __init__(self, name: str, fn: Callable[..., Any]) -> None:
         self.name = name
@@ -109,27 +101,37 @@ class _Method:
         except (TypeError, ValueError):
             self.signature = "(...)"
         self.doc = inspect.getdoc(fn) or ""
-        self.quick_streak = 0
-        self.slow = False          # once slow on the loop, never inline again
-        self.may_inline = False    # the server's pool is its own (set by the server)
-        self.inline = False        # run on the loop now
-
-    def timed(self, seconds: float) -> None:
-        """A call in the pool took ``seconds``: promote after a streak of quick ones."""
-        if self.slow or not self.may_inline or self.kind != "function":
-            return
-        self.quick_streak = self.quick_streak + 1 if seconds < QUICK_SECONDS else 0
-        if self.quick_streak >= QUICK_STREAK:
-            self.inline = True
+        # Run on the loop: marked quick, and the pool is the server's own (set by it).
+        self.inline = False
 
     def demote(self) -> None:
-        """Back to the pool, for good."""
-        self.slow = True
+        """A quick function was slow after all: to the pool, for good."""
         self.inline = False
-        self.quick_streak = 0
 
     def describe(self) -> dict[str, str]:
         return {"signature": self.signature, "doc": self.doc, "kind": self.kind}
+
+
+QUICK_MARK = "__bingfa_rpc_quick__"
+
+
+def quick(fn: F) -> F:
+    """Mark a function as one that never blocks: the server runs it on its event loop.
+
+    That saves two thread switches per call (tens of microseconds). Only mark
+    functions that compute and return: no I/O, no locks, no waiting, or every
+    client of the server waits with them. One call longer than 2 ms sends the
+    function back to the thread pool for good::
+
+        class Calculator:
+            @bf.rpc.quick
+            def add(self, a, b):
+                return a + b
+    """
+    if not callable(fn):
+        raise TypeError(f"quick() marks a function, not {fn!r}")
+    setattr(fn, QUICK_MARK, True)
+    return fn
 
 
 def _methods_of(target: Any) -> dict[str, _Method]:
@@ -152,6 +154,8 @@ def _methods_of(target: Any) -> dict[str, _Method]:
 def _run_with_flag(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
                    flag: CancelFlag) -> Any:
     """Run a handler in a pool thread, with ``bf.cancelled()`` answering for its call."""
+    if flag.is_set:
+        raise CallAbandoned  # given up on while it waited for a thread: do not start it
     ctx = current()
     own = ctx is None
     if own:
@@ -166,6 +170,10 @@ def _run_with_flag(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, An
         ctx.cancel_flag = previous
         if own:
             set_thread_context(None)
+
+
+class CallAbandoned(Exception):
+    """A queued call whose client gave up (deadline or cancel) before it started."""
 
 
 class _Call:
@@ -316,6 +324,8 @@ class _Connection(asyncio.Protocol):
             if pos < end and not self.closed:
                 self.buffer += data[pos:]
                 self.needed = (4 + HEADER.unpack_from(data, pos)[0]) if end - pos >= 4 else 4
+                if self.needed - 4 > limit:
+                    self.abort()  # a header over the limit, read while the calls were paused
             self.reading = False
             self._flush()
             if self._blocked() and self.transport is not None and not self.closed:
@@ -378,8 +388,9 @@ class _Connection(asyncio.Protocol):
             # this runs for every call.
             if (type(call_id) is not int or type(name) is not str or type(args) is not list
                     or (kwargs is not None and type(kwargs) is not dict)
-                    or (timeout is not None and type(timeout) not in (int, float))
-                    or (window is not None and type(window) is not int)):
+                    or (timeout is not None and (type(timeout) not in (int, float)
+                                                 or not timeout >= 0))  # NaN too
+                    or (window is not None and (type(window) is not int or window < 1))):
                 raise ValueError("malformed call")
             method = self.server._methods.get(name)
             if method is not None and method.inline:
@@ -423,15 +434,30 @@ class _Connection(asyncio.Protocol):
             if method.kind == "coroutine":
                 call.task = self.loop.create_task(self._await(call, started))
             else:
-                call.stream = _Credits(window or DEFAULT_WINDOW)
+                self._streaming(call, window)
                 call.task = self.loop.create_task(self._astream(call, started))
         elif method.kind == "generator":
-            call.stream = _Credits(window or DEFAULT_WINDOW)
+            self._streaming(call, window)
             self._send(call_id, [STREAM, call_id])
             future = server._threads.submit(self._stream_in_thread, call, method.fn, args, kwargs)
             future.add_done_callback(lambda f, c=call: self._pool_done(c, f, None))
         else:
             self._submit(call, method, args, kwargs, window)
+
+    def _streaming(self, call: _Call, window: int | None) -> None:
+        """``call`` turned out to be a stream: credit it, and lift its deadline.
+
+        A stream's ``timeout`` bounds the wait for each item, on the client:
+        a long stream whose items come on time is not cut off.
+        """
+        call.stream = _Credits(window or DEFAULT_WINDOW)
+        timer = call.timer
+        if timer is not None:
+            call.timer = None
+            if threading.current_thread() is self.server._thread_of_loop:
+                timer.cancel()
+            else:
+                self.loop.call_soon_threadsafe(timer.cancel)
 
     def _open(self, call: _Call, timeout: float | None) -> _Call:
         """Count ``call`` in flight (pausing reads at the cap) and arm its deadline."""
@@ -465,7 +491,7 @@ class _Connection(asyncio.Protocol):
             if isinstance(value, types.CoroutineType):
                 call.task = self.loop.create_task(self._await(call, value))
             else:
-                call.stream = _Credits(window or DEFAULT_WINDOW)
+                self._streaming(call, window)
                 self._send(call_id, [STREAM, call_id])
                 future = self.server._threads.submit(self._stream_in_thread, call,
                                                   lambda: value, [], {})
@@ -481,20 +507,11 @@ class _Connection(asyncio.Protocol):
     def _submit(self, call: _Call, method: _Method, args: list[Any], kwargs: dict[str, Any],
                 window: int | None) -> None:
         server = self.server
-        if server._threads is server._pool:
-            future = server._pool.submit(self._timed, method, args, kwargs, call.flag)
+        if server._pool_is_threads:
+            future = server._pool.submit(_run_with_flag, method.fn, args, kwargs, call.flag)
         else:  # a process pool: only the function and its arguments travel
             future = server._pool.submit(method.fn, *args, **kwargs)
         future.add_done_callback(lambda f, c=call: self._pool_done(c, f, window))
-
-    @staticmethod
-    def _timed(method: _Method, args: list[Any], kwargs: dict[str, Any],
-               flag: CancelFlag) -> Any:
-        start = time.perf_counter()
-        try:
-            return _run_with_flag(method.fn, args, kwargs, flag)
-        finally:
-            method.timed(time.perf_counter() - start)
 
     def _pool_done(self, call: _Call, future: Any, window: int | None) -> None:
         """Where the pool's future completes (a pool thread): hand the outcome to the loop."""
@@ -509,7 +526,7 @@ class _Connection(asyncio.Protocol):
         elif value is _STOPPED:
             server._post_frame(self, b"", done=call)
         elif inspect.isgenerator(value):  # a plain function that returned a generator
-            call.stream = _Credits(window or DEFAULT_WINDOW)
+            self._streaming(call, window)
             server._post_frame(self, server._frame([STREAM, call.id]))
             stream = server._threads.submit(self._stream_in_thread, call, lambda: value, [], {})
             stream.add_done_callback(lambda f, c=call: self._pool_done(c, f, None))
@@ -605,11 +622,11 @@ class _Connection(asyncio.Protocol):
         if call.timer is not None:
             call.timer.cancel()
         self.last_activity = time.monotonic()  # the idle clock starts when a call ends
+        was_blocked = self._blocked()
         self.inflight_bytes -= call.size
-        if self.paused and len(self.calls) < self.server.max_concurrent_calls // 2:
+        if self.paused and len(self.calls) <= self.server.max_concurrent_calls // 2:
             self.paused = False
-            self.loop.call_soon(self._unblocked)
-        elif call.size and self.buffer and not self._blocked():
+        if was_blocked and not self._blocked():
             self.loop.call_soon(self._unblocked)
 
     # -- writing -----------------------------------------------------------------------
@@ -689,7 +706,9 @@ class Server:
             raise ValueError("max_concurrent_calls must be an int >= 1")
         self._methods = _methods_of(target)
         for method in self._methods.values():
-            method.may_inline = pool is None  # only our own thread pool may be bypassed
+            # Only our own thread pool may be bypassed, and only for a promise.
+            method.inline = (pool is None and method.kind == "function"
+                             and getattr(method.fn, QUICK_MARK, False) is True)
         self._secret = secret
         self._tls = tls
         self.max_message_size = max_message_size
@@ -700,12 +719,14 @@ class Server:
         self.grace = grace
         self._own_pool = pool is None
         self._pool = pool
-        self._threads: Any = None       # where generators run (and sync calls, with threads)
-        self._own_threads: Any = None   # made for generators beside a process pool
+        self._pool_is_threads = True
+        self._threads: Any = None       # where generators run
+        self._own_threads: Any = None
         self._sock = self._listen(parsed)
         self._unix_path = parsed.path if parsed.scheme == "unix" else None
         self.address = self._public_address(parsed)
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._thread_of_loop: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[_Connection] = set()
         self._thread: threading.Thread | None = None
@@ -748,17 +769,17 @@ class Server:
 
     async def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._thread_of_loop = threading.current_thread()
         self._stopping = asyncio.Event()
         from .._pool import Pool
 
         if self._pool is None:
             self._pool = Pool(POOL_THREADS, mode="thread")
-        # Generators stream from threads of this process, whatever the pool:
-        # their items are handed to this loop as they come.
-        if getattr(self._pool, "mode", None) == "thread":
-            self._threads = self._pool
-        else:
-            self._threads = self._own_threads = Pool(STREAM_THREADS, mode="thread")
+        self._pool_is_threads = getattr(self._pool, "mode", None) == "thread"
+        # Generators stream from threads of their own, whatever the pool: their
+        # items are handed to this loop as they come, and streams a client
+        # leaves open cannot take the threads that plain calls need.
+        self._threads = self._own_threads = Pool(STREAM_THREADS, mode="thread")
         if self._sock.family == socket.AF_UNIX:
             self._server = await self._loop.create_unix_server(
                 lambda: _Connection(self), sock=self._sock, ssl=self._tls, backlog=BACKLOG)
@@ -783,7 +804,10 @@ class Server:
             await self._server.wait_closed()
         for pool in (self._pool if self._own_pool else None, self._own_threads):
             if pool is not None:
-                await self._loop.run_in_executor(None, pool.shutdown)
+                # The grace period is over: queued calls are dropped, and a
+                # handler still running finishes on its own (it sees
+                # bf.cancelled()); the server does not wait for it.
+                pool.shutdown(wait=False, cancel_pending=True)
         if self._unix_path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._unix_path)
