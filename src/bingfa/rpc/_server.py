@@ -475,7 +475,7 @@ class _Connection(asyncio.Protocol):
 
     def _run_inline(self, call_id: int, method: _Method, args: list[Any],
                     kwargs: dict[str, Any], window: int | None) -> None:
-        """Run a proven-quick function on the loop; a slow call demotes it for good."""
+        """Run a function marked quick on the loop; a slow call sends it to the pool for good."""
         start = perf_counter()
         try:
             value = method.fn(*args, **kwargs)
