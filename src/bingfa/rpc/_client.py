@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import select
 import socket
 import ssl
 import threading
@@ -196,8 +197,9 @@ class _Connection:
         self.read_view = memoryview(self.read_buffer)
         self.dumps = threading.local()  # each thread's reusable encoder
         self.lost: ConnectionLostError | None = None
-        sock.settimeout(None)
-        self.blocking_timeout: float | None = None
+        sock.settimeout(None)  # blocking, always: deadlines are kept with poll
+        self.poller = select.poll()
+        self.poller.register(sock, select.POLLIN)
 
     def send(self, frame: bytes) -> None:
         """Send ``frame``, together with whatever other threads queued meanwhile.
@@ -291,20 +293,14 @@ class _Connection:
     def _read(self, ready: Any, deadline: float | None) -> None:
         sock = self.sock
         while not ready() and self.lost is None:
-            if deadline is None:
-                if self.blocking_timeout is not None:  # a system call: only on a change
-                    sock.settimeout(None)
-                    self.blocking_timeout = None
-            else:
+            if deadline is not None:
+                # Wait with poll, not a socket timeout: that would also apply
+                # to another thread's sendall of a big call, and cut it.
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or not self.poller.poll(remaining * 1000):
                     return
-                sock.settimeout(remaining)
-                self.blocking_timeout = remaining
             try:
                 size = sock.recv_into(self.read_buffer)
-            except TimeoutError:
-                return
             except OSError as exc:
                 self._lose(f"the connection broke: {exc}")
                 return
