@@ -26,12 +26,12 @@ from ._wire import (
     CREDIT,
     END,
     ERROR,
-    HEADER,
     HELLO_SIZE,
     ITEM,
     RESULT,
     STREAM,
     WELCOME_SIZE,
+    FrameReader,
     pack_header,
     parse_address,
 )
@@ -69,9 +69,8 @@ class _Protocol(asyncio.Protocol):
         self.dumps = MSGPACK.reusable_dumps()  # the loop's thread only
         self.handshaking: asyncio.Future[bytes] | None = None
         self.expect = 0
-        self.buffer = bytearray()
-        self.needed = 4
-        self.started = False  # the handshake is over: frames follow
+        self.buffer = bytearray()  # the handshake's bytes
+        self.reader: FrameReader | None = None  # frames, once the handshake is over
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.streams: dict[int, _AsyncStream] = {}
         self.lost: ConnectionLostError | None = None
@@ -98,36 +97,14 @@ class _Protocol(asyncio.Protocol):
             waiter.set_result(data)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        if self.handshaking is not None or not self.started:
-            buffer += data
+        if self.reader is None:  # the handshake is not over: bytes wait for read_exactly
+            self.buffer += data
             self._check_handshake()
             return
-        if buffer:
-            buffer += data
-            if len(buffer) < self.needed:
-                return  # a big answer still coming in pieces: no copy until it is whole
-            data = bytes(buffer)
-            buffer.clear()
-        pos = 0
-        end = len(data)
-        loads = self.codec.loads
-        view = memoryview(data)
         try:
-            while end - pos >= 4:
-                (size,) = HEADER.unpack_from(data, pos)
-                if end - pos - 4 < size:
-                    break
-                message = loads(view[pos + 4:pos + 4 + size])
-                pos += 4 + size
-                self._deliver(message)
+            self.reader.feed(data, self._deliver)
         except Exception as exc:
             self._lose(f"the server sent something that does not parse: {exc}")
-        finally:
-            view.release()
-            if pos < end:
-                buffer += data[pos:]
-                self.needed = (4 + HEADER.unpack_from(data, pos)[0]) if end - pos >= 4 else 4
 
     def _deliver(self, message: Any) -> None:
         kind, call_id = message[0], message[1]
@@ -330,7 +307,7 @@ class AsyncClient:
                 answer = b""
             protocol.codec = login.finish(answer, allow_pickle=bool(self._secret or self._tls))
             protocol.dumps = protocol.codec.reusable_dumps()
-            protocol.started = True
+            protocol.reader = FrameReader(protocol.codec.loads)
             if protocol.buffer:  # frames that came with the welcome
                 leftover = bytes(protocol.buffer)
                 protocol.buffer.clear()

@@ -40,12 +40,12 @@ from ._wire import (
     ERROR,
     FLAG_PICKLE,
     FLAG_SECRET,
-    HEADER,
     HELLO_SIZE,
     ITEM,
     RESULT,
     STREAM,
     WELCOME_SIZE,
+    FrameReader,
     check_welcome,
     login,
     pack_header,
@@ -190,8 +190,7 @@ class _Connection:
         self.send_lock = threading.Lock()
         self.outbox: deque[bytes] = deque()
         self.read_lock = threading.Lock()
-        self.buffer = bytearray()
-        self.needed = 4  # bytes the buffered answer needs before it can be read
+        self.reader = FrameReader(codec.loads)
         # recv() would allocate READ_SIZE bytes for every read; one buffer serves all.
         self.read_buffer = bytearray(READ_SIZE)
         self.read_view = memoryview(self.read_buffer)
@@ -310,34 +309,10 @@ class _Connection:
             self._parse(self.read_view[:size].tobytes())
 
     def _parse(self, data: bytes) -> None:
-        buffer = self.buffer
-        if buffer:
-            buffer += data
-            if len(buffer) < self.needed:
-                return  # a big answer still coming in pieces: no copy until it is whole
-            data = bytes(buffer)
-            buffer.clear()
-        pos = 0
-        end = len(data)
-        loads = self.codec.loads
-        view = memoryview(data)
         try:
-            while end - pos >= 4:
-                (size,) = HEADER.unpack_from(data, pos)
-                if size > MAX_FRAME:
-                    raise ValueError("frame too large")
-                if end - pos - 4 < size:
-                    break
-                message = loads(view[pos + 4:pos + 4 + size])
-                pos += 4 + size
-                self._deliver(message)
+            self.reader.feed(data, self._deliver)
         except Exception as exc:
             self._lose(f"the server sent something that does not parse: {exc}")
-        finally:
-            view.release()
-            if pos < end:
-                buffer += data[pos:]
-                self.needed = (4 + HEADER.unpack_from(data, pos)[0]) if end - pos >= 4 else 4
 
     def _deliver(self, message: Any) -> None:
         kind, call_id = message[0], message[1]

@@ -34,12 +34,14 @@ import hashlib
 import hmac
 import os
 import struct
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 __all__ = [
     "HEADER",
     "MAX_HEADER_SIZE",
     "Address",
+    "FrameReader",
     "parse_address",
 ]
 
@@ -174,3 +176,51 @@ def check_welcome(data: bytes, secret: bytes | None, server_nonce: bytes,
         return True
     return hmac.compare_digest(data[1:], _proof(secret, b"server", client_nonce,
                                                 server_nonce))
+
+
+class FrameReader:
+    """Cuts the bytes a client reads into messages.
+
+    A frame that arrives in pieces waits in a buffer, and is copied out only
+    once it is whole: a big answer read 64 KiB at a time costs one copy, not
+    one per piece.
+    """
+
+    def __init__(self, loads: Callable[[Any], Any], limit: int = 2**31) -> None:
+        self.loads = loads
+        self.limit = limit
+        self._buffer = bytearray()
+        self._needed = 4  # bytes the buffered frame needs before it can be read
+
+    def feed(self, data: bytes, deliver: Callable[[Any], None]) -> None:
+        """Hand every whole message in ``data`` (after what was buffered) to ``deliver``.
+
+        Raises:
+            ValueError: a frame over the limit; whatever ``loads`` raises.
+        """
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            if len(buffer) < self._needed:
+                return
+            data = bytes(buffer)
+            buffer.clear()
+        pos = 0
+        end = len(data)
+        loads = self.loads
+        view = memoryview(data)
+        try:
+            while end - pos >= 4:
+                (size,) = HEADER.unpack_from(data, pos)
+                if size > self.limit:
+                    raise ValueError(f"a frame of {size} bytes is over the limit")
+                if end - pos - 4 < size:
+                    break
+                message = loads(view[pos + 4:pos + 4 + size])
+                pos += 4 + size
+                deliver(message)
+        finally:
+            view.release()
+            if pos < end:
+                buffer += data[pos:]
+                self._needed = (4 + HEADER.unpack_from(data, pos)[0]) if end - pos >= 4 else 4
