@@ -611,3 +611,45 @@ def test_leaving_an_async_stream_stops_the_generator(server, service):
             assert await c.add(1, 1) == 2
 
     asyncio.run(main())
+
+
+def test_a_generator_sees_bf_cancelled_when_its_client_gives_up():
+    saw_cancel = threading.Event()
+
+    def forever():
+        yield 1
+        while not bf.cancelled():  # working on the next item when the client leaves
+            time.sleep(0.005)
+        saw_cancel.set()
+        yield 2
+
+    with rpc.serve({"forever": forever}, ADDRESS) as server, rpc.connect(server.address) as c:
+        stream = c.forever()
+        assert next(stream) == 1
+        stream.close()
+        assert saw_cancel.wait(10)
+
+
+class OnlyTheClientKnows:
+    def __init__(self, x):
+        self.x = x
+
+
+@pytest.mark.timeout(30)
+def test_an_argument_the_server_cannot_decode_fails_only_its_call():
+    # A server in another process, which has not registered the client's type.
+    proc, address = _server_process(ADDRESS)
+    rpc.register(OnlyTheClientKnows, name="tests.only-the-client-knows")
+    try:
+        with rpc.connect(address) as c:
+            with pytest.raises(bf.SerializationError, match="cannot decode"):
+                c.add(OnlyTheClientKnows(1), 2)
+            assert c.add(1, 2) == 3  # the same connection carries on
+    finally:
+        from bingfa.rpc import _codec
+
+        entry = _codec._by_name.pop("tests.only-the-client-knows")
+        _codec._by_type.pop(entry.cls)
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()

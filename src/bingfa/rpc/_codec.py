@@ -41,7 +41,7 @@ import msgpack  # type: ignore[import-untyped]
 
 from .._errors import SerializationError
 
-__all__ = ["Codec", "codec_for", "register"]
+__all__ = ["Codec", "codec_for", "plain_msgpack", "register"]
 
 _TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _BIGINT, _COMPLEX, \
     _CUSTOM = range(1, 12)
@@ -192,6 +192,11 @@ def _decode_ext(code: int, data: bytes) -> Any:
                              "here with bingfa.rpc.register()")
         return entry.decode(state)
     return msgpack.ExtType(code, data)
+
+
+def plain_msgpack(data: bytes | memoryview) -> Any:
+    """``data`` decoded with extension types left as they are (to read a bad frame's id)."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, use_list=True)
 
 
 def _pack(obj: Any) -> bytes:

@@ -32,13 +32,13 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from .._context import CancelFlag, WorkerContext, current, set_thread_context
 from .._errors import SerializationError
-from ._codec import Codec, codec_for
+from ._codec import Codec, codec_for, plain_msgpack
 from ._errors import describe
 from ._wire import (
     CALL,
@@ -288,6 +288,24 @@ class _Connection(asyncio.Protocol):
             buffer.clear()
         self._process(data)
 
+    def _undecodable(self, payload: memoryview, exc: Exception) -> None:
+        """A frame that does not decode: fail its call if it says which, else drop the connection.
+
+        A well-formed call with an argument of a type this side does not know
+        (registered only on the client, say) fails alone, with
+        SerializationError; other calls on the connection carry on.
+        """
+        call_id = None
+        if self.codec.name == "msgpack":
+            with contextlib.suppress(Exception):
+                skeleton = plain_msgpack(payload)  # extension types left undecoded
+                if (type(skeleton) is list and len(skeleton) == 7 and skeleton[0] == CALL
+                        and type(skeleton[1]) is int and skeleton[1] not in self.calls):
+                    call_id = skeleton[1]
+        if call_id is None:
+            raise exc
+        self._error(call_id, SerializationError(f"the server cannot decode the call: {exc}"))
+
     def _blocked(self) -> bool:
         """Whether no more calls may start: too many in flight, or the client is not reading."""
         return self.paused or self.write_paused or self.inflight_bytes > MAX_INFLIGHT_BYTES
@@ -309,8 +327,13 @@ class _Connection(asyncio.Protocol):
                     return
                 if end - pos - 4 < size:
                     break
-                message = loads(view[pos + 4:pos + 4 + size])
+                payload = view[pos + 4:pos + 4 + size]
                 pos += 4 + size
+                try:
+                    message = loads(payload)
+                except Exception as exc:
+                    self._undecodable(payload, exc)  # fails that call, or the connection
+                    continue
                 self._dispatch(message, size)
                 if self.closed:
                     return
@@ -579,12 +602,20 @@ class _Connection(asyncio.Protocol):
         self._finish(call)
         self._send(call.id, [END, call.id])
 
-    def _stream_in_thread(self, call: _Call, fn: Callable[..., Iterator[Any]],
+    def _stream_in_thread(self, call: _Call, fn: Callable[..., Generator[Any, None, None]],
                           args: list[Any], kwargs: dict[str, Any]) -> Any:
-        """Iterate a sync generator in a pool thread, within the client's credit."""
+        """Iterate a sync generator in a pool thread, within the client's credit.
+
+        The whole iteration runs under the call's flag, so the generator's
+        body sees :func:`bingfa.cancelled` turn true when the client gives up.
+        """
+        return _run_with_flag(self._iterate, [call, fn, args, kwargs], {}, call.flag)
+
+    def _iterate(self, call: _Call, fn: Callable[..., Generator[Any, None, None]],
+                 args: list[Any], kwargs: dict[str, Any]) -> Any:
         credits = call.stream
         assert credits is not None
-        generator = _run_with_flag(fn, args, kwargs, call.flag)
+        generator = fn(*args, **kwargs)
         server = self.server
         try:
             for item in generator:
