@@ -835,3 +835,16 @@ def test_many_short_jobs(tmp_path):
     r = bingfa_run("-j", "4", "echo", "::::", tmp_path / "args", timeout=50)
     assert r.returncode == 0
     assert sorted(map(int, r.stdout.split())) == list(range(300))
+
+
+@pytest.mark.timeout(60)
+def test_halt_now_also_fires_on_a_missing_program(tmp_path):
+    joblog = tmp_path / "log"
+    started = time.monotonic()
+    done = bingfa_run("--halt", "now,fail=1", "-j", "2", "--joblog", joblog, "--",
+                      "{}", "100", ":::", "sleep", "no-such-command-bingfa")
+    assert time.monotonic() - started < 20  # the sleep was killed, not waited for
+    assert done.returncode == 1
+    lines = joblog.read_text().splitlines()[1:]
+    assert any(line.split("\t")[7] == "15" for line in lines)  # the sleep: SIGTERM
+

@@ -119,3 +119,28 @@ def test_check_raises_with_the_tail_of_stderr():
 def test_bad_input(cmd, kwargs, error):
     with pytest.raises(error):
         bf.run(cmd, **kwargs)
+
+
+@pytest.mark.timeout(30)
+def test_a_background_job_holding_the_output_does_not_hold_the_command(tmp_path):
+    pidfile = tmp_path / "pid"
+    r = bf.run(["sh", "-c", f"sleep 100 & echo $! > {pidfile}; echo hi"], timeout=20, text=True)
+    assert (r.stdout, r.returncode, r.timed_out) == ("hi\n", 0, False)
+    assert wait_until(lambda: not pid_alive(int(pidfile.read_text())), timeout=5)
+
+
+def test_a_script_without_shebang_runs_with_sh(tmp_path):
+    script = tmp_path / "plain"
+    script.write_text("echo plain script\n")
+    script.chmod(0o755)
+    assert bf.run([str(script)], text=True).stdout == "plain script\n"
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 10**9])
+def test_timeouts_that_are_not_a_sane_number(timeout):
+    with pytest.raises(ValueError, match="timeout"):
+        bf.run(["true"], timeout=timeout)
+
+
+def test_a_comment_with_an_apostrophe_is_fine_in_a_shell_string():
+    assert bf.run("echo hi # don't", shell=True, text=True).stdout == "hi\n"

@@ -324,3 +324,11 @@ def test_cancelling_arun_ends_the_group(tmp_path):
 
     asyncio.run(main())
     assert wait_until(lambda: not pid_alive(int(pidfile.read_text())), timeout=5)
+
+
+def test_stream_check_raises_after_a_last_line_without_newline():
+    lines = bf.stream(sh("echo first; printf last; exit 3"), check=True)
+    got = [next(lines).line, next(lines).line]
+    with pytest.raises(bf.CommandError):
+        next(lines)
+    assert got == ["first", "last"]

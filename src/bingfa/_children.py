@@ -12,6 +12,7 @@ terminal reaches bingfa alone, which then ends the groups itself.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from . import _signums as signals
@@ -34,6 +35,7 @@ __all__ = [
 # is ended early, and how long its pipes are still read once the group is dead
 # (something that left the group may hold them open forever).
 KILL_GRACE = 0.5
+MAX_TIMEOUT = 30 * 86400.0  # epoll waits at most ~24.8 days at a time; beyond, say None
 DRAIN_AFTER_KILL = 1.0
 
 # Python ignores these two; ignored signals survive exec, so reset them.
@@ -74,7 +76,7 @@ def command_argv(cmd: Command, shell: bool) -> list[str] | str:
             raise TypeError("with shell=True the command must be a string")
         if not cmd.strip():
             raise ValueError("the command is empty")
-        split_command(cmd)  # ValueError for unbalanced quotes, before anything runs
+        split_command(cmd, comments=True)  # unbalanced quotes: ValueError, before any run
         return cmd
     if isinstance(cmd, str):
         argv = split_command(cmd)
@@ -105,16 +107,21 @@ def check_timeout(timeout: float | None) -> None:
     """Raises ValueError unless ``timeout`` is None or a number of seconds >= 0."""
     if timeout is None:
         return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-        raise ValueError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
+    if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+            or not 0 <= timeout <= MAX_TIMEOUT):  # NaN fails this too
+        raise ValueError(f"timeout must be a number of seconds from 0 to {MAX_TIMEOUT:g}, "
+                         f"got {timeout!r}")
 
 
-def split_command(line: str) -> list[str]:
-    """``line`` split as a shell would; ValueError naming it for unbalanced quotes."""
+def split_command(line: str, comments: bool = False) -> list[str]:
+    """``line`` split as a shell would; ValueError naming it for unbalanced quotes.
+
+    With ``comments``, a ``#`` word starts a comment (where quotes need not balance).
+    """
     import shlex
 
     try:
-        return shlex.split(line)
+        return shlex.split(line, comments=comments)
     except ValueError as exc:  # shlex says only "No closing quotation"
         raise ValueError(f"unbalanced quotes in command {line!r} ({exc})") from None
 
@@ -192,9 +199,17 @@ def spawn(argv: list[str], *, env: Mapping[str, str] | None = None,
             if child_out is not None:
                 actions += [(os.POSIX_SPAWN_DUP2, child_out, 1),
                             (os.POSIX_SPAWN_DUP2, child_err, 2)]
-            pid = os.posix_spawn(exe, argv, os.environ if env is None else env,
-                                 file_actions=actions, setsid=True,
-                                 setsigdef=_DEFAULT_SIGNALS)
+            environment = os.environ if env is None else env
+            try:
+                pid = os.posix_spawn(exe, argv, environment, file_actions=actions,
+                                     setsid=True, setsigdef=_DEFAULT_SIGNALS)
+            except OSError as exc:
+                if exc.errno != errno.ENOEXEC:
+                    raise
+                # A script without "#!": run it with /bin/sh, as sh and execvp do.
+                pid = os.posix_spawn("/bin/sh", ["/bin/sh", exe, *argv[1:]], environment,
+                                     file_actions=actions, setsid=True,
+                                     setsigdef=_DEFAULT_SIGNALS)
             popen = None
         else:
             import subprocess  # only for a working directory

@@ -118,9 +118,9 @@ def _number(option: str, text: str, kind: type[float] | type[int]) -> float:
         value = kind(text)
     except ValueError:
         raise UsageError(f"{option} wants a number, not {text!r}") from None
-    if value < 0 or (kind is float and value == 0):
-        raise UsageError(f"{option} must be {'positive' if kind is float else '>= 0'}, "
-                         f"got {text}")
+    if not 0 <= value <= 30 * 86400 or (kind is float and value == 0):  # NaN and inf too
+        raise UsageError(f"{option} must be {'positive' if kind is float else '>= 0'} and "
+                         f"at most 2592000 (30 days), got {text}")
     return value
 
 

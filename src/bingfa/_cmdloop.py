@@ -292,6 +292,8 @@ class CommandLoop:
             if run not in self._running or stage <= run._stage:
                 continue  # stale: it finished, or was moved on already
             if stage == 1:
+                if run._exited:
+                    continue  # it had exited in time; only its pipes were still open
                 run.timed_out = True
                 run.killed = True
             self._escalate(run, stage, now, KILL_GRACE)
@@ -323,6 +325,11 @@ class CommandLoop:
             del self._fds[fd]
             run._exited = True
             run.ended = time.perf_counter()
+            if run._open and run._stage == 0:
+                # Something it started still holds its output (a background
+                # job, a daemon): its last words get a second, then the pipes
+                # are closed and what is left of the group is killed.
+                self._at(time.monotonic() + DRAIN_AFTER_KILL, run, 3)
         elif kind == _STDIN:
             self._feed(run, fd)
             return

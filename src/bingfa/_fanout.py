@@ -201,7 +201,9 @@ class Fanout:
                 unstarted = self._start(loop, job, heapq.heappop(free))
                 if unstarted is not None:
                     heapq.heappush(free, unstarted.slot)
+                    was_halted: bool = self.halted
                     yield from self._settle(unstarted)
+                    self._halt_now(loop, was_halted)
             if not len(loop) and (self.halted or not self._awaiting_input):
                 break
             for run in loop.poll():
@@ -211,11 +213,18 @@ class Fanout:
                 job.halted = job.killed and not job.timed_out and self.halted
                 was_halted = self.halted
                 yield from self._settle(job)
-                if self.halted and not was_halted and self._halt is not None and self._halt.now:
-                    for other in loop.running:
-                        loop.stop(other)
+                self._halt_now(loop, was_halted)
+        retries, self._retry = self._retry, []
+        for job in retries:  # halted while they waited for another attempt: they failed
+            yield from self._settle(job)
         for seq in sorted(self._waiting):  # after a halt: what finished, in order, gaps and all
             yield self._waiting.pop(seq)
+
+    def _halt_now(self, loop: CommandLoop, was_halted: bool) -> None:
+        """The halt rule just fired: with ``now``, end the jobs still running."""
+        if self.halted and not was_halted and self._halt is not None and self._halt.now:
+            for other in loop.running:
+                loop.stop(other)
 
     def _next_job(self) -> Job | None:
         """A retry first, then the next input, unless the order window is full."""
@@ -237,8 +246,8 @@ class Fanout:
         """Start one attempt of ``job``; the job itself if it could not start."""
         job.slot = slot
         job.attempts += 1
-        if job.argv is None and job.build is not None:
-            job.argv = job.build(slot)
+        if job.build is not None:
+            job.argv = job.build(slot)  # {%} is the slot of this attempt
         assert job.argv is not None
         try:
             loop.start(job.argv, tag=job, env=self._env, cwd=self._cwd, timeout=self._timeout)

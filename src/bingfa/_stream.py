@@ -65,6 +65,7 @@ class CommandStream(Iterator[OutputLine]):
         self._partial = {1: bytearray(), 2: bytearray()}
         self._stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.result: CommandResult | None = None
+        self._failure: CommandError | None = None
         run.sink = self._take
 
     def _take(self, stream: int, data: bytes) -> None:
@@ -96,6 +97,9 @@ class CommandStream(Iterator[OutputLine]):
         lines = self._lines
         while not lines:
             if self.result is not None:
+                failure, self._failure = self._failure, None
+                if failure is not None:
+                    raise failure
                 raise StopIteration
             if len(self._commands):
                 try:
@@ -118,7 +122,9 @@ class CommandStream(Iterator[OutputLine]):
             timed_out=run.timed_out, text=self._text, encoding="ascii", errors="strict")
         self._commands.close()
         if self._check and not self.result.ok:
-            raise CommandError(failure_message(self.result, self._stderr_tail), self.result)
+            # raised once the last lines, those just cut from the buffers too, are taken
+            self._failure = CommandError(failure_message(self.result, self._stderr_tail),
+                                         self.result)
 
     def close(self) -> None:
         """Stop early: end the command's process group if it still runs."""

@@ -162,15 +162,16 @@ class Template:
             self.direct = self._words
         else:
             if "'" in self.text or '"' in self.text or "\\" in self.text:
-                split_command(self.text)  # ValueError for unbalanced quotes
+                split_command(self.text, comments=True)  # ValueError for unbalanced quotes
             self.direct = self._direct_words(sources)
 
     def _direct_words(self, sources: int) -> list[list[_Piece]] | None:
         """The shell string as words to run without a shell, or None if it needs one."""
         literal = "".join(p for p in self._line if isinstance(p, str))
-        if _SHELL_CHARS.intersection(literal) or "\t" in literal:
-            return None
-        words = self.text.split()
+        if _SHELL_CHARS.intersection(literal) or any(
+                c.isspace() and c != " " for c in literal):
+            return None  # the shell splits on spaces and tabs only; let it decide
+        words = [word for word in self.text.split(" ") if word]
         first = words[0]
         if "=" in first or first in _SHELL_WORDS:
             return None
