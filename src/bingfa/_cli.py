@@ -60,11 +60,9 @@ def info() -> str:
 
     from ._engines import mode_names
     from ._engines._process import default_start_method
+    from ._machine import usable_cores
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 1
+    usable = usable_cores()
     lines = [
         f"bingfa {_version()}",
         f"python {platform.python_version()} ({platform.python_implementation()}) "

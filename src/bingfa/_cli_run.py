@@ -14,6 +14,7 @@ import sys
 import time
 
 from ._fanout import PENDING, Fanout, Job, parse_halt
+from ._machine import usable_cores
 from ._template import Template
 
 # Start-up is a large part of a short run, so only what runs is imported:
@@ -90,20 +91,13 @@ class Options:
         self.sources: list[tuple[str, str | list[str]]] = []  # (":::", values) | ("::::", path)
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def _parse_jobs(text: str) -> int:
     try:
         if text.endswith("%"):
             share = float(text[:-1])
             if share <= 0:
                 raise ValueError
-            return max(1, int(_cores() * share / 100))
+            return max(1, int(usable_cores() * share / 100))
         jobs = int(text)
     except ValueError:
         raise UsageError(f"-j wants a number of jobs or a share of cores like 50%, "
@@ -444,7 +438,7 @@ def run_jobs(opts: Options) -> int:
         raise UsageError(str(exc)) from None
     sources, wakeup = _open_sources(opts, streaming=not (opts.bar or opts.dry_run))
     arguments = _combine(sources, opts.link)
-    parallel = opts.jobs or _cores()
+    parallel = opts.jobs or usable_cores()
     total: int | None = None
     if opts.bar:
         listed = list(arguments)  # the bar needs the total

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import os
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, TypeVar
@@ -14,6 +13,7 @@ from ._engines._base import Engine, EngineConfig
 from ._errors import PoolClosedError
 from ._futures import Future
 from ._jobs import AUTO, ManyJob, OneJob, Scheduler
+from ._machine import usable_cores
 from ._progress import ProgressArg, reporter
 from ._run import CALL_KW, CALL_ONE, CALL_STAR
 
@@ -67,10 +67,7 @@ class AsyncResult(Future[T]):
 
 
 def _default_workers(mode: str) -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
+    cpus = usable_cores()
     return min(32, cpus + 4) if mode == "thread" else cpus
 
 

@@ -16,6 +16,7 @@ from ._children import check_timeout, command_argv
 from ._cmdresult import CommandResult, failure_message, make_result
 from ._errors import CommandError
 from ._fanout import Fanout, Halt, Job, parse_halt
+from ._machine import usable_cores
 from ._progress import ProgressArg, reporter
 
 TYPE_CHECKING = False
@@ -23,14 +24,6 @@ if TYPE_CHECKING:
     from ._children import Command
 
 __all__ = ["CommandRun", "run_many"]
-
-
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def check_jobs(jobs: int | None) -> int:

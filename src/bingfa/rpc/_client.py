@@ -70,8 +70,11 @@ def _secret_bytes(secret: bytes | str | None) -> bytes | None:
     return secret
 
 
-def open_socket(address: str, tls: ssl.SSLContext | None, timeout: float) -> socket.socket:
-    """A connected (TLS-wrapped) socket to ``address``; OSError if nobody listens."""
+def open_socket(address: str, timeout: float) -> socket.socket:
+    """A connected socket to ``address``; OSError if nobody listens.
+
+    (With TLS the client goes through :class:`_TLSBridge` instead.)
+    """
     parsed = parse_address(address)
     if parsed.scheme == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -84,12 +87,6 @@ def open_socket(address: str, tls: ssl.SSLContext | None, timeout: float) -> soc
     else:
         sock = socket.create_connection((parsed.host, parsed.port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if tls is not None:
-        try:
-            sock = tls.wrap_socket(sock, server_hostname=parsed.host or None)
-        except BaseException:
-            sock.close()
-            raise
     return sock
 
 
@@ -535,7 +532,7 @@ class Client:
             if conn is None or conn.lost is not None:
                 if conn is not None:
                     conn.sock.close()  # lost: whoever used it has had its error
-                sock = open_socket(self.address, self._tls, CONNECT_TIMEOUT)
+                sock = open_socket(self.address, CONNECT_TIMEOUT)
                 try:
                     sock.settimeout(CONNECT_TIMEOUT)
                     codec = handshake(sock, self._secret,
