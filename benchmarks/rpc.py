@@ -6,6 +6,8 @@ function is ``add(a, b) -> a + b`` on small ints. Implementations:
 
   floor          a raw asyncio server echoing 4-byte length-prefixed frames the size of
                  an encoded call: the transport alone, no encoding and no dispatch
+  floor-poll     (A only) the floor, its client polling the socket for up to 100 µs before
+                 it blocks, as bingfa's client does by default: what polling alone buys
   mp.connection  multiprocessing.connection Listener/Client, a thread per connection
   rpyc           a Service exposing add, on a ThreadedServer
   pyro5-serpent  Pyro5, serializer serpent
@@ -13,6 +15,7 @@ function is ``add(a, b) -> a + b`` on small ints. Implementations:
   xmlrpc         SimpleXMLRPCServer with ThreadingMixIn, HTTP/1.1 keep-alive
   grpc           gRPC with generic handlers on bytes (msgpack payloads, no .proto), if installed
   bingfa         bingfa.rpc.serve / connect / aconnect
+  bingfa-nopoll  (A only) bingfa.rpc.connect(spin=0): bingfa without the polling
 
 Scenarios (the implementations run interleaved: every repeat runs each of them
 once, in a rotating order, so the noise of a shared machine hits them alike;
@@ -90,6 +93,7 @@ LISTEN_BACKLOG = 64  # room for all of scenario B's connects at once
 SETUP_LIMIT = 60.0  # seconds to connect and warm up
 HANG_GRACE = 10.0  # seconds past the end of a timed window
 SLOWEST_CALL = 0.01  # seconds per call in scenario A
+POLL_SECONDS = 100e-6  # floor-poll: as long as bingfa's client polls by default
 
 # An encoded call of the size a compact RPC protocol sends: [type, id, method, args].
 FLOOR_PAYLOAD = msgpack.packb([0, 1, "add", [1, 2]])
@@ -157,6 +161,7 @@ class Implementation:
     shares_connection = False  # scenario B: one client for all threads, else one per thread
     threads_note = ""  # scenario B: how the threads use it, and why that is fair
     has_async_client = False  # takes part in scenario C
+    scenarios = "AB"  # the sync scenarios it takes part in
 
     def missing(self) -> str | None:
         """Why it cannot run here, or None."""
@@ -332,6 +337,38 @@ class Floor(Implementation):
             return replies / elapsed
 
         return asyncio.run(measure())
+
+
+class FloorPolling(Floor):
+    key = "floor-poll"
+    scenarios = "A"
+    has_async_client = False
+
+    def connect(self, address: str) -> SyncClient:
+        # The floor's client, polling for its answer for up to POLL_SECONDS
+        # before it blocks, the way bingfa's client does by default.
+        sock = socket.create_connection((HOST, port_of(address)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        size = len(FLOOR_FRAME)
+
+        def echo(a: int, b: int) -> bytes:
+            sock.sendall(FLOOR_FRAME)
+            end = time.perf_counter() + POLL_SECONDS
+            while True:
+                try:
+                    data = sock.recv(size, socket.MSG_DONTWAIT)
+                    break
+                except BlockingIOError:
+                    if time.perf_counter() > end:
+                        data = sock.recv(size)
+                        break
+            if not data:
+                raise ConnectionError("the echo server closed the connection")
+            if len(data) < size:
+                data += receive_exactly(sock, size - len(data))
+            return data
+
+        return SyncClient(add=echo, close=sock.close)
 
 
 # multiprocessing.connection ---------------------------------------------------
@@ -585,12 +622,24 @@ class Bingfa(Implementation):
         return AsyncClient(add=client.add, aclose=client.aclose)
 
 
+class BingfaNoPolling(Bingfa):
+    key = "bingfa-nopoll"
+    scenarios = "A"
+    has_async_client = False
+
+    def connect(self, address: str) -> SyncClient:
+        import bingfa.rpc
+
+        client = bingfa.rpc.connect(address, spin=0)
+        return SyncClient(add=client.add, close=client.close)
+
+
 BINGFA = "bingfa"
 FLOOR = "floor"
 IMPLEMENTATIONS: dict[str, Implementation] = {
     impl.key: impl for impl in (
-        Floor(), MultiprocessingConnection(), Rpyc(), Pyro("serpent"), Pyro("msgpack"),
-        XmlRpc(), Grpc(), Bingfa())}
+        Floor(), FloorPolling(), MultiprocessingConnection(), Rpyc(), Pyro("serpent"),
+        Pyro("msgpack"), XmlRpc(), Grpc(), Bingfa(), BingfaNoPolling())}
 PEERS = [key for key in IMPLEMENTATIONS if key != BINGFA]
 
 
@@ -948,7 +997,8 @@ def scenario_a(addresses: dict[str, str], args: argparse.Namespace) -> dict[str,
     print_heading("A: sequential add, one client")
     print(f"{args.calls:,} timed calls after {WARMUP_CALLS} warm-up calls, each timed; "
           f"medians over {args.repeats} interleaved repeats")
-    run = run_interleaved(list(addresses), args.repeats,
+    keys = [key for key in addresses if "A" in IMPLEMENTATIONS[key].scenarios]
+    run = run_interleaved(keys, args.repeats,
                           lambda key: sequential_latencies(key, addresses[key], args.calls),
                           time_limit=SETUP_LIMIT + (WARMUP_CALLS + args.calls) * SLOWEST_CALL)
     return report_latency(run)
@@ -958,7 +1008,8 @@ def scenario_b(addresses: dict[str, str], args: argparse.Namespace) -> dict[str,
     print_heading(f"B: {THREADS} threads, one connection")
     print(f"{THREADS} client threads calling add in a loop for {args.duration:g} s; "
           f"medians over {args.repeats} interleaved repeats")
-    run = run_interleaved(list(addresses), args.repeats,
+    keys = [key for key in addresses if "B" in IMPLEMENTATIONS[key].scenarios]
+    run = run_interleaved(keys, args.repeats,
                           lambda key: threads_rate(key, addresses[key], args.duration),
                           time_limit=2 * SETUP_LIMIT + args.duration + HANG_GRACE)
     notes = {key: IMPLEMENTATIONS[key].threads_note for key in run.samples}

@@ -171,6 +171,58 @@ def test_many_threads_share_one_client(client):
     assert errors == []
 
 
+def test_threads_mixing_every_kind_of_call_share_one_client(client):
+    # Quick calls, coroutines, streams, errors and expiring deadlines at once:
+    # answers arrive out of order and in batches, and every caller must get
+    # its own, whoever reads the socket and whoever is woken in which order.
+    errors = []
+
+    def work(k):
+        try:
+            for i in range(40):
+                assert client.add(i, k) == i + k
+                if i % 4 == 0:
+                    assert client.slow(0.001) == 0.001
+                if i % 8 == 0:
+                    assert list(client.count(30)) == list(range(30))
+                if i % 10 == 0:
+                    with pytest.raises(KeyError):
+                        client.fail("key")
+                if i % 13 == 0:
+                    with pytest.raises(rpc.RPCTimeoutError):
+                        client.slow(5, timeout=0.02)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert client.add(1, 1) == 2
+
+
+def test_spin_is_checked_and_zero_never_polls(server):
+    for bad in (-1e-6, 2, float("nan"), True):
+        with pytest.raises(ValueError, match="spin"):
+            rpc.connect(server.address, spin=bad)
+    with rpc.connect(server.address, spin=0) as c:
+        assert [c.add(i, i) for i in range(50)] == [2 * i for i in range(50)]
+        assert c._conn is not None and c._conn.spin_misses == 0  # never polled, never missed
+
+
+def test_a_client_stops_polling_for_answers_that_come_slowly(server):
+    from bingfa.rpc import _client
+
+    # The longest spin allowed, against calls that always take far longer:
+    # after a few empty polls the client sleeps on the socket at once.
+    with rpc.connect(server.address, spin=1e-3) as c:
+        for _ in range(_client.SPIN_MISSES + 3):
+            assert c.slow(0.02) == 0.02
+        assert c._conn is not None and c._conn.spin_misses > _client.SPIN_MISSES
+
+
 def test_sync_handlers_run_in_a_pool_and_coroutines_on_the_loop(server):
     seen = {}
 

@@ -1,12 +1,13 @@
 """The thread-safe RPC client: one connection shared by many threads, no reader thread.
 
 Calls are multiplexed by request id. Whichever waiting thread finds the
-socket free reads it (the leader) and hands every answer to the thread that
-asked for it, until its own answer arrives; then it passes the reading on to
-a thread still waiting (the follower). A lone caller therefore reads its own
-answer with no thread switch at all, which is what keeps a sequential call
-within microseconds of a raw socket round trip; when many threads share the
-connection, answers that arrive together are read together.
+socket free reads it (the leader) and delivers every answer it finds, until
+its own arrives. A lone caller therefore reads its own answer with no thread
+switch at all, and it polls the socket for a moment before it sleeps, which
+spares it the wake-up of an idle CPU. When many threads share the
+connection, answers that arrive together are read together, and their
+callers are woken one at a time, each passing the baton to the next as it
+leaves; the last one wakes a caller still waiting, to read.
 
 If the connection drops, every waiting call fails with
 :class:`ConnectionLostError` at once (the leader sees the socket close), and the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import os
 import select
 import socket
 import ssl
@@ -58,6 +60,9 @@ __all__ = ["Client", "Login", "connect"]
 CONNECT_TIMEOUT = 10.0
 STREAM_WINDOW = 64
 FOLLOWER_NAP = 0.1
+SPIN = 100e-6  # default: seconds a lone reader polls for its answer before it sleeps
+SPIN_MISSES = 8  # polls in a row that came up empty: then only every SPIN_PROBE-th read polls
+SPIN_PROBE = 16
 READ_SIZE = 1 << 18
 MAX_FRAME = 1 << 31
 
@@ -156,7 +161,7 @@ def handshake(sock: socket.socket, secret: bytes | None, allow_pickle: bool) -> 
 class _Pending:
     """A call waiting for its answer (and, for a stream, its items)."""
 
-    __slots__ = ("done", "error", "items", "lock", "stream", "value")
+    __slots__ = ("done", "error", "items", "lock", "queued", "stream", "value")
 
     def __init__(self) -> None:
         # Made only when the caller must sleep: a lone caller reads its own
@@ -167,6 +172,7 @@ class _Pending:
         self.error: BaseException | None = None
         self.stream = False
         self.items: deque[Any] | None = None  # a stream's items not yet taken
+        self.queued = False  # answered while asleep: in the connection's wake-up queue
 
     def wake(self) -> None:
         lock = self.lock
@@ -178,11 +184,17 @@ class _Pending:
 class _Connection:
     """One socket, its pending calls, and the leader/follower reading."""
 
-    def __init__(self, sock: socket.socket, codec: Codec) -> None:
+    def __init__(self, sock: socket.socket, codec: Codec, spin: float) -> None:
         self.sock = sock
         self.codec = codec
+        self.spin = spin
+        self.spin_misses = 0
         self.pending: dict[int, _Pending] = {}
-        self.waiting: set[_Pending] = set()  # callers blocked until woken
+        # Callers asleep without an answer (one is woken when nobody reads), and
+        # callers whose answer came while they slept, woken one at a time in order.
+        self.asleep: dict[_Pending, None] = {}
+        self.answered: deque[_Pending] = deque()
+        self.state = threading.Lock()  # guards both, and the answers delivered into them
         self.ids = itertools.count(1)
         self.send_lock = threading.Lock()
         self.outbox: deque[bytes] = deque()
@@ -242,7 +254,6 @@ class _Connection:
 
     def wait(self, pending: _Pending, ready: Any, deadline: float | None) -> bool:
         """Wait until ``ready()``; False if ``deadline`` (monotonic) passed first."""
-        waiting = self.waiting
         try:
             while not ready():
                 if self.lost is not None:
@@ -255,55 +266,110 @@ class _Connection:
                         self._read(ready, deadline)
                     finally:
                         self.read_lock.release()
-                        self._pass_reading()
                     continue
-                lock = pending.lock
-                if lock is None:
-                    lock = threading.Lock()
-                    lock.acquire()  # released by whoever wakes us
-                    pending.lock = lock
-                # Listed, then a second look: a leader that lets go after it,
-                # or an answer that lands, finds the lock to wake us with.
-                waiting.add(pending)
-                try:
-                    if ready() or not self.read_lock.locked():
-                        continue
-                    # Never asleep for long: should a wake-up ever go astray,
-                    # this caller looks again whether the socket needs a reader.
-                    nap = FOLLOWER_NAP if remaining is None else min(remaining, FOLLOWER_NAP)
-                    lock.acquire(timeout=nap)
-                finally:
-                    waiting.discard(pending)
+                self._sleep(pending, ready, remaining)
         finally:
-            # The reading may have been handed to us as we were leaving: pass it on.
-            if waiting and not self.read_lock.locked():
-                self._pass_reading()
+            if self.answered or self.asleep:
+                self._move_on()
         return True
 
-    def _pass_reading(self) -> None:
-        """Wake one caller still waiting, so that someone reads the socket."""
-        for other in list(self.waiting):
-            other.wake()
-            return
+    def _sleep(self, pending: _Pending, ready: Any, remaining: float | None) -> None:
+        """Sleep until an answer for ``pending`` arrives, or the reading is ours to take."""
+        lock = pending.lock
+        if lock is None:
+            lock = threading.Lock()
+            lock.acquire()  # released by whoever wakes us
+            pending.lock = lock
+        with self.state:
+            # A second look, under the lock the reader delivers under: an answer
+            # that landed, or a reader that let go, is seen here or finds us asleep.
+            if ready() or not self.read_lock.locked():
+                return
+            self.asleep[pending] = None
+        try:
+            # Never asleep for long: should a wake-up ever go astray, this
+            # caller looks again whether the socket needs a reader.
+            lock.acquire(timeout=FOLLOWER_NAP if remaining is None
+                         else min(remaining, FOLLOWER_NAP))
+        finally:
+            with self.state:
+                self.asleep.pop(pending, None)
+                if pending.queued:  # woke on its own before its turn: leave the queue
+                    pending.queued = False
+                    self.answered.remove(pending)
+
+    def _move_on(self) -> None:
+        """Pass the baton as this thread leaves: wake the next answered caller, or a reader.
+
+        Answers that arrive together are handed out one at a time, each woken
+        caller waking the next as it leaves. Woken all at once they would only
+        queue up for the GIL, and every one of them costs a wake-up twice.
+        """
+        with self.state:
+            answered = self.answered
+            if answered:
+                follower = answered.popleft()
+                follower.queued = False
+            elif self.asleep and not self.read_lock.locked():
+                follower = next(iter(self.asleep))  # nobody reads: this caller will
+            else:
+                return
+        follower.wake()
 
     def _read(self, ready: Any, deadline: float | None) -> None:
         sock = self.sock
         while not ready() and self.lost is None:
-            if deadline is not None:
-                # Wait with poll, not a socket timeout: that would also apply
-                # to another thread's sendall of a big call, and cut it.
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self.poller.poll(remaining * 1000):
-                    return
+            if self.answered:
+                self._move_on()  # answers are waiting to be handed out: start that first
             try:
-                size = sock.recv_into(self.read_buffer)
+                size = self._spin() if self.spin and not self.asleep else -1
+                if size < 0:
+                    if deadline is not None:
+                        # Wait with poll, not a socket timeout: that would also apply
+                        # to another thread's sendall of a big call, and cut it.
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0 or not self.poller.poll(remaining * 1000):
+                            return
+                    size = sock.recv_into(self.read_buffer)
             except OSError as exc:
                 self._lose(f"the connection broke: {exc}")
                 return
             if not size:
                 self._lose("the server closed the connection")
                 return
-            self._parse(self.read_view[:size].tobytes())
+            with self.state:
+                self._parse(self.read_view[:size].tobytes())
+
+    def _spin(self) -> int:
+        """Poll the socket for a moment before sleeping on it: bytes read, or -1 if none came.
+
+        On a virtual machine an idle CPU is halted, and waking it costs tens
+        of microseconds: often more than the call itself. A lone caller that
+        keeps its CPU busy for the length of a quick round trip gets its
+        answer without that wake-up. Calls slower than the spin stop it: after
+        SPIN_MISSES empty polls in a row, only every SPIN_PROBE-th read polls,
+        so a connection to slow methods wastes almost no CPU on it.
+        """
+        misses = self.spin_misses
+        if misses >= SPIN_MISSES:
+            self.spin_misses = misses + 1
+            if misses % SPIN_PROBE:
+                return -1
+        sock, buffer = self.sock, self.read_buffer
+        clock, pause = time.perf_counter, os.sched_yield
+        end = clock() + self.spin
+        while True:
+            try:
+                size = sock.recv_into(buffer, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if clock() > end:
+                    self.spin_misses = misses + 1
+                    return -1
+                # Should the server run on this very CPU, let it answer.
+                pause()
+            else:
+                self.spin_misses = 0
+                return size
 
     def _parse(self, data: bytes) -> None:
         try:
@@ -312,6 +378,7 @@ class _Connection:
             self._lose(f"the server sent something that does not parse: {exc}")
 
     def _deliver(self, message: Any) -> None:
+        """Record one answer (with ``state`` held); queue its caller, if asleep, to be woken."""
         kind, call_id = message[0], message[1]
         pending = self.pending.get(call_id)
         if pending is None:
@@ -334,7 +401,9 @@ class _Connection:
             pending.items.append(message[2] if kind == ITEM else _END)
             if kind == END:
                 del self.pending[call_id]
-        pending.wake()
+        if self.asleep.pop(pending, 0) is None:
+            pending.queued = True
+            self.answered.append(pending)
 
     def _lose(self, why: str) -> None:
         if self.lost is None:
@@ -504,12 +573,16 @@ class Client:
     """
 
     def __init__(self, address: str, *, secret: bytes | str | None = None,
-                 tls: ssl.SSLContext | None = None, timeout: float | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, timeout: float | None = None,
+                 spin: float = SPIN) -> None:
         parse_address(address)  # ValueError now, not at the first call
         if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if isinstance(spin, bool) or not 0 <= spin <= 1:  # NaN too
+            raise ValueError(f"spin must be between 0 and 1 second, got {spin!r}")
         self.address = address
         self.timeout = timeout
+        self._spin = float(spin)
         self._secret = _secret_bytes(secret)
         self._tls = tls
         self._conn: _Connection | None = None
@@ -540,7 +613,7 @@ class Client:
                 except BaseException:
                     sock.close()
                     raise
-                conn = self._conn = _Connection(sock, codec)
+                conn = self._conn = _Connection(sock, codec, self._spin)
             return conn
 
     def call(self, method: str, /, *args: Any, timeout: float | None = None,
@@ -620,7 +693,8 @@ class Client:
 
 
 def connect(address: str, *, secret: bytes | str | None = None,
-            tls: ssl.SSLContext | None = None, timeout: float | None = None) -> Client:
+            tls: ssl.SSLContext | None = None, timeout: float | None = None,
+            spin: float = SPIN) -> Client:
     """Connect to a bingfa RPC server; a thread-safe :class:`Client`.
 
     Args:
@@ -629,10 +703,15 @@ def connect(address: str, *, secret: bytes | str | None = None,
         secret: the server's secret, when it has one.
         tls: an :class:`ssl.SSLContext` for the client side.
         timeout: the default deadline of every call, in seconds.
+        spin: seconds a lone caller polls the socket for its answer before it
+            sleeps (100 µs by default; 0 never polls). Answers that come within
+            it skip the wake-up of an idle CPU, which is what a quick call
+            costs most on a virtual machine; when answers keep taking longer,
+            the client stops polling by itself.
 
     Raises:
-        ValueError: an address that does not parse. OSError: nobody listens.
+        ValueError: an address that does not parse, or a bad ``timeout`` or
+            ``spin``. OSError: nobody listens.
         AuthenticationError: a wrong or missing secret.
     """
-    return Client(address, secret=secret, tls=tls, timeout=timeout)
-
+    return Client(address, secret=secret, tls=tls, timeout=timeout, spin=spin)
