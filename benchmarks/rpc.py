@@ -8,6 +8,9 @@ function is ``add(a, b) -> a + b`` on small ints. Implementations:
                  an encoded call: the transport alone, no encoding and no dispatch
   floor-poll     (A only) the floor, its client polling the socket for up to 100 µs before
                  it blocks, as bingfa's client does by default: what polling alone buys
+  floor-shared   (B only) the floor's server, and the least a client can do with one
+                 connection for all threads: each frame tagged with its thread's number,
+                 a reader thread waking the thread whose frame came back
   mp.connection  multiprocessing.connection Listener/Client, a thread per connection
   rpyc           a Service exposing add, on a ThreadedServer
   pyro5-serpent  Pyro5, serializer serpent
@@ -371,6 +374,64 @@ class FloorPolling(Floor):
         return SyncClient(add=echo, close=sock.close)
 
 
+class FloorShared(Floor):
+    key = "floor-shared"
+    scenarios = "B"
+    has_async_client = False
+    shares_connection = True
+    threads_note = ("one raw socket for all threads: a frame's first byte names its thread, "
+                    "a reader thread wakes that thread; no encoding, no lookup by call id")
+
+    def connect(self, address: str) -> SyncClient:
+        sock = socket.create_connection((HOST, port_of(address)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        header, payload = FLOOR_FRAME[:4], FLOOR_FRAME[4:]
+        size = len(FLOOR_FRAME)
+        send_lock = threading.Lock()
+        waiters: list[threading.Lock] = []  # by thread number, the byte each frame starts with
+        mine = threading.local()
+
+        def read_echoes() -> None:
+            pending = b""
+            while True:
+                try:
+                    data = sock.recv(1 << 16)
+                except OSError:
+                    return
+                if not data:
+                    return
+                pending += data
+                whole = len(pending) - len(pending) % size
+                for start in range(0, whole, size):
+                    waiters[pending[start + 4]].release()
+                pending = pending[whole:]
+
+        def echo(a: int, b: int) -> bytes:
+            try:
+                frame, waiter = mine.frame, mine.waiter
+            except AttributeError:
+                waiter = threading.Lock()
+                waiter.acquire()
+                with send_lock:
+                    frame = header + bytes([len(waiters)]) + payload[1:]
+                    waiters.append(waiter)
+                mine.frame, mine.waiter = frame, waiter
+            with send_lock:
+                sock.sendall(frame)
+            waiter.acquire()
+            return frame
+
+        def close() -> None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+            reader.join()
+
+        reader = threading.Thread(target=read_echoes, daemon=True)
+        reader.start()
+        return SyncClient(add=echo, close=close)
+
+
 # multiprocessing.connection ---------------------------------------------------
 
 
@@ -638,8 +699,8 @@ BINGFA = "bingfa"
 FLOOR = "floor"
 IMPLEMENTATIONS: dict[str, Implementation] = {
     impl.key: impl for impl in (
-        Floor(), FloorPolling(), MultiprocessingConnection(), Rpyc(), Pyro("serpent"),
-        Pyro("msgpack"), XmlRpc(), Grpc(), Bingfa(), BingfaNoPolling())}
+        Floor(), FloorPolling(), FloorShared(), MultiprocessingConnection(), Rpyc(),
+        Pyro("serpent"), Pyro("msgpack"), XmlRpc(), Grpc(), Bingfa(), BingfaNoPolling())}
 PEERS = [key for key in IMPLEMENTATIONS if key != BINGFA]
 
 

@@ -322,7 +322,9 @@ class _Connection:
             if self.answered:
                 self._move_on()  # answers are waiting to be handed out: start that first
             try:
-                size = self._spin() if self.spin and not self.asleep else -1
+                # Only a lone call polls: beside other threads' calls, polling would
+                # take the GIL from the very callers it is reading answers for.
+                size = self._spin() if self.spin and len(self.pending) <= 1 else -1
                 if size < 0:
                     if deadline is not None:
                         # Wait with poll, not a socket timeout: that would also apply
