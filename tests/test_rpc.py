@@ -84,6 +84,9 @@ class Service:
             raise
         return seconds
 
+    def later(self, seconds):
+        return self.slow(seconds)  # a plain function that returns a coroutine
+
     def polls(self):
         while not bf.cancelled():
             time.sleep(0.005)
@@ -315,6 +318,13 @@ def test_a_deadline_reaches_a_thread_handler_through_bf_cancelled(client, servic
     assert service.cancelled_seen.wait(5)
 
 
+def test_a_deadline_cancels_a_coroutine_returned_by_a_plain_function(client, service):
+    with pytest.raises(rpc.RPCTimeoutError):
+        client.later(30, timeout=0.2)
+    assert service.async_cancelled.wait(5)
+    assert client.later(0) == 0  # and one that finishes in time answers
+
+
 def test_the_client_default_timeout(server):
     with rpc.connect(server.address, timeout=0.2) as c, pytest.raises(TimeoutError):
         c.slow(30)
@@ -359,6 +369,7 @@ SERVER_SCRIPT = textwrap.dedent("""
     import bingfa.rpc as rpc
 
     async def hang():
+        print("hanging", flush=True)  # the test kills the server once the call is here
         await asyncio.sleep(100)
 
     server = rpc.serve({"add": lambda a, b: a + b, "hang": hang}, sys.argv[1])
@@ -367,9 +378,8 @@ SERVER_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _server_process(address):
-    proc = subprocess.Popen([PY, "-c", SERVER_SCRIPT, address], stdout=subprocess.PIPE,
-                            text=True)
+def _server_process(address, script=SERVER_SCRIPT):
+    proc = subprocess.Popen([PY, "-c", script, address], stdout=subprocess.PIPE, text=True)
     return proc, proc.stdout.readline().strip()
 
 
@@ -389,7 +399,7 @@ def test_a_killed_server_gives_connection_lost_promptly_and_a_restart_reconnects
 
         caller = threading.Thread(target=call_hang)
         caller.start()
-        time.sleep(0.2)  # let the call reach the server before it dies
+        assert proc.stdout.readline().strip() == "hanging"
         proc.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         caller.join(5)
@@ -702,6 +712,61 @@ def test_an_argument_the_server_cannot_decode_fails_only_its_call():
 
         entry = _codec._by_name.pop("tests.only-the-client-knows")
         _codec._by_type.pop(entry.cls)
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+SERVER_WITH_ITS_OWN_TYPE = textwrap.dedent("""
+    import dataclasses, sys
+    import bingfa.rpc as rpc
+
+    @dataclasses.dataclass
+    class OnlyTheServerKnows:
+        value: int
+
+    rpc.register(OnlyTheServerKnows, name="tests.only-the-server-knows")
+
+    def make():
+        return OnlyTheServerKnows(1)
+
+    def items():
+        yield 1
+        yield OnlyTheServerKnows(2)
+        yield 3
+
+    server = rpc.serve({"make": make, "items": items, "add": lambda a, b: a + b}, sys.argv[1])
+    print(server.address, flush=True)
+    server.serve_forever()
+""")
+
+
+def test_an_answer_the_client_cannot_decode_fails_only_its_call():
+    proc, address = _server_process(ADDRESS, SERVER_WITH_ITS_OWN_TYPE)
+    try:
+        with rpc.connect(address) as c:
+            with pytest.raises(bf.SerializationError, match="cannot decode"):
+                c.make()
+            assert c.add(1, 2) == 3  # the same connection carries on
+            stream = c.items()
+            assert next(stream) == 1
+            with pytest.raises(bf.SerializationError, match="cannot decode"):
+                next(stream)
+            assert c.add(2, 2) == 4
+
+        async def asynchronously():
+            async with await rpc.aconnect(address) as ac:
+                with pytest.raises(bf.SerializationError, match="cannot decode"):
+                    await ac.make()
+                assert await ac.add(1, 2) == 3
+                stream = await ac.items()
+                assert await stream.__anext__() == 1
+                with pytest.raises(bf.SerializationError, match="cannot decode"):
+                    await stream.__anext__()
+                assert await ac.add(2, 2) == 4
+
+        asyncio.run(asynchronously())
+    finally:
         proc.kill()
         proc.wait()
         proc.stdout.close()

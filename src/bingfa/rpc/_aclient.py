@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, cast
 
-from ._client import STREAM_WINDOW, Login, _secret_bytes
+from ._client import STREAM_WINDOW, Login, _secret_bytes, undecodable_answer
 from ._codec import MSGPACK, Codec
 from ._errors import ConnectionLostError, RPCTimeoutError, rebuild
 from ._wire import (
@@ -129,6 +129,22 @@ class _Protocol(asyncio.Protocol):
         elif kind == STREAM:
             stream = self.streams[call_id] = _AsyncStream()
             future.set_result(stream)
+
+    def undecodable(self, payload: memoryview, exc: Exception) -> None:
+        """An answer that does not decode fails its call alone; a stream is cancelled."""
+        kind, call_id, error = undecodable_answer(payload, exc)
+        stream = self.streams.pop(call_id, None)
+        if stream is not None:
+            stream.error = error
+            stream.ended = True
+            stream.wake()
+            if kind == ITEM:
+                data = self.dumps([CANCEL, call_id])
+                self.write(pack_header(len(data)) + data)
+            return
+        future = self.pending.pop(call_id, None)
+        if future is not None and not future.done():
+            future.set_exception(error)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lose("the server closed the connection" if exc is None
@@ -307,7 +323,8 @@ class AsyncClient:
                 answer = b""
             protocol.codec = login.finish(answer, allow_pickle=bool(self._secret or self._tls))
             protocol.dumps = protocol.codec.reusable_dumps()
-            protocol.reader = FrameReader(protocol.codec.loads)
+            protocol.reader = FrameReader(protocol.codec.loads,
+                                          undecodable=protocol.undecodable)
             if protocol.buffer:  # frames that came with the welcome
                 leftover = bytes(protocol.buffer)
                 protocol.buffer.clear()

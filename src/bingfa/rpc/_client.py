@@ -32,7 +32,8 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from ._codec import MSGPACK, PICKLE, Codec
+from .._errors import SerializationError
+from ._codec import MSGPACK, PICKLE, Codec, plain_msgpack
 from ._errors import AuthenticationError, ConnectionLostError, RPCTimeoutError, rebuild
 from ._wire import (
     CALL,
@@ -65,6 +66,23 @@ SPIN_MISSES = 8  # polls in a row that came up empty: then only every SPIN_PROBE
 SPIN_PROBE = 16
 READ_SIZE = 1 << 18
 MAX_FRAME = 1 << 31
+
+
+def undecodable_answer(payload: memoryview, exc: Exception) -> tuple[int, int, BaseException]:
+    """(kind, call id, error) for an answer this side cannot decode.
+
+    The answer carries a type the server registered and the client did not,
+    say: that call fails alone, with SerializationError, and the connection
+    carries on. Raises ``exc`` when even the call id cannot be read.
+    """
+    skeleton = None
+    with contextlib.suppress(Exception):
+        skeleton = plain_msgpack(payload)  # extension types left undecoded
+    if (type(skeleton) is list and len(skeleton) >= 3 and skeleton[0] in (RESULT, ERROR, ITEM)
+            and type(skeleton[1]) is int):
+        error = SerializationError(f"the client cannot decode the server's answer: {exc}")
+        return skeleton[0], skeleton[1], error
+    raise exc
 
 
 def _secret_bytes(secret: bytes | str | None) -> bytes | None:
@@ -199,7 +217,8 @@ class _Connection:
         self.send_lock = threading.Lock()
         self.outbox: deque[bytes] = deque()
         self.read_lock = threading.Lock()
-        self.reader = FrameReader(codec.loads)
+        self.reader = FrameReader(codec.loads, undecodable=self._undecodable)
+        self.cancels: list[int] = []  # streams to cancel once the reading lets go of state
         # recv() would allocate READ_SIZE bytes for every read; one buffer serves all.
         self.read_buffer = bytearray(READ_SIZE)
         self.read_view = memoryview(self.read_buffer)
@@ -341,6 +360,8 @@ class _Connection:
                 return
             with self.state:
                 self._parse(self.read_view[:size].tobytes())
+            if self.cancels:
+                self._send_cancels()
 
     def _spin(self) -> int:
         """Poll the socket for a moment before sleeping on it: bytes read, or -1 if none came.
@@ -379,6 +400,25 @@ class _Connection:
         except Exception as exc:
             self._lose(f"the server sent something that does not parse: {exc}")
 
+    def _undecodable(self, payload: memoryview, exc: Exception) -> None:
+        """An answer that does not decode fails its call alone; a stream is cancelled."""
+        kind, call_id, error = undecodable_answer(payload, exc)
+        pending = self.pending.get(call_id)
+        if pending is None:
+            return
+        if kind == ITEM:
+            self.cancels.append(call_id)
+        pending.error = error
+        pending.done = True
+        del self.pending[call_id]
+        self._queue_if_asleep(pending)
+
+    def _send_cancels(self) -> None:
+        cancels, self.cancels = self.cancels, []
+        with contextlib.suppress(ConnectionLostError):
+            for call_id in cancels:
+                self.send(_frame(self.codec, [CANCEL, call_id]))
+
     def _deliver(self, message: Any) -> None:
         """Record one answer (with ``state`` held); queue its caller, if asleep, to be woken."""
         kind, call_id = message[0], message[1]
@@ -403,6 +443,9 @@ class _Connection:
             pending.items.append(message[2] if kind == ITEM else _END)
             if kind == END:
                 del self.pending[call_id]
+        self._queue_if_asleep(pending)
+
+    def _queue_if_asleep(self, pending: _Pending) -> None:
         if self.asleep.pop(pending, 0) is None:
             pending.queued = True
             self.answered.append(pending)

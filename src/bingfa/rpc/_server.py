@@ -553,8 +553,14 @@ class _Connection(asyncio.Protocol):
             server._post_frame(self, server._frame([STREAM, call.id]))
             stream = server._threads.submit(self._stream_in_thread, call, lambda: value, [], {})
             stream.add_done_callback(lambda f, c=call: self._pool_done(c, f, None))
-        elif inspect.iscoroutine(value):  # ...or a coroutine
-            asyncio.run_coroutine_threadsafe(self._await(call, value), self.loop)
+        elif inspect.iscoroutine(value):  # ...or a coroutine: a task its deadline can cancel
+            def start() -> None:
+                if call.id in self.calls:
+                    call.task = self.loop.create_task(self._await(call, value))
+                else:  # expired or cancelled while the function ran
+                    value.close()
+
+            server._call_on_loop(start)
         else:
             try:
                 frame = server._frame([RESULT, call.id, value])

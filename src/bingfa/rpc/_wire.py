@@ -186,9 +186,13 @@ class FrameReader:
     one per piece.
     """
 
-    def __init__(self, loads: Callable[[Any], Any], limit: int = 2**31) -> None:
+    def __init__(self, loads: Callable[[Any], Any], limit: int = 2**31,
+                 undecodable: Callable[[memoryview, Exception], None] | None = None) -> None:
         self.loads = loads
         self.limit = limit
+        # Called with a frame that does not decode (and the error), which it
+        # may settle alone; without it, or if it raises, the error goes up.
+        self.undecodable = undecodable
         self._buffer = bytearray()
         self._needed = 4  # bytes the buffered frame needs before it can be read
 
@@ -216,8 +220,15 @@ class FrameReader:
                     raise ValueError(f"a frame of {size} bytes is over the limit")
                 if end - pos - 4 < size:
                     break
-                message = loads(view[pos + 4:pos + 4 + size])
+                payload = view[pos + 4:pos + 4 + size]
                 pos += 4 + size
+                try:
+                    message = loads(payload)
+                except Exception as exc:
+                    if self.undecodable is None:
+                        raise
+                    self.undecodable(payload, exc)
+                    continue
                 deliver(message)
         finally:
             view.release()
