@@ -156,53 +156,51 @@ def test_a_dict_of_functions_and_a_unix_socket(tmp_path):
     assert not os.path.exists(tmp_path / "rpc.sock")
 
 
-def test_many_threads_share_one_client(client):
+def _errors_in_threads(work, count):
+    """Run ``work(k)`` in ``count`` threads at once; what they raised."""
     errors = []
 
-    def work(k):
+    def guarded(k):
         try:
-            for i in range(300):
-                assert client.add(i, k) == i + k
-        except Exception as exc:
+            work(k)
+        except BaseException as exc:  # pytest.raises fails with a BaseException
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
+    return errors
+
+
+def test_many_threads_share_one_client(client):
+    def work(k):
+        for i in range(300):
+            assert client.add(i, k) == i + k
+
+    assert _errors_in_threads(work, 8) == []
 
 
 def test_threads_mixing_every_kind_of_call_share_one_client(client):
     # Quick calls, coroutines, streams, errors and expiring deadlines at once:
     # answers arrive out of order and in batches, and every caller must get
     # its own, whoever reads the socket and whoever is woken in which order.
-    errors = []
-
     def work(k):
-        try:
-            for i in range(40):
-                assert client.add(i, k) == i + k
-                if i % 4 == 0:
-                    assert client.slow(0.001) == 0.001
-                if i % 8 == 0:
-                    assert list(client.count(30)) == list(range(30))
-                if i % 10 == 0:
-                    with pytest.raises(KeyError):
-                        client.fail("key")
-                if i % 13 == 0:
-                    with pytest.raises(rpc.RPCTimeoutError):
-                        client.slow(5, timeout=0.02)
-        except Exception as exc:
-            errors.append(exc)
+        for i in range(40):
+            assert client.add(i, k) == i + k
+            if i % 4 == 0:
+                assert client.slow(0.001) == 0.001
+            if i % 8 == 0:
+                assert list(client.count(30)) == list(range(30))
+            if i % 10 == 0:
+                with pytest.raises(KeyError):
+                    client.fail("key")
+            if i % 13 == 0:
+                with pytest.raises(rpc.RPCTimeoutError):
+                    client.slow(5, timeout=0.02)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert _errors_in_threads(work, 16) == []
     assert client.add(1, 1) == 2
 
 
