@@ -343,7 +343,7 @@ class _Connection:
             try:
                 # Only a lone call polls: beside other threads' calls, polling would
                 # take the GIL from the very callers it is reading answers for.
-                size = self._spin() if self.spin and len(self.pending) <= 1 else -1
+                size = self._spin(deadline) if self.spin and len(self.pending) <= 1 else -1
                 if size < 0:
                     if deadline is not None:
                         # Wait with poll, not a socket timeout: that would also apply
@@ -363,7 +363,7 @@ class _Connection:
             if self.cancels:
                 self._send_cancels()
 
-    def _spin(self) -> int:
+    def _spin(self, deadline: float | None) -> int:
         """Poll the socket for a moment before sleeping on it: bytes read, or -1 if none came.
 
         On a virtual machine an idle CPU is halted, and waking it costs tens
@@ -379,8 +379,10 @@ class _Connection:
             if misses % SPIN_PROBE:
                 return -1
         sock, buffer = self.sock, self.read_buffer
-        clock, pause = time.perf_counter, os.sched_yield
+        clock, pause = time.monotonic, os.sched_yield
         end = clock() + self.spin
+        if deadline is not None and deadline < end:
+            end = deadline
         while True:
             try:
                 size = sock.recv_into(buffer, 0, socket.MSG_DONTWAIT)
