@@ -18,61 +18,61 @@ if TYPE_CHECKING:
     from typing import Any
 
     from . import rpc as rpc
-    from ._cmdresult import CommandResult as CommandResult
-    from ._commands import arun as arun
-    from ._commands import run as run
-    from ._context import cancelled as cancelled
-    from ._context import worker_id as worker_id
-    from ._context import worker_state as worker_state
-    from ._errors import BackendUnavailableError as BackendUnavailableError
-    from ._errors import BingfaError as BingfaError
-    from ._errors import CommandError as CommandError
-    from ._errors import CommandNotFoundError as CommandNotFoundError
-    from ._errors import InitializerError as InitializerError
-    from ._errors import PoolClosedError as PoolClosedError
-    from ._errors import RemoteTraceback as RemoteTraceback
-    from ._errors import SerializationError as SerializationError
-    from ._errors import TaskTimeoutError as TaskTimeoutError
-    from ._errors import WorkerCrashedError as WorkerCrashedError
-    from ._futures import Future as Future
-    from ._pool import AsyncResult as AsyncResult
-    from ._pool import Pool as Pool
-    from ._pool import imap as imap
-    from ._pool import map as map
-    from ._run_many import CommandRun as CommandRun
-    from ._run_many import run_many as run_many
-    from ._stream import CommandStream as CommandStream
-    from ._stream import OutputLine as OutputLine
-    from ._stream import stream as stream
+    from ._commands._result import CommandResult as CommandResult
+    from ._commands._run import arun as arun
+    from ._commands._run import run as run
+    from ._commands._run_many import CommandRun as CommandRun
+    from ._commands._run_many import run_many as run_many
+    from ._commands._stream import CommandStream as CommandStream
+    from ._commands._stream import OutputLine as OutputLine
+    from ._commands._stream import stream as stream
+    from ._core._context import cancelled as cancelled
+    from ._core._context import worker_id as worker_id
+    from ._core._context import worker_state as worker_state
+    from ._core._errors import BackendUnavailableError as BackendUnavailableError
+    from ._core._errors import BingfaError as BingfaError
+    from ._core._errors import CommandError as CommandError
+    from ._core._errors import CommandNotFoundError as CommandNotFoundError
+    from ._core._errors import InitializerError as InitializerError
+    from ._core._errors import PoolClosedError as PoolClosedError
+    from ._core._errors import RemoteTraceback as RemoteTraceback
+    from ._core._errors import SerializationError as SerializationError
+    from ._core._errors import TaskTimeoutError as TaskTimeoutError
+    from ._core._errors import WorkerCrashedError as WorkerCrashedError
+    from ._core._futures import Future as Future
+    from ._pool._pool import AsyncResult as AsyncResult
+    from ._pool._pool import Pool as Pool
+    from ._pool._pool import imap as imap
+    from ._pool._pool import map as map
 
 # public name -> the private module that defines it
 _HOMES = {
-    "AsyncResult": "_pool",
-    "BackendUnavailableError": "_errors",
-    "BingfaError": "_errors",
-    "CommandError": "_errors",
-    "CommandNotFoundError": "_errors",
-    "CommandResult": "_cmdresult",
-    "CommandRun": "_run_many",
-    "CommandStream": "_stream",
-    "Future": "_futures",
-    "InitializerError": "_errors",
-    "OutputLine": "_stream",
-    "Pool": "_pool",
-    "PoolClosedError": "_errors",
-    "RemoteTraceback": "_errors",
-    "SerializationError": "_errors",
-    "TaskTimeoutError": "_errors",
-    "WorkerCrashedError": "_errors",
-    "arun": "_commands",
-    "cancelled": "_context",
-    "imap": "_pool",
-    "map": "_pool",
-    "run": "_commands",
-    "run_many": "_run_many",
-    "stream": "_stream",
-    "worker_id": "_context",
-    "worker_state": "_context",
+    "AsyncResult": "_pool._pool",
+    "BackendUnavailableError": "_core._errors",
+    "BingfaError": "_core._errors",
+    "CommandError": "_core._errors",
+    "CommandNotFoundError": "_core._errors",
+    "CommandResult": "_commands._result",
+    "CommandRun": "_commands._run_many",
+    "CommandStream": "_commands._stream",
+    "Future": "_core._futures",
+    "InitializerError": "_core._errors",
+    "OutputLine": "_commands._stream",
+    "Pool": "_pool._pool",
+    "PoolClosedError": "_core._errors",
+    "RemoteTraceback": "_core._errors",
+    "SerializationError": "_core._errors",
+    "TaskTimeoutError": "_core._errors",
+    "WorkerCrashedError": "_core._errors",
+    "arun": "_commands._run",
+    "cancelled": "_core._context",
+    "imap": "_pool._pool",
+    "map": "_pool._pool",
+    "run": "_commands._run",
+    "run_many": "_commands._run_many",
+    "stream": "_commands._stream",
+    "worker_id": "_core._context",
+    "worker_state": "_core._context",
 }
 
 # public subpackages, also loaded on first use: bf.rpc

@@ -58,9 +58,9 @@ def info() -> str:
     import os
     import platform
 
-    from ._engines import mode_names
-    from ._engines._process import default_start_method
-    from ._machine import usable_cores
+    from ._core._machine import usable_cores
+    from ._pool._engines import mode_names
+    from ._pool._engines._process import default_start_method
 
     usable = usable_cores()
     lines = [
@@ -88,7 +88,7 @@ def demo(n: int, mode: str, workers: int | None) -> str:
     """What ``bingfa demo`` prints: a small map, checked and timed."""
     import time
 
-    from ._pool import Pool
+    from ._pool._pool import Pool
 
     with Pool(workers, mode=mode) as pool:
         start = time.perf_counter()
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:1] == ["run"]:
         # Its own parser: GNU parallel's syntax (:::, ::::) is not argparse's,
         # and argparse's import would be paid by every one of its start-ups.
-        from ._cli_run import main_run
+        from ._commands._cli import main_run
 
         return main_run(args_list[1:])
     parser = _parser()

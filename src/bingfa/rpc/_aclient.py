@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, cast
 
-from ._client import STREAM_WINDOW, Login, _secret_bytes, undecodable_answer
+from ._client_core import STREAM_WINDOW, Login, secret_bytes, undecodable_answer
 from ._codec import MSGPACK, Codec
 from ._errors import ConnectionLostError, RPCTimeoutError, rebuild
 from ._wire import (
@@ -279,7 +279,7 @@ class AsyncClient:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.address = address
         self.timeout = timeout
-        self._secret = _secret_bytes(secret)
+        self._secret = secret_bytes(secret)
         self._tls = tls
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None

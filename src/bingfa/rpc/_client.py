@@ -32,65 +32,34 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
-from .._errors import SerializationError
-from ._codec import MSGPACK, PICKLE, Codec, plain_msgpack
-from ._errors import AuthenticationError, ConnectionLostError, RPCTimeoutError, rebuild
+from ._client_core import STREAM_WINDOW, Login, secret_bytes, undecodable_answer
+from ._codec import Codec
+from ._errors import ConnectionLostError, RPCTimeoutError, rebuild
 from ._wire import (
     CALL,
     CANCEL,
     CREDIT,
     END,
     ERROR,
-    FLAG_PICKLE,
-    FLAG_SECRET,
     HELLO_SIZE,
     ITEM,
     RESULT,
     STREAM,
     WELCOME_SIZE,
     FrameReader,
-    check_welcome,
-    login,
     pack_header,
     parse_address,
-    read_hello,
 )
 
-__all__ = ["Client", "Login", "connect"]
+__all__ = ["Client", "connect"]
 
 CONNECT_TIMEOUT = 10.0
-STREAM_WINDOW = 64
 FOLLOWER_NAP = 0.1
 SPIN = 100e-6  # default: seconds a lone reader polls for its answer before it sleeps
 SPIN_MISSES = 8  # polls in a row that came up empty: then only every SPIN_PROBE-th read polls
 SPIN_PROBE = 16
 READ_SIZE = 1 << 18
 MAX_FRAME = 1 << 31
-
-
-def undecodable_answer(payload: memoryview, exc: Exception) -> tuple[int, int, BaseException]:
-    """(kind, call id, error) for an answer this side cannot decode.
-
-    The answer carries a type the server registered and the client did not,
-    say: that call fails alone, with SerializationError, and the connection
-    carries on. Raises ``exc`` when even the call id cannot be read.
-    """
-    skeleton = None
-    with contextlib.suppress(Exception):
-        skeleton = plain_msgpack(payload)  # extension types left undecoded
-    if (type(skeleton) is list and len(skeleton) >= 3 and skeleton[0] in (RESULT, ERROR, ITEM)
-            and type(skeleton[1]) is int):
-        error = SerializationError(f"the client cannot decode the server's answer: {exc}")
-        return skeleton[0], skeleton[1], error
-    raise exc
-
-
-def _secret_bytes(secret: bytes | str | None) -> bytes | None:
-    if isinstance(secret, str):
-        return secret.encode()
-    if secret is not None and not isinstance(secret, bytes):
-        raise TypeError(f"secret must be bytes or str, not {type(secret).__name__}")
-    return secret
 
 
 def open_socket(address: str, timeout: float) -> socket.socket:
@@ -121,43 +90,6 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
             raise ConnectionLostError("the server closed the connection during the handshake")
         data += chunk
     return bytes(data)
-
-
-class Login:
-    """The client's side of the handshake, without I/O: both clients drive it.
-
-    ``Login(hello, secret)`` checks the server's HELLO and makes ``message``,
-    the LOGIN to send; :meth:`finish` checks the server's answer and says
-    which codec follows.
-    """
-
-    def __init__(self, hello: bytes, secret: bytes | None) -> None:
-        self.flags, self.server_nonce = read_hello(hello)
-        self.secret = secret
-        if secret and not self.flags & FLAG_SECRET:
-            raise AuthenticationError("the server does not ask for a secret, so it cannot "
-                                      "prove it knows ours: refusing to talk to it")
-        self.message, self.client_nonce = login(secret, self.server_nonce)
-
-    def finish(self, answer: bytes, allow_pickle: bool) -> Codec:
-        """The codec to speak, given the server's WELCOME (empty if it hung up).
-
-        Raises:
-            AuthenticationError: a wrong or missing secret, a server that cannot
-                prove it knows ours, or pickle from a server that is not trusted.
-        """
-        secret, flags = self.secret, self.flags
-        if not check_welcome(answer, secret, self.server_nonce, self.client_nonce):
-            if not secret and flags & FLAG_SECRET:
-                raise AuthenticationError("the server requires a secret: pass secret=")
-            raise AuthenticationError("the server rejected the handshake: wrong secret")
-        if flags & FLAG_PICKLE:
-            if not allow_pickle:
-                raise AuthenticationError("the server uses pickle; a client unpickles only "
-                                          "from a server that proved it knows the secret "
-                                          "(or over TLS)")
-            return PICKLE
-        return MSGPACK
 
 
 def handshake(sock: socket.socket, secret: bytes | None, allow_pickle: bool) -> Codec:
@@ -630,7 +562,7 @@ class Client:
         self.address = address
         self.timeout = timeout
         self._spin = float(spin)
-        self._secret = _secret_bytes(secret)
+        self._secret = secret_bytes(secret)
         self._tls = tls
         self._conn: _Connection | None = None
         self._connect_lock = threading.Lock()

@@ -39,7 +39,7 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 
-from .._errors import SerializationError
+from .._core._errors import SerializationError
 
 __all__ = ["Codec", "codec_for", "plain_msgpack", "register"]
 

@@ -14,8 +14,8 @@ import builtins
 import traceback
 from typing import Any
 
-from .. import _errors as core
-from .._errors import BingfaError, RemoteTraceback
+from .._core import _errors as core
+from .._core._errors import BingfaError, RemoteTraceback
 
 __all__ = [
     "AuthenticationError", "ConnectionLostError", "RPCTimeoutError", "RemoteError",

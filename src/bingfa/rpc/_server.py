@@ -36,8 +36,8 @@ from collections.abc import AsyncIterator, Callable, Generator
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
-from .._context import CancelFlag, WorkerContext, current, set_thread_context
-from .._errors import SerializationError
+from .._core._context import CancelFlag, WorkerContext, current, set_thread_context
+from .._core._errors import SerializationError
 from ._codec import Codec, codec_for, plain_msgpack
 from ._errors import describe
 from ._wire import (
@@ -808,7 +808,7 @@ class Server:
         self._loop = asyncio.get_running_loop()
         self._thread_of_loop = threading.current_thread()
         self._stopping = asyncio.Event()
-        from .._pool import Pool
+        from .._pool._pool import Pool
 
         if self._pool is None:
             self._pool = Pool(POOL_THREADS, mode="thread")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import InitializerError
+from ..._core._errors import InitializerError
 from .._jobs import Job, Scheduler
 
 __all__ = ["Engine", "EngineConfig"]

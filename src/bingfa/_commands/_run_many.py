@@ -12,16 +12,16 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 
-from ._children import check_timeout, command_argv
-from ._cmdresult import CommandResult, failure_message, make_result
-from ._errors import CommandError
+from .._core._errors import CommandError
+from .._core._machine import usable_cores
+from .._core._progress import ProgressArg, reporter
 from ._fanout import Fanout, Halt, Job, parse_halt
-from ._machine import usable_cores
-from ._progress import ProgressArg, reporter
+from ._result import CommandResult, failure_message, make_result
+from ._spawn import check_timeout, command_argv
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._children import Command
+    from ._spawn import Command
 
 __all__ = ["CommandRun", "run_many"]
 

@@ -26,13 +26,13 @@ import os
 import time
 from collections.abc import Mapping
 
-from ._children import prepare
-from ._cmdloop import CommandLoop, Running
-from ._cmdresult import CommandResult, make_result
+from ._loop import CommandLoop, Running
+from ._result import CommandResult, make_result
+from ._spawn import prepare
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._children import Command
+    from ._spawn import Command
 
 __all__ = ["arun", "run"]
 

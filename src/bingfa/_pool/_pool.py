@@ -8,14 +8,14 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, TypeVar
 
+from .._core._errors import PoolClosedError
+from .._core._futures import Future
+from .._core._machine import usable_cores
+from .._core._progress import ProgressArg, reporter
+from ._batch import CALL_KW, CALL_ONE, CALL_STAR
 from ._engines import create_engine, mode_names
 from ._engines._base import Engine, EngineConfig
-from ._errors import PoolClosedError
-from ._futures import Future
 from ._jobs import AUTO, ManyJob, OneJob, Scheduler
-from ._machine import usable_cores
-from ._progress import ProgressArg, reporter
-from ._run import CALL_KW, CALL_ONE, CALL_STAR
 
 __all__ = ["AsyncResult", "Pool", "imap", "map"]
 

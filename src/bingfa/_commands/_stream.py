@@ -13,14 +13,14 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from ._children import prepare
-from ._cmdloop import CommandLoop, Running
-from ._cmdresult import STDERR_TAIL_LINES, CommandResult, failure_message, make_result
-from ._errors import CommandError
+from .._core._errors import CommandError
+from ._loop import CommandLoop, Running
+from ._result import STDERR_TAIL_LINES, CommandResult, failure_message, make_result
+from ._spawn import prepare
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._children import Command
+    from ._spawn import Command
 
 __all__ = ["CommandStream", "OutputLine", "stream"]
 

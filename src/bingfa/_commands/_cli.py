@@ -13,8 +13,8 @@ import os
 import sys
 import time
 
+from .._core._machine import usable_cores
 from ._fanout import PENDING, Fanout, Job, parse_halt
-from ._machine import usable_cores
 from ._template import Template
 
 # Start-up is a large part of a short run, so only what runs is imported:

@@ -13,15 +13,15 @@ from __future__ import annotations
 import heapq
 import time
 
-from ._cmdloop import CommandLoop
-from ._errors import CommandNotFoundError
+from .._core._errors import CommandNotFoundError
+from ._loop import CommandLoop
 
 TYPE_CHECKING = False  # no typing, re or dataclasses: bingfa run starts fast
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
     from typing import Any
 
-    from ._cmdloop import Running
+    from ._loop import Running
 
 __all__ = ["PENDING", "Fanout", "Halt", "Job", "parse_halt"]
 

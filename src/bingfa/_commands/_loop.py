@@ -22,15 +22,15 @@ import os
 import select
 import time
 
-from . import _signums as signals
-from ._children import DRAIN_AFTER_KILL, KILL_GRACE, spawn
+from .._core import _signals as signals
+from ._spawn import DRAIN_AFTER_KILL, KILL_GRACE, spawn
 
 TYPE_CHECKING = False  # no typing at run time: bingfa run starts fast
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from typing import Any
 
-    from ._children import Child
+    from ._spawn import Child
 
     OutputSink = Callable[[int, bytes], None]  # (1 for stdout or 2 for stderr, data)
 

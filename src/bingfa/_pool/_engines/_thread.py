@@ -13,10 +13,10 @@ from __future__ import annotations
 import threading
 import time
 
-from .._context import CancelFlag, WorkerContext, set_thread_context
-from .._errors import PoolClosedError, TaskTimeoutError
+from ..._core._context import CancelFlag, WorkerContext, set_thread_context
+from ..._core._errors import PoolClosedError, TaskTimeoutError
+from .._batch import run_batch
 from .._jobs import Batch, Job, Scheduler
-from .._run import run_batch
 from ._base import Engine, EngineConfig, initializer_error
 
 __all__ = ["ThreadEngine"]

@@ -13,7 +13,7 @@ import traceback
 from typing import Any
 
 from ._errors import RemoteTraceback, SerializationError
-from ._serialize import dumps, loads
+from ._serialization import dumps, loads
 
 __all__ = ["ErrorPayload", "capture", "rebuild", "with_remote_traceback"]
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-from ._children import resolve, split_command
+from ._spawn import resolve, split_command
 
 TYPE_CHECKING = False  # no typing, re or shlex at run time: bingfa run starts fast
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import errno
 import os
 
-from . import _signums as signals
-from ._errors import CommandNotFoundError
+from .._core import _signals as signals
+from .._core._errors import CommandNotFoundError
 
 TYPE_CHECKING = False  # no typing, collections or shlex at run time: bingfa run starts fast
 if TYPE_CHECKING:

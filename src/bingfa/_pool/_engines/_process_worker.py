@@ -19,10 +19,10 @@ from collections.abc import Callable
 from multiprocessing import reduction
 from typing import Any
 
-from .._context import WorkerContext, set_process_context
-from .._remote_tb import capture
-from .._run import run_batch
-from .._serialize import dumps, serialization_error
+from ..._core._context import WorkerContext, set_process_context
+from ..._core._remote_traceback import capture
+from ..._core._serialization import dumps, serialization_error
+from .._batch import run_batch
 from ._wire import (
     BATCH,
     DONE,

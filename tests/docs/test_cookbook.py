@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-COOKBOOK = Path(__file__).resolve().parent.parent / "docs" / "cookbook.md"
+COOKBOOK = Path(__file__).resolve().parents[2] / "docs" / "cookbook.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 

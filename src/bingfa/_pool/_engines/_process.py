@@ -37,19 +37,19 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from .._errors import InitializerError, PoolClosedError, TaskTimeoutError, WorkerCrashedError
-from .._futures import Future
-from .._jobs import Batch, Job, Scheduler
-from .._remote_tb import rebuild
-from .._run import CALL_KW, CALL_STAR
-from .._serialize import (
+from ..._core._errors import InitializerError, PoolClosedError, TaskTimeoutError, WorkerCrashedError
+from ..._core._futures import Future
+from ..._core._interrupts import deferred_sigint
+from ..._core._remote_traceback import rebuild
+from ..._core._serialization import (
     FunctionCache,
     dumps,
     find_unpicklable,
     main_is_importable,
     serialization_error,
 )
-from .._sigint import deferred_sigint
+from .._batch import CALL_KW, CALL_STAR
+from .._jobs import Batch, Job, Scheduler
 from ._base import Engine, EngineConfig, initializer_error
 from ._process_worker import WorkerBoot, worker_main
 from ._wire import (
@@ -931,7 +931,7 @@ def _crash_error(p: _Proc, exitcode: int | None, sig: int | None, task: str) -> 
 
 
 def _pickle_initializer(fn: Callable[..., Any], args: tuple[Any, ...]) -> bytes:
-    from .._serialize import dumps_function
+    from ..._core._serialization import dumps_function
 
     try:
         return dumps_function((fn, args))  # type: ignore[arg-type]

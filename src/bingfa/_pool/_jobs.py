@@ -25,9 +25,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
 
-from ._errors import PoolClosedError, TaskTimeoutError, WorkerCrashedError
-from ._futures import Future
-from ._serialize import describe
+from .._core._errors import PoolClosedError, TaskTimeoutError, WorkerCrashedError
+from .._core._futures import Future
+from .._core._serialization import describe
 
 __all__ = ["AUTO", "Batch", "Job", "ManyJob", "OneJob", "Scheduler"]
 

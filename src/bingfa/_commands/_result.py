@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import CommandError
+from .._core._errors import CommandError
 
 __all__ = ["CommandResult", "failure_message", "make_result", "signal_name"]
 

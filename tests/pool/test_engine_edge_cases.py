@@ -20,7 +20,7 @@ import bingfa as bf
 
 pytestmark = pytest.mark.timeout(90)
 
-SRC = os.path.join(os.path.dirname(__file__), os.pardir, "src")
+SRC = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "src")
 
 
 def double(x):

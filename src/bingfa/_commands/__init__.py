@@ -1,0 +1,1 @@
+"""External commands: ``run``, ``stream``, ``run_many``, their epoll loop, and ``bingfa run``."""
