@@ -5,11 +5,17 @@ threads, child processes, open file descriptors and shared-memory segments in
 ``/dev/shm``. Something new that is still there after a short grace period
 fails the test (in its teardown), with a description of what leaked.
 
-multiprocessing's own helpers (the forkserver and the resource tracker) live
-for the whole session by design, so they are started once up front and never
-counted. They are recognised by their command line *and* by being direct
-children of this process: a worker forked by the forkserver inherits the
-forkserver's command line, and it must still be counted.
+Process-wide helpers live for the whole session by design: bingfa's zygote
+(which forks process-pool workers), and multiprocessing's forkserver and
+resource tracker. They are started once up front and never counted. They are
+recognised by their command line *and* by being direct children of this
+process: a worker forked by the zygote inherits the zygote's command line,
+and it must still be counted.
+
+/dev/shm is shared by the whole machine, and other programs create and leak
+entries there while the tests run. Only entries this test run made count: the
+ones a process of ours still has open or mapped, or whose name carries the pid
+of one of our processes (bingfa names its segments after their owner).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ MODES = ["thread", "process"]
 
 # How long things may take to settle after a test before they count as leaked.
 GRACE_SECONDS = 3.0
-_INFRASTRUCTURE = ("forkserver", "resource_tracker")
+_INFRASTRUCTURE = ("forkserver", "resource_tracker", "bingfa._pool._engines._zygote")
 
 
 def _is_infrastructure(proc: psutil.Process) -> bool:
@@ -184,34 +190,30 @@ def _shm() -> set[str]:
         return set()
 
 
-def _foreign_shm(names: set[str]) -> set[str]:
-    """Those of ``names`` (in /dev/shm) that belong to processes outside this test run.
+def _our_shm(names: set[str]) -> set[str]:
+    """Those of ``names`` (in /dev/shm) that belong to this test run.
 
-    /dev/shm is shared by the whole machine; something else running at the
-    same time (a benchmark with its own pools) must not fail our tests. An
-    entry is someone else's when a process outside our tree has it open or
-    mapped, or when its name carries such a process's pid (loky, joblib and
-    multiprocessing name theirs that way).
+    An entry is ours when a process of our tree has it open or mapped, or
+    when its name carries such a process's pid as a whole number. Anything
+    else is another program's, even one it left behind.
     """
-    ours = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
-    foreign: set[str] = set()
-    for pid in psutil.pids():
-        if pid in ours or pid < 100:
-            continue
-        left = names - foreign
+    tree = [psutil.Process(), *psutil.Process().children(recursive=True)]
+    ours: set[str] = set()
+    for proc in tree:
+        left = names - ours
         if not left:
             break
-        pid_re = re.compile(rf"(?<![0-9]){pid}(?![0-9])")
-        foreign |= {n for n in left if pid_re.search(n)}
+        pid_re = re.compile(rf"(?<![0-9]){proc.pid}(?![0-9])")
+        ours |= {n for n in left if pid_re.search(n)}
         try:
-            with open(f"/proc/{pid}/maps") as f:
+            with open(f"/proc/{proc.pid}/maps") as f:
                 used = f.read()
-            fd_dir = f"/proc/{pid}/fd"
+            fd_dir = f"/proc/{proc.pid}/fd"
             used += "\n".join(os.readlink(f"{fd_dir}/{fd}") for fd in os.listdir(fd_dir))
         except OSError:
             continue
-        foreign |= {n for n in left if f"/dev/shm/{n}" in used}
-    return foreign
+        ours |= {n for n in left if f"/dev/shm/{n}" in used}
+    return ours
 
 
 @dataclass
@@ -255,7 +257,7 @@ def _leaks(before: _Snapshot) -> list[str]:
         problems.append(f"file descriptors: {before.fds} before, {fds} after; new: {new}")
     shm = _shm() - before.shm
     if shm:
-        shm -= _foreign_shm(shm)
+        shm = _our_shm(shm)
     if shm:
         problems.append(f"shared memory segments: {sorted(shm)}")
     return problems
@@ -272,6 +274,11 @@ def _multiprocessing_helpers() -> None:
     multiprocessing.set_forkserver_preload(["bingfa", "pytest", "psutil", "cloudpickle"])
     resource_tracker.ensure_running()
     forkserver.ensure_running()
+    import bingfa
+
+    # bingfa's zygote: one pool starts it, and it serves every later one.
+    with bingfa.Pool(1, mode="process") as pool:
+        pool.submit(int).result()
     # uvloop (the RPC server's loop when installed) opens a pipe on its first
     # loop and keeps it for the life of the process: open it before any test.
     try:

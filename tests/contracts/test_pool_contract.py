@@ -1150,7 +1150,7 @@ if __name__ == "__main__":
     mode, call, folder = sys.argv[1:]
     with bf.Pool(2, mode=mode) as pool:
         me = psutil.Process()
-        helpers = ("forkserver", "resource_tracker")
+        helpers = ("forkserver", "resource_tracker", "_zygote")
         workers = [p.pid for p in me.children(recursive=True)
                    if p.ppid() != me.pid
                    or not any(h in " ".join(p.cmdline()) for h in helpers)]

@@ -468,7 +468,7 @@ _WORKER_PIDS = textwrap.dedent(
         pids = []
         for p in me.children(recursive=True):
             helper = p.ppid() == me.pid and any(
-                w in " ".join(p.cmdline()) for w in ("forkserver", "resource_tracker"))
+                w in " ".join(p.cmdline()) for w in ("forkserver", "resource_tracker", "_zygote"))
             if not helper:
                 pids.append(p.pid)
         return pids

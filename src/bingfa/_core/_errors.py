@@ -10,7 +10,7 @@ timeout)::
           ├── WorkerCrashedError          a worker died while it held the task
           ├── TaskTimeoutError            (also TimeoutError) the task ran too long
           ├── PoolClosedError             (also RuntimeError) submit after close()
-          ├── InitializerError            (also RuntimeError) a worker's initializer raised
+          ├── InitializerError            (also RuntimeError) workers cannot start
           ├── SerializationError          (also TypeError) an object could not be (un)pickled
           ├── BackendUnavailableError     (also LookupError) an optional library is missing
           ├── CommandError                an external command failed (check=True)
@@ -115,11 +115,12 @@ class PoolClosedError(BingfaError, RuntimeError):
 
 
 class InitializerError(BingfaError, RuntimeError):
-    """A worker's ``initializer`` raised, so the pool cannot run tasks.
+    """The pool's workers cannot start, so the pool cannot run tasks.
 
-    The initializer's own exception is attached as ``__cause__``. Rather than
-    restarting failing workers forever, the pool fails every pending task and
-    refuses new ones.
+    Either a worker's ``initializer`` raised (its exception is attached as
+    ``__cause__``), or worker processes cannot be started here at all (the
+    message says why, and what to do). Rather than restarting failing workers
+    forever, the pool fails every pending task and refuses new ones.
     """
 
 

@@ -13,6 +13,7 @@ import traceback
 from typing import Any
 
 from ._errors import RemoteTraceback, SerializationError
+from ._own_frames import without_own_frames
 from ._serialization import dumps, loads
 
 __all__ = ["ErrorPayload", "capture", "rebuild", "with_remote_traceback"]
@@ -28,11 +29,16 @@ def _type_name(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def capture(exc: BaseException, by_value: bool = False) -> ErrorPayload:
-    """Turn an exception raised in a worker into something that can be sent."""
-    text = "".join(traceback.format_exception(exc))
+def capture(exc: BaseException) -> ErrorPayload:
+    """Turn an exception raised in a worker into something that can be sent.
+
+    The traceback text starts at the user's code: the worker's own frames
+    above it are left out.
+    """
+    text = "".join(traceback.format_exception(
+        type(exc), exc, without_own_frames(exc.__traceback__)))
     try:
-        data: bytes | None = dumps(exc, by_value)
+        data: bytes | None = dumps(exc)
         problem = None
     except Exception as pickling_error:
         data = None
@@ -57,7 +63,7 @@ def rebuild(payload: ErrorPayload) -> BaseException:
         return with_remote_traceback(err, text)
     try:
         exc: Any = loads(data)
-    except Exception as unpickling_error:
+    except BaseException as unpickling_error:  # SystemExit from __setstate__ too: never escapes
         err = SerializationError(
             f"the task raised {type_name}, which could not be deserialized "
             f"({type(unpickling_error).__name__}: {unpickling_error}); its traceback is attached"

@@ -2,29 +2,37 @@
 
 Functions always go through cloudpickle, so lambdas, closures, nested
 functions and anything defined in ``__main__`` or a notebook travel by value.
-A function is pickled once and cached (see :class:`FunctionCache`).
+A function is pickled once and cached (see :class:`FunctionCache`). Its code
+keeps the name of the file it came from, so a worker's traceback points at
+the user's real file and line; when that "file" exists only in this
+process's line cache (a notebook cell), its lines travel with the function.
 
 Data (arguments and results) goes through the C pickler first: it is several
 times faster than cloudpickle on small objects, and the fast path matters when a
 task takes microseconds. Only when it fails (a lambda inside the arguments, a
-local class) does cloudpickle take over. When ``__main__`` cannot be imported by
-a worker (an interactive session, ``python -c``, a notebook), objects from it
-cannot travel by reference, so data then always goes through cloudpickle.
+local class) does cloudpickle take over. Workers never import the parent's
+``__main__`` (see ``_pool/_engines/_launcher.py``), so a C pickle that refers
+to ``__main__`` by name would not load there: such data goes through
+cloudpickle too, which carries those classes by value.
 """
 
 from __future__ import annotations
 
+import io
+import linecache
+import os
 import pickle
 import reprlib
-import sys
 import threading
-from collections import OrderedDict
+import types
+from collections import ChainMap
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import cloudpickle
 
 from ._errors import SerializationError
+from ._weakcallables import WeakCallableMap
 
 __all__ = [
     "FunctionCache",
@@ -32,7 +40,7 @@ __all__ = [
     "dumps",
     "dumps_function",
     "loads",
-    "main_is_importable",
+    "loads_function",
     "serialization_error",
 ]
 
@@ -52,27 +60,96 @@ def describe(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__} object {text}"
 
 
-def main_is_importable() -> bool:
-    """Whether a spawned or forkserver worker can import the parent's ``__main__``."""
-    main = sys.modules.get("__main__")
-    return main is not None and getattr(main, "__file__", None) is not None
+def dumps(obj: Any, main_by_value: bool = False) -> bytes:
+    """Pickle data, with the C pickler when it can and cloudpickle when it must.
+
+    Args:
+        obj: what to pickle.
+        main_by_value: the receiver has no copy of this process's
+            ``__main__`` (a forkserver or spawn worker), so anything of
+            ``__main__`` must travel by value.
+    """
+    try:
+        data = pickle.dumps(obj, PROTOCOL)
+    except Exception:
+        pass
+    else:
+        # A reference to __main__ shows in the pickle as the module's name.
+        # A false alarm (the text in a string) only costs the slower pickler.
+        if not (main_by_value and b"__main__" in data):
+            return data
+    pickled: bytes = cloudpickle.dumps(obj, PROTOCOL)
+    return pickled
 
 
-def dumps(obj: Any, by_value: bool = False) -> bytes:
-    """Pickle data, with the C pickler when it can and cloudpickle when it must."""
-    if not by_value:
-        try:
-            return pickle.dumps(obj, PROTOCOL)
-        except Exception:
-            pass
-    data: bytes = cloudpickle.dumps(obj, PROTOCOL)
-    return data
+class _FunctionPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, except that code keeps its file name, and notes which files it used.
+
+    cloudpickle renames every file it pickles code from to ``<dynamic-code>``
+    (for byte-identical pickles), which leaves a worker's traceback with no
+    file, no line and no source. bingfa pickles each function once, so it has
+    no use for that; it wants the real file.
+    """
+
+    def __init__(self, file: io.BytesIO) -> None:
+        self.filenames: set[str] = set()
+        # The C pickler reads dispatch_table when it is initialised.
+        self.dispatch_table = ChainMap({types.CodeType: self._reduce_code},
+                                       cloudpickle.Pickler.dispatch_table)
+        super().__init__(file, protocol=PROTOCOL)
+
+    def _reduce_code(self, code: types.CodeType) -> Any:
+        rebuild, args = cloudpickle.cloudpickle._code_reduce(code)
+        self.filenames.add(code.co_filename)
+        # Put the real file name back where cloudpickle wrote its placeholder.
+        args = tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+        return rebuild, args
 
 
-def dumps_function(fn: Callable[..., Any]) -> bytes:
-    """Pickle a function by value where it has to be (cloudpickle)."""
-    data: bytes = cloudpickle.dumps(fn, PROTOCOL)
-    return data
+def dumps_function(fn: Any) -> bytes:
+    """Pickle a function (or a tuple holding functions) by value where it has to be.
+
+    What :func:`loads_function` gets back is ``fn`` itself; along with it travel
+    the source lines of code that has no file on disk (notebook cells,
+    ``python -c``), where this process knows them, for the worker's tracebacks.
+    """
+    with io.BytesIO() as buffer:
+        pickler = _FunctionPickler(buffer)
+        pickler.dump(fn)
+        pickled = buffer.getvalue()
+    sources = _sources_without_files(pickler.filenames)
+    if not sources:
+        return pickled
+    return pickle.dumps(_WithSources(pickled, sources), PROTOCOL)
+
+
+class _WithSources:
+    """A pickled function and the source lines its tracebacks will need."""
+
+    def __init__(self, pickled: bytes, sources: dict[str, list[str]]) -> None:
+        self.pickled = pickled
+        self.sources = sources
+
+
+def _sources_without_files(filenames: set[str]) -> dict[str, list[str]]:
+    found = {}
+    for name in filenames:
+        entry = linecache.cache.get(name)
+        # (size, mtime, lines, name); a 1-tuple is a lazy entry with no lines yet.
+        if entry is not None and len(entry) == 4 and entry[2] and not os.path.exists(name):
+            found[name] = list(entry[2])
+    return found
+
+
+def loads_function(data: bytes | memoryview) -> Any:
+    """The function :func:`dumps_function` pickled; its sources go into the line cache."""
+    obj = pickle.loads(data)
+    if isinstance(obj, _WithSources):
+        for name, lines in obj.sources.items():
+            # No modification time: linecache.checkcache leaves it alone.
+            linecache.cache[name] = (sum(map(len, lines)), None, lines, name)
+        obj = pickle.loads(obj.pickled)
+    return obj
 
 
 loads = pickle.loads
@@ -96,39 +173,37 @@ def find_unpicklable(values: Iterable[tuple[str, Any]]) -> tuple[str, Any, Excep
 
 
 class FunctionCache:
-    """Pickled functions, keyed by identity, with a bounded number kept.
+    """Pickled functions, by identity, with a bounded number kept.
 
     A map sends its function to each worker once; ``submit`` in a loop with the
-    same function pickles it once. The cache holds a strong reference to each
-    function so that an ``id()`` is never reused while cached.
+    same function pickles it once. Entries hold the function weakly (see
+    :class:`~._weakcallables.WeakCallableMap`): the cache never keeps a
+    function, or the object of a bound method, alive.
     """
 
     def __init__(self, capacity: int = 128) -> None:
-        self._capacity = capacity
-        self._entries: OrderedDict[int, tuple[Callable[..., Any], int, bytes]] = OrderedDict()
+        self._entries: WeakCallableMap[tuple[int, bytes]] = WeakCallableMap(capacity)
         self._next_id = 0
         self._lock = threading.Lock()
 
     def get(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
         """The ``(function id, pickled bytes)`` of ``fn``.
 
+        A function that cannot be held weakly is pickled every time, under a
+        fresh id.
+
         Raises:
             SerializationError: when even cloudpickle cannot pickle ``fn``.
         """
-        key = id(fn)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None and entry[0] is fn:
-                self._entries.move_to_end(key)
-                return entry[1], entry[2]
+        entry = self._entries.get(fn)
+        if entry is not None:
+            return entry
         try:
             data = dumps_function(fn)
         except Exception as exc:
             raise serialization_error("the task's function", fn, exc) from exc
         with self._lock:
             self._next_id += 1
-            fn_id = self._next_id
-            self._entries[key] = (fn, fn_id, data)
-            if len(self._entries) > self._capacity:
-                self._entries.popitem(last=False)
-        return fn_id, data
+            entry = (self._next_id, data)
+        self._entries.set(fn, entry)
+        return entry

@@ -18,13 +18,15 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from .._core._own_frames import without_own_frames
+
 __all__ = ["CALL_KW", "CALL_ONE", "CALL_STAR", "call_one", "run_batch"]
 
 CALL_ONE = 0
 CALL_STAR = 1
 CALL_KW = 2
 
-Errors = list[tuple[int, Exception]]
+Errors = list[tuple[int, BaseException]]
 
 
 def _mapper(fn: Callable[..., Any], it: Iterator[Any], call: int) -> Iterator[Any]:
@@ -61,8 +63,10 @@ def run_batch(
 
     ``values`` has one entry per item (``None`` where the task raised);
     ``errors`` lists ``(index, exception)`` or is ``None`` when all succeeded.
-    Only :class:`Exception` is caught: ``SystemExit`` and friends end the
-    worker, as they would end a program.
+    Every exception is the task's own, ``SystemExit`` included: a task that
+    calls ``sys.exit(3)`` gives its caller ``SystemExit(3)``, as
+    ``concurrent.futures`` does, and the worker carries on. Each error's
+    traceback starts at the task's function, not in this loop.
     """
     values: list[Any] = []
     errors: Errors | None = None
@@ -75,19 +79,24 @@ def run_batch(
             try:
                 values.extend(mapped)
                 return values, errors
-            except Exception as exc:
+            except BaseException as exc:
                 if errors is None:
                     errors = []
-                errors.append((len(values), exc))
+                errors.append((len(values), _trimmed(exc)))
                 values.append(None)
     append = values.append
     for i, item in enumerate(items):
         mark(i)
         try:
             append(call_one(fn, item, call))
-        except Exception as exc:
+        except BaseException as exc:
             if errors is None:
                 errors = []
-            errors.append((i, exc))
+            errors.append((i, _trimmed(exc)))
             append(None)
     return values, errors
+
+
+def _trimmed(exc: BaseException) -> BaseException:
+    """``exc``, its traceback starting at the task's function rather than in this loop."""
+    return exc.with_traceback(without_own_frames(exc.__traceback__))

@@ -28,6 +28,7 @@ from typing import Any, Final, Literal
 from .._core._errors import PoolClosedError, TaskTimeoutError, WorkerCrashedError
 from .._core._futures import Future
 from .._core._serialization import describe
+from .._core._weakcallables import WeakCallableMap
 
 __all__ = ["AUTO", "Batch", "Job", "ManyJob", "OneJob", "Scheduler"]
 
@@ -295,29 +296,26 @@ class Timings:
     """Seconds per task of recently used functions.
 
     Used to group quick single tasks, and to size a map's first chunks from
-    what the same function took the last time.
+    what the same function took the last time. Functions are held weakly:
+    timing a function never keeps it (or a bound method's object) alive.
     """
 
     CAPACITY = 256
 
     def __init__(self) -> None:
-        # id(fn) -> (fn, seconds); the function is kept so its id stays unique.
-        self._times: dict[int, tuple[Callable[..., Any], float]] = {}
+        self._times: WeakCallableMap[float] = WeakCallableMap(self.CAPACITY)
 
     def note(self, fn: Callable[..., Any], seconds: float, smooth: bool = True) -> None:
         """Record a measured time per task of ``fn`` (a moving average if ``smooth``)."""
-        entry = self._times.get(id(fn))
-        if entry is not None and entry[0] is fn:
-            if smooth:
-                seconds = 0.7 * entry[1] + 0.3 * seconds
-        elif len(self._times) >= self.CAPACITY:
-            self._times.pop(next(iter(self._times)))
-        self._times[id(fn)] = (fn, seconds)
+        if smooth:
+            before = self._times.get(fn)
+            if before is not None:
+                seconds = 0.7 * before + 0.3 * seconds
+        self._times.set(fn, seconds)
 
     def of(self, fn: Callable[..., Any]) -> float | None:
         """The measured seconds per task of ``fn``, or ``None`` if unknown."""
-        entry = self._times.get(id(fn))
-        return entry[1] if entry is not None and entry[0] is fn else None
+        return self._times.get(fn)
 
 
 _repr = reprlib.Repr()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, TypeVar
@@ -504,14 +505,16 @@ class _ResultIterator(Iterator[Any]):
                     ok, value = ready
                     if ok:
                         return value
-                    raise value
+                    break
         except StopIteration:
             self._finish()
             raise
         except BaseException as exc:
             if not isinstance(exc, Exception) or exc in (job.aborted, job.input_error):
-                self._finish()
+                self._finish()  # Ctrl-C, or the whole job failed: iteration is over
             raise
+        # A task's own error, even a SystemExit, ends only its own turn.
+        raise value
 
     def _pop_ready(self) -> tuple[bool, Any] | None:
         """The next outcome to hand out, if it is there (lock held)."""
@@ -603,11 +606,37 @@ def _shutdown_quietly(engine: Engine) -> None:
 
 
 @atexit.register
-def _terminate_at_exit() -> None:
-    # Runs before multiprocessing's own exit handler (registered earlier, run
-    # later), which would otherwise wait forever for workers still running.
-    for engine in list(_live_engines):
+def _finish_at_exit() -> None:
+    """What becomes of pools still open when the interpreter exits.
+
+    Their queued work runs, as with ``concurrent.futures`` executors: a
+    script that submits and never waits still gets its work done. But when
+    the program is ending because of Ctrl-C (or Ctrl-C comes while waiting
+    here), everything is stopped at once instead.
+
+    Registered after multiprocessing's own exit handler, so it runs first.
+    """
+    engines = list(_live_engines)
+    if not isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
+        try:
+            for engine in engines:
+                _drain(engine)
+            return
+        except BaseException:
+            pass  # Ctrl-C while waiting (or a broken pool): stop everything now
+    for engine in engines:
         try:
             engine.terminate()
         except Exception:
             pass
+
+
+def _drain(engine: Engine) -> None:
+    """Run what is queued on ``engine``, then stop it."""
+    # An imap nobody reads any more would keep the pool waiting for input.
+    error = PoolClosedError("the interpreter exited while this imap was reading its input")
+    with engine.scheduler.lock:
+        for job in list(engine.scheduler.open_jobs):
+            job.cut_input(error)
+    engine.wake()
+    engine.shutdown(wait=True)

@@ -1,11 +1,17 @@
-"""Engines: how tasks run in each mode. One file per mode; see ``_base``."""
+"""Engines: how tasks run in each mode. One file per mode; see ``_base``.
+
+Nothing is imported here at module level: a process worker imports this
+package on its way to its own module, and must not pay for the others.
+"""
 
 from __future__ import annotations
 
 import importlib
 
-from .._jobs import Scheduler
-from ._base import Engine, EngineConfig
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .._jobs import Scheduler
+    from ._base import Engine, EngineConfig
 
 __all__ = ["create_engine", "mode_names"]
 

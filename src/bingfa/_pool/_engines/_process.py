@@ -25,8 +25,6 @@ import contextlib
 import errno
 import fcntl
 import mmap
-import multiprocessing
-import multiprocessing.context
 import os
 import pickle
 import select
@@ -37,21 +35,28 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from ..._core._errors import InitializerError, PoolClosedError, TaskTimeoutError, WorkerCrashedError
+from ..._core._errors import (
+    InitializerError,
+    PoolClosedError,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+)
 from ..._core._futures import Future
 from ..._core._interrupts import deferred_sigint
 from ..._core._remote_traceback import rebuild
 from ..._core._serialization import (
     FunctionCache,
     dumps,
+    dumps_function,
     find_unpicklable,
-    main_is_importable,
     serialization_error,
 )
 from .._batch import CALL_KW, CALL_STAR
 from .._jobs import Batch, Job, Scheduler
 from ._base import Engine, EngineConfig, initializer_error
-from ._process_worker import WorkerBoot, worker_main
+from ._launcher import START_METHODS, WorkerProcess, launch
+from ._process_worker import WorkerBoot, serve_inherited
 from ._wire import (
     BATCH,
     DONE,
@@ -84,14 +89,13 @@ _Post = Callable[[], None]
 
 
 def default_start_method() -> str:
-    """``forkserver`` where it exists (Linux), else ``spawn``.
+    """``forkserver``: workers fork from bingfa's zygote (see ``_launcher``).
 
     ``fork`` is not the default: the parent of a pool always has a second
     thread (the manager), and forking a threaded process can deadlock the
     child on a lock some other thread held.
     """
-    methods = multiprocessing.get_all_start_methods()
-    return "forkserver" if "forkserver" in methods else "spawn"
+    return START_METHODS[0]
 
 
 class _Proc:
@@ -99,11 +103,11 @@ class _Proc:
 
     def __init__(self, slot: int) -> None:
         self.slot = slot
-        self.process: multiprocessing.process.BaseProcess | None = None
+        self.process: WorkerProcess | None = None
         self.pid = 0
         self.task_fd = -1
         self.result_fd = -1
-        self.pidfd = -1
+        self.pidfd = -1  # the process's exit_fd while it is registered
         self.progress: memoryview | None = None
         self.inflight: deque[Batch] = deque()
         self.out: deque[memoryview] = deque()  # bytes not yet written to task_fd
@@ -127,13 +131,25 @@ class ProcessEngine(Engine):
         super().__init__(scheduler, config)
         self._lock = scheduler.lock
         method = config.start_method or default_start_method()
-        self._ctx = multiprocessing.get_context(method)
-        self._method = method
-        self._by_value = method != "fork" and not main_is_importable()
-        self._functions = FunctionCache()
         self._init: bytes | None = None
+        self._inherited_init: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
         if config.initializer is not None:
-            self._init = _pickle_initializer(config.initializer, config.initargs)
+            if method == "fork":
+                self._inherited_init = (config.initializer, config.initargs)
+            else:
+                try:
+                    self._init = _pickle_initializer(config.initializer, config.initargs)
+                except _InheritOnly as exc:
+                    if config.start_method is not None:
+                        raise exc.error(method) from exc.__cause__
+                    # multiprocessing's Lock, Queue, Value, Array in initargs can
+                    # only be inherited: fork, as multiprocessing.Pool does here.
+                    method = "fork"
+                    self._inherited_init = (config.initializer, config.initargs)
+        self._method = method
+        # Workers not forked from this process never see its __main__.
+        self._main_by_value = method != "fork"
+        self._functions = FunctionCache()
         self._slots: list[_Proc | None] = [None] * config.workers
         self._dying: list[_Proc] = []  # terminated or retired, not reaped yet
         self._handlers: dict[int, tuple[int, _Proc | None]] = {}
@@ -267,19 +283,19 @@ class ProcessEngine(Engine):
         os.ftruncate(progress_fd, SLOT_BYTES)
         p.progress = memoryview(mmap.mmap(progress_fd, SLOT_BYTES)).cast("q")
         p.progress[SLOT_SEQ] = -1
-        close_fds: list[int] = []
+        boot = WorkerBoot(slot, os.getpid(), self._init, self._inherited_init)
+        close_in_child: list[int] = []
         if self._method == "fork":
-            close_fds = [p.task_fd, p.result_fd, self._wake_r, self._wake_w, self._poller.fileno()]
+            close_in_child = [p.task_fd, p.result_fd, self._wake_r, self._wake_w,
+                              self._poller.fileno()]
             for other in self._slots:
                 if other is not None and not other.gone:
-                    close_fds += [fd for fd in (other.task_fd, other.result_fd, other.pidfd)
-                                  if fd >= 0]
-        boot = WorkerBoot(slot, task_r, result_w, progress_fd, os.getpid(), self._init,
-                          self._by_value, close_fds)
-        process = self._ctx.Process(  # type: ignore[attr-defined]
-            target=worker_main, args=(boot,), name=f"bingfa-worker-{slot}", daemon=False)
+                    close_in_child += [fd for fd in (other.task_fd, other.result_fd, other.pidfd)
+                                       if fd >= 0]
+        fds = (task_r, result_w, progress_fd)
         try:
-            process.start()
+            process = launch(self._method, fds, lambda: serve_inherited(boot, *fds),
+                             close_in_child)
         except BaseException:
             for fd in (p.task_fd, p.result_fd):
                 os.close(fd)
@@ -289,16 +305,18 @@ class ProcessEngine(Engine):
                 mm.close()
             raise
         finally:
-            for fd in (task_r, result_w, progress_fd):
+            for fd in fds:
                 os.close(fd)
         p.process = process
-        p.pid = process.pid or 0
+        p.pid = process.pid
         os.set_blocking(p.task_fd, False)
         os.set_blocking(p.result_fd, False)
-        p.pidfd = _process_fd(process)
+        p.pidfd = process.exit_fd
         self._slots[slot] = p
         self._register(p.result_fd, _RESULT, p)
         self._register(p.pidfd, _EXIT, p)
+        if self._method != "fork":
+            self._write(p, [boot.frame()])
 
     def _retire(self, p: _Proc) -> None:
         """Let a worker go: it exits once idle (lock held). Its pipe closes when reaped."""
@@ -328,23 +346,19 @@ class ProcessEngine(Engine):
 
     def _reap(self, p: _Proc) -> tuple[int | None, int | None]:
         """Collect a dead worker; its (exit code, signal). Lock held."""
-        for fd in (p.result_fd, p.pidfd):
-            if fd >= 0:
-                self._unregister(fd)
-                os.close(fd)
+        if p.result_fd >= 0:
+            self._unregister(p.result_fd)
+            os.close(p.result_fd)
+        if p.pidfd >= 0:
+            self._unregister(p.pidfd)
         p.result_fd = p.pidfd = -1
         self._close_task_pipe(p)
         exitcode: int | None = None
         sig: int | None = None
         if p.process is not None:
-            p.process.join(5)
-            code = p.process.exitcode
-            if code is not None and code < 0:
-                sig = -code
-            else:
-                exitcode = code
-            with contextlib.suppress(ValueError):
-                p.process.close()
+            exitcode, sig = p.process.exit_status()
+            p.process.close()  # its exit_fd (our pidfd) too
+            p.process = None
         if p.progress is not None:
             mm = p.progress.obj
             p.progress.release()
@@ -394,7 +408,7 @@ class ProcessEngine(Engine):
             posts.append(_fail_batch(batch, exc))
             return
         try:
-            items = dumps(batch.items, self._by_value)
+            items = dumps(batch.items, self._main_by_value)
         except Exception as exc:
             posts.append(self._unpicklable(batch, exc))
             return
@@ -667,10 +681,7 @@ class ProcessEngine(Engine):
             if not was_ready and not expected:
                 self._startup_failures += 1
                 if self._startup_failures >= STARTUP_FAILURES:
-                    how = f"signal {sig}" if sig else f"exit code {exitcode}"
-                    err = InitializerError(
-                        f"{self._startup_failures} worker processes in a row died before they "
-                        f"were ready (last: {how}); the pool cannot start workers")
+                    err = InitializerError(_startup_failure(exitcode, sig))
                     self._init_failed = True
                     posts.append(lambda: self.break_pool(err))
             if not p.inflight:
@@ -885,15 +896,16 @@ def _deliver(batch: Batch, body: memoryview, elapsed: float) -> None:
     job: Job = batch.job
     try:
         values, raw_errors = pickle.loads(body)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit from a __setstate__ fails the task, not the pool
         n = len(batch.items)
         if n > 1:
             # One result of the batch cannot be unpickled here, and which one
             # is unknown: run its tasks again one by one, so only it fails.
             job.requeue(batch, range(n), one_by_one=True)
             return
-        err = serialization_error(f"the result of {batch.describe_task(0)}",
-                                  f"{body.nbytes} bytes", exc)
+        err = SerializationError(f"the result of {batch.describe_task(0)} could not be "
+                                 f"unpickled here ({type(exc).__name__}: {exc})")
+        err.__cause__ = exc
         _fail_batch(batch, err)()
         return
     errors = [(i, rebuild(payload)) for i, payload in raw_errors] if raw_errors else None
@@ -916,12 +928,27 @@ def _load_failed(batch: Batch, fn_failed: bool, cause: BaseException) -> _Post:
                                                   job.fn if fn_failed else batch.items[0], cause))
 
 
+def _startup_failure(exitcode: int | None, sig: int | None) -> str:
+    """Why the pool cannot start workers, in one line, with what to look at."""
+    if sig is not None:
+        return (f"worker processes are killed by {_signal_name(sig)} as they start, "
+                f"{STARTUP_FAILURES} times in a row: the pool cannot run tasks; look for what "
+                "kills them (the out-of-memory killer, a resource limit)")
+    return (f"worker processes exit with code {exitcode} as they start, {STARTUP_FAILURES} "
+            "times in a row: the pool cannot run tasks; the workers' own error is printed "
+            "above")
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return f"signal {sig} ({signal.Signals(sig).name})"
+    except ValueError:
+        return f"signal {sig}"
+
+
 def _crash_error(p: _Proc, exitcode: int | None, sig: int | None, task: str) -> WorkerCrashedError:
     if sig is not None:
-        try:
-            how = f"was killed by signal {sig} ({signal.Signals(sig).name})"
-        except ValueError:
-            how = f"was killed by signal {sig}"
+        how = f"was killed by {_signal_name(sig)}"
     else:
         how = f"exited with code {exitcode}"
     running = f" while running {task}" if task else ""
@@ -930,12 +957,25 @@ def _crash_error(p: _Proc, exitcode: int | None, sig: int | None, task: str) -> 
         worker_id=p.slot, pid=p.pid, exitcode=exitcode, signal=sig, task=task or None)
 
 
-def _pickle_initializer(fn: Callable[..., Any], args: tuple[Any, ...]) -> bytes:
-    from ..._core._serialization import dumps_function
+class _InheritOnly(Exception):
+    """The initializer's arguments hold objects that can only be inherited by fork."""
 
+    def error(self, method: str) -> BaseException:
+        return serialization_error(
+            f"the initializer's arguments for start_method={method!r}", self.args[0],
+            RuntimeError(f"{self.args[1]}; leave start_method unset (bingfa then forks, as "
+                         "multiprocessing does) or use start_method='fork'"))
+
+
+def _pickle_initializer(fn: Callable[..., Any], args: tuple[Any, ...]) -> bytes:
     try:
-        return dumps_function((fn, args))  # type: ignore[arg-type]
+        return dumps_function((fn, args))
     except Exception as exc:
+        # multiprocessing's Lock, Queue, Value and Array refuse to be pickled
+        # outside of starting a process ("... through inheritance").
+        text = str(exc)
+        if "inheritance" in text or "fork context" in text:
+            raise _InheritOnly(args, text) from exc
         raise serialization_error("the initializer or its arguments", fn, exc) from exc
 
 
@@ -948,11 +988,3 @@ def _shared_memory_fd() -> int:
     fd, path = tempfile.mkstemp(prefix="bingfa-progress-")
     os.unlink(path)
     return fd
-
-
-def _process_fd(process: multiprocessing.process.BaseProcess) -> int:
-    """A file descriptor that becomes readable when ``process`` exits."""
-    if hasattr(os, "pidfd_open") and process.pid is not None:
-        with contextlib.suppress(OSError):
-            return os.pidfd_open(process.pid)
-    return os.dup(process.sentinel)

@@ -1,7 +1,8 @@
 """The main loop of a process worker (runs in the child).
 
-Kept free of heavy imports: with the ``forkserver`` and ``spawn`` start methods
-every worker imports this module before it can run a task.
+Kept free of heavy imports (no asyncio, no multiprocessing): every worker
+started from the zygote or spawned imports this module, and a worker
+replaced after a crash should be ready in a millisecond, not a hundred.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import sys
 import threading
 import time
 import traceback
+import types
 from collections.abc import Callable
-from multiprocessing import reduction
 from typing import Any
 
 from ..._core._context import WorkerContext, set_process_context
 from ..._core._remote_traceback import capture
-from ..._core._serialization import dumps, serialization_error
+from ..._core._serialization import dumps, loads_function, serialization_error
 from .._batch import run_batch
 from ._wire import (
     BATCH,
@@ -41,41 +42,70 @@ from ._wire import (
     SLOT_STARTED,
 )
 
-__all__ = ["WorkerBoot", "worker_main"]
+__all__ = ["WorkerBoot", "serve_inherited", "serve_received"]
 
 
 class WorkerBoot:
-    """What a worker process needs to start: its pipes, slot and initializer.
+    """What a worker needs from its parent before its first task.
 
-    File descriptors travel with the start method's own machinery
-    (``multiprocessing.reduction.DupFd``), so the same object works for fork,
-    forkserver and spawn.
+    A forked worker gets it in memory (with the initializer as objects, so
+    anything that can only be inherited works). Others get it pickled, as the
+    first frame on their task pipe, with what they must share with the
+    parent: ``sys.path``, the working directory, ``sys.argv``, the
+    environment, and multiprocessing's authentication key.
     """
 
-    def __init__(self, slot: int, task_fd: int, result_fd: int, progress_fd: int,
-                 parent_pid: int, init: bytes | None, by_value: bool,
-                 close_fds: list[int]) -> None:
+    def __init__(self, slot: int, parent_pid: int, init: bytes | None,
+                 inherited_init: tuple[Callable[..., Any], tuple[Any, ...]] | None = None) -> None:
         self.slot = slot
-        self.task_fd = task_fd
-        self.result_fd = result_fd
-        self.progress_fd = progress_fd
         self.parent_pid = parent_pid
-        self.init = init
-        self.by_value = by_value
-        # Only with fork: the parent's ends of every pool pipe, inherited by
-        # accident, which must be closed so end-of-file means what it says.
-        self.close_fds = close_fds
+        self.init = init  # pickled (initializer, initargs), for workers not forked
+        self.inherited_init = inherited_init
+        self.sys_path = list(sys.path)
+        try:
+            self.cwd: str | None = os.getcwd()
+        except OSError:  # the directory was removed
+            self.cwd = None
+        self.argv = list(sys.argv)
+        self.env = dict(os.environ)
+        self.authkey = _multiprocessing_authkey()
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        dup = reduction.DupFd
-        return (_rebuild_boot, (self.slot, dup(self.task_fd), dup(self.result_fd),
-                                dup(self.progress_fd), self.parent_pid, self.init, self.by_value))
+    def frame(self) -> bytes:
+        """The boot frame for a worker that is not forked."""
+        saved, self.inherited_init = self.inherited_init, None
+        try:
+            payload = pickle.dumps(self, pickle.HIGHEST_PROTOCOL)
+        finally:
+            self.inherited_init = saved
+        return FRAME.pack(len(payload)) + payload
+
+    def apply(self) -> None:
+        """Make this fresh worker's interpreter look like the parent's."""
+        sys.path[:] = self.sys_path
+        sys.argv[:] = self.argv
+        if self.cwd is not None:
+            try:
+                os.chdir(self.cwd)
+            except OSError:
+                pass
+        if os.environ != self.env:
+            os.environ.clear()
+            os.environ.update(self.env)
+        if self.authkey is not None:
+            import multiprocessing.process
+
+            multiprocessing.process.current_process().authkey = self.authkey
+        # An empty __main__: the zygote's own (its -c command) must never
+        # stand in for the user's, and pickles that name __main__ come by
+        # value (see _core/_serialization.py).
+        sys.modules["__main__"] = types.ModuleType("__main__")
 
 
-def _rebuild_boot(slot: int, task: Any, result: Any, progress: Any, parent_pid: int,
-                  init: bytes | None, by_value: bool) -> WorkerBoot:
-    return WorkerBoot(slot, task.detach(), result.detach(), progress.detach(), parent_pid,
-                      init, by_value, [])
+def _multiprocessing_authkey() -> bytes | None:
+    process = sys.modules.get("multiprocessing.process")
+    if process is None:
+        return None  # multiprocessing unused: nothing (no manager) needs the key
+    return bytes(process.current_process().authkey)
 
 
 def _exit_when_parent_dies(parent_pid: int) -> None:
@@ -127,11 +157,10 @@ class _Writer:
                     written = 0
 
 
-def _encode_results(values: list[Any], errors: list[tuple[int, Any]] | None,
-                    by_value: bool) -> bytes:
+def _encode_results(values: list[Any], errors: list[tuple[int, Any]] | None) -> bytes:
     """Pickle a batch's outcomes; results that cannot be pickled become errors."""
     try:
-        return dumps((values, errors), by_value)
+        return dumps((values, errors))
     except Exception:
         pass
     # Find the culprits one by one and report them as that task's error.
@@ -142,16 +171,32 @@ def _encode_results(values: list[Any], errors: list[tuple[int, Any]] | None,
         if i in failed:
             continue
         try:
-            dumps(value, by_value)
+            dumps(value)
         except Exception as exc:
             err = serialization_error(f"the result of task #{i} of its batch", value, exc)
-            errors.append((i, capture(err, by_value)))
+            errors.append((i, capture(err)))
             values[i] = None
     errors.sort(key=lambda e: e[0])
-    return dumps((values, errors), by_value)
+    return dumps((values, errors))
 
 
-def worker_main(boot: WorkerBoot) -> None:
+def serve_inherited(boot: WorkerBoot, task_fd: int, result_fd: int, progress_fd: int) -> None:
+    """A forked worker's life; never returns."""
+    # A SIGTERM handler the parent installed must not outlive the fork:
+    # the pool stops its workers with SIGTERM.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _run(boot, task_fd, result_fd, progress_fd)
+
+
+def serve_received(task_fd: int, result_fd: int, progress_fd: int) -> None:
+    """The life of a worker started by the zygote or spawned; never returns.
+
+    Its boot frame comes first on the task pipe.
+    """
+    _run(None, task_fd, result_fd, progress_fd)
+
+
+def _run(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: int) -> None:
     """Run batches from the parent until it says stop; then leave at once.
 
     The process ends with ``os._exit``: a normal interpreter exit would wait
@@ -160,8 +205,8 @@ def worker_main(boot: WorkerBoot) -> None:
     """
     code = 0
     try:
-        _serve(boot)
-    except SystemExit as exc:  # a task called sys.exit(): the worker exits with it
+        _serve(boot, task_fd, result_fd, progress_fd)
+    except SystemExit as exc:  # from bingfa's own start-up only: tasks' are their errors
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
         traceback.print_exc()
@@ -176,33 +221,37 @@ def worker_main(boot: WorkerBoot) -> None:
         os._exit(code)
 
 
-def _serve(boot: WorkerBoot) -> None:
+def _serve(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: int) -> None:
     """The worker's life: set up, then run batches until told to stop."""
     # Ctrl-C goes to the whole foreground process group; the parent decides
     # what happens to its workers, so they do not print KeyboardInterrupt.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for fd in boot.close_fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    reader = open(task_fd, "rb", buffering=1 << 16)  # noqa: SIM115 - lives as long as the worker
+    if boot is None:
+        head = reader.read(FRAME.size)
+        if len(head) < FRAME.size:
+            return  # the parent gave up on this worker before it started
+        boot = pickle.loads(reader.read(FRAME.unpack(head)[0]))
+        boot.apply()
     _exit_when_parent_dies(boot.parent_pid)
 
-    progress = memoryview(mmap.mmap(boot.progress_fd, SLOT_BYTES)).cast("q")
-    os.close(boot.progress_fd)
-    reader = open(boot.task_fd, "rb", buffering=1 << 16)  # noqa: SIM115 - lives as long as the worker
-    writer = _Writer(boot.result_fd)
-    by_value = boot.by_value
+    progress = memoryview(mmap.mmap(progress_fd, SLOT_BYTES)).cast("q")
+    os.close(progress_fd)
+    writer = _Writer(result_fd)
 
     ctx = WorkerContext(boot.slot)
     set_process_context(ctx)
-    if boot.init is not None:
+    if boot.init is not None or boot.inherited_init is not None:
         try:
-            initializer, initargs = pickle.loads(boot.init)
+            initializer, initargs = (boot.inherited_init if boot.inherited_init is not None
+                                     else loads_function(boot.init))  # type: ignore[arg-type]
             ctx.state = initializer(*initargs)
-        except Exception as exc:
-            writer.send(bytes([INIT_FAILED]), dumps(capture(exc, by_value)))
+        except BaseException as exc:
+            writer.send(bytes([INIT_FAILED]), dumps(capture(exc)))
             return
+        finally:
+            initializer = initargs = None
+    boot = None  # it holds the environment and the initializer's arguments: let them go
     writer.send(bytes([READY]))
 
     functions: dict[int, Callable[..., Any]] = {}
@@ -233,21 +282,31 @@ def _serve(boot: WorkerBoot) -> None:
         progress[SLOT_STARTED] = monotonic_ns()
         progress[SLOT_SEQ] = seq
         frame = memoryview(reader.read(size - BATCH.size))
+        # BaseException: an object whose unpickling calls sys.exit() fails
+        # its batch, it does not end the worker.
         try:
             if fn_len:
-                functions[fn_id] = pickle.loads(frame[:fn_len])
+                functions[fn_id] = loads_function(frame[:fn_len])
             fn = functions[fn_id]
-        except Exception as exc:
-            writer.send(LOAD_FAILED.pack(KIND_LOAD_FAILED, seq, 1), dumps(capture(exc, by_value)))
+        except BaseException as exc:
+            writer.send(LOAD_FAILED.pack(KIND_LOAD_FAILED, seq, 1), dumps(capture(exc)))
             continue
         try:
             items = pickle.loads(frame[fn_len:])
-        except Exception as exc:
-            writer.send(LOAD_FAILED.pack(KIND_LOAD_FAILED, seq, 0), dumps(capture(exc, by_value)))
+        except BaseException as exc:
+            writer.send(LOAD_FAILED.pack(KIND_LOAD_FAILED, seq, 0), dumps(capture(exc)))
             continue
         del frame
         t0 = perf_counter()
         values, raw_errors = run_batch(fn, items, call, mark if track else None)
         elapsed = perf_counter() - t0
-        errors = [(i, capture(e, by_value)) for i, e in raw_errors] if raw_errors else None
-        writer.send(DONE.pack(KIND_DONE, seq, elapsed), _encode_results(values, errors, by_value))
+        del items, fn
+        errors = [(i, capture(e)) for i, e in raw_errors] if raw_errors else None
+        del raw_errors
+        result = _encode_results(values, errors)
+        # The batch's arguments and results must not live on in an idle
+        # worker (they may be large, or hold resources the caller expects
+        # freed): only the bytes are left when the frame goes out.
+        del values, errors
+        writer.send(DONE.pack(KIND_DONE, seq, elapsed), result)
+        del result

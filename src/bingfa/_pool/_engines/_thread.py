@@ -178,6 +178,7 @@ class ThreadEngine(Engine):
             try:
                 values, caught = run_batch(job.fn, batch.items, job.call)
                 errors = list(caught) if caught else None
+                del caught
             except BaseException as exc:  # SystemExit and friends: fail the batch
                 values = [None] * n
                 errors = [(i, exc) for i in range(n)]
@@ -188,6 +189,9 @@ class ThreadEngine(Engine):
                 if w.abandoned:
                     return  # timed out: the caller has its error, a new thread has the slot
             job.deliver(batch, values, errors, elapsed)
+            # An idle worker must not keep its last batch's arguments and
+            # results (or the function) alive while it waits for the next.
+            del batch, job, values, errors
             w.tasks_done += n
             cap = self.config.max_tasks_per_worker
             if cap is not None and w.tasks_done >= cap:
