@@ -190,6 +190,22 @@ def _shm() -> set[str]:
         return set()
 
 
+def _files_in_use(pid: int) -> str:
+    """What ``pid`` has mapped or open, one path a line ('' if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            used = [f.read()]
+        fd_dir = f"/proc/{pid}/fd"
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return ""
+    for fd in fds:
+        # An fd may close between listing and reading it (listdir's own, for one).
+        with contextlib.suppress(OSError):
+            used.append(os.readlink(f"{fd_dir}/{fd}"))
+    return "\n".join(used)
+
+
 def _our_shm(names: set[str]) -> set[str]:
     """Those of ``names`` (in /dev/shm) that belong to this test run.
 
@@ -205,14 +221,7 @@ def _our_shm(names: set[str]) -> set[str]:
             break
         pid_re = re.compile(rf"(?<![0-9]){proc.pid}(?![0-9])")
         ours |= {n for n in left if pid_re.search(n)}
-        try:
-            with open(f"/proc/{proc.pid}/maps") as f:
-                used = f.read()
-            fd_dir = f"/proc/{proc.pid}/fd"
-            used += "\n".join(os.readlink(f"{fd_dir}/{fd}") for fd in os.listdir(fd_dir))
-        except OSError:
-            continue
-        ours |= {n for n in left if f"/dev/shm/{n}" in used}
+        ours |= {n for n in left if f"/dev/shm/{n}" in _files_in_use(proc.pid)}
     return ours
 
 

@@ -289,6 +289,13 @@ class UnpickleBomb:
         return (_refuse_to_unpickle, ())
 
 
+class ExitBomb:
+    """Pickles fine; its unpickling calls sys.exit(7)."""
+
+    def __reduce__(self):
+        return (sys.exit, (7,))
+
+
 class LockedError(Exception):
     """An exception that cannot be pickled: it holds a lock."""
 
@@ -312,6 +319,8 @@ def misbehave(x, how, bad=5):
         return threading.Lock()
     if how == "unpickle bomb result":
         return UnpickleBomb()
+    if how == "exit bomb result":
+        return ExitBomb()
     if how == "locked error":
         raise LockedError("cannot travel")
     if how == "two part error":
@@ -393,6 +402,21 @@ def test_result_that_cannot_be_unpickled_in_the_parent():
             misbehave, [(i, "unpickle bomb result") for i in range(10)], chunksize=4), 10)
         assert isinstance(got[5], bf.SerializationError), repr(got[5])
         assert got[:5] + got[6:] == [i * i for i in range(10) if i != 5]
+        assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.timeout(60)
+def test_a_result_whose_unpickling_exits_fails_only_its_task():
+    with bf.Pool(2, mode="process") as pool:
+        err = pool.submit(misbehave, 5, "exit bomb result").exception(timeout=30)
+        assert isinstance(err, bf.SerializationError), repr(err)
+        assert isinstance(err.__cause__, SystemExit)
+        got = _outcomes(pool.istarmap(
+            misbehave, [(i, "exit bomb result") for i in range(10)], chunksize=4), 10)
+        assert isinstance(got[5], bf.SerializationError), repr(got[5])
+        assert got[:5] + got[6:] == [i * i for i in range(10) if i != 5]
+        # The pool is whole: its manager thread lives, later work runs.
+        assert pool.submit(square, 9).result(timeout=30) == 81
         assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
 
 
