@@ -22,7 +22,8 @@ COMMON = [
     ({"timeout": -1}, ValueError, "timeout must be from 0 to 2592000 seconds (30 days), got -1"),
     ({"env": [("A", "1")]}, TypeError,
      "env must be a mapping of names to values, such as a dict, not list"),
-    ({"env": "A=1"}, TypeError, "env must be a mapping of names to values, such as a dict, not str"),
+    ({"env": "A=1"}, TypeError,
+     "env must be a mapping of names to values, such as a dict, not str"),
     ({"env": {"A": 1}}, TypeError, "env['A'] must be a str, not int"),
     ({"env": {1: "a"}}, TypeError, "env names must be str, not int (1)"),
     ({"cwd": 5}, TypeError, "cwd must be a path (str, bytes or os.PathLike), not int"),
@@ -58,9 +59,13 @@ def run_many(**kwargs):
 
 
 def cases(runners, table):
-    return [pytest.param(runner, kwargs, error, message,
-                         id=f"{runner.__name__}-{','.join(f'{k}={v!r}' for k, v in kwargs.items())}")
-            for runner in runners for kwargs, error, message in table]
+    params = []
+    for runner in runners:
+        for kwargs, error, message in table:
+            given = ",".join(f"{key}={value!r}" for key, value in kwargs.items())
+            params.append(pytest.param(runner, kwargs, error, message,
+                                       id=f"{runner.__name__}-{given}"))
+    return params
 
 
 @pytest.mark.parametrize(("runner", "kwargs", "error", "message"),
@@ -91,7 +96,7 @@ def test_a_missing_working_directory_is_named(runner, tmp_path):
         runner(cwd=missing)
     a_file = tmp_path / "file"
     a_file.write_text("")
-    with pytest.raises(NotADirectoryError, match="^\\[Errno 20\\] cwd is not a directory: "):
+    with pytest.raises(NotADirectoryError, match=r"^\[Errno 20\] cwd is not a directory: "):
         runner(cwd=a_file)
 
 
@@ -109,6 +114,6 @@ def test_run_many_names_a_wrong_retries(kwargs, error, message):
 def test_a_wrong_progress_leaves_nothing_half_made():
     # The half-made run used to fail again when collected ("Exception ignored
     # in CommandRun.__del__"), which pytest turns into an error here.
-    with pytest.raises(TypeError, match="^progress must be a bool or a callable"):
+    with pytest.raises(TypeError, match=r"^progress must be a bool or a callable"):
         bf.run_many([["true"]], progress=5)
     gc.collect()
