@@ -701,6 +701,44 @@ def test_bad_usage_is_one_line_and_status_255(args):
     assert r.stderr.endswith("\n")
 
 
+JOBS = "a number of jobs, 1 or more, or a share of the cores such as 50%"
+TIMEOUT = "a number of seconds above 0, at most 2592000 (30 days)"
+RETRIES = "a whole number of retries, 0 or more"
+HALT = ("now,fail=N, soon,fail=N, now,success=N or soon,success=N, with N a whole number, "
+        "1 or more")
+BAD_NUMBERS = [
+    (["-j", "0"], f"-j wants {JOBS}; got '0'"),
+    (["-j0"], f"-j wants {JOBS}; got '0'"),
+    (["--jobs", "-1"], f"--jobs wants {JOBS}; got '-1'"),
+    (["--jobs=x"], f"--jobs wants {JOBS}; got 'x'"),
+    (["-j", "1.5"], f"-j wants {JOBS}; got '1.5'"),
+    (["-j", "0%"], f"-j wants {JOBS}; got '0%'"),
+    (["-j", "nan%"], f"-j wants {JOBS}; got 'nan%'"),
+    (["--timeout", "0"], f"--timeout wants {TIMEOUT}; got '0'"),
+    (["--timeout", "-1"], f"--timeout wants {TIMEOUT}; got '-1'"),
+    (["--timeout", "soon"], f"--timeout wants {TIMEOUT}; got 'soon'"),
+    (["--timeout", "nan"], f"--timeout wants {TIMEOUT}; got 'nan'"),
+    (["--timeout", "1e9"], f"--timeout wants {TIMEOUT}; got '1e9'"),
+    (["--retries", "-1"], f"--retries wants {RETRIES}; got '-1'"),
+    (["--retries", "1.5"], f"--retries wants {RETRIES}; got '1.5'"),
+    (["--retries", "x"], f"--retries wants {RETRIES}; got 'x'"),
+    (["--halt", "bogus"], f"--halt wants {HALT}; got 'bogus'"),
+    (["--halt", "now,fail=0"], f"--halt wants {HALT}; got 'now,fail=0'"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_NUMBERS,
+                         ids=[" ".join(args) for args, _ in BAD_NUMBERS])
+def test_a_bad_number_names_its_option_and_what_it_takes(args, message):
+    r = bingfa_run(*args, "echo", ":::", "a")
+    assert (r.returncode, r.stdout, r.stderr) == (255, "", f"bingfa run: {message}\n")
+
+
+def test_numbers_at_their_limits_are_fine():
+    r = bingfa_run("-j", "150%", "--timeout", "2592000", "--retries", "100000", "echo", ":::", "a")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "a\n", "")
+
+
 def test_a_missing_input_file_is_named_and_nothing_runs(tmp_path):
     missing = tmp_path / "no-such-file"
     r = bingfa_run("touch", "ran-{1}-{2}", ":::", "a", "::::", missing, cwd=tmp_path)

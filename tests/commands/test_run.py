@@ -142,5 +142,12 @@ def test_timeouts_that_are_not_a_sane_number(timeout):
         bf.run(["true"], timeout=timeout)
 
 
+def test_the_longest_timeout_is_accepted():
+    # 30 days is beyond what one epoll wait takes (24.8 days): it used to
+    # raise OverflowError from deep inside.
+    assert bf.run(["true"], timeout=30 * 86400).ok
+    assert [r.ok for r in bf.run_many([["true"]], timeout=30 * 86400)] == [True]
+
+
 def test_a_comment_with_an_apostrophe_is_fine_in_a_shell_string():
     assert bf.run("echo hi # don't", shell=True, text=True).stdout == "hi\n"

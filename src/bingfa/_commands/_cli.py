@@ -91,31 +91,56 @@ class Options:
         self.sources: list[tuple[str, str | list[str]]] = []  # (":::", values) | ("::::", path)
 
 
-def _parse_jobs(text: str) -> int:
+# What each option with a number takes, as its error message says it.
+_EXPECTED = {
+    "-j": "a number of jobs, 1 or more, or a share of the cores such as 50%",
+    "--timeout": "a number of seconds above 0, at most 2592000 (30 days)",
+    "--retries": "a whole number of retries, 0 or more",
+    "--halt": "now,fail=N, soon,fail=N, now,success=N or soon,success=N, with N a whole "
+              "number, 1 or more",
+}
+MAX_TIMEOUT = 30 * 86400  # as bf.run's: epoll cannot wait much longer at a time
+
+
+def _bad_value(option: str, text: str) -> UsageError:
+    """One line naming the option, what it takes and what it got."""
+    return UsageError(f"{option} wants {_EXPECTED[option.replace('--jobs', '-j')]}; "
+                      f"got {text!r}")
+
+
+def _parse_jobs(option: str, text: str) -> int:
     try:
         if text.endswith("%"):
             share = float(text[:-1])
-            if share <= 0:
+            if not share > 0 or share == float("inf"):  # NaN too
                 raise ValueError
             return max(1, int(usable_cores() * share / 100))
         jobs = int(text)
     except ValueError:
-        raise UsageError(f"-j wants a number of jobs or a share of cores like 50%, "
-                         f"not {text!r}") from None
+        raise _bad_value(option, text) from None
     if jobs <= 0:
-        raise UsageError(f"-j must be at least 1, got {jobs}")
+        raise _bad_value(option, text)
     return jobs
 
 
-def _number(option: str, text: str, kind: type[float] | type[int]) -> float:
+def _parse_timeout(text: str) -> float:
     try:
-        value = kind(text)
+        seconds = float(text)
     except ValueError:
-        raise UsageError(f"{option} wants a number, not {text!r}") from None
-    if not 0 <= value <= 30 * 86400 or (kind is float and value == 0):  # NaN and inf too
-        raise UsageError(f"{option} must be {'positive' if kind is float else '>= 0'} and "
-                         f"at most 2592000 (30 days), got {text}")
-    return value
+        raise _bad_value("--timeout", text) from None
+    if not 0 < seconds <= MAX_TIMEOUT:  # NaN and inf too
+        raise _bad_value("--timeout", text)
+    return seconds
+
+
+def _parse_retries(text: str) -> int:
+    try:
+        retries = int(text)
+    except ValueError:
+        raise _bad_value("--retries", text) from None
+    if retries < 0:
+        raise _bad_value("--retries", text)
+    return retries
 
 
 _WITH_VALUE = {"-j", "--jobs", "--timeout", "--retries", "--halt", "--joblog", "--results"}
@@ -154,16 +179,16 @@ def parse(args: Sequence[str]) -> Options:
             value = args[i]
         i += 1
         if name in ("-j", "--jobs"):
-            opts.jobs = _parse_jobs(value)
+            opts.jobs = _parse_jobs(name, value)
         elif name == "--timeout":
-            opts.timeout = _number(name, value, float)
+            opts.timeout = _parse_timeout(value)
         elif name == "--retries":
-            opts.retries = int(_number(name, value, int))
+            opts.retries = _parse_retries(value)
         elif name == "--halt":
             try:
                 parse_halt(value)
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
+            except ValueError:
+                raise _bad_value(name, value) from None
             opts.halt = value
         elif name == "--joblog":
             opts.joblog = value

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["CommandLoop", "Running"]
 
 READ_SIZE = 1 << 16
+_LONGEST_WAIT = 86400.0  # seconds one epoll wait may last (see CommandLoop.poll)
 
 
 # What a registered fd is, for the event handler.
@@ -230,7 +231,9 @@ class CommandLoop:
         if self._timers:
             until_timer = max(0.0, self._timers[0][0] - time.monotonic())
             wait = until_timer if wait < 0 else min(wait, until_timer)
-        for fd, _ in self._epoll.poll(wait):
+        # epoll takes at most 2**31 - 1 ms (24.8 days) and timeouts go to 30
+        # days: a longer wait returns early with nothing, and the caller polls again.
+        for fd, _ in self._epoll.poll(min(wait, _LONGEST_WAIT)):
             entry = self._fds.get(fd)
             if entry is not None:
                 self._handle(fd, entry[0], entry[1], finished)

@@ -70,7 +70,11 @@ def run(
         CommandNotFoundError: the executable does not exist (also a
             ``FileNotFoundError``).
         CommandError: with ``check=True``, when the command failed.
-        ValueError: an empty command, unbalanced quotes, a negative timeout.
+        ValueError: an empty command, unbalanced quotes, a timeout out of range.
+        TypeError: an argument of the wrong type (``input=5``, an ``env`` that
+            is not a mapping of str to str...); the message names it.
+        LookupError: an unknown ``encoding`` or ``errors`` handler.
+        FileNotFoundError: ``cwd`` does not exist.
 
     Example::
 
@@ -79,7 +83,7 @@ def run(
             print(host, "did not answer;", r.stdout)
     """
     args, argv, data = prepare(cmd, shell=shell, timeout=timeout, input=input,
-                               encoding=encoding)
+                               encoding=encoding, errors=errors, env=env, cwd=cwd)
     commands = CommandLoop()
     try:
         started = commands.start(argv, input=data, timeout=timeout, env=env, cwd=cwd)
@@ -116,7 +120,7 @@ async def arun(
                                          for h in hosts))
     """
     args, argv, data = prepare(cmd, shell=shell, timeout=timeout, input=input,
-                               encoding=encoding)
+                               encoding=encoding, errors=errors, env=env, cwd=cwd)
     commands = CommandLoop()
     try:
         started = commands.start(argv, input=data, timeout=timeout, env=env, cwd=cwd)

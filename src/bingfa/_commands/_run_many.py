@@ -17,7 +17,7 @@ from .._core._machine import usable_cores
 from .._core._progress import ProgressArg, reporter
 from ._fanout import Fanout, Halt, Job, parse_halt
 from ._result import CommandResult, failure_message, make_result
-from ._spawn import check_timeout, command_argv
+from ._spawn import check_options, check_timeout, command_argv
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,6 +59,8 @@ class CommandRun(Iterator[CommandResult]):
 
     def __init__(self, fanout: Fanout, halt: Halt | None, total: int | None,
                  progress: ProgressArg, text: bool, encoding: str, errors: str) -> None:
+        # A bad ``progress`` fails here, before any command starts (nothing to close).
+        self._progress = reporter(progress, total, "commands")
         self._fanout = fanout
         self._jobs = iter(fanout)
         self._halt = halt
@@ -66,7 +68,6 @@ class CommandRun(Iterator[CommandResult]):
         self._encoding = encoding
         self._errors = errors
         self._first_failure: CommandResult | None = None
-        self._progress = reporter(progress, total, "commands")
         self._done = False
 
     @property
@@ -135,7 +136,8 @@ class CommandRun(Iterator[CommandResult]):
         self.close()
 
     def __del__(self) -> None:
-        self.close()
+        if hasattr(self, "_done"):  # not when __init__ failed
+            self.close()
 
 
 def run_many(
@@ -181,6 +183,7 @@ def run_many(
     Raises:
         ValueError: no commands, ``jobs <= 0``, a bad ``halt``, an empty
             command or unbalanced quotes (for a list of commands, before any runs).
+        TypeError: an argument of the wrong type; the message names it.
         CommandNotFoundError: when a command's executable does not exist.
 
     Example::
@@ -192,8 +195,11 @@ def run_many(
     """
     parallel = check_jobs(jobs)
     check_timeout(timeout)
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise TypeError(f"retries must be an int, not {type(retries).__name__}")
+    if retries < 0:
+        raise ValueError(f"retries must be 0 or more, got {retries}")
+    check_options(encoding=encoding, errors=errors, env=env, cwd=cwd)
     halt_rule = parse_halt(halt)
     if isinstance(commands, (str, bytes)):
         raise TypeError("run_many takes an iterable of commands; for one command use bf.run")

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     Command = str | Sequence[str | os.PathLike[str]]
 
 __all__ = [
-    "DRAIN_AFTER_KILL", "KILL_GRACE", "Child", "check_timeout", "command_argv", "prepare",
-    "resolve", "spawn", "split_command",
+    "DRAIN_AFTER_KILL", "KILL_GRACE", "Child", "check_options", "check_timeout", "command_argv",
+    "prepare", "resolve", "spawn", "split_command",
 ]
 
 
@@ -90,27 +90,75 @@ def command_argv(cmd: Command, shell: bool) -> list[str] | str:
 
 
 def prepare(cmd: Command, *, shell: bool, timeout: float | None, input: bytes | str | None,
-            encoding: str) -> tuple[list[str] | str, list[str], bytes | None]:
+            encoding: str, errors: str = "replace", env: Mapping[str, str] | None = None,
+            cwd: str | os.PathLike[str] | None = None,
+            ) -> tuple[list[str] | str, list[str], bytes | None]:
     """Check a command and its options: (the command as given, what to spawn, input bytes).
 
     Raises:
-        ValueError: an empty command, unbalanced quotes, a negative timeout.
-        TypeError: bytes as the command, or a list with ``shell=True``.
+        ValueError: an empty command, unbalanced quotes, a timeout out of range.
+        TypeError: bytes as the command, a list with ``shell=True``, or an
+            option of the wrong type (the message names it).
+        LookupError: an unknown ``encoding`` or ``errors`` handler.
     """
     argv = command_argv(cmd, shell)
     check_timeout(timeout)
+    if input is not None and not isinstance(input, (bytes, bytearray, memoryview, str)):
+        raise TypeError(f"input must be bytes or str, not {type(input).__name__}")
+    check_options(encoding=encoding, errors=errors, env=env, cwd=cwd)
     data = input.encode(encoding) if isinstance(input, str) else input
     return argv, ["/bin/sh", "-c", argv] if isinstance(argv, str) else argv, data
 
 
 def check_timeout(timeout: float | None) -> None:
-    """Raises ValueError unless ``timeout`` is None or a number of seconds >= 0."""
+    """Raises TypeError unless ``timeout`` is None or a number, ValueError unless 0 to 30 days."""
     if timeout is None:
         return
-    if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-            or not 0 <= timeout <= MAX_TIMEOUT):  # NaN fails this too
-        raise ValueError(f"timeout must be a number of seconds from 0 to {MAX_TIMEOUT:g}, "
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, "
+                        f"not {type(timeout).__name__}")
+    if not 0 <= timeout <= MAX_TIMEOUT:  # NaN fails this too
+        raise ValueError(f"timeout must be from 0 to {MAX_TIMEOUT:.0f} seconds (30 days), "
                          f"got {timeout!r}")
+
+
+def check_options(*, encoding: str, errors: str, env: Mapping[str, str] | None,
+                  cwd: str | os.PathLike[str] | None) -> None:
+    """Check the options every command takes, naming the one that is wrong.
+
+    Raises:
+        TypeError: ``env`` not a mapping of str to str, ``cwd`` not a path,
+            ``encoding`` or ``errors`` not a str.
+        LookupError: an ``encoding`` or ``errors`` handler Python does not know.
+    """
+    import codecs  # loaded at interpreter start-up: free
+
+    for name, value in (("encoding", encoding), ("errors", errors)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise LookupError(f"encoding {encoding!r} is not a text encoding Python knows") from None
+    try:
+        codecs.lookup_error(errors)
+    except LookupError:
+        raise LookupError(f"errors {errors!r} is not an error handler Python knows (such as "
+                          "'replace', 'strict' or 'surrogateescape')") from None
+    if cwd is not None and not isinstance(cwd, (str, bytes, os.PathLike)):
+        raise TypeError(f"cwd must be a path (str, bytes or os.PathLike), "
+                        f"not {type(cwd).__name__}")
+    if env is not None:
+        items = getattr(env, "items", None)
+        if items is None or isinstance(env, (str, bytes)):
+            raise TypeError(f"env must be a mapping of names to values, such as a dict, "
+                            f"not {type(env).__name__}")
+        # bytes work as well as str (posix_spawn takes both): only other types are refused.
+        for key, value in items():
+            if not isinstance(key, (str, bytes)):
+                raise TypeError(f"env names must be str, not {type(key).__name__} ({key!r})")
+            if not isinstance(value, (str, bytes)):
+                raise TypeError(f"env[{key!r}] must be a str, not {type(value).__name__}")
 
 
 def split_command(line: str, comments: bool = False) -> list[str]:
@@ -222,7 +270,9 @@ def spawn(argv: list[str], *, env: Mapping[str, str] | None = None,
         for fd in ours:
             os.close(fd)
         if cwd is not None and not os.path.isdir(cwd):
-            raise
+            # The command may be fine: say that the directory is what is missing.
+            what = "does not exist" if not os.path.exists(cwd) else "is not a directory"
+            raise type(exc)(exc.errno, f"cwd {what}", os.fsdecode(cwd)) from None
         if isinstance(exc, FileNotFoundError):
             reason = "not found"
         else:

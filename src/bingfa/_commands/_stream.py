@@ -174,7 +174,7 @@ def stream(
         print(lines.result.returncode)
     """
     args, argv, data = prepare(cmd, shell=shell, timeout=timeout, input=input,
-                               encoding=encoding)
+                               encoding=encoding, errors=errors, env=env, cwd=cwd)
     commands = CommandLoop()
     try:
         started = commands.start(argv, input=data, timeout=timeout, env=env, cwd=cwd)

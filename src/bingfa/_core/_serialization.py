@@ -52,12 +52,25 @@ _repr.maxother = 60
 
 
 def describe(obj: Any) -> str:
-    """A short, safe description of an object for error messages."""
+    """A short, safe description of an object for error messages.
+
+    The object's repr, shortened, and its type after it where the repr does not
+    already say what the object is: ``<unlocked _thread.lock object at 0x...>``
+    and ``Point(x=1)`` stand alone, ``'abc'`` and ``[1, 2]`` speak for themselves,
+    a custom repr ``hello`` becomes ``hello (mod.Greeting)``.
+    """
+    kind = type(obj)
+    name = f"{kind.__module__}.{kind.__qualname__}"
     try:
         text = _repr.repr(obj)
     except Exception:
-        text = "<unrepresentable>"
-    return f"{type(obj).__module__}.{type(obj).__qualname__} object {text}"
+        return f"<unrepresentable {name} object>"
+    # The repr of these is their literal: naming the type after it adds nothing.
+    literal = (int, float, complex, bool, str, bytes, bytearray, list, tuple, dict, set,
+               frozenset, type(None))
+    if kind in literal or text.startswith("<") or kind.__qualname__ in text:
+        return text
+    return f"{text} ({name})"
 
 
 def dumps(obj: Any, main_by_value: bool = False) -> bytes:
@@ -155,9 +168,68 @@ def loads_function(data: bytes | memoryview) -> Any:
 loads = pickle.loads
 
 
-def serialization_error(what: str, obj: Any, cause: BaseException) -> SerializationError:
-    """A :class:`SerializationError` naming ``what`` failed, with ``cause`` attached."""
-    err = SerializationError(f"cannot serialize {what} ({describe(obj)}): {cause}")
+def serialization_error(what: str, obj: Any, cause: BaseException, *,
+                        unpickling: bool = False) -> SerializationError:
+    """A :class:`SerializationError` saying once what could not be (un)pickled, and why.
+
+    Args:
+        what: the thing and whose it is: ``"argument 2 of f(1, <lock>)"``,
+            ``"the result of f(1)"``, ``"the task's function"``.
+        obj: the object that failed. When data could not be *unpickled* there
+            is no object yet: then a ``str`` describing the data (``"542 bytes"``)
+            stands in for it, and implies ``unpickling``.
+        cause: the pickler's exception, attached as ``__cause__``; its message
+            says why.
+        unpickling: the failure happened while unpickling.
+
+    The object is described after ``what`` unless ``what`` shows it already (a
+    task named by its call, ``f(1, <lock>)``, shows its arguments): then only
+    the type of an object it abbreviated is added, and only if the reason does
+    not name it either.
+    """
+    why = str(cause) or type(cause).__name__
+
+    def safe_repr(part: Any) -> str | None:
+        try:
+            return repr(part)
+        except Exception:
+            return None
+
+    def parts_of(value: Any, depth: int = 2) -> list[Any]:
+        # A call's arguments, ((args), {kwargs}), are the objects they hold.
+        if depth and isinstance(value, tuple | list | dict):
+            values = value.values() if isinstance(value, dict) else value
+            return [leaf for v in values for leaf in parts_of(v, depth - 1)]
+        return [value]
+
+    def description() -> str:
+        parts = parts_of(obj)
+        reprs = [safe_repr(part) for part in parts]
+        # A task's description shortens a long repr in the middle, keeping
+        # about its first dozen characters: those say the object is shown.
+        if not parts or any(text is None or text[:12] not in what for text in reprs):
+            return describe(obj)
+        # Shown: name the types of those it cut short, unless the reason does.
+        missing: list[str] = []
+        for part, text in zip(parts, reprs, strict=True):
+            kind = type(part)
+            name = f"{kind.__module__}.{kind.__qualname__}"
+            if text is not None and text not in what and kind.__qualname__ not in why \
+                    and name not in missing:
+                missing.append(name)
+        return ", ".join(missing)
+
+    if isinstance(obj, str):
+        # A str always pickles: this is a description of data that did not load.
+        unpickling, about = True, obj
+    else:
+        # Callers with no flag to pass say it in words; the verb says it now.
+        if "(unpickling failed)" in what:
+            unpickling, what = True, what.replace(" (unpickling failed)", "")
+        about = description()
+    verb = "unpickle" if unpickling else "pickle"
+    subject = f"{what} ({about})" if about else what
+    err = SerializationError(f"cannot {verb} {subject}: {why}")
     err.__cause__ = cause
     return err
 

@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, cast
 
+from .._core._errors import SerializationError
 from ._client_core import STREAM_WINDOW, Login, secret_bytes, undecodable_answer
-from ._codec import MSGPACK, Codec
+from ._codec import MSGPACK, Codec, arguments_error
 from ._errors import ConnectionLostError, RPCTimeoutError, rebuild
 from ._wire import (
     CALL,
@@ -352,8 +353,12 @@ class AsyncClient:
         if protocol is None or protocol.lost is not None:
             protocol = await self._connection()
         call_id = next(self._ids)
-        frame = self._frame([CALL, call_id, method, list(args), kwargs or None, timeout,
-                             STREAM_WINDOW])
+        try:
+            frame = self._frame([CALL, call_id, method, list(args), kwargs or None, timeout,
+                                 STREAM_WINDOW])
+        except SerializationError as exc:
+            err = arguments_error(method, args, kwargs, protocol.codec, exc)
+            raise err from err.__cause__
         future: asyncio.Future[Any] = protocol.loop.create_future()
         protocol.pending[call_id] = future
         protocol.write(frame)

@@ -32,8 +32,9 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
+from .._core._errors import SerializationError
 from ._client_core import STREAM_WINDOW, Login, secret_bytes, undecodable_answer
-from ._codec import Codec
+from ._codec import Codec, arguments_error
 from ._errors import ConnectionLostError, RPCTimeoutError, rebuild
 from ._wire import (
     CALL,
@@ -620,8 +621,12 @@ class Client:
         if conn is None or conn.lost is not None:
             conn = self._connection()
         call_id = next(conn.ids)
-        frame = conn.frame([CALL, call_id, method, list(args), kwargs or None, timeout,
-                            STREAM_WINDOW])
+        try:
+            frame = conn.frame([CALL, call_id, method, list(args), kwargs or None, timeout,
+                                STREAM_WINDOW])
+        except SerializationError as exc:
+            err = arguments_error(method, args, kwargs, conn.codec, exc)
+            raise err from err.__cause__
         pending = _Pending()
         conn.pending[call_id] = pending
         try:

@@ -41,7 +41,7 @@ import msgpack  # type: ignore[import-untyped]
 
 from .._core._errors import SerializationError
 
-__all__ = ["Codec", "codec_for", "plain_msgpack", "register"]
+__all__ = ["Codec", "arguments_error", "cannot_encode", "codec_for", "plain_msgpack", "register"]
 
 _TUPLE, _SET, _FROZENSET, _DATETIME, _DATE, _TIME, _TIMEDELTA, _DECIMAL, _BIGINT, _COMPLEX, \
     _CUSTOM = range(1, 12)
@@ -230,7 +230,7 @@ class Codec:
                 data: bytes = pack(message)
             except Exception as exc:
                 packer.reset()  # a failed pack may leave half a message behind
-                raise SerializationError(f"cannot serialize the call's data with msgpack: "
+                raise SerializationError(f"cannot encode a message with msgpack: "
                                          f"{exc}") from exc
             return data
 
@@ -242,8 +242,43 @@ class Codec:
             return self._dumps(message)
         except (TypeError, ValueError, OverflowError, pickle.PicklingError, AttributeError,
                 RecursionError) as exc:
-            raise SerializationError(f"cannot serialize the call's data with {self.name}: "
+            raise SerializationError(f"cannot encode a message with {self.name}: "
                                      f"{exc}") from exc
+
+
+def cannot_encode(who: str, what: str, value: Any, codec: Codec,
+                  error: BaseException) -> SerializationError:
+    """The error for a part of a message that ``who`` could not encode.
+
+    ``who`` is ``"the server"`` or ``"the client"``, ``what`` the part (``"the
+    result of method 'add'"``): a client must be able to tell a server that
+    cannot send its answer from its own arguments that cannot be sent. The
+    type of ``value`` is named unless the encoder's reason names it already.
+    """
+    # The codec's own SerializationError is generic: its cause says why.
+    reason = error.__cause__ if isinstance(error, SerializationError) and error.__cause__ \
+        else error
+    why = str(reason) or type(reason).__name__
+    kind = type(value)
+    named = "" if kind.__qualname__ in why else f" ({kind.__module__}.{kind.__qualname__})"
+    err = SerializationError(f"{who} cannot encode {what}{named} with {codec.name}: {why}")
+    err.__cause__ = reason
+    return err
+
+
+def arguments_error(method: str, args: tuple[Any, ...] | list[Any], kwargs: dict[str, Any],
+                    codec: Codec, error: BaseException) -> SerializationError:
+    """The client's error for a call it cannot encode, naming the argument at fault."""
+    named = [(f"argument {i}", value) for i, value in enumerate(args, 1)]
+    named += [(f"keyword argument {key!r}", value) for key, value in kwargs.items()]
+    for name, value in named:
+        try:
+            codec.dumps(value)
+        except SerializationError as exc:
+            return cannot_encode("the client", f"{name} of method {method!r}", value, codec, exc)
+    # Each argument encodes alone: it is the call itself (a method name that
+    # is not a string, say).
+    return cannot_encode("the client", f"the call of method {method!r}", method, codec, error)
 
 
 def _pickle_dumps(obj: Any) -> bytes:

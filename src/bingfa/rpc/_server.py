@@ -38,7 +38,7 @@ from typing import Any, TypeVar, cast
 
 from .._core._context import CancelFlag, WorkerContext, current, set_thread_context
 from .._core._errors import SerializationError
-from ._codec import Codec, codec_for, plain_msgpack
+from ._codec import Codec, cannot_encode, codec_for, plain_msgpack
 from ._errors import describe
 from ._wire import (
     CALL,
@@ -179,10 +179,11 @@ class CallAbandoned(Exception):
 class _Call:
     """One call in flight on a connection."""
 
-    __slots__ = ("flag", "id", "size", "stream", "task", "timer")
+    __slots__ = ("flag", "id", "method", "size", "stream", "task", "timer")
 
-    def __init__(self, call_id: int, size: int = 0) -> None:
+    def __init__(self, call_id: int, method: str, size: int = 0) -> None:
         self.id = call_id
+        self.method = method  # its name, for errors
         self.size = size  # bytes of its frame, counted against MAX_INFLIGHT_BYTES
         self.flag = CancelFlag()
         self.task: asyncio.Task[Any] | None = None
@@ -440,13 +441,14 @@ class _Connection(asyncio.Protocol):
         server = self.server
         if method is None:
             if name == "__methods__":
-                self._reply(call_id, {n: m.describe() for n, m in server._methods.items()})
+                self._reply(call_id, name,
+                            {n: m.describe() for n, m in server._methods.items()})
             else:
                 self._error(call_id, AttributeError(
                     f"the server has no method {name!r}; it serves: "
                     f"{', '.join(sorted(server._methods))}"))
             return
-        call = self._open(_Call(call_id, size), timeout)
+        call = self._open(_Call(call_id, name, size), timeout)
         if method.kind in ("coroutine", "async generator"):
             try:
                 started = method.fn(*args, **kwargs)  # wrong arguments fail right here
@@ -510,7 +512,7 @@ class _Connection(asyncio.Protocol):
                 method.demote()
         if type(value) in _LATER:  # rare: it returned a generator or a coroutine
             method.demote()
-            call = self._open(_Call(call_id), None)
+            call = self._open(_Call(call_id, method.name), None)
             if isinstance(value, types.CoroutineType):
                 call.task = self.loop.create_task(self._await(call, value))
             else:
@@ -523,7 +525,7 @@ class _Connection(asyncio.Protocol):
         try:
             frame = self.server._frame_on_loop([RESULT, call_id, value])
         except SerializationError as exc:
-            self._error(call_id, exc)
+            self._error(call_id, self.server._cannot_encode_result(method.name, value, exc))
             return
         self._write(frame)
 
@@ -565,7 +567,8 @@ class _Connection(asyncio.Protocol):
             try:
                 frame = server._frame([RESULT, call.id, value])
             except SerializationError as exc:
-                server._post_error(self, call, exc)
+                server._post_error(self, call, server._cannot_encode_result(call.method, value,
+                                                                            exc))
                 return
             server._post_frame(self, frame, done=call)
 
@@ -580,7 +583,7 @@ class _Connection(asyncio.Protocol):
             self._error(call.id, exc)
             return
         self._finish(call)
-        self._reply(call.id, value)
+        self._reply(call.id, call.method, value)
 
     async def _astream(self, call: _Call, agen: AsyncIterator[Any]) -> None:
         credits = call.stream
@@ -594,7 +597,14 @@ class _Connection(asyncio.Protocol):
                 if credits.closed:
                     break
                 credits.available -= 1
-                self._send(call.id, [ITEM, call.id, item])
+                try:
+                    frame = self.server._frame([ITEM, call.id, item])
+                except SerializationError as exc:
+                    # The stream ends here, as a generator's in a thread does.
+                    self._finish(call)
+                    self._error(call.id, self.server._cannot_encode_item(call.method, item, exc))
+                    return
+                self._write(frame)
         except asyncio.CancelledError:
             self._finish(call)
             return
@@ -631,7 +641,12 @@ class _Connection(asyncio.Protocol):
                     if credits.closed:
                         return _STOPPED
                     credits.available -= 1
-                server._post_frame(self, server._frame([ITEM, call.id, item]))
+                try:
+                    frame = server._frame([ITEM, call.id, item])
+                except SerializationError as exc:  # ends the stream: the client hears why
+                    err = server._cannot_encode_item(call.method, item, exc)
+                    raise err from err.__cause__
+                server._post_frame(self, frame)
                 if call.flag.is_set:
                     return _STOPPED
         finally:
@@ -668,8 +683,13 @@ class _Connection(asyncio.Protocol):
 
     # -- writing -----------------------------------------------------------------------
 
-    def _reply(self, call_id: int, value: Any) -> None:
-        self._send(call_id, [RESULT, call_id, value])
+    def _reply(self, call_id: int, method: str, value: Any) -> None:
+        try:
+            frame = self.server._frame([RESULT, call_id, value])
+        except SerializationError as exc:
+            self._error(call_id, self.server._cannot_encode_result(method, value, exc))
+            return
+        self._write(frame)
 
     def _error(self, call_id: int, exc: BaseException) -> None:
         type_name, message, args, text = describe(exc, self.server.expose_tracebacks)
@@ -934,6 +954,16 @@ class Server:
         """``message`` as a frame, from the loop's thread (with its own reused encoder)."""
         data = self._loop_dumps(message)
         return pack_header(len(data)) + data
+
+    def _cannot_encode_result(self, method: str, value: Any,
+                              exc: SerializationError) -> SerializationError:
+        return cannot_encode("the server", f"the result of method {method!r}", value,
+                             self._codec, exc)
+
+    def _cannot_encode_item(self, method: str, item: Any,
+                            exc: SerializationError) -> SerializationError:
+        return cannot_encode("the server", f"an item streamed by method {method!r}", item,
+                             self._codec, exc)
 
     def _post_error(self, conn: _Connection, call: _Call, exc: BaseException) -> None:
         """From a pool thread: the call failed; the loop sends the error."""
