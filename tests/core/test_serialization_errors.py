@@ -8,7 +8,7 @@ import threading
 import pytest
 
 import bingfa as bf
-from bingfa._core._serialization import describe, serialization_error
+from bingfa._core._serialization import describe, serialization_error, unpickling_error
 
 
 class Greeting:
@@ -69,12 +69,14 @@ def test_a_shortened_object_gets_its_type_unless_the_reason_names_it():
     greeting = Greeting()
     cause = RuntimeError("refusing")
     what = "argument 1 of f(hello, and a...after it)"  # as a task's description shortens it
-    err = serialization_error(what, greeting, cause, unpickling=True)
-    assert str(err) == f"cannot unpickle {what} ({__name__}.Greeting): refusing"
+    err = serialization_error(what, greeting, cause)
+    assert str(err) == f"cannot pickle {what} ({__name__}.Greeting): refusing"
     named = serialization_error(what, greeting, RuntimeError("a Greeting refuses"))
     assert str(named) == f"cannot pickle {what}: a Greeting refuses"
 
 
-def test_data_that_did_not_load_is_described_by_its_size_and_says_unpickle():
-    err = serialization_error("the result of f(1)", "542 bytes", ValueError())
+def test_data_that_did_not_load_says_unpickle():
+    cause = ValueError()
+    err = unpickling_error("the result of f(1) (542 bytes)", cause)
     assert str(err) == "cannot unpickle the result of f(1) (542 bytes): ValueError"
+    assert err.__cause__ is cause

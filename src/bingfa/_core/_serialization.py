@@ -42,6 +42,7 @@ __all__ = [
     "loads",
     "loads_function",
     "serialization_error",
+    "unpickling_error",
 ]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -168,70 +169,73 @@ def loads_function(data: bytes | memoryview) -> Any:
 loads = pickle.loads
 
 
-def serialization_error(what: str, obj: Any, cause: BaseException, *,
-                        unpickling: bool = False) -> SerializationError:
-    """A :class:`SerializationError` saying once what could not be (un)pickled, and why.
+def serialization_error(what: str, obj: Any, cause: BaseException) -> SerializationError:
+    """A :class:`SerializationError`: ``what`` (``obj``) could not be pickled, because ``cause``.
 
     Args:
         what: the thing and whose it is: ``"argument 2 of f(1, <lock>)"``,
             ``"the result of f(1)"``, ``"the task's function"``.
-        obj: the object that failed. When data could not be *unpickled* there
-            is no object yet: then a ``str`` describing the data (``"542 bytes"``)
-            stands in for it, and implies ``unpickling``.
+        obj: the object that failed. It is described after ``what``, unless
+            ``what`` shows it already (a task named by its call shows its
+            arguments): then only the type of an object it shortened is added,
+            and only if the reason does not name it.
         cause: the pickler's exception, attached as ``__cause__``; its message
             says why.
-        unpickling: the failure happened while unpickling.
-
-    The object is described after ``what`` unless ``what`` shows it already (a
-    task named by its call, ``f(1, <lock>)``, shows its arguments): then only
-    the type of an object it abbreviated is added, and only if the reason does
-    not name it either.
     """
     why = str(cause) or type(cause).__name__
-
-    def safe_repr(part: Any) -> str | None:
-        try:
-            return repr(part)
-        except Exception:
-            return None
-
-    def parts_of(value: Any, depth: int = 2) -> list[Any]:
-        # A call's arguments, ((args), {kwargs}), are the objects they hold.
-        if depth and isinstance(value, tuple | list | dict):
-            values = value.values() if isinstance(value, dict) else value
-            return [leaf for v in values for leaf in parts_of(v, depth - 1)]
-        return [value]
-
-    def description() -> str:
-        parts = parts_of(obj)
-        reprs = [safe_repr(part) for part in parts]
-        # A task's description shortens a long repr in the middle, keeping
-        # about its first dozen characters: those say the object is shown.
-        if not parts or any(text is None or text[:12] not in what for text in reprs):
-            return describe(obj)
-        # Shown: name the types of those it cut short, unless the reason does.
-        missing: list[str] = []
-        for part, text in zip(parts, reprs, strict=True):
-            kind = type(part)
-            name = f"{kind.__module__}.{kind.__qualname__}"
-            if text is not None and text not in what and kind.__qualname__ not in why \
-                    and name not in missing:
-                missing.append(name)
-        return ", ".join(missing)
-
-    if isinstance(obj, str):
-        # A str always pickles: this is a description of data that did not load.
-        unpickling, about = True, obj
-    else:
-        # Callers with no flag to pass say it in words; the verb says it now.
-        if "(unpickling failed)" in what:
-            unpickling, what = True, what.replace(" (unpickling failed)", "")
-        about = description()
-    verb = "unpickle" if unpickling else "pickle"
+    about = _description(obj, what, why)
     subject = f"{what} ({about})" if about else what
-    err = SerializationError(f"cannot {verb} {subject}: {why}")
+    err = SerializationError(f"cannot pickle {subject}: {why}")
     err.__cause__ = cause
     return err
+
+
+def unpickling_error(what: str, cause: BaseException, *objects: Any) -> SerializationError:
+    """A :class:`SerializationError`: ``what`` could not be unpickled, because ``cause``.
+
+    ``objects`` are the originals of what did not load, where the sender has
+    them (a task's arguments): they are described as :func:`serialization_error`
+    does. Data from elsewhere (a worker's result) is described by ``what`` alone.
+    """
+    why = str(cause) or type(cause).__name__
+    about = _description(objects[0], what, why) if objects else ""
+    subject = f"{what} ({about})" if about else what
+    err = SerializationError(f"cannot unpickle {subject}: {why}")
+    err.__cause__ = cause
+    return err
+
+
+def _description(obj: Any, what: str, why: str) -> str:
+    """What to say of ``obj`` after ``what``, or ``''`` if ``what`` and ``why`` say it."""
+    parts = _parts(obj)
+    reprs = [_safe_repr(part) for part in parts]
+    # A task's description shortens a long repr in the middle, keeping about
+    # its first dozen characters: those say the object is shown already.
+    if not parts or any(text is None or text[:12] not in what for text in reprs):
+        return describe(obj)
+    missing: list[str] = []
+    for part, text in zip(parts, reprs, strict=True):
+        kind = type(part)
+        name = f"{kind.__module__}.{kind.__qualname__}"
+        if (text is not None and text not in what and kind.__qualname__ not in why
+                and name not in missing):
+            missing.append(name)
+    return ", ".join(missing)
+
+
+def _parts(value: Any, depth: int = 2) -> list[Any]:
+    """The objects a call's arguments, ``((args), {kwargs})``, hold."""
+    if depth and isinstance(value, tuple | list | dict):
+        values = value.values() if isinstance(value, dict) else value
+        return [leaf for v in values for leaf in _parts(v, depth - 1)]
+    return [value]
+
+
+def _safe_repr(obj: Any) -> str | None:
+    try:
+        return repr(obj)
+    except Exception:
+        return None
 
 
 def find_unpicklable(values: Iterable[tuple[str, Any]]) -> tuple[str, Any, Exception] | None:

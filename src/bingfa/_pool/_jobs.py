@@ -19,7 +19,6 @@ resolve futures after releasing it, so callbacks never run under the lock.
 from __future__ import annotations
 
 import math
-import reprlib
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from .._core._errors import PoolClosedError, TaskTimeoutError, WorkerCrashedErro
 from .._core._futures import Future
 from .._core._serialization import describe
 from .._core._weakcallables import WeakCallableMap
+from ._describe import describe_call, name_of
 
 __all__ = ["AUTO", "Batch", "Job", "ManyJob", "OneJob", "Scheduler"]
 
@@ -159,7 +159,7 @@ class Job:
 
     def describe_task(self, index: int, item: Any) -> str:
         """A short text naming a task, for errors."""
-        return f"{_name(self.fn)} task #{index} ({describe(item)})"
+        return f"{name_of(self.fn)} task #{index} ({describe(item)})"
 
     def _fail_one(self, index: int, error: BaseException) -> None:
         raise NotImplementedError
@@ -212,8 +212,7 @@ class OneJob(Job):
     def describe_task(self, index: int, item: Any) -> str:
         """The call, as ``fn(args...)``, shortened."""
         args, kwargs = self.item
-        parts = [_repr.repr(a) for a in args] + [f"{k}={_repr.repr(v)}" for k, v in kwargs.items()]
-        return f"{_name(self.fn)}({', '.join(parts)})"
+        return describe_call(self.fn, args, kwargs)
 
     def alone(self, batch: Batch) -> Batch:
         """``batch``'s task again, as a batch of this job's own (used by groups)."""
@@ -316,16 +315,6 @@ class Timings:
     def of(self, fn: Callable[..., Any]) -> float | None:
         """The measured seconds per task of ``fn``, or ``None`` if unknown."""
         return self._times.get(fn)
-
-
-_repr = reprlib.Repr()
-_repr.maxstring = 30
-_repr.maxother = 30
-_repr.maxlist = _repr.maxtuple = _repr.maxdict = 4
-
-
-def _name(fn: Callable[..., Any]) -> str:
-    return getattr(fn, "__qualname__", None) or describe(fn)
 
 
 def _set_result(future: Future[Any], value: Any) -> None:

@@ -38,7 +38,6 @@ from typing import Any
 from ..._core._errors import (
     InitializerError,
     PoolClosedError,
-    SerializationError,
     TaskTimeoutError,
     WorkerCrashedError,
 )
@@ -51,6 +50,7 @@ from ..._core._serialization import (
     dumps_function,
     find_unpicklable,
     serialization_error,
+    unpickling_error,
 )
 from .._batch import CALL_KW, CALL_STAR
 from .._jobs import Batch, Job, Scheduler
@@ -903,9 +903,8 @@ def _deliver(batch: Batch, body: memoryview, elapsed: float) -> None:
             # is unknown: run its tasks again one by one, so only it fails.
             job.requeue(batch, range(n), one_by_one=True)
             return
-        err = SerializationError(f"the result of {batch.describe_task(0)} could not be "
-                                 f"unpickled here ({type(exc).__name__}: {exc})")
-        err.__cause__ = exc
+        err = unpickling_error(f"the result of {batch.describe_task(0)} ({body.nbytes} bytes)",
+                               exc)
         _fail_batch(batch, err)()
         return
     errors = [(i, rebuild(payload)) for i, payload in raw_errors] if raw_errors else None
@@ -923,9 +922,12 @@ def _load_failed(batch: Batch, fn_failed: bool, cause: BaseException) -> _Post:
     n = len(batch.items)
     if not fn_failed and n > 1:
         return lambda: job.requeue(batch, range(n), one_by_one=True)
-    what = "the task's function" if fn_failed else f"the arguments of {batch.describe_task(0)}"
-    return _fail_batch(batch, serialization_error(f"{what} in the worker (unpickling failed)",
-                                                  job.fn if fn_failed else batch.items[0], cause))
+    if fn_failed:
+        error = unpickling_error("the task's function in the worker", cause, job.fn)
+    else:
+        error = unpickling_error(f"the arguments of {batch.describe_task(0)} in the worker",
+                                 cause, batch.items[0])
+    return _fail_batch(batch, error)
 
 
 def _startup_failure(exitcode: int | None, sig: int | None) -> str:

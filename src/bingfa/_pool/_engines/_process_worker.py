@@ -24,6 +24,7 @@ from ..._core._context import WorkerContext, set_process_context
 from ..._core._remote_traceback import capture
 from ..._core._serialization import dumps, loads_function, serialization_error
 from .._batch import run_batch
+from .._describe import call_arguments, describe_call
 from ._wire import (
     BATCH,
     DONE,
@@ -157,7 +158,8 @@ class _Writer:
                     written = 0
 
 
-def _encode_results(values: list[Any], errors: list[tuple[int, Any]] | None) -> bytes:
+def _encode_results(fn: Callable[..., Any], items: list[Any], call: int, values: list[Any],
+                    errors: list[tuple[int, Any]] | None) -> bytes:
     """Pickle a batch's outcomes; results that cannot be pickled become errors."""
     try:
         return dumps((values, errors))
@@ -173,7 +175,8 @@ def _encode_results(values: list[Any], errors: list[tuple[int, Any]] | None) -> 
         try:
             dumps(value)
         except Exception as exc:
-            err = serialization_error(f"the result of task #{i} of its batch", value, exc)
+            task = describe_call(fn, *call_arguments(items[i], call))
+            err = serialization_error(f"the result of {task}", value, exc)
             errors.append((i, capture(err)))
             values[i] = None
     errors.sort(key=lambda e: e[0])
@@ -300,10 +303,10 @@ def _serve(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: i
         t0 = perf_counter()
         values, raw_errors = run_batch(fn, items, call, mark if track else None)
         elapsed = perf_counter() - t0
-        del items, fn
         errors = [(i, capture(e)) for i, e in raw_errors] if raw_errors else None
         del raw_errors
-        result = _encode_results(values, errors)
+        result = _encode_results(fn, items, call, values, errors)
+        del items, fn
         # The batch's arguments and results must not live on in an idle
         # worker (they may be large, or hold resources the caller expects
         # freed): only the bytes are left when the frame goes out.
