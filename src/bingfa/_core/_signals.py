@@ -10,3 +10,4 @@ SIGKILL: int = _signal.SIGKILL
 SIGTERM: int = _signal.SIGTERM
 SIGPIPE: int = _signal.SIGPIPE
 SIGXFSZ: int = _signal.SIGXFSZ
+SIGSTOP: int = _signal.SIGSTOP

@@ -43,6 +43,7 @@ from ..._core._errors import (
 )
 from ..._core._futures import Future
 from ..._core._interrupts import deferred_sigint
+from ..._core._proctree import descendants, end_tree
 from ..._core._remote_traceback import rebuild
 from ..._core._serialization import (
     FunctionCache,
@@ -69,6 +70,7 @@ from ._wire import (
     KIND_LOAD_FAILED,
     KIND_STOP,
     LOAD_FAILED,
+    LOADING,
     READY,
     SLOT_BYTES,
     SLOT_INDEX,
@@ -82,7 +84,13 @@ PREFETCH = 2  # map chunks a worker holds: one running, one waiting in its pipe
 KNOWN_FUNCTIONS = 64  # functions a worker keeps unpickled
 PIPE_SIZE = 1 << 20  # ask Linux for 1 MiB pipes: fewer wake-ups for big batches
 READ_SIZE = 1 << 18
-STARTUP_FAILURES = 3  # workers dying before they are ready, in a row, break the pool
+# Workers that exit with an error before they are ready, this many in a row,
+# break the pool: starting them is what fails. Workers *killed* as they start
+# (the OOM killer, a chaos tool) never break it; they are replaced, no faster
+# than EARLY_DEATHS_PER_SECOND (at least) a second, then with a growing pause.
+STARTUP_FAILURES = 3
+EARLY_DEATHS_PER_SECOND = 4
+MAX_RESTART_PAUSE = 1.0
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 _Post = Callable[[], None]
@@ -152,6 +160,14 @@ class ProcessEngine(Engine):
         self._functions = FunctionCache()
         self._slots: list[_Proc | None] = [None] * config.workers
         self._dying: list[_Proc] = []  # terminated or retired, not reaped yet
+        # Descendants of killed workers (what their tasks started), SIGTERMed
+        # with their worker: (when to SIGKILL those still alive, pids).
+        self._stragglers: list[tuple[float, list[int]]] = []
+        # Worker deaths before ready, by signal (monotonic times), and slots
+        # whose replacement waits for the rate limit: slot -> when to start.
+        self._early_deaths: deque[float] = deque()
+        self._pending_starts: dict[int, float] = {}
+        self._launch_failure: BaseException | None = None
         self._handlers: dict[int, tuple[int, _Proc | None]] = {}
         self._scratch = memoryview(bytearray(READ_SIZE))  # manager's read buffer
         self._poller = select.epoll()
@@ -329,13 +345,22 @@ class ProcessEngine(Engine):
             self._slots[p.slot] = None
 
     def _kill(self, p: _Proc, now: float) -> None:
-        """Terminate a worker now, kill it after the grace period (lock held)."""
+        """Terminate a worker and what its task started; kill them after the grace (lock held).
+
+        The task's programs (``subprocess.run``, ``bf.run`` in a session of
+        its own) are the worker's descendants: they are found now, while the
+        worker still holds them, and get the same SIGTERM, then SIGKILL.
+        """
         self._retire(p)
         if not p.killed:
             p.killed = True
             p.kill_at = now + self.config.kill_grace
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGTERM)
+            tree = descendants(p.pid)
+            for pid in [p.pid, *tree]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            if tree:
+                self._stragglers.append((p.kill_at, tree))
 
     def _close_task_pipe(self, p: _Proc) -> None:
         if p.task_fd >= 0:
@@ -573,6 +598,9 @@ class ProcessEngine(Engine):
         with self._lock:
             self._check_deadlines(posts)
             posts += self._dispatch()
+            failure, self._launch_failure = self._launch_failure, None
+        if failure is not None:
+            posts.append(lambda: self.break_pool(failure))
         _run_posts(posts)
         # Only now: the posts may have put work back (a retry, tasks of a dead
         # worker), which a draining pool must still run.
@@ -580,14 +608,17 @@ class ProcessEngine(Engine):
             return not self._finish_if_drained()
 
     def _poll_timeout(self) -> float:
-        if self.config.task_timeout is None and not self._dying:
+        if (self.config.task_timeout is None and not self._dying and not self._stragglers
+                and not self._pending_starts):
             return -1
         with self._lock:
             now = time.monotonic()
             soonest: float | None = None
-            for p in self._dying:
-                if p.kill_at is not None:
-                    soonest = p.kill_at if soonest is None else min(soonest, p.kill_at)
+            times = [p.kill_at for p in self._dying if p.kill_at is not None]
+            times += [when for when, _ in self._stragglers]
+            times += self._pending_starts.values()
+            if times:
+                soonest = min(times)
             timeout = self.config.task_timeout
             if timeout is not None:
                 for slot in self._slots:
@@ -605,8 +636,8 @@ class ProcessEngine(Engine):
         """When the task ``p`` is running started, or ``None`` if it runs none (lock held)."""
         if p is None or p.gone or not p.inflight or p.progress is None:
             return None
-        if p.progress[SLOT_SEQ] != p.inflight[0].seq:
-            return None  # the head batch has not started yet
+        if p.progress[SLOT_SEQ] != p.inflight[0].seq or p.progress[SLOT_INDEX] == LOADING:
+            return None  # the head batch has not started yet (or is still being unpickled)
         return p.progress[SLOT_STARTED] / 1e9
 
     def _overdue(self, p: _Proc | None) -> bool:
@@ -619,9 +650,18 @@ class ProcessEngine(Engine):
         now = time.monotonic()
         for p in list(self._dying):
             if p.kill_at is not None and now >= p.kill_at:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGKILL)
+                end_tree(p.pid)
                 p.kill_at = None
+        if self._stragglers:
+            due = [pids for when, pids in self._stragglers if now >= when]
+            self._stragglers = [(w, pids) for w, pids in self._stragglers if now < w]
+            for pids in due:
+                _kill_all(pids)
+        for number, when in list(self._pending_starts.items()):
+            if now >= when:
+                del self._pending_starts[number]
+                if self._slots[number] is None and self._wants_workers():
+                    self._start(number)
         timeout = self.config.task_timeout
         if timeout is None:
             return
@@ -679,11 +719,14 @@ class ProcessEngine(Engine):
                 seq, index = p.progress[SLOT_SEQ], p.progress[SLOT_INDEX]
             exitcode, sig = self._reap(p)
             if not was_ready and not expected:
-                self._startup_failures += 1
-                if self._startup_failures >= STARTUP_FAILURES:
-                    err = InitializerError(_startup_failure(exitcode, sig))
-                    self._init_failed = True
-                    posts.append(lambda: self.break_pool(err))
+                if sig is not None:
+                    self._early_deaths.append(time.monotonic())
+                else:
+                    self._startup_failures += 1
+                    if self._startup_failures >= STARTUP_FAILURES:
+                        err = InitializerError(_startup_failure(exitcode))
+                        self._init_failed = True
+                        posts.append(lambda: self.break_pool(err))
             if not p.inflight:
                 if not expected:
                     self._replace(p)  # died while idle: nothing lost
@@ -709,9 +752,35 @@ class ProcessEngine(Engine):
             self._replace(p)
 
     def _replace(self, p: _Proc) -> None:
-        """Start a worker in ``p``'s slot, unless the pool is stopping with nothing to do."""
-        if self._can_restart() and (not self._draining or not self.scheduler.idle()):
-            self._start_proc(p.slot)
+        """Start a worker in ``p``'s slot, unless the pool is stopping with nothing to do.
+
+        After workers were killed as they started, the replacement may wait
+        (see EARLY_DEATHS_PER_SECOND): a pool whose new workers are all
+        killed must not fork as fast as it can.
+        """
+        if not self._wants_workers():
+            return
+        now = time.monotonic()
+        deaths = self._early_deaths
+        while deaths and deaths[0] < now - 1.0:
+            deaths.popleft()
+        allowed = max(EARLY_DEATHS_PER_SECOND, self.workers)
+        if len(deaths) <= allowed:
+            self._start(p.slot)
+        else:
+            pause = min(MAX_RESTART_PAUSE, 0.01 * 2 ** (len(deaths) - allowed))
+            self._pending_starts[p.slot] = now + pause
+
+    def _wants_workers(self) -> bool:
+        return self._can_restart() and (not self._draining or not self.scheduler.idle())
+
+    def _start(self, slot: int) -> None:
+        """Start a worker in ``slot``; if workers cannot be started, break the pool (lock held)."""
+        try:
+            self._start_proc(slot)
+        except InitializerError as exc:
+            self._init_failed = True
+            self._launch_failure = exc  # the manager breaks the pool, unlocked
 
     def _can_restart(self) -> bool:
         return not (self._terminated or self._init_failed or self.broken is not None)
@@ -823,8 +892,8 @@ class ProcessEngine(Engine):
             if self.broken is None and not self.scheduler.idle():
                 # Work came back while draining: make sure it has workers.
                 for slot, p in enumerate(self._slots):
-                    if p is None and self._can_restart():
-                        self._start_proc(slot)
+                    if p is None and slot not in self._pending_starts and self._can_restart():
+                        self._start(slot)
                 return False
             idle = all(p is None or not p.inflight for p in self._slots)
             if idle and (self.broken is not None or self.scheduler.idle()):
@@ -835,16 +904,19 @@ class ProcessEngine(Engine):
             return False
         if any(p is not None for p in self._slots):
             return False
-        return not self._dying
+        self._pending_starts.clear()
+        return not self._dying and not self._stragglers
 
     def _close_everything(self) -> None:
         with self._lock:
             leftovers = [p for p in [*self._slots, *self._dying] if p is not None]
             for p in leftovers:
                 if p.pid:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(p.pid, signal.SIGKILL)
+                    end_tree(p.pid)
                 self._reap(p)
+            for _, pids in self._stragglers:
+                _kill_all(pids)
+            self._stragglers.clear()
             for fd in (self._wake_r, self._wake_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -930,15 +1002,17 @@ def _load_failed(batch: Batch, fn_failed: bool, cause: BaseException) -> _Post:
     return _fail_batch(batch, error)
 
 
-def _startup_failure(exitcode: int | None, sig: int | None) -> str:
-    """Why the pool cannot start workers, in one line, with what to look at."""
-    if sig is not None:
-        return (f"worker processes are killed by {_signal_name(sig)} as they start, "
-                f"{STARTUP_FAILURES} times in a row: the pool cannot run tasks; look for what "
-                "kills them (the out-of-memory killer, a resource limit)")
+def _startup_failure(exitcode: int | None) -> str:
+    """Why the pool cannot start workers, in one line, with where to look."""
     return (f"worker processes exit with code {exitcode} as they start, {STARTUP_FAILURES} "
             "times in a row: the pool cannot run tasks; the workers' own error is printed "
             "above")
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _signal_name(sig: int) -> str:

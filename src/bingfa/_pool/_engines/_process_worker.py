@@ -18,9 +18,10 @@ import time
 import traceback
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from ..._core._context import WorkerContext, set_process_context
+from ..._core._proctree import end_tree
 from ..._core._remote_traceback import capture
 from ..._core._serialization import dumps, loads_function, serialization_error
 from .._batch import run_batch
@@ -36,6 +37,7 @@ from ._wire import (
     KIND_LOAD_FAILED,
     KIND_STOP,
     LOAD_FAILED,
+    LOADING,
     READY,
     SLOT_BYTES,
     SLOT_INDEX,
@@ -109,12 +111,18 @@ def _multiprocessing_authkey() -> bytes | None:
     return bytes(process.current_process().authkey)
 
 
+def _leave() -> NoReturn:
+    """The pool's process is gone: end what this worker's task started, then exit."""
+    end_tree(os.getpid(), include_root=False)
+    os._exit(70)
+
+
 def _exit_when_parent_dies(parent_pid: int) -> None:
     """Leave at once if the pool's process dies, even by SIGKILL."""
     try:
         pidfd = os.pidfd_open(parent_pid)
     except ProcessLookupError:
-        os._exit(70)
+        _leave()
     except (AttributeError, OSError):
         # No pidfd (old kernel, not Linux): poll the parent instead.
         def poll() -> None:
@@ -123,7 +131,7 @@ def _exit_when_parent_dies(parent_pid: int) -> None:
                 try:
                     os.kill(parent_pid, 0)
                 except ProcessLookupError:
-                    os._exit(70)
+                    _leave()
                 except PermissionError:
                     pass
 
@@ -132,7 +140,7 @@ def _exit_when_parent_dies(parent_pid: int) -> None:
 
     def wait() -> None:
         select.select([pidfd], [], [])
-        os._exit(70)
+        _leave()
 
     threading.Thread(target=wait, name="bingfa-parent-watch", daemon=True).start()
 
@@ -268,7 +276,9 @@ def _serve(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: i
     while True:
         head = reader.read(FRAME.size)
         if len(head) < FRAME.size:
-            return  # the parent closed the pipe
+            # The pipe closed without a stop: the pool's process died (this
+            # may come before the watcher sees it) or gave up on this worker.
+            _leave()
         (size,) = FRAME.unpack(head)
         header = reader.read(min(size, BATCH.size))
         if header[0] == KIND_STOP:
@@ -281,7 +291,7 @@ def _serve(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: i
         # Mark the batch before reading its body or unpickling anything, so a
         # worker that dies doing either (out of memory, a segfault in
         # __setstate__) is blamed on this batch.
-        progress[SLOT_INDEX] = 0 if track else -1
+        progress[SLOT_INDEX] = LOADING
         progress[SLOT_STARTED] = monotonic_ns()
         progress[SLOT_SEQ] = seq
         frame = memoryview(reader.read(size - BATCH.size))
@@ -300,6 +310,9 @@ def _serve(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: i
             writer.send(LOAD_FAILED.pack(KIND_LOAD_FAILED, seq, 0), dumps(capture(exc)))
             continue
         del frame
+        # Now the tasks start (a tracked batch marks each one as it starts).
+        progress[SLOT_STARTED] = monotonic_ns()
+        progress[SLOT_INDEX] = -1
         t0 = perf_counter()
         values, raw_errors = run_batch(fn, items, call, mark if track else None)
         elapsed = perf_counter() - t0

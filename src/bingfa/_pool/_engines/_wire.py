@@ -50,6 +50,10 @@ KIND_LOAD_FAILED = 2
 
 # progress slot: one int64 each
 SLOT_SEQ = 0  # seq of the batch being run
-SLOT_INDEX = 1  # task index in that batch (-1: untracked)
+SLOT_INDEX = 1  # task index in that batch (-1: untracked, LOADING: not started yet)
 SLOT_STARTED = 2  # time.monotonic_ns() when that task started
 SLOT_BYTES = 64
+# SLOT_INDEX while the worker reads and unpickles a batch: the batch is the
+# worker's (a crash now is blamed on it), but no task has started, so no
+# task's time runs yet (a large argument does not count against task_timeout).
+LOADING = -2
