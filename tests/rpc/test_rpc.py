@@ -654,10 +654,32 @@ def test_a_stream_longer_than_its_timeout_is_not_cut_off():
         assert list(c.call("ticks", 12, timeout=0.3)) == list(range(12))
 
 
-def test_a_timeout_must_be_a_positive_number(client):
-    for bad in (0, -1, float("nan")):
+def test_a_timeout_must_be_a_number_of_seconds(server, client):
+    for bad in (-1, float("nan"), True, "1"):
         with pytest.raises(ValueError, match="timeout"):
             client.call("add", 1, 2, timeout=bad)
+        with pytest.raises(ValueError, match="timeout"):
+            rpc.connect(server.address, timeout=bad)
+        with pytest.raises(ValueError, match="timeout"):
+            asyncio.run(rpc.aconnect(server.address, timeout=bad))
+    # inf is no limit; the client's default then does not apply
+    with rpc.connect(server.address, timeout=float("inf")) as c:
+        assert c.add(1, 2) == 3
+
+
+def test_a_zero_timeout_has_already_passed(server, client):
+    """As in subprocess, bf.run and the pools: 0 is allowed and leaves no time."""
+    with pytest.raises(rpc.RPCTimeoutError):
+        client.slow(30, timeout=0)
+    assert client.add(1, 2) == 3
+
+    async def main():
+        async with await rpc.aconnect(server.address) as c:
+            with pytest.raises(rpc.RPCTimeoutError):
+                await c.call("slow", 30, timeout=0)
+            return await c.add(2, 3)
+
+    assert asyncio.run(main()) == 5
 
 
 def test_leaving_an_async_stream_stops_the_generator(server, service):

@@ -17,6 +17,7 @@ import os
 
 from .._core import _signals as signals
 from .._core._errors import CommandNotFoundError
+from .._core._timeouts import limit_seconds
 
 TYPE_CHECKING = False  # no typing, collections or shlex at run time: bingfa run starts fast
 if TYPE_CHECKING:
@@ -104,13 +105,12 @@ def prepare(cmd: Command, *, shell: bool, timeout: float | None, input: bytes | 
 
 
 def check_timeout(timeout: float | None) -> None:
-    """Raises ValueError unless ``timeout`` is None or a number of seconds >= 0."""
-    if timeout is None:
-        return
-    if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-            or not 0 <= timeout <= MAX_TIMEOUT):  # NaN fails this too
-        raise ValueError(f"timeout must be a number of seconds from 0 to {MAX_TIMEOUT:g}, "
-                         f"got {timeout!r}")
+    """Raises ValueError unless ``timeout`` is None or a number of seconds from 0 to MAX_TIMEOUT.
+
+    The rule is bingfa's one rule for limits (see ``_core._timeouts``), with
+    an upper bound: 0 means the time is already up, NaN and inf are refused.
+    """
+    limit_seconds(timeout, maximum=MAX_TIMEOUT)
 
 
 def split_command(line: str, comments: bool = False) -> list[str]:
