@@ -507,6 +507,48 @@ def test_progress_callable(mode):
     assert calls[-1] == (25, 25)
 
 
+def _progress_run(pool, mode, call, items, report):
+    star = [(x,) for x in items]
+    if call == "map":
+        return pool.map(square, items, chunksize=3, progress=report)
+    if call == "starmap":
+        return pool.starmap(square, star, chunksize=3, progress=report)
+    if call == "imap":
+        return list(pool.imap(square, items, chunksize=3, progress=report))
+    if call == "imap_unordered":
+        return sorted(pool.imap_unordered(square, items, chunksize=3, progress=report))
+    if call == "istarmap":
+        return list(pool.istarmap(square, star, chunksize=3, progress=report))
+    if call == "bf.map":
+        return bf.map(square, items, mode=mode, workers=2, chunksize=3, progress=report)
+    assert call == "bf.imap"
+    return list(bf.imap(square, items, mode=mode, workers=2, chunksize=3, progress=report))
+
+
+@pytest.mark.parametrize(
+    "call", ["map", "starmap", "imap", "imap_unordered", "istarmap", "bf.map", "bf.imap"])
+def test_progress_callable_hears_every_task_in_order(mode, call):
+    """(1, n), (2, n), ..., (n, n): once per task, though results come by chunks."""
+    calls = []
+
+    def report(done, total):
+        calls.append((done, total))
+
+    with bf.Pool(2, mode=mode) as pool:
+        assert _progress_run(pool, mode, call, list(range(10)), report) == [
+            i * i for i in range(10)]
+        assert calls == [(i, 10) for i in range(1, 11)]
+        calls.clear()
+        assert _progress_run(pool, mode, call, [], report) == []
+        assert calls == []  # no task, no call
+        if call.startswith(("imap", "istarmap")):
+            calls.clear()
+            unsized = ((x,) for x in range(7)) if call == "istarmap" else iter(range(7))
+            got = list(getattr(pool, call)(square, unsized, chunksize=3, progress=report))
+            assert sorted(got) == [i * i for i in range(7)]
+            assert calls == [(i, None) for i in range(1, 8)]
+
+
 def test_progress_rejects_garbage(mode):
     with bf.Pool(1, mode=mode) as pool, pytest.raises(TypeError):
         pool.map(square, range(3), progress="yes please")
