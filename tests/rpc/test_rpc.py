@@ -66,6 +66,9 @@ class Service:
             raise InsufficientFunds("balance 3 < 5")
         raise Unregistered("not known to the client")
 
+    def bingfa_error(self, name):
+        raise getattr(bf, name)(f"a {name} from the server")
+
     def count(self, n):
         for i in range(n):
             self.produced += 1
@@ -256,6 +259,14 @@ def test_remote_exceptions_keep_their_type_and_traceback(client):
         client.fail("other")
     assert info.value.remote_type.endswith("Unregistered")
     assert isinstance(info.value, bf.BingfaError)
+
+
+def test_bingfas_own_errors_keep_their_type(client):
+    """Also those defined with the pool, which the client never imports itself."""
+    for name in ("TaskTimeoutError", "ResultTimeoutError", "PoolClosedError"):
+        with pytest.raises(getattr(bf, name), match=f"a {name} from the server") as info:
+            client.bingfa_error(name)
+        assert type(info.value) is getattr(bf, name)
 
 
 def test_hidden_tracebacks(service):
