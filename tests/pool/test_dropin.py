@@ -9,11 +9,13 @@ catches. (What holds in every mode is in the contract suite.)
 from __future__ import annotations
 
 import functools
+import gc
 import multiprocessing
 import os
 import subprocess
 import sys
 import textwrap
+import weakref
 
 import pytest
 from conftest import InThread, wait_at_gate, wait_until
@@ -257,3 +259,24 @@ def test_multiprocessing_code_runs_unchanged_but_for_the_import(tmp_path):
     assert done.stdout.splitlines() == ["timed out as multiprocessing does",
                                         "a closed pool refuses a second with block"]
 
+
+
+class Owner:
+    def method(self):
+        return "ran"
+
+
+def test_a_finished_tasks_bound_method_does_not_keep_its_object_alive():
+    """As in concurrent.futures: the pool's bookkeeping of task durations is no owner.
+
+    (Thread mode: a worker process keeps the functions it was sent, see the
+    process engine's function cache.)
+    """
+    with bf.Pool(1) as pool:
+        owner = Owner()
+        ref = weakref.ref(owner)
+        assert pool.submit(owner.method).result(timeout=30) == "ran"
+        assert pool.submit(square, 2).result(timeout=30) == 4  # the worker moved on
+        del owner
+        gc.collect()
+        assert ref() is None, "the pool keeps a finished task's object alive"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import reprlib
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
@@ -301,23 +302,36 @@ class Timings:
     CAPACITY = 256
 
     def __init__(self) -> None:
-        # id(fn) -> (fn, seconds); the function is kept so its id stays unique.
-        self._times: dict[int, tuple[Callable[..., Any], float]] = {}
+        # id(fn) -> (a weak reference to fn, seconds). The reference tells a
+        # function from a later one that reuses a dead one's id; being weak,
+        # it does not keep a task's function alive, nor, for a bound method,
+        # its object (concurrent.futures frees both once the task is done).
+        self._times: dict[int, tuple[Callable[[], Any], float]] = {}
 
     def note(self, fn: Callable[..., Any], seconds: float, smooth: bool = True) -> None:
         """Record a measured time per task of ``fn`` (a moving average if ``smooth``)."""
         entry = self._times.get(id(fn))
-        if entry is not None and entry[0] is fn:
+        if entry is not None and entry[0]() is fn:
             if smooth:
                 seconds = 0.7 * entry[1] + 0.3 * seconds
-        elif len(self._times) >= self.CAPACITY:
+            self._times[id(fn)] = (entry[0], seconds)
+            return
+        if len(self._times) >= self.CAPACITY:
             self._times.pop(next(iter(self._times)))
-        self._times[id(fn)] = (fn, seconds)
+        self._times[id(fn)] = (_weak(fn), seconds)
 
     def of(self, fn: Callable[..., Any]) -> float | None:
         """The measured seconds per task of ``fn``, or ``None`` if unknown."""
         entry = self._times.get(id(fn))
-        return entry[1] if entry is not None and entry[0] is fn else None
+        return entry[1] if entry is not None and entry[0]() is fn else None
+
+
+def _weak(fn: Callable[..., Any]) -> Callable[[], Any]:
+    """A weak reference to ``fn``, or, for the few callables that refuse one, a strong one."""
+    try:
+        return weakref.ref(fn)
+    except TypeError:  # e.g. an instance of a class with __slots__ and no __weakref__
+        return lambda: fn
 
 
 _repr = reprlib.Repr()
