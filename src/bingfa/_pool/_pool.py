@@ -103,8 +103,11 @@ def _default_workers(mode: str) -> int:
 def _positive(name: str, value: Any, *, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if value <= 0:
+        # concurrent.futures' words, which code written for it may match
+        raise ValueError(f"{name} must be greater than 0, got {value!r}")
 
 
 def _chunksize(chunksize: Any) -> int | str:
