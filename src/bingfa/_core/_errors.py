@@ -19,9 +19,10 @@ timeout)::
           ├── CommandError                an external command failed (check=True)
           └── CommandNotFoundError        (also FileNotFoundError) no such executable
 
-``ResultTimeoutError`` is defined with the pool (``bingfa._pool._errors``), not
-here: deriving from ``multiprocessing.TimeoutError`` means importing
-:mod:`multiprocessing`, which ``bingfa run`` must not pay for at start-up.
+``ResultTimeoutError`` is defined with the pool (``bingfa._pool._errors``), and
+made on first use: deriving from ``multiprocessing.TimeoutError`` means
+importing :mod:`multiprocessing`, which neither ``bingfa run`` nor a thread
+pool should pay for.
 
 An exception raised *by a task* is never wrapped: it reaches the caller with its
 own type, and the traceback of the worker where it happened is attached as its

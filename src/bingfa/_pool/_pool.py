@@ -10,8 +10,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError
-from multiprocessing.context import BaseContext
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from .._core._errors import PoolClosedError
 from .._core._futures import Future
@@ -21,8 +20,12 @@ from .._core._timeouts import limit_seconds, wait_seconds
 from ._batch import CALL_KW, CALL_ONE, CALL_STAR
 from ._engines import create_engine, mode_names
 from ._engines._base import Engine, EngineConfig
-from ._errors import ResultTimeoutError
+from ._errors import result_timeout_error
 from ._jobs import AUTO, ManyJob, OneJob, Scheduler, _set_exception, _set_result
+
+if TYPE_CHECKING:
+    # Only for annotations: a thread pool never imports multiprocessing.
+    from multiprocessing.context import BaseContext
 
 __all__ = ["AsyncResult", "Pool", "imap", "map"]
 
@@ -63,8 +66,8 @@ class AsyncResult(Future[T]):
         """
         self.wait(timeout)
         if not self.done():
-            raise ResultTimeoutError(f"waiting for a result timed out after {timeout} s; "
-                                     f"the task may still be running")
+            raise result_timeout_error(f"waiting for a result timed out after {timeout} s; "
+                                       f"the task may still be running")
         return self.result()
 
     def wait(self, timeout: float | None = None) -> None:
@@ -116,6 +119,13 @@ def _chunksize(chunksize: Any) -> int | str:
         return AUTO
     _positive("chunksize", chunksize, allow_none=False)
     return int(chunksize)
+
+
+def _is_context(value: Any) -> bool:
+    """Whether ``value`` is a multiprocessing context (importing it only when asked)."""
+    from multiprocessing.context import BaseContext
+
+    return isinstance(value, BaseContext)
 
 
 def _one_setting(**spellings: Any) -> tuple[str, Any]:
@@ -264,15 +274,15 @@ class Pool:
         timeout = limit_seconds(task_timeout, "task_timeout")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
-        if isinstance(initializer, BaseContext):
-            raise TypeError("bf.Pool takes multiprocessing.Pool's positional order (workers, "
-                            "initializer, initargs, maxtasksperchild, context); pass a context "
-                            "as mp_context=")
         if initializer is not None and not callable(initializer):
+            if _is_context(initializer):
+                raise TypeError("bf.Pool takes multiprocessing.Pool's positional order "
+                                "(workers, initializer, initargs, maxtasksperchild, context); "
+                                "pass a context as mp_context=")
             raise TypeError(f"initializer must be callable, not {initializer!r}")
         if method is not None:
             if method_name != "start_method":
-                if not isinstance(method, BaseContext):
+                if not _is_context(method):
                     raise TypeError(f"{method_name} must be a multiprocessing context, "
                                     f"not {method!r}")
                 method = method.get_start_method()
@@ -445,7 +455,7 @@ class Pool:
                         continue
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise ResultTimeoutError(
+                        raise result_timeout_error(
                             f"map() did not finish within {wait:g} s: {n - job.completed} of "
                             f"its {n} tasks had not finished; those not started were cancelled")
                     job.cond.wait(left)
