@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ._core._errors import TaskTimeoutError as TaskTimeoutError
     from ._core._errors import WorkerCrashedError as WorkerCrashedError
     from ._core._futures import Future as Future
+    from ._pool._errors import ResultTimeoutError as ResultTimeoutError
     from ._pool._pool import AsyncResult as AsyncResult
     from ._pool._pool import Pool as Pool
     from ._pool._pool import imap as imap
@@ -61,6 +62,7 @@ _HOMES = {
     "Pool": "_pool._pool",
     "PoolClosedError": "_core._errors",
     "RemoteTraceback": "_core._errors",
+    "ResultTimeoutError": "_pool._errors",
     "SerializationError": "_core._errors",
     "TaskTimeoutError": "_core._errors",
     "WorkerCrashedError": "_core._errors",

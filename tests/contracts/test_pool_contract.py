@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import gc
 import itertools
+import multiprocessing
 import os
 import queue
 import signal
@@ -160,6 +162,76 @@ def test_apply_and_apply_async(mode):
     assert errors.empty()
 
 
+def test_map_async_and_starmap_async(mode):
+    results: queue.Queue = queue.Queue()
+    errors: queue.Queue = queue.Queue()
+    with bf.Pool(2, mode=mode) as pool:
+        res = pool.map_async(square, range(20), callback=results.put, error_callback=errors.put)
+        assert isinstance(res, bf.AsyncResult)
+        assert res.get(timeout=30) == [i * i for i in range(20)]
+        assert results.get(timeout=30) == [i * i for i in range(20)]  # the list, once
+        assert res.ready()
+        assert res.successful()
+        star = pool.starmap_async(add, [(1, 2), (3, 4), (5,)], 1, callback=results.put)
+        assert star.get(timeout=30) == [3, 7, 5]
+        assert results.get(timeout=30) == [3, 7, 5]
+        empty = pool.map_async(square, [], callback=results.put)
+        assert empty.get(timeout=30) == []
+        assert results.get(timeout=30) == []
+        assert pool.map_async(square, iter(range(4)), chunksize=None).get(timeout=30) == [
+            0, 1, 4, 9]
+
+        async def main():
+            return await pool.map_async(square, range(3))
+
+        assert asyncio.run(main()) == [0, 1, 4]
+    assert results.empty()
+    assert errors.empty()
+
+
+def test_map_async_error_callback_gets_the_first_error(mode):
+    results: queue.Queue = queue.Queue()
+    errors: queue.Queue = queue.Queue()
+    with bf.Pool(2, mode=mode) as pool:
+        res = pool.map_async(lambda x: fail_on(x, {3}), range(10), chunksize=1,
+                             callback=results.put, error_callback=errors.put)
+        with pytest.raises(Boom, match="bad item 3"):
+            res.get(timeout=30)
+        err = errors.get(timeout=30)
+        assert isinstance(err, Boom)
+        assert "bad item 3" in str(err)
+        assert not res.successful()
+        star = pool.starmap_async(int, [("1",), ("x",)], error_callback=errors.put)
+        with pytest.raises(ValueError, match="invalid literal"):
+            star.get(timeout=30)
+        assert isinstance(errors.get(timeout=30), ValueError)
+    assert results.empty()
+    assert errors.empty()
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("how", ["cancel", "terminate"])
+def test_map_async_stops_with_its_result_or_its_pool(mode, gate, tmp_path, how):
+    task = functools.partial(first_waits_at_gate, gate_path=gate.path, folder=str(tmp_path))
+    pool = bf.Pool(1, mode=mode)
+    try:
+        res = pool.map_async(task, range(10), chunksize=1)
+        assert not res.done()
+        if how == "cancel":
+            assert res.cancel()
+            assert res.cancelled()
+            gate.release()
+            pool.shutdown(wait=True)
+        else:
+            pool.terminate()
+            assert isinstance(res.exception(timeout=30), bf.PoolClosedError)
+    finally:
+        gate.close()
+        pool.terminate()
+    ran = sorted(p.name for p in tmp_path.glob("ran-*"))
+    assert len(ran) <= (1 if mode == "process" else 0), ran
+
+
 def test_async_result_successful_before_ready_raises(mode, tmp_path):
     marker = tmp_path / "started"
     gate = threading.Event() if mode == "thread" else None
@@ -196,6 +268,45 @@ def test_starmap(mode):
         assert pool.starmap(add, [(1, 2), (3, 4), (5,)]) == [3, 7, 5]
         assert pool.starmap(add, zip(range(50), range(50), strict=True)) == [
             2 * i for i in range(50)]
+
+
+def test_map_zips_several_iterables(mode):
+    """As concurrent.futures' map and the builtin map: one item of each, shortest wins."""
+    with bf.Pool(2, mode=mode) as pool:
+        assert pool.map(pow, [2, 3, 4], range(5)) == [1, 3, 16]
+        assert pool.map(add, range(100), itertools.count(1), chunksize=7) == [
+            2 * i + 1 for i in range(100)]
+        assert pool.map(lambda a, b, c: a + b + c, "ab", "cd", "efg") == ["ace", "bdf"]
+        assert pool.map(pow, [2, 3], []) == []
+
+
+def first_waits_at_gate(i, gate_path, folder):
+    """Task 0 waits at the gate; the others leave a marker that they ran."""
+    if i == 0:
+        wait_at_gate(gate_path)
+    else:
+        Path(folder, f"ran-{i}").touch()
+    return i
+
+
+@pytest.mark.timeout(40)
+def test_map_timeout_cancels_what_has_not_run(mode, gate, tmp_path):
+    task = functools.partial(first_waits_at_gate, gate_path=gate.path, folder=str(tmp_path))
+    with bf.Pool(1, mode=mode) as pool:
+        assert pool.map(square, range(5), timeout=30) == [0, 1, 4, 9, 16]
+        run = InThread(lambda: pool.map(task, range(10), chunksize=1, timeout=0.3))
+        gave_up = run.finished(20)  # a hang detector, not a speed requirement
+        gate.release()  # task 0 may go now, whatever happened
+        assert gave_up, "map(timeout=) kept waiting"
+        with pytest.raises(bf.ResultTimeoutError, match=r"did not finish within 0\.3 s") as info:
+            run.result(10)
+        assert isinstance(info.value, TimeoutError)
+        assert isinstance(info.value, multiprocessing.TimeoutError)
+        assert pool.map(square, range(3)) == [0, 1, 4]  # the pool goes on
+    # Tasks 1..9 were cancelled, except the one chunk a process worker may
+    # already hold in its pipe behind the running task.
+    ran = sorted(p.name for p in tmp_path.glob("ran-*"))
+    assert len(ran) <= (1 if mode == "process" else 0), ran
 
 
 def test_imap_is_ordered(mode):
@@ -507,6 +618,48 @@ def test_progress_callable(mode):
     assert calls[-1] == (25, 25)
 
 
+def _progress_run(pool, mode, call, items, report):
+    star = [(x,) for x in items]
+    if call == "map":
+        return pool.map(square, items, chunksize=3, progress=report)
+    if call == "starmap":
+        return pool.starmap(square, star, chunksize=3, progress=report)
+    if call == "imap":
+        return list(pool.imap(square, items, chunksize=3, progress=report))
+    if call == "imap_unordered":
+        return sorted(pool.imap_unordered(square, items, chunksize=3, progress=report))
+    if call == "istarmap":
+        return list(pool.istarmap(square, star, chunksize=3, progress=report))
+    if call == "bf.map":
+        return bf.map(square, items, mode=mode, workers=2, chunksize=3, progress=report)
+    assert call == "bf.imap"
+    return list(bf.imap(square, items, mode=mode, workers=2, chunksize=3, progress=report))
+
+
+@pytest.mark.parametrize(
+    "call", ["map", "starmap", "imap", "imap_unordered", "istarmap", "bf.map", "bf.imap"])
+def test_progress_callable_hears_every_task_in_order(mode, call):
+    """(1, n), (2, n), ..., (n, n): once per task, though results come by chunks."""
+    calls = []
+
+    def report(done, total):
+        calls.append((done, total))
+
+    with bf.Pool(2, mode=mode) as pool:
+        assert _progress_run(pool, mode, call, list(range(10)), report) == [
+            i * i for i in range(10)]
+        assert calls == [(i, 10) for i in range(1, 11)]
+        calls.clear()
+        assert _progress_run(pool, mode, call, [], report) == []
+        assert calls == []  # no task, no call
+        if call.startswith(("imap", "istarmap")):
+            calls.clear()
+            unsized = ((x,) for x in range(7)) if call == "istarmap" else iter(range(7))
+            got = list(getattr(pool, call)(square, unsized, chunksize=3, progress=report))
+            assert sorted(got) == [i * i for i in range(7)]
+            assert calls == [(i, None) for i in range(1, 8)]
+
+
 def test_progress_rejects_garbage(mode):
     with bf.Pool(1, mode=mode) as pool, pytest.raises(TypeError):
         pool.map(square, range(3), progress="yes please")
@@ -716,7 +869,9 @@ def test_future_works_with_concurrent_futures(mode):
         ({"workers": 0}, "workers"),
         ({"workers": -1}, "workers"),
         ({"task_timeout": -1}, "task_timeout"),
-        ({"task_timeout": 0}, "task_timeout"),
+        ({"task_timeout": float("nan")}, "task_timeout"),
+        ({"task_timeout": True}, "task_timeout"),
+        ({"task_timeout": "1"}, "task_timeout"),
         ({"retries": -1}, "retries"),
         ({"max_tasks_per_worker": 0}, "max_tasks_per_worker"),
     ],
@@ -898,6 +1053,19 @@ def test_leaving_the_block_with_an_unfinished_imap(mode, how):
     assert left, "leaving the block waited for an imap that was never finished"
 
 
+def test_a_closed_pool_cannot_be_entered_again(mode):
+    pool = bf.Pool(1, mode=mode)
+    with pool:
+        assert pool.submit(square, 3).result(timeout=30) == 9
+    with pytest.raises(bf.PoolClosedError, match="closed"), pool:
+        pytest.fail("entered a pool that its first with block closed")
+    closed = bf.Pool(1, mode=mode)
+    closed.close()
+    with pytest.raises(ValueError, match="closed"):  # what multiprocessing raises
+        closed.__enter__()
+    closed.join()
+
+
 def test_repr(mode):
     with bf.Pool(2, mode=mode) as pool:
         assert mode in repr(pool)
@@ -963,6 +1131,61 @@ def test_result_with_a_timeout_on_a_running_task(mode, gate):
         assert res.get(timeout=30) == "async result"
 
 
+def test_get_timing_out_is_a_multiprocessing_and_a_builtin_timeout(mode, gate):
+    with bf.Pool(1, mode=mode) as pool:
+        res = pool.apply_async(gated, (gate.path, "late"))
+        queued = pool.starmap_async(gated, [(gate.path, "queued")])
+        for waited in (res, queued):
+            with pytest.raises(multiprocessing.TimeoutError):
+                waited.get(timeout=0.05)
+            with pytest.raises(TimeoutError) as info:
+                waited.get(timeout=0)
+            assert isinstance(info.value, bf.ResultTimeoutError)
+            assert isinstance(info.value, bf.BingfaError)
+            assert "may still be running" in str(info.value)
+        gate.release(2)
+        assert res.get(timeout=30) == "late"
+        assert queued.get(timeout=30) == ["queued"]
+        # A task's own TimeoutError is its answer, not the wait timing out.
+        own = pool.apply_async(raise_it, (TimeoutError("the task's own"),))
+        with pytest.raises(TimeoutError, match="the task's own") as info:
+            own.get(timeout=30)
+        assert not isinstance(info.value, bf.ResultTimeoutError)
+
+
+def test_waits_follow_the_timeout_rule(mode, gate):
+    """NaN and non-numbers are errors, a passed deadline does not wait, inf waits for good."""
+    with bf.Pool(1, mode=mode) as pool:
+        fut = pool.submit(gated, gate.path, "fut")
+        res = pool.apply_async(gated, (gate.path, "res"))
+        for bad in (float("nan"), "1", True):
+            for wait in (fut.result, fut.exception, res.get, res.wait):
+                with pytest.raises(ValueError, match="timeout"):
+                    wait(timeout=bad)
+            with pytest.raises(ValueError, match="timeout"):
+                pool.map(square, [1], timeout=bad)
+        with pytest.raises(TimeoutError):
+            fut.result(timeout=-1)  # deadline - now, after the deadline
+        with pytest.raises(bf.ResultTimeoutError):
+            res.get(timeout=-5)
+        with pytest.raises(bf.ResultTimeoutError):
+            pool.map(square, [1], timeout=-1)
+        gate.release(2)
+        assert fut.result(timeout=float("inf")) == "fut"  # the stdlib overflows here
+        assert res.get(timeout=float("inf")) == "res"
+        assert pool.map(square, [2], timeout=float("inf")) == [4]
+
+
+def test_task_timeout_zero_and_inf(mode, gate):
+    """0 leaves a task no time (as bf.run's timeout=0 does); inf is no limit."""
+    with bf.Pool(1, mode=mode, task_timeout=0) as pool:
+        with pytest.raises(bf.TaskTimeoutError):
+            pool.submit(gated, gate.path, "never").result(timeout=30)
+        gate.release()
+    with bf.Pool(1, mode=mode, task_timeout=float("inf")) as pool:
+        assert pool.submit(square, 3).result(timeout=30) == 9
+
+
 def test_cancel_queued_tasks(mode, gate, tmp_path):
     """Tasks waiting behind a busy worker have not started: cancel() stops them."""
     with bf.Pool(1, mode=mode) as pool:
@@ -979,13 +1202,14 @@ def test_cancel_queued_tasks(mode, gate, tmp_path):
     assert [m.exists() for m in markers] == [False] * 4
 
 
-def test_shutdown_cancel_pending(mode, gate, tmp_path):
+@pytest.mark.parametrize("spelling", ["cancel_futures", "cancel_pending"])
+def test_shutdown_cancel_futures(mode, gate, tmp_path, spelling):
     pool = bf.Pool(1, mode=mode)
     running = pool.submit(gated, gate.path, "running")
     assert wait_until(running.running, timeout=20)
     markers = [tmp_path / f"ran-{i}" for i in range(4)]
     pending = [pool.submit(Path.touch, m) for m in markers]
-    pool.shutdown(wait=False, cancel_pending=True)
+    pool.shutdown(wait=False, **{spelling: True})
     gate.release()
     assert running.result(timeout=30) == "running"
     pool.join()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import pickle
 
 import cloudpickle
@@ -12,6 +13,7 @@ import bingfa as bf
 ERRORS = [
     bf.WorkerCrashedError,
     bf.TaskTimeoutError,
+    bf.ResultTimeoutError,
     bf.PoolClosedError,
     bf.InitializerError,
     bf.SerializationError,
@@ -29,7 +31,10 @@ def test_every_error_is_a_bingfa_error(cls):
     ("cls", "builtin"),
     [
         (bf.TaskTimeoutError, TimeoutError),
+        (bf.ResultTimeoutError, TimeoutError),
+        (bf.ResultTimeoutError, multiprocessing.TimeoutError),
         (bf.PoolClosedError, RuntimeError),
+        (bf.PoolClosedError, ValueError),
         (bf.InitializerError, RuntimeError),
         (bf.SerializationError, TypeError),
         (bf.BackendUnavailableError, LookupError),
@@ -100,7 +105,8 @@ def test_backend_unavailable_error_pickles(dumps):
 
 @pytest.mark.parametrize("dumps", DUMPERS, ids=["pickle", "cloudpickle"])
 @pytest.mark.parametrize(
-    "cls", [bf.BingfaError, bf.PoolClosedError, bf.InitializerError, bf.SerializationError],
+    "cls", [bf.BingfaError, bf.PoolClosedError, bf.InitializerError, bf.SerializationError,
+            bf.ResultTimeoutError],
     ids=lambda c: c.__name__)
 def test_plain_errors_pickle(cls, dumps):
     back = _roundtrip(cls("what happened"), dumps)

@@ -59,6 +59,13 @@ def _kill_randomly(stop: threading.Event, kills: list[int]) -> None:
                 pass
 
 
+def _task_index(crash: bf.WorkerCrashedError) -> int:
+    """The index of the task a crash failed, from its description ("work task #12 (12)")."""
+    match = re.search(r"#(\d+)", crash.task or "")
+    assert match, crash
+    return int(match.group(1))
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("retries", [0, 2])
 def test_every_task_comes_out_exactly_once_under_random_kills(retries):
@@ -79,9 +86,7 @@ def test_every_task_comes_out_exactly_once_under_random_kills(retries):
                     break
                 except bf.WorkerCrashedError as exc:
                     crashed += 1
-                    match = re.search(r"#(\d+)", exc.task or "")
-                    assert match, exc
-                    seen[int(match.group(1))] += 1
+                    seen[_task_index(exc)] += 1
                 else:
                     assert square == i * i
                     seen[i] += 1

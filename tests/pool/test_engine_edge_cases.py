@@ -95,8 +95,8 @@ def test_worker_retires_when_its_last_task_failed_to_load():
         assert pool.submit(double, 4).result(timeout=20) == 8
 
 
-# --- shutdown(cancel_pending=True) ----------------------------------------------------------
-def test_cancel_pending_ends_a_map_waiting_in_another_thread():
+# --- shutdown(cancel_futures=True) ----------------------------------------------------------
+def test_cancel_futures_ends_a_map_waiting_in_another_thread():
     # _jobs.py ManyJob.cancel: neither completes the job nor records an error, and
     # Pool._map waits for "completed == n or first_error".
     out = _run_script("""
@@ -109,7 +109,7 @@ def test_cancel_pending_ends_a_map_waiting_in_another_thread():
             t = threading.Thread(target=lambda: pool.map(wait, range(50), chunksize=1), daemon=True)
             t.start()
             while not pool._scheduler._maps: time.sleep(0.01)
-            pool.shutdown(wait=False, cancel_pending=True)
+            pool.shutdown(wait=False, cancel_futures=True)
             gate.set()
             t.join(15)
             print("HUNG" if t.is_alive() else "OK", flush=True)
@@ -118,14 +118,14 @@ def test_cancel_pending_ends_a_map_waiting_in_another_thread():
     assert out.strip() == "OK"
 
 
-def test_cancel_pending_ends_an_imap():
+def test_cancel_futures_ends_an_imap():
     # Same cause; an imap consumer spins (input not done) or waits for ever.
     out = _run_script("""
         if __name__ == "__main__":
             pool = bf.Pool(2, mode="process")
             it = pool.imap(abs, range(10_000), chunksize=1)
             assert next(it) == 0
-            pool.shutdown(wait=True, cancel_pending=True)
+            pool.shutdown(wait=True, cancel_futures=True)
             t = threading.Thread(target=lambda: sum(1 for _ in it), daemon=True)
             t.start(); t.join(15)
             print("HUNG" if t.is_alive() else "OK", flush=True)
@@ -134,7 +134,7 @@ def test_cancel_pending_ends_an_imap():
     assert out.strip() == "OK"
 
 
-def test_cancel_pending_settles_a_submit_waiting_for_its_retry(tmp_path):
+def test_cancel_futures_settles_a_submit_waiting_for_its_retry(tmp_path):
     from conftest import Gate
 
     with Gate(tmp_path) as a_gate, Gate(tmp_path) as b_gate:
@@ -145,7 +145,7 @@ def test_cancel_pending_settles_a_submit_waiting_for_its_retry(tmp_path):
             a_gate.release()
             # a crashes; its replacement worker takes b, and a's retry queues behind b.
             assert wait_until(lambda: b.running(), timeout=20)
-            pool.shutdown(wait=False, cancel_pending=True)
+            pool.shutdown(wait=False, cancel_futures=True)
             b_gate.close()
             assert b.result(timeout=20) == "b"
             # Cancelled, or failed: anything but a future that never settles.

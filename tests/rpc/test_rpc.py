@@ -66,6 +66,9 @@ class Service:
             raise InsufficientFunds("balance 3 < 5")
         raise Unregistered("not known to the client")
 
+    def bingfa_error(self, name):
+        raise getattr(bf, name)(f"a {name} from the server")
+
     def count(self, n):
         for i in range(n):
             self.produced += 1
@@ -256,6 +259,14 @@ def test_remote_exceptions_keep_their_type_and_traceback(client):
         client.fail("other")
     assert info.value.remote_type.endswith("Unregistered")
     assert isinstance(info.value, bf.BingfaError)
+
+
+def test_bingfas_own_errors_keep_their_type(client):
+    """Also those defined with the pool, which the client never imports itself."""
+    for name in ("TaskTimeoutError", "ResultTimeoutError", "PoolClosedError"):
+        with pytest.raises(getattr(bf, name), match=f"a {name} from the server") as info:
+            client.bingfa_error(name)
+        assert type(info.value) is getattr(bf, name)
 
 
 def test_hidden_tracebacks(service):
@@ -654,10 +665,32 @@ def test_a_stream_longer_than_its_timeout_is_not_cut_off():
         assert list(c.call("ticks", 12, timeout=0.3)) == list(range(12))
 
 
-def test_a_timeout_must_be_a_positive_number(client):
-    for bad in (0, -1, float("nan")):
+def test_a_timeout_must_be_a_number_of_seconds(server, client):
+    for bad in (-1, float("nan"), True, "1"):
         with pytest.raises(ValueError, match="timeout"):
             client.call("add", 1, 2, timeout=bad)
+        with pytest.raises(ValueError, match="timeout"):
+            rpc.connect(server.address, timeout=bad)
+        with pytest.raises(ValueError, match="timeout"):
+            asyncio.run(rpc.aconnect(server.address, timeout=bad))
+    # inf is no limit; the client's default then does not apply
+    with rpc.connect(server.address, timeout=float("inf")) as c:
+        assert c.add(1, 2) == 3
+
+
+def test_a_zero_timeout_has_already_passed(server, client):
+    """As in subprocess, bf.run and the pools: 0 is allowed and leaves no time."""
+    with pytest.raises(rpc.RPCTimeoutError):
+        client.slow(30, timeout=0)
+    assert client.add(1, 2) == 3
+
+    async def main():
+        async with await rpc.aconnect(server.address) as c:
+            with pytest.raises(rpc.RPCTimeoutError):
+                await c.call("slow", 30, timeout=0)
+            return await c.add(2, 3)
+
+    assert asyncio.run(main()) == 5
 
 
 def test_leaving_an_async_stream_stops_the_generator(server, service):

@@ -17,6 +17,7 @@ import os
 
 from .._core import _signals as signals
 from .._core._errors import CommandNotFoundError
+from .._core._timeouts import limit_seconds
 
 TYPE_CHECKING = False  # no typing, collections or shlex at run time: bingfa run starts fast
 if TYPE_CHECKING:
@@ -111,15 +112,16 @@ def prepare(cmd: Command, *, shell: bool, timeout: float | None, input: bytes | 
 
 
 def check_timeout(timeout: float | None) -> None:
-    """Raises TypeError unless ``timeout`` is None or a number, ValueError unless 0 to 30 days."""
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+    """Raises TypeError unless ``timeout`` is None or a number, ValueError unless 0 to 30 days.
+
+    The rule is bingfa's one rule for limits (see ``_core._timeouts``), with
+    an upper bound: 0 means the time is already up, NaN and inf are refused.
+    """
+    if timeout is not None and (isinstance(timeout, bool)
+                                or not isinstance(timeout, (int, float))):
         raise TypeError(f"timeout must be a number of seconds or None, "
                         f"not {type(timeout).__name__}")
-    if not 0 <= timeout <= MAX_TIMEOUT:  # NaN fails this too
-        raise ValueError(f"timeout must be from 0 to {MAX_TIMEOUT:.0f} seconds (30 days), "
-                         f"got {timeout!r}")
+    limit_seconds(timeout, maximum=MAX_TIMEOUT)
 
 
 def check_options(*, encoding: str, errors: str, env: Mapping[str, str] | None,

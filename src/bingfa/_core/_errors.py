@@ -9,12 +9,20 @@ timeout)::
      └── BingfaError
           ├── WorkerCrashedError          a worker died while it held the task
           ├── TaskTimeoutError            (also TimeoutError) the task ran too long
-          ├── PoolClosedError             (also RuntimeError) submit after close()
+          ├── ResultTimeoutError          (also TimeoutError and multiprocessing.TimeoutError)
+          │                               waiting for a result timed out (AsyncResult.get,
+          │                               Pool.map(timeout=)); the task may still be running
+          ├── PoolClosedError             (also RuntimeError and ValueError) submit after close()
           ├── InitializerError            (also RuntimeError) workers cannot start
           ├── SerializationError          (also TypeError) an object could not be (un)pickled
           ├── BackendUnavailableError     (also LookupError) an optional library is missing
           ├── CommandError                an external command failed (check=True)
           └── CommandNotFoundError        (also FileNotFoundError) no such executable
+
+``ResultTimeoutError`` is defined with the pool (``bingfa._pool._errors``), and
+made on first use: deriving from ``multiprocessing.TimeoutError`` means
+importing :mod:`multiprocessing`, which neither ``bingfa run`` nor a thread
+pool should pay for.
 
 An exception raised *by a task* is never wrapped: it reaches the caller with its
 own type, and the traceback of the worker where it happened is attached as its
@@ -110,8 +118,13 @@ class TaskTimeoutError(BingfaError, TimeoutError):
                 (type(self), self.args, {"timeout": self.timeout, "task": self.task}))
 
 
-class PoolClosedError(BingfaError, RuntimeError):
-    """Work was submitted to a pool after ``close()``, ``shutdown()`` or ``terminate()``."""
+class PoolClosedError(BingfaError, RuntimeError, ValueError):
+    """Work was submitted to a pool after ``close()``, ``shutdown()`` or ``terminate()``.
+
+    It is a :class:`RuntimeError`, as ``concurrent.futures`` executors raise
+    after ``shutdown()``, and a :class:`ValueError`, as ``multiprocessing.Pool``
+    raises (``"Pool not running"``), so code written for either catches it.
+    """
 
 
 class InitializerError(BingfaError, RuntimeError):

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
+from ._timeouts import wait_seconds
+
 __all__ = ["Future"]
 
 T = TypeVar("T")
@@ -36,6 +38,10 @@ class Future(concurrent.futures.Future[T]):
 
     def _help(self, timeout: float | None) -> float | None:
         """Let the engine deliver the result here; the time left of ``timeout``."""
+        if timeout is not None:
+            # bingfa's rule for waits: NaN is an error, inf waits for good
+            # (the stdlib would overflow), a negative wait does not wait.
+            timeout = wait_seconds(timeout)
         waiter = self._waiter
         if waiter is None or self.done():
             return timeout
@@ -47,7 +53,12 @@ class Future(concurrent.futures.Future[T]):
         return max(0.0, deadline - time.monotonic())
 
     def result(self, timeout: float | None = None) -> T:
-        """The task's result, waiting up to ``timeout`` seconds; re-raises its error."""
+        """The task's result, waiting up to ``timeout`` seconds; re-raises its error.
+
+        Raises:
+            TimeoutError: the result did not come within ``timeout`` seconds.
+            ValueError: ``timeout`` is NaN or not a number.
+        """
         return super().result(self._help(timeout))
 
     def exception(self, timeout: float | None = None) -> BaseException | None:

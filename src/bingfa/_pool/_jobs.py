@@ -226,7 +226,7 @@ class OneJob(Job):
         _set_exception(self.future, error)
 
     def cancel(self) -> None:
-        """Cancel the task if it has not started (``shutdown(cancel_pending=True)``).
+        """Cancel the task if it has not started (``shutdown(cancel_futures=True)``).
 
         A task waiting to be retried has started already, so its future cannot
         be cancelled; it fails with :class:`~bingfa.PoolClosedError` instead.
@@ -373,6 +373,10 @@ class ManyJob(Job):
         scheduler.open_jobs.add(self)  # until its input ends
         self.by_index: dict[int, tuple[bool, Any]] = {}
         self.arrived: deque[tuple[bool, Any]] = deque()  # unordered outcomes
+        # Called once, without the lock, when the job ends: every task done,
+        # an error, or the job stopped. ``map_async`` settles its result with
+        # it, having no thread of its own that waits.
+        self.on_end: Callable[[], None] | None = None
 
     # --- feeding (caller thread, lock held) ----------------------------------
     def add(self, items: list[Any]) -> None:
@@ -474,6 +478,9 @@ class ManyJob(Job):
             self._store(batch, values, failed)
             self.completed += len(values)
             self._progressed()
+            end = self._ended()
+        if end is not None:
+            end()
 
     def _store(self, batch: Batch, values: list[Any], failed: dict[int, BaseException]) -> None:
         indices = batch.indices
@@ -506,6 +513,18 @@ class ManyJob(Job):
                 self.arrived.append((False, error))
             self.completed += 1
             self._progressed()
+            end = self._ended()
+        if end is not None:
+            end()
+
+    def _ended(self) -> Callable[[], None] | None:
+        """``on_end``, taken, if the job has just ended; else ``None`` (lock held)."""
+        end = self.on_end
+        if end is not None and (self.first_error is not None or self.cancelled or (
+                self.input_done and self.completed >= self.submitted)):
+            self.on_end = None
+            return end
+        return None
 
     def _progressed(self) -> None:
         """Wake the consumer if it has a reason to look (lock held).
@@ -522,7 +541,10 @@ class ManyJob(Job):
         """Stop handing out this job's tasks; results still in flight are dropped."""
         with self.scheduler.lock:
             self._stop()
+            end = self._ended()
         self.scheduler.wake()
+        if end is not None:
+            end()
 
     def abort(self, error: BaseException) -> None:
         with self.scheduler.lock:
@@ -530,6 +552,9 @@ class ManyJob(Job):
                 self.first_error = (-1, error)
             self.aborted = error
             self._stop()
+            end = self._ended()
+        if end is not None:
+            end()
 
     def _stop(self) -> None:
         """Hand out nothing more and wake the consumer (lock held)."""

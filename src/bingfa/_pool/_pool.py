@@ -3,29 +3,41 @@
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
+import functools
 import itertools
 import sys
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Literal, TypeVar
+from concurrent.futures import CancelledError
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from .._core._errors import PoolClosedError
 from .._core._futures import Future
 from .._core._machine import usable_cores
 from .._core._progress import ProgressArg, reporter
+from .._core._timeouts import limit_seconds, wait_seconds
 from ._batch import CALL_KW, CALL_ONE, CALL_STAR
 from ._engines import create_engine, mode_names
 from ._engines._base import Engine, EngineConfig
-from ._jobs import AUTO, ManyJob, OneJob, Scheduler
+from ._errors import result_timeout_error
+from ._jobs import AUTO, ManyJob, OneJob, Scheduler, _set_exception, _set_result
+
+if TYPE_CHECKING:
+    # Only for annotations: a thread pool never imports multiprocessing.
+    from multiprocessing.context import BaseContext
 
 __all__ = ["AsyncResult", "Pool", "imap", "map"]
 
 T = TypeVar("T")
+T2 = TypeVar("T2")
 R = TypeVar("R")
 F = TypeVar("F", bound=Future[Any])
 
 Mode = Literal["thread", "process"]
-ChunkSize = int | Literal["auto"]
+# None is multiprocessing's spelling of "choose for me".
+ChunkSize = int | Literal["auto"] | None
 
 # How many chunks an imap keeps in flight per worker, and at most how many
 # tasks: enough to keep workers busy, never so many that a lazy or endless
@@ -35,22 +47,42 @@ MAX_IN_FLIGHT_PER_WORKER = 1024
 
 
 class AsyncResult(Future[T]):
-    """What ``apply_async`` returns: a :class:`bingfa.Future` with the stdlib names too.
+    """What ``apply_async``, ``map_async`` and ``starmap_async`` return.
 
-    ``get(timeout)``, ``wait(timeout)``, ``ready()`` and ``successful()`` behave as
-    on :class:`multiprocessing.pool.AsyncResult`; ``get`` raises the builtin
-    :class:`TimeoutError` when the timeout passes.
+    A :class:`bingfa.Future` with the names of
+    :class:`multiprocessing.pool.AsyncResult` too: ``get(timeout)``,
+    ``wait(timeout)``, ``ready()`` and ``successful()`` behave as there. When
+    the timeout passes, ``get`` raises :class:`~bingfa.ResultTimeoutError`,
+    which both ``except multiprocessing.TimeoutError`` and ``except
+    TimeoutError`` catch.
     """
 
     def get(self, timeout: float | None = None) -> T:
-        """The result, waiting up to ``timeout`` seconds; re-raises the task's error."""
-        return self.result(timeout)
+        """The result, waiting up to ``timeout`` seconds; re-raises the task's error.
+
+        Raises:
+            ResultTimeoutError: the result did not come in time (the task may
+                still be running).
+            ValueError: ``timeout`` is NaN or not a number.
+        """
+        self.wait(timeout)
+        if not self.done():
+            raise result_timeout_error(f"waiting for a result timed out after {timeout} s; "
+                                       f"the task may still be running")
+        return self.result()
 
     def wait(self, timeout: float | None = None) -> None:
-        """Wait up to ``timeout`` seconds for the task to finish."""
-        import concurrent.futures
+        """Wait up to ``timeout`` seconds for the task to finish.
 
-        concurrent.futures.wait([self], timeout)
+        Raises:
+            ValueError: ``timeout`` is NaN or not a number.
+        """
+        try:
+            # exception() waits as result() does (letting the engine deliver
+            # the result in this thread) without raising the task's error.
+            self.exception(timeout)
+        except (TimeoutError, CancelledError):
+            pass
 
     def ready(self) -> bool:
         """Whether the task has finished."""
@@ -75,39 +107,132 @@ def _default_workers(mode: str) -> int:
 def _positive(name: str, value: Any, *, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if value <= 0:
+        # concurrent.futures' words, which code written for it may match
+        raise ValueError(f"{name} must be greater than 0, got {value!r}")
 
 
-def _check_chunksize(chunksize: Any) -> None:
-    if chunksize != AUTO:
-        _positive("chunksize", chunksize, allow_none=False)
+def _chunksize(chunksize: Any) -> int | str:
+    """``chunksize`` checked, with ``None`` (multiprocessing's default) as ``"auto"``."""
+    if chunksize is None or (isinstance(chunksize, str) and chunksize == AUTO):
+        return AUTO
+    _positive("chunksize", chunksize, allow_none=False)
+    return int(chunksize)
+
+
+def _is_context(value: Any) -> bool:
+    """Whether ``value`` is a multiprocessing context (importing it only when asked)."""
+    from multiprocessing.context import BaseContext
+
+    return isinstance(value, BaseContext)
+
+
+def _one_setting(**spellings: Any) -> tuple[str, Any]:
+    """The one of several spellings of a setting that was given: (name, value).
+
+    Raises:
+        TypeError: if more than one was given.
+    """
+    given = [(name, value) for name, value in spellings.items() if value is not None]
+    if len(given) > 1:
+        names = " and ".join(name for name, _ in given)
+        raise TypeError(f"{names} are the same setting; give only one of them")
+    return given[0] if given else (next(iter(spellings)), None)
+
+
+def _map_items(fn: Callable[..., Any], iterable: Iterable[Any], chunksize: ChunkSize,
+               ) -> tuple[list[Any], int | str]:
+    """A map's checked function and chunksize, and its input read into a list."""
+    if not callable(fn):
+        raise TypeError(f"the task's function must be callable, not {fn!r}")
+    size = _chunksize(chunksize)
+    return (iterable if type(iterable) is list else list(iterable)), size
+
+
+def _map_inputs(iterables: tuple[Any, ...], chunksize: Any,
+                ) -> tuple[Iterable[Any], int, Any]:
+    """(items, call, chunksize) for ``map(fn, *iterables, chunksize=...)``.
+
+    One iterable calls ``fn(item)``; several are zipped, shortest first, and
+    call ``fn(*items)``, as the builtin ``map`` does. ``map(fn, items, 10)``
+    is ``multiprocessing``'s positional chunksize: an integer is never an
+    iterable, so it cannot mean anything else.
+    """
+    if not iterables:
+        raise TypeError("map() needs at least one iterable")
+    if len(iterables) == 2 and (iterables[1] is None or (
+            isinstance(iterables[1], int) and not isinstance(iterables[1], bool))):
+        if chunksize is not None and chunksize != AUTO:
+            raise TypeError("map() got chunksize both as its third argument and by keyword")
+        return iterables[0], CALL_ONE, iterables[1]
+    if len(iterables) == 1:
+        return iterables[0], CALL_ONE, chunksize
+    return zip(*iterables, strict=False), CALL_STAR, chunksize  # shortest wins
 
 
 class Pool:
     """A pool of workers that runs tasks in one mode: threads or processes.
 
+    The positional parameters are ``multiprocessing.Pool``'s, in its order, and
+    the spellings of ``multiprocessing`` and ``concurrent.futures`` are
+    accepted too, so either can be swapped for a ``bf.Pool`` by changing the
+    constructor's name only (see "Drop-in use" in ``docs/pools.md``).
+
     Args:
         workers: how many workers; default: the CPUs this process may use in
-            process mode, and that plus four (at most 32) in thread mode.
-        mode: ``"thread"`` (the default) or ``"process"``.
-        task_timeout: seconds a single task may run. A task that overruns fails
-            with :class:`~bingfa.TaskTimeoutError`; in process mode its worker is
-            terminated (killed after a short grace period) and replaced.
-        retries: how many times a task that crashed its worker or timed out is
-            run again before its error is reported.
+            process mode, and that plus four (at most 32) in thread mode. Also
+            spelled ``processes`` (``multiprocessing``) or ``max_workers``
+            (``concurrent.futures``).
         initializer: called once in each worker before its first task, with
             ``initargs``. What it returns is the worker's state, which tasks
             reach with :func:`bingfa.worker_state`.
         initargs: arguments for ``initializer``.
         max_tasks_per_worker: replace a worker after it has run this many tasks
-            (to bound leaks in long runs).
+            (to bound leaks in long runs). Also spelled ``maxtasksperchild`` or
+            ``max_tasks_per_child``.
+        context: a :mod:`multiprocessing` context (also spelled
+            ``mp_context``); only its start method is used. Implies process
+            mode.
+        mode: ``"thread"`` or ``"process"``. Without it the pool runs threads,
+            unless ``processes=``, a context or a ``start_method`` is given:
+            those ask for processes (``bf.Pool(processes=4)`` stands in for
+            ``multiprocessing.Pool(processes=4)``). ``max_workers=`` and a
+            positional worker count keep threads.
+        task_timeout: seconds a single task may run (``inf``: no limit; ``0``
+            leaves a task no time: it fails unless it is over before the pool
+            looks). A task that overruns fails with
+            :class:`~bingfa.TaskTimeoutError`; in process mode its worker is
+            terminated (killed after a short grace period) and replaced.
+        retries: how many times a task that crashed its worker or timed out is
+            run again before its error is reported.
         start_method: ``"forkserver"`` (the default on Linux), ``"spawn"`` or
             ``"fork"``; process mode only.
+        processes: ``workers``, as ``multiprocessing.Pool`` spells it; implies
+            process mode.
+        max_workers: ``workers``, as ``concurrent.futures`` spells it.
+        maxtasksperchild: ``max_tasks_per_worker``, as ``multiprocessing.Pool``
+            spells it.
+        max_tasks_per_child: ``max_tasks_per_worker``, as
+            ``ProcessPoolExecutor`` spells it.
+        mp_context: ``context``, as ``ProcessPoolExecutor`` spells it.
+        thread_name_prefix: names the worker threads ``<prefix>_0``,
+            ``<prefix>_1``, ... (thread mode), as ``ThreadPoolExecutor`` does.
+
+    Attributes:
+        mode: ``"thread"`` or ``"process"``.
+        workers: how many workers.
+        start_method: how process workers start, ``None`` in thread mode:
+            the one asked for, or the default, or ``"fork"`` when
+            ``initargs`` hold objects that can only be inherited.
 
     Raises:
         ValueError: for a non-positive ``workers``, ``retries < 0``, a negative
-            ``task_timeout``, an unknown ``mode`` or ``start_method``.
+            or NaN ``task_timeout``, an unknown ``mode`` or ``start_method``, or
+            a start method with ``mode="thread"``.
+        TypeError: for one setting given twice under two spellings
+            (``workers=2, processes=3``), or a non-callable ``initializer``.
 
     Example::
 
@@ -125,47 +250,70 @@ class Pool:
     def __init__(
         self,
         workers: int | None = None,
-        *,
-        mode: Mode | str = "thread",
-        task_timeout: float | None = None,
-        retries: int = 0,
         initializer: Callable[..., Any] | None = None,
         initargs: Iterable[Any] = (),
         max_tasks_per_worker: int | None = None,
+        context: BaseContext | None = None,
+        *,
+        mode: Mode | str | None = None,
+        task_timeout: float | None = None,
+        retries: int = 0,
         start_method: str | None = None,
+        processes: int | None = None,
+        max_workers: int | None = None,
+        maxtasksperchild: int | None = None,
+        max_tasks_per_child: int | None = None,
+        mp_context: BaseContext | None = None,
+        thread_name_prefix: str | None = None,
     ) -> None:
+        workers_name, workers = _one_setting(workers=workers, processes=processes,
+                                             max_workers=max_workers)
+        limit_name, max_tasks_per_worker = _one_setting(
+            max_tasks_per_worker=max_tasks_per_worker, maxtasksperchild=maxtasksperchild,
+            max_tasks_per_child=max_tasks_per_child)
+        method_name, method = _one_setting(start_method=start_method, context=context,
+                                           mp_context=mp_context)
+        if mode is None:
+            # Who says processes= or hands over a start method is replacing a
+            # process pool; a bare count or max_workers= keeps bingfa's default.
+            mode = "process" if processes is not None or method is not None else "thread"
         if mode not in mode_names():
             raise ValueError(f"mode must be one of {', '.join(map(repr, mode_names()))}; "
                              f"got {mode!r}")
-        _positive("workers", workers)
-        _positive("max_tasks_per_worker", max_tasks_per_worker)
-        if task_timeout is not None and (isinstance(task_timeout, bool)
-                                         or not isinstance(task_timeout, int | float)
-                                         or task_timeout <= 0):
-            raise ValueError(f"task_timeout must be a positive number of seconds, "
-                             f"got {task_timeout!r}")
+        _positive(workers_name, workers)
+        _positive(limit_name, max_tasks_per_worker)
+        timeout = limit_seconds(task_timeout, "task_timeout")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
         if initializer is not None and not callable(initializer):
+            if _is_context(initializer):
+                raise TypeError("bf.Pool takes multiprocessing.Pool's positional order "
+                                "(workers, initializer, initargs, maxtasksperchild, context); "
+                                "pass a context as mp_context=")
             raise TypeError(f"initializer must be callable, not {initializer!r}")
-        if start_method is not None:
-            import multiprocessing
+        if method is not None:
+            if method_name != "start_method":
+                if not _is_context(method):
+                    raise TypeError(f"{method_name} must be a multiprocessing context, "
+                                    f"not {method!r}")
+                method = method.get_start_method()
+            from ._engines._launcher import START_METHODS
 
-            methods = multiprocessing.get_all_start_methods()
-            if start_method not in methods:
-                raise ValueError(f"start_method must be one of {methods}, got {start_method!r}")
+            if method not in START_METHODS:
+                raise ValueError(f"start_method must be one of {list(START_METHODS)}, "
+                                 f"got {method!r}")
             if mode != "process":
-                raise ValueError("start_method only applies to mode='process'")
+                raise ValueError(f"{method_name} only applies to mode='process'")
         self.mode = mode
         self.workers = workers if workers is not None else _default_workers(mode)
         self.retries = retries
         self._scheduler = Scheduler()
         config = EngineConfig(
             workers=self.workers, initializer=initializer, initargs=tuple(initargs),
-            max_tasks_per_worker=max_tasks_per_worker,
-            task_timeout=float(task_timeout) if task_timeout is not None else None,
-            start_method=start_method)
+            max_tasks_per_worker=max_tasks_per_worker, task_timeout=timeout,
+            start_method=method, thread_name_prefix=thread_name_prefix)
         self._engine: Engine = create_engine(mode, self._scheduler, config)
+        self.start_method: str | None = getattr(self._engine, "start_method", None)
         self._waiter = getattr(self._engine, "wait_for", None)
         self._closed = False
         self._terminated = False
@@ -200,7 +348,7 @@ class Pool:
         """
         result: AsyncResult[R] = AsyncResult()
         if callback is not None or error_callback is not None:
-            result.add_done_callback(_callbacks(callback, error_callback))  # type: ignore[arg-type]
+            result.add_done_callback(_callbacks(callback, error_callback))
         self._submit_one(fn, tuple(args), dict(kwds or {}), result)
         return result
 
@@ -229,52 +377,80 @@ class Pool:
             raise self._scheduler.broken
 
     # --- map family -------------------------------------------------------------------
-    def map(self, fn: Callable[[T], R], iterable: Iterable[T], chunksize: ChunkSize = AUTO,
-            progress: ProgressArg = False) -> list[R]:
+    @overload
+    def map(self, fn: Callable[[T], R], iterable: Iterable[T], /, *,
+            timeout: float | None = None, chunksize: ChunkSize = AUTO,
+            progress: ProgressArg = False) -> list[R]: ...
+
+    @overload
+    def map(self, fn: Callable[[T], R], iterable: Iterable[T], chunksize: int | None, /, *,
+            timeout: float | None = None, progress: ProgressArg = False) -> list[R]: ...
+
+    @overload
+    def map(self, fn: Callable[[T, T2], R], iterable: Iterable[T], iterable2: Iterable[T2], /,
+            *, timeout: float | None = None, chunksize: ChunkSize = AUTO,
+            progress: ProgressArg = False) -> list[R]: ...
+
+    @overload
+    def map(self, fn: Callable[..., R], iterable: Iterable[Any], /, *iterables: Iterable[Any],
+            timeout: float | None = None, chunksize: ChunkSize = AUTO,
+            progress: ProgressArg = False) -> list[R]: ...
+
+    def map(self, fn: Callable[..., R], /, *iterables: Any, timeout: float | None = None,
+            chunksize: ChunkSize = AUTO, progress: ProgressArg = False) -> list[R]:
         """``[fn(x) for x in iterable]``, in parallel; results in input order.
+
+        As in ``concurrent.futures``, several iterables call ``fn`` with one
+        item of each, stopping at the shortest (like the builtin ``map``).
+        Unlike there, the result is a list, so the whole input is read at once
+        (like ``multiprocessing``): use :meth:`imap` for a lazy or endless one.
 
         Args:
             fn: the function to apply.
-            iterable: the inputs (consumed at once, like ``multiprocessing``).
-            chunksize: tasks sent to a worker at a time; ``"auto"`` sizes chunks
-                from measured task durations (about 50 ms of work each, smaller
-                towards the end so workers finish together).
+            *iterables: the inputs. ``map(fn, items, 10)``, ``multiprocessing``'s
+                positional chunksize, works too.
+            timeout: seconds the whole map may take, from the call. When they
+                pass, the tasks not started are cancelled and
+                :class:`~bingfa.ResultTimeoutError` (a :class:`TimeoutError`) is
+                raised; tasks already running finish, their results dropped.
+            chunksize: tasks sent to a worker at a time; ``"auto"`` (or
+                ``None``) sizes chunks from measured task durations (about 50 ms
+                of work each, smaller towards the end so workers finish
+                together).
             progress: ``True`` for a progress bar with an ETA, or a callable
-                receiving ``(done, total)``.
+                called with ``(done, total)`` once per finished task.
 
         Raises:
             Exception: the first task error, with its original type and the
                 worker's traceback as ``__cause__``; the remaining tasks are
                 cancelled.
+            ResultTimeoutError: ``timeout`` passed first.
         """
-        return self._map(fn, iterable, CALL_ONE, chunksize, progress)
+        started = time.monotonic()
+        wait = wait_seconds(timeout)
+        items, call, chunksize = _map_inputs(iterables, chunksize)
+        return self._map(fn, items, call, chunksize, progress, started, wait)
 
     def starmap(self, fn: Callable[..., R], iterable: Iterable[Iterable[Any]],
-                chunksize: ChunkSize = AUTO, progress: ProgressArg = False) -> list[R]:
+                chunksize: ChunkSize = AUTO, progress: ProgressArg = False, *,
+                timeout: float | None = None) -> list[R]:
         """Like :meth:`map`, but each item is unpacked: ``fn(*item)``."""
-        return self._map(fn, iterable, CALL_STAR, chunksize, progress)
+        started = time.monotonic()
+        wait = wait_seconds(timeout)
+        return self._map(fn, iterable, CALL_STAR, chunksize, progress, started, wait)
 
     def _map(self, fn: Callable[..., Any], iterable: Iterable[Any], call: int,
-             chunksize: ChunkSize, progress: ProgressArg) -> list[Any]:
-        if not callable(fn):
-            raise TypeError(f"the task's function must be callable, not {fn!r}")
-        _check_chunksize(chunksize)
-        items = iterable if type(iterable) is list else list(iterable)
+             chunksize: ChunkSize, progress: ProgressArg, started: float,
+             wait: float | None) -> list[Any]:
+        items, size = _map_items(fn, iterable, chunksize)
         n = len(items)
         report = reporter(progress, n, getattr(fn, "__name__", "map"))
-        with self._scheduler.lock:
-            try:
-                self._check_open()
-            except BaseException:
-                report.close()
-                raise
-            job = ManyJob(self._scheduler, fn, call, self.retries, chunksize, ordered=True,
-                          size_hint=n, dense=True)
-            job.wake_each = progress not in (None, False)
-            job.add(items)
-            job.finish_input()
+        job = None
         try:
-            self._engine.wake()
+            job = self._queue_map(fn, items, call, size, wake_each=progress not in (None, False))
+            if job is None:
+                return []
+            deadline = None if wait is None else started + wait
             shown = 0
             with job.cond:
                 while job.completed < n and job.first_error is None:
@@ -286,17 +462,91 @@ class Pool:
                         finally:
                             job.cond.acquire()
                         continue
-                    job.cond.wait()
+                    if deadline is None:
+                        job.cond.wait()
+                        continue
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise result_timeout_error(
+                            f"map() did not finish within {wait:g} s: {n - job.completed} of "
+                            f"its {n} tasks had not finished; those not started were cancelled")
+                    job.cond.wait(left)
             report.update(job.completed)
             if job.first_error is not None:
                 raise job.first_error[1]
-            assert job.slots is not None or n == 0
-            return job.slots if job.slots is not None else []
+            assert job.slots is not None
+            return job.slots
         except BaseException:
-            job.cancel()
+            if job is not None:
+                job.cancel()
             raise
         finally:
             report.close()
+
+    def _queue_map(self, fn: Callable[..., Any], items: list[Any], call: int,
+                   chunksize: int | str, wake_each: bool,
+                   on_end: Callable[[ManyJob], None] | None = None) -> ManyJob | None:
+        """Queue a map's tasks; its job, or ``None`` for no items.
+
+        ``on_end(job)`` is called once when the job ends (see ``ManyJob.on_end``).
+        """
+        with self._scheduler.lock:
+            self._check_open()
+            if not items:
+                return None
+            job = ManyJob(self._scheduler, fn, call, self.retries, chunksize, ordered=True,
+                          size_hint=len(items), dense=True)
+            # Whether the caller wants to hear of every finished chunk, for
+            # its progress display, or only of the end.
+            job.wake_each = wake_each
+            if on_end is not None:
+                job.on_end = functools.partial(on_end, job)
+            job.add(items)
+            job.finish_input()
+        self._engine.wake()
+        return job
+
+    def map_async(self, fn: Callable[[T], R], iterable: Iterable[T],
+                  chunksize: ChunkSize = None,
+                  callback: Callable[[list[R]], Any] | None = None,
+                  error_callback: Callable[[BaseException], Any] | None = None,
+                  ) -> AsyncResult[list[R]]:
+        """``multiprocessing.Pool.map_async``: :meth:`map` without waiting.
+
+        Returns an :class:`AsyncResult` whose value is the list of results.
+        ``callback`` gets that list; ``error_callback`` gets the first task
+        error (by input position among those seen), and the tasks not started
+        then are cancelled. Both run on a pool thread, so they should return
+        quickly. Cancelling the result cancels the tasks not started.
+        """
+        return self._map_async(fn, iterable, CALL_ONE, chunksize, callback, error_callback)
+
+    def starmap_async(self, fn: Callable[..., R], iterable: Iterable[Iterable[Any]],
+                      chunksize: ChunkSize = None,
+                      callback: Callable[[list[R]], Any] | None = None,
+                      error_callback: Callable[[BaseException], Any] | None = None,
+                      ) -> AsyncResult[list[R]]:
+        """Like :meth:`map_async`, but each item is unpacked: ``fn(*item)``."""
+        return self._map_async(fn, iterable, CALL_STAR, chunksize, callback, error_callback)
+
+    def _map_async(self, fn: Callable[..., Any], iterable: Iterable[Any], call: int,
+                   chunksize: ChunkSize, callback: Callable[[Any], Any] | None,
+                   error_callback: Callable[[BaseException], Any] | None,
+                   ) -> AsyncResult[list[Any]]:
+        items, size = _map_items(fn, iterable, chunksize)
+        result: AsyncResult[list[Any]] = AsyncResult()
+        result._waiter = self._waiter
+        if callback is not None or error_callback is not None:
+            result.add_done_callback(_callbacks(callback, error_callback))
+        # No thread waits for a map_async: its job settles the result as it
+        # ends, in the thread that delivers its last result or first error.
+        job = self._queue_map(fn, items, call, size, wake_each=False,
+                              on_end=functools.partial(_settle_map, result))
+        if job is None:
+            result.set_result([])
+        else:
+            result.add_done_callback(functools.partial(_cancel_if_cancelled, job))
+        return result
 
     def imap(self, fn: Callable[[T], R], iterable: Iterable[T], chunksize: ChunkSize = AUTO,
              progress: ProgressArg = False) -> Iterator[R]:
@@ -322,14 +572,14 @@ class Pool:
               chunksize: ChunkSize, ordered: bool, progress: ProgressArg) -> Iterator[Any]:
         if not callable(fn):
             raise TypeError(f"the task's function must be callable, not {fn!r}")
-        _check_chunksize(chunksize)
+        size = _chunksize(chunksize)
         try:
             total: int | None = len(iterable)  # type: ignore[arg-type]
         except TypeError:
             total = None
         with self._scheduler.lock:
             self._check_open()
-            job = ManyJob(self._scheduler, fn, call, self.retries, chunksize, ordered=ordered,
+            job = ManyJob(self._scheduler, fn, call, self.retries, size, ordered=ordered,
                           size_hint=total)
         return _ResultIterator(self, job, iter(iterable),
                                reporter(progress, total, getattr(fn, "__name__", "imap")))
@@ -354,21 +604,35 @@ class Pool:
         self._engine.shutdown(wait=True)
         self._forget()
 
-    def shutdown(self, wait: bool = True, cancel_pending: bool = False) -> None:
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
+                 cancel_pending: bool | None = None) -> None:
         """Close the pool and stop its workers once their work is done.
+
+        The signature of ``concurrent.futures.Executor.shutdown``.
 
         Args:
             wait: block until every worker has exited.
-            cancel_pending: cancel tasks that have not started yet.
+            cancel_futures: cancel the tasks that have not started yet; a
+                map or imap waiting on them fails with
+                :class:`~bingfa.PoolClosedError`.
+            cancel_pending: the older name of ``cancel_futures``, still accepted.
+
+        Raises:
+            TypeError: if both ``cancel_futures`` and ``cancel_pending`` are given.
         """
+        if cancel_pending is not None:
+            if cancel_futures:
+                raise TypeError("cancel_pending is the older name of cancel_futures; "
+                                "give only one of them")
+            cancel_futures = cancel_pending
         self._closed = True
         if self._terminated:
             return
         self._cut_open_inputs()
-        if cancel_pending:
+        if cancel_futures:
             with self._scheduler.lock:
                 jobs = self._scheduler.cancel_all()
-            error = PoolClosedError("the pool was shut down (cancel_pending=True) before "
+            error = PoolClosedError("the pool was shut down (cancel_futures=True) before "
                                     "these tasks ran")
             for job in jobs:
                 if isinstance(job, ManyJob):
@@ -406,6 +670,11 @@ class Pool:
         self._finalizer.detach()
 
     def __enter__(self) -> Pool:
+        if self._closed:
+            # As multiprocessing does: a pool's with block closes it, and a
+            # second block would only find out at its first submit.
+            raise PoolClosedError("cannot enter a pool that has been closed (a pool's with "
+                                  "block closes it when it ends); make a new pool")
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
@@ -544,10 +813,26 @@ class _ResultIterator(Iterator[Any]):
             self._job.cancelled = True
 
 
+def _settle_map(result: AsyncResult[list[Any]], job: ManyJob) -> None:
+    """Settle a ``map_async`` result as its job ends (called once, without the lock)."""
+    if job.first_error is not None:
+        _set_exception(result, job.first_error[1])
+        job.cancel()  # the tasks not started yet: nobody wants them now
+    elif job.completed >= job.submitted and job.slots is not None:
+        _set_result(result, job.slots)
+    else:  # stopped by result.cancel(), which has settled it already
+        _set_exception(result, PoolClosedError("the map was stopped before it finished"))
+
+
+def _cancel_if_cancelled(job: ManyJob, result: concurrent.futures.Future[Any]) -> None:
+    if result.cancelled():
+        job.cancel()
+
+
 def _callbacks(callback: Callable[[Any], Any] | None,
                error_callback: Callable[[BaseException], Any] | None,
-               ) -> Callable[[Future[Any]], None]:
-    def done(fut: Future[Any]) -> None:
+               ) -> Callable[[concurrent.futures.Future[Any]], None]:
+    def done(fut: concurrent.futures.Future[Any]) -> None:
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -560,24 +845,52 @@ def _callbacks(callback: Callable[[Any], Any] | None,
     return done
 
 
-def map(fn: Callable[[T], R], iterable: Iterable[T], *, mode: Mode | str = "thread",
+@overload
+def map(fn: Callable[[T], R], iterable: Iterable[T], /, *, timeout: float | None = None,
+        mode: Mode | str | None = None, workers: int | None = None,
+        chunksize: ChunkSize = AUTO, progress: ProgressArg = False,
+        **pool_options: Any) -> list[R]: ...
+
+
+@overload
+def map(fn: Callable[[T, T2], R], iterable: Iterable[T], iterable2: Iterable[T2], /, *,
+        timeout: float | None = None, mode: Mode | str | None = None,
         workers: int | None = None, chunksize: ChunkSize = AUTO,
-        progress: ProgressArg = False, **pool_options: Any) -> list[R]:
+        progress: ProgressArg = False, **pool_options: Any) -> list[R]: ...
+
+
+@overload
+def map(fn: Callable[..., R], iterable: Iterable[Any], /, *iterables: Iterable[Any],
+        timeout: float | None = None, mode: Mode | str | None = None,
+        workers: int | None = None, chunksize: ChunkSize = AUTO,
+        progress: ProgressArg = False, **pool_options: Any) -> list[R]: ...
+
+
+def map(fn: Callable[..., R], /, *iterables: Any, timeout: float | None = None,
+        mode: Mode | str | None = None, workers: int | None = None,
+        chunksize: ChunkSize = AUTO, progress: ProgressArg = False,
+        **pool_options: Any) -> list[R]:
     """Apply ``fn`` to every item on a pool made for the call; results in order.
 
-    Takes the :class:`Pool` options (``task_timeout``, ``retries``, ...) as
-    keywords. The pool is gone when it returns, and on Ctrl-C its workers are
-    killed at once.
+    Takes :meth:`Pool.map`'s arguments (several iterables are zipped;
+    ``timeout`` counts from this call, the pool's start included) and the
+    :class:`Pool` options (``task_timeout``, ``retries``, ``processes``, ...)
+    as keywords. The pool is gone when it returns; on a timeout, an error or
+    Ctrl-C its workers are stopped at once.
 
     Example::
 
         squares = bf.map(lambda x: x * x, range(1000), mode="process", progress=True)
     """
+    started = time.monotonic()
+    wait = wait_seconds(timeout)
+    items, call, chunksize = _map_inputs(iterables, chunksize)
     with Pool(workers, mode=mode, **pool_options) as pool:
-        return pool.map(fn, iterable, chunksize=chunksize, progress=progress)
+        result: list[R] = pool._map(fn, items, call, chunksize, progress, started, wait)
+        return result
 
 
-def imap(fn: Callable[[T], R], iterable: Iterable[T], *, mode: Mode | str = "thread",
+def imap(fn: Callable[[T], R], iterable: Iterable[T], *, mode: Mode | str | None = None,
          workers: int | None = None, ordered: bool = True, chunksize: ChunkSize = AUTO,
          progress: ProgressArg = False, **pool_options: Any) -> Iterator[R]:
     """Lazily apply ``fn`` to every item on a pool made for the iteration.
@@ -586,7 +899,7 @@ def imap(fn: Callable[[T], R], iterable: Iterable[T], *, mode: Mode | str = "thr
     pool starts at the first ``next()`` and stops when the iteration ends or
     the iterator is closed.
     """
-    _check_chunksize(chunksize)
+    _chunksize(chunksize)
     with Pool(workers, mode=mode, **pool_options) as pool:
         if ordered:
             yield from pool.imap(fn, iterable, chunksize=chunksize, progress=progress)

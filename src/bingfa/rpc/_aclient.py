@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, cast
 
 from .._core._errors import SerializationError
+from .._core._timeouts import limit_seconds
 from ._client_core import STREAM_WINDOW, Login, secret_bytes, undecodable_answer
 from ._codec import MSGPACK, Codec, arguments_error
 from ._errors import ConnectionLostError, RPCTimeoutError, rebuild
@@ -276,8 +277,7 @@ class AsyncClient:
     def __init__(self, address: str, *, secret: bytes | str | None = None,
                  tls: ssl.SSLContext | None = None, timeout: float | None = None) -> None:
         parse_address(address)
-        if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        timeout = limit_seconds(timeout)
         self.address = address
         self.timeout = timeout
         self._secret = secret_bytes(secret)
@@ -345,10 +345,11 @@ class AsyncClient:
                    **kwargs: Any) -> Any:
         """Call ``method``; see :meth:`bingfa.rpc.Client.call`. A generator method
         returns an async iterator."""
-        if timeout is None:
-            timeout = self.timeout
-        elif not timeout > 0:  # NaN too
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        timeout = self.timeout if timeout is None else limit_seconds(timeout)
+        if timeout == 0:
+            # The deadline has passed already: fail without sending anything
+            # (as gRPC does), rather than start a handler only to cancel it.
+            raise RPCTimeoutError(f"{method}() was not sent: its timeout is 0")
         protocol = self._protocol
         if protocol is None or protocol.lost is not None:
             protocol = await self._connection()

@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any
 
 from .._core._errors import SerializationError
+from .._core._timeouts import limit_seconds
 from ._client_core import STREAM_WINDOW, Login, secret_bytes, undecodable_answer
 from ._codec import Codec, arguments_error
 from ._errors import ConnectionLostError, RPCTimeoutError, rebuild
@@ -556,8 +557,7 @@ class Client:
                  tls: ssl.SSLContext | None = None, timeout: float | None = None,
                  spin: float = SPIN) -> None:
         parse_address(address)  # ValueError now, not at the first call
-        if timeout is not None and (isinstance(timeout, bool) or timeout <= 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        timeout = limit_seconds(timeout)
         if isinstance(spin, bool) or not 0 <= spin <= 1:  # NaN too
             raise ValueError(f"spin must be between 0 and 1 second, got {spin!r}")
         self.address = address
@@ -611,10 +611,11 @@ class Client:
             AttributeError: the server has no such method. Any exception the
                 handler raised, rebuilt (see :class:`RemoteError`).
         """
-        if timeout is None:
-            timeout = self.timeout
-        elif not timeout > 0:  # NaN too
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        timeout = self.timeout if timeout is None else limit_seconds(timeout)
+        if timeout == 0:
+            # The deadline has passed already: fail without sending anything
+            # (as gRPC does), rather than start a handler only to cancel it.
+            raise RPCTimeoutError(f"{method}() was not sent: its timeout is 0")
         if self._bridge is not None:
             return self._bridge.call(method, args, kwargs, timeout)
         conn = self._conn

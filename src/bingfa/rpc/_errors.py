@@ -99,9 +99,31 @@ def describe(exc: BaseException, with_traceback: bool) -> tuple[str, str, Any, s
     return _name(type(exc)), str(exc), list(exc.args), text
 
 
+def _public_error(type_name: str) -> type[BaseException] | None:
+    """One of bingfa's public errors defined outside the core tree, by its name.
+
+    ``bingfa.ResultTimeoutError`` lives with the pool, which this module does
+    not import (the client does not need a pool); it is looked up, and
+    registered, when a server first sends one. Only names bingfa exports are
+    looked up, so the network still picks nothing but bingfa's own errors.
+    """
+    module, _, name = type_name.rpartition(".")
+    if module != "bingfa":
+        return None
+    import bingfa
+
+    if name not in bingfa._HOMES:
+        return None
+    obj = getattr(bingfa, name)
+    if isinstance(obj, type) and issubclass(obj, BingfaError):
+        register_error(obj)
+        return obj
+    return None
+
+
 def rebuild(type_name: str, message: str, args: Any, text: str | None) -> BaseException:
     """The exception to raise on the client for a remote one."""
-    cls = _registered.get(type_name)
+    cls = _registered.get(type_name) or _public_error(type_name)
     if cls is None and "." not in type_name:
         candidate = getattr(builtins, type_name, None)
         if isinstance(candidate, type) and issubclass(candidate, Exception):

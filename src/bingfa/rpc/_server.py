@@ -864,7 +864,7 @@ class Server:
                 # The grace period is over: queued calls are dropped, and a
                 # handler still running finishes on its own (it sees
                 # bf.cancelled()); the server does not wait for it.
-                pool.shutdown(wait=False, cancel_pending=True)
+                pool.shutdown(wait=False, cancel_futures=True)
         if self._unix_path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._unix_path)

@@ -30,6 +30,7 @@ class EngineConfig:
     max_tasks_per_worker: int | None = None
     task_timeout: float | None = None
     start_method: str | None = None
+    thread_name_prefix: str | None = None
     # How long a terminated process gets to exit before it is killed.
     kill_grace: float = 0.2
 

@@ -154,7 +154,7 @@ class ProcessEngine(Engine):
                     # only be inherited: fork, as multiprocessing.Pool does here.
                     method = "fork"
                     self._inherited_init = (config.initializer, config.initargs)
-        self._method = method
+        self._method = self.start_method = method
         # Workers not forked from this process never see its __main__.
         self._main_by_value = method != "fork"
         self._functions = FunctionCache()

@@ -48,7 +48,7 @@ class ThreadEngine(Engine):
         self._draining = False
         self._terminated = False
         self._watchdog: threading.Thread | None = None
-        self._name = f"bingfa-thread-{id(self):x}"
+        self._name = config.thread_name_prefix or f"bingfa-thread-{id(self):x}"
         scheduler.wake = self.wake
 
     # --- engine protocol ---------------------------------------------------------
@@ -115,7 +115,7 @@ class ThreadEngine(Engine):
         """Start a worker thread in ``slot`` (lock held)."""
         w = _Worker(slot)
         self._slots[slot] = w
-        t = threading.Thread(target=self._work, args=(w,), name=f"{self._name}-{slot}", daemon=True)
+        t = threading.Thread(target=self._work, args=(w,), name=f"{self._name}_{slot}", daemon=True)
         w.thread = t
         self._threads.add(t)
         t.start()
