@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ._core._errors import BingfaError as BingfaError
     from ._core._errors import CommandError as CommandError
     from ._core._errors import CommandNotFoundError as CommandNotFoundError
+    from ._core._errors import DeadlockError as DeadlockError
     from ._core._errors import InitializerError as InitializerError
     from ._core._errors import PoolClosedError as PoolClosedError
     from ._core._errors import RemoteTraceback as RemoteTraceback
@@ -56,6 +57,7 @@ _HOMES = {
     "CommandResult": "_commands._result",
     "CommandRun": "_commands._run_many",
     "CommandStream": "_commands._stream",
+    "DeadlockError": "_core._errors",
     "Future": "_core._futures",
     "InitializerError": "_core._errors",
     "OutputLine": "_commands._stream",

@@ -9,6 +9,7 @@ import textwrap
 import weakref
 
 import pytest
+from conftest import wait_at_gate
 
 import bingfa as bf
 
@@ -108,3 +109,100 @@ def test_work_pending_when_the_interpreter_exits_still_runs(mode, tmp_path):
     assert done.returncode == 0, done.stderr
     assert sorted(done.stdout.split("\n")[:-1]) == sorted(f"done {i}" for i in range(10))
     assert done.stderr == ""
+
+
+def tagged(i):
+    return Payload(i)
+
+
+@pytest.mark.timeout(60)
+def test_an_imap_left_with_break_keeps_nothing(mode):
+    """``break`` out of an imap: what was queued never runs, late results are not kept."""
+    with bf.Pool(2, mode=mode) as pool:
+        for ordered in (True, False):
+            call = pool.imap if ordered else pool.imap_unordered
+            for result in call(tagged, range(100_000), chunksize=1):
+                assert isinstance(result, Payload)
+                break
+            del result
+            # The batches in flight when the loop was left finish and come
+            # back; a later task runs after them on the same workers.
+            assert pool.map(abs, range(-20, 0), chunksize=1) == list(range(20, 0, -1))
+            gc.collect()
+            assert live_payloads() == 0  # while the pool lives
+
+
+_FORKED_CHILD = """
+import os, sys, threading, time
+import bingfa as bf
+
+pool = bf.Pool(2, mode={mode!r})
+release = threading.Event()
+running = pool.submit(release.wait if {mode!r} == "thread" else time.sleep, 1)
+assert pool.submit(abs, -1).result() == 1
+pid = os.fork()
+if pid == 0:
+    # The child: the pool is its parent's. Nothing here may hang.
+    failures = []
+    for name, use in [("result", lambda: running.result(timeout=3)),
+                      ("result without timeout", lambda: running.result()),
+                      ("submit", lambda: pool.submit(abs, -2)),
+                      ("map", lambda: pool.map(abs, [1, 2])),
+                      ("imap", lambda: list(pool.imap(abs, [1, 2])))]:
+        try:
+            use()
+            failures.append(name + ": no error")
+        except bf.PoolClosedError as exc:
+            if "os.fork()" not in str(exc):
+                failures.append(name + ": " + str(exc))
+    pool.shutdown()  # the parent's to stop: a no-op here
+    print("child", failures, flush=True)
+    sys.exit(0)  # runs the exit handlers: they leave the parent's pool alone
+_, status = os.waitpid(pid, 0)
+release.set()
+running.result(timeout=30)
+print("parent", os.waitstatus_to_exitcode(status), pool.map(abs, [-3, -4]), flush=True)
+pool.shutdown()
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_inherited_through_fork_fails_at_once_in_the_child(mode, tmp_path):
+    script = tmp_path / "forked.py"
+    script.write_text(_FORKED_CHILD.format(mode=mode))
+    done = subprocess.run([PY, "-W", "ignore::DeprecationWarning", str(script)],
+                          capture_output=True, text=True, timeout=50, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["child []", "parent 0 [3, 4]"], done.stderr
+
+
+def gated_abs(gate, x):
+    wait_at_gate(gate)
+    return abs(x)
+
+
+@pytest.mark.timeout(60)
+def test_a_callback_that_waits_on_its_own_process_pool_is_refused(gate):
+    caught: list[BaseException] = []
+
+    def wait_in_callback(_result):
+        try:
+            pool.map(abs, [1, 2])
+        except bf.DeadlockError as exc:
+            caught.append(exc)
+        try:
+            pool.submit(abs, 3).result(timeout=5)
+        except bf.DeadlockError as exc:
+            caught.append(exc)
+
+    with bf.Pool(2, mode="process") as pool:
+        # The tasks wait at the gate until their callbacks are in place.
+        done = pool.apply_async(gated_abs, (gate.path, -1), callback=wait_in_callback)
+        fut = pool.submit(gated_abs, gate.path, -2)
+        fut.add_done_callback(wait_in_callback)
+        gate.release(2)
+        assert done.get(timeout=30) == 1
+        assert fut.result(timeout=30) == 2
+        pool.submit(abs, 0).result(timeout=30)  # both callbacks have run by now
+    assert len(caught) == 4, caught
+    assert all(isinstance(exc, RuntimeError) for exc in caught)

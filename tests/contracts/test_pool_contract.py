@@ -1370,35 +1370,43 @@ def slow(x, folder):
     threading.Event().wait(120)
     return x
 
+def run(pool, call, folder):
+    me = psutil.Process()
+    helpers = ("forkserver", "resource_tracker", "_zygote")
+    workers = [p.pid for p in me.children(recursive=True)
+               if p.ppid() != me.pid
+               or not any(h in " ".join(p.cmdline()) for h in helpers)]
+    print(" ".join(map(str, workers)), flush=True)
+    items = [(i, folder) for i in range(100)]
+    if call == "map":
+        pool.starmap(slow, items, chunksize=1)
+    elif call == "submit":
+        # the waiting main thread reads results itself (process mode)
+        pool.submit(slow, 0, folder).result()
+    else:
+        for _ in pool.istarmap(slow, items, chunksize=1):
+            pass
+
+
 if __name__ == "__main__":
-    mode, call, folder = sys.argv[1:]
-    with bf.Pool(2, mode=mode) as pool:
-        me = psutil.Process()
-        helpers = ("forkserver", "resource_tracker", "_zygote")
-        workers = [p.pid for p in me.children(recursive=True)
-                   if p.ppid() != me.pid
-                   or not any(h in " ".join(p.cmdline()) for h in helpers)]
-        print(" ".join(map(str, workers)), flush=True)
-        items = [(i, folder) for i in range(100)]
-        if call == "map":
-            pool.starmap(slow, items, chunksize=1)
-        elif call == "submit":
-            # the waiting main thread reads results itself (process mode)
-            pool.submit(slow, 0, folder).result()
-        else:
-            for _ in pool.istarmap(slow, items, chunksize=1):
-                pass
+    mode, call, folder, block = sys.argv[1:]
+    if block == "with":
+        with bf.Pool(2, mode=mode) as pool:
+            run(pool, call, folder)
+    else:  # a pool never closed: the exit handler must not wait for its tasks
+        run(bf.Pool(2, mode=mode), call, folder)
     print("returned", flush=True)
 """
 
 
+@pytest.mark.parametrize("block", ["with", "bare"])
 @pytest.mark.parametrize("call", ["map", "imap", "submit"])
-def test_ctrl_c_stops_a_map(mode, call, tmp_path):
+def test_ctrl_c_stops_a_map(mode, call, block, tmp_path):
     script = tmp_path / "ctrl_c.py"
     script.write_text(_CTRL_C_SCRIPT)
     started = tmp_path / "started"
     started.mkdir()
-    proc = subprocess.Popen([sys.executable, str(script), mode, call, str(started)],
+    proc = subprocess.Popen([sys.executable, str(script), mode, call, str(started), block],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pids: list[int] = []
     try:

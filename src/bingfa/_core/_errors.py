@@ -14,6 +14,7 @@ timeout)::
           │                               Pool.map(timeout=)); the task may still be running
           ├── PoolClosedError             (also RuntimeError and ValueError) submit after close()
           ├── InitializerError            (also RuntimeError) workers cannot start
+          ├── DeadlockError               (also RuntimeError) a wait that could never end
           ├── SerializationError          (also TypeError) an object could not be (un)pickled
           ├── BackendUnavailableError     (also LookupError) an optional library is missing
           ├── CommandError                an external command failed (check=True)
@@ -40,6 +41,7 @@ __all__ = [
     "BingfaError",
     "CommandError",
     "CommandNotFoundError",
+    "DeadlockError",
     "InitializerError",
     "PoolClosedError",
     "RemoteTraceback",
@@ -134,6 +136,16 @@ class InitializerError(BingfaError, RuntimeError):
     ``__cause__``), or worker processes cannot be started here at all (the
     message says why, and what to do). Rather than restarting failing workers
     forever, the pool fails every pending task and refuses new ones.
+    """
+
+
+class DeadlockError(BingfaError, RuntimeError):
+    """Waiting here could never end, so bingfa refuses to wait.
+
+    A process pool's callbacks (``callback=``, ``add_done_callback``) run on
+    the thread that delivers the pool's results: a callback that waits for
+    another result of the same pool (``pool.map``, ``future.result()``)
+    would wait for itself. Submitting from a callback is fine; waiting is not.
     """
 
 

@@ -475,7 +475,8 @@ class ManyJob(Job):
                         self.first_error = (batch.indices[local], err)
             else:
                 failed = {}
-            self._store(batch, values, failed)
+            if not self.cancelled:  # nobody will take a cancelled job's results
+                self._store(batch, values, failed)
             self.completed += len(values)
             self._progressed()
             end = self._ended()
@@ -541,6 +542,7 @@ class ManyJob(Job):
         """Stop handing out this job's tasks; results still in flight are dropped."""
         with self.scheduler.lock:
             self._stop()
+            self.forget_results()
             end = self._ended()
         self.scheduler.wake()
         if end is not None:
@@ -555,6 +557,11 @@ class ManyJob(Job):
             end = self._ended()
         if end is not None:
             end()
+
+    def forget_results(self) -> None:
+        """Let go of results nobody will take (lock held)."""
+        self.by_index.clear()
+        self.arrived.clear()
 
     def _stop(self) -> None:
         """Hand out nothing more and wake the consumer (lock held)."""
@@ -589,6 +596,10 @@ class Scheduler:
         self.broken: BaseException | None = None
         # The engine sets this to be told that work arrived (called unlocked).
         self.wake: Callable[[], None] = _nothing
+        # Jobs whose consumer dropped them (an imap iterator collected by the
+        # garbage collector, which may run in a thread that holds the lock:
+        # appending needs none). Stopped at the scheduler's next look.
+        self.dropped: deque[ManyJob] = deque()
 
     def activate(self, job: Job) -> None:
         """Put a job in line for workers (lock held)."""
@@ -596,12 +607,20 @@ class Scheduler:
             self._queued.add(id(job))
             (self._singles if isinstance(job, OneJob) else self._maps).append(job)
 
+    def _stop_dropped(self) -> None:
+        """Stop the jobs nobody consumes any more (lock held)."""
+        while self.dropped:
+            job = self.dropped.popleft()
+            job._stop()
+            job.forget_results()
+
     def take(self, limit: int | None, workers: int, single_ok: bool = True) -> Batch | None:
         """The next batch for a worker with room for ``limit`` tasks (lock held).
 
         With ``single_ok=False`` single tasks are passed over: the worker is
         busy, and a task queued behind another one must stay cancellable.
         """
+        self._stop_dropped()
         first, second = self._singles, self._maps
         if not self._singles_first:
             first, second = second, first
@@ -660,6 +679,7 @@ class Scheduler:
 
     def idle(self) -> bool:
         """Whether nothing is waiting and nothing more can arrive (lock held)."""
+        self._stop_dropped()
         return all(job.cancelled for job in self.open_jobs) and not self.has_work()
 
     def cancel_all(self) -> list[Job]:

@@ -6,6 +6,7 @@ import atexit
 import concurrent.futures
 import functools
 import itertools
+import os
 import sys
 import time
 import weakref
@@ -20,7 +21,7 @@ from .._core._progress import ProgressArg, reporter
 from .._core._timeouts import limit_seconds, wait_seconds
 from ._batch import CALL_KW, CALL_ONE, CALL_STAR
 from ._engines import create_engine, mode_names
-from ._engines._base import Engine, EngineConfig
+from ._engines._base import Engine, EngineConfig, inherited_error
 from ._errors import result_timeout_error
 from ._jobs import AUTO, ManyJob, OneJob, Scheduler, _set_exception, _set_result
 
@@ -371,6 +372,8 @@ class Pool:
         return future
 
     def _check_open(self) -> None:
+        if self._engine.inherited:
+            raise inherited_error()
         if self._closed:
             raise PoolClosedError("cannot submit work to a pool that has been closed")
         if self._scheduler.broken is not None:
@@ -452,6 +455,8 @@ class Pool:
                 return []
             deadline = None if wait is None else started + wait
             shown = 0
+            if job.completed < n:
+                self._engine.check_can_wait()
             with job.cond:
                 while job.completed < n and job.first_error is None:
                     if shown != job.completed:
@@ -597,6 +602,8 @@ class Pool:
         """
         if not self._closed:
             raise ValueError("join() needs close() first: the pool is still open")
+        if self._engine.inherited:
+            return  # the parent's to stop, not this forked child's
         if self._terminated:
             self._engine.join()
             return
@@ -626,7 +633,7 @@ class Pool:
                                 "give only one of them")
             cancel_futures = cancel_pending
         self._closed = True
-        if self._terminated:
+        if self._terminated or self._engine.inherited:
             return
         self._cut_open_inputs()
         if cancel_futures:
@@ -651,7 +658,8 @@ class Pool:
         :func:`bingfa.cancelled`).
         """
         self._closed = self._terminated = True
-        self._engine.terminate()
+        if not self._engine.inherited:
+            self._engine.terminate()
         self._forget()
 
     def _cut_open_inputs(self) -> None:
@@ -749,6 +757,8 @@ class _ResultIterator(Iterator[Any]):
     def __next__(self) -> Any:
         if self._finished:
             raise StopIteration
+        if self._pool._engine.inherited:
+            raise inherited_error()
         job = self._job
         try:
             while True:
@@ -766,6 +776,7 @@ class _ResultIterator(Iterator[Any]):
                             raise StopIteration
                         if not job.input_done and job.outstanding() < self._window() // 2:
                             break  # room for more input
+                        self._pool._engine.check_can_wait()
                         job.cond.wait()
                     done = job.completed
                 self._report.update(done)
@@ -806,11 +817,14 @@ class _ResultIterator(Iterator[Any]):
         self._finish()
 
     def __del__(self) -> None:
-        # No lock here: the garbage collector may run this in a thread that
-        # holds the scheduler's lock. The flag alone stops the job; the
-        # scheduler drops it at its next look.
+        # Left with ``break``, or dropped. No lock here: the garbage collector
+        # may run this in a thread that holds the scheduler's lock. The flag
+        # alone stops the job handing out tasks and keeping results; the
+        # scheduler frees the rest at its next look.
         if not self._finished:
+            self._finished = True
             self._job.cancelled = True
+            self._job.scheduler.dropped.append(self._job)
 
 
 def _settle_map(result: AsyncResult[list[Any]], job: ManyJob) -> None:
@@ -912,10 +926,21 @@ _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 def _shutdown_quietly(engine: Engine) -> None:
     # The pool was dropped without close(): let queued work finish, then stop.
+    if engine.inherited:
+        return  # a forked child's copy: the parent's to stop
     try:
         engine.shutdown(wait=False)
     except Exception:
         pass
+
+
+def _mark_inherited() -> None:
+    """In a child made by os.fork(): every pool here is its parent's (no locks taken)."""
+    for engine in list(_live_engines):
+        engine.inherited = True
+
+
+os.register_at_fork(after_in_child=_mark_inherited)
 
 
 @atexit.register
@@ -929,7 +954,7 @@ def _finish_at_exit() -> None:
 
     Registered after multiprocessing's own exit handler, so it runs first.
     """
-    engines = list(_live_engines)
+    engines = [engine for engine in _live_engines if not engine.inherited]
     if not isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
         try:
             for engine in engines:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..._core._errors import InitializerError
+from ..._core._errors import InitializerError, PoolClosedError
 from .._jobs import Job, Scheduler
 
 __all__ = ["Engine", "EngineConfig"]
@@ -42,6 +42,22 @@ class Engine(abc.ABC):
         self.scheduler = scheduler
         self.config = config
         self.workers = config.workers
+        # Set (in the child only) when this process forked: the engine's
+        # threads and workers stayed with the parent, its locks may be held
+        # by threads that do not exist here. Nothing may wait on it.
+        self.inherited = False
+
+    def check_can_wait(self) -> None:  # noqa: B027 - most engines never refuse a wait
+        """Raise if the calling thread waiting on this engine could never be woken."""
+
+    def wait_for(self, future: Any, timeout: float | None) -> None:
+        """Help ``future`` along while its caller waits (see ``Future._help``).
+
+        Raises:
+            PoolClosedError: in a child forked from the pool's process.
+        """
+        if self.inherited:
+            raise inherited_error()
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -84,6 +100,14 @@ class Engine(abc.ABC):
         """Fail ``jobs`` (their unfinished tasks) with ``error``."""
         for job in jobs:
             job.abort(error)
+
+
+def inherited_error() -> PoolClosedError:
+    """The error for using, in a forked child, a pool its parent made."""
+    return PoolClosedError(
+        "this pool was inherited through os.fork(): its workers and threads belong to the "
+        "process that made it, so nothing can run or arrive here; make a new pool in this "
+        "process")
 
 
 def initializer_error(detail: str) -> InitializerError:

@@ -143,9 +143,14 @@ def _fork(forked: Callable[[], None], close_in_child: list[int]) -> WorkerProces
 def _after_fork_in_child() -> None:
     # multiprocessing objects inherited by the worker (a Queue or Lock in
     # initargs) reset their per-process state in these hooks, as they would
-    # in a multiprocessing child.
+    # in a multiprocessing child; the parent's finalizers and children are
+    # not the worker's (multiprocessing's own children start the same way).
     util = sys.modules.get("multiprocessing.util")
     if util is not None:
+        util._finalizer_registry.clear()
+        process = sys.modules.get("multiprocessing.process")
+        if process is not None:
+            vars(process)["_children"] = set()
         util._run_after_forkers()
 
 

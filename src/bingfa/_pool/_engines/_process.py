@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..._core._errors import (
+    DeadlockError,
     InitializerError,
     PoolClosedError,
     TaskTimeoutError,
@@ -55,7 +56,7 @@ from ..._core._serialization import (
 )
 from .._batch import CALL_KW, CALL_STAR
 from .._jobs import Batch, Job, Scheduler
-from ._base import Engine, EngineConfig, initializer_error
+from ._base import Engine, EngineConfig, inherited_error, initializer_error
 from ._launcher import START_METHODS, WorkerProcess, launch
 from ._process_worker import WorkerBoot, serve_inherited
 from ._wire import (
@@ -253,8 +254,12 @@ class ProcessEngine(Engine):
         wait as usual. Returns when the future is done, the timeout passed, or
         the engine stopped.
         """
-        if (future.done() or self._done or self._manager is None
-                or threading.current_thread() is self._manager
+        if self.inherited:
+            raise inherited_error()
+        if future.done():
+            return
+        self.check_can_wait()
+        if (self._done or self._manager is None
                 or not self._lead_mutex.acquire(blocking=False)):
             return
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -285,6 +290,23 @@ class ProcessEngine(Engine):
                 self._lead_wanted = False
                 self._lead_cond.notify_all()
             self._lead_mutex.release()
+
+    def check_can_wait(self) -> None:
+        """Refuse to wait on the thread that delivers results: nothing else would.
+
+        Callbacks run on the manager thread, or on a caller leading in its
+        place (see wait_for); either waiting for a result of this pool would
+        wait for itself.
+
+        Raises:
+            DeadlockError: when called on that thread.
+        """
+        me = threading.current_thread()
+        if me is self._manager or me is self._leader:
+            raise DeadlockError(
+                "a callback of a process pool waited for a result of the same pool: callbacks "
+                "run on the thread that delivers the pool's results, so that wait could never "
+                "end; submit from the callback and wait elsewhere")
 
     # --- starting and stopping workers -------------------------------------------
     def _start_proc(self, slot: int) -> None:

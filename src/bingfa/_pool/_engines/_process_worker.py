@@ -217,6 +217,7 @@ def _run(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: int
     code = 0
     try:
         _serve(boot, task_fd, result_fd, progress_fd)
+        _finish_multiprocessing()
     except SystemExit as exc:  # from bingfa's own start-up only: tasks' are their errors
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:
@@ -230,6 +231,19 @@ def _run(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: int
             except Exception:
                 pass
         os._exit(code)
+
+
+def _finish_multiprocessing() -> None:
+    """Flush what tasks put on multiprocessing queues, as a multiprocessing child does.
+
+    A ``multiprocessing.Queue`` hands items to a feeder thread; a process that
+    leaves with ``os._exit`` before the thread has written them loses them.
+    multiprocessing's own exit handler waits for it (and for the children
+    the worker's tasks started), so the worker runs it when it stops.
+    """
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util._exit_function()
 
 
 def _serve(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: int) -> None:
