@@ -54,12 +54,12 @@ def _installed(module: str) -> str | None:
 
 def info() -> str:
     """What ``bingfa info`` prints: this machine as bingfa sees it."""
-    import multiprocessing
     import os
     import platform
 
     from ._core._machine import usable_cores
     from ._pool._engines import mode_names
+    from ._pool._engines._launcher import START_METHODS
     from ._pool._engines._process import default_start_method
 
     usable = usable_cores()
@@ -68,7 +68,7 @@ def info() -> str:
         f"python {platform.python_version()} ({platform.python_implementation()}) "
         f"on {platform.system()} {platform.release()} {platform.machine()}",
         f"cores: {os.cpu_count()} (usable by this process: {usable})",
-        f"start methods: {', '.join(multiprocessing.get_all_start_methods())} "
+        f"start methods: {', '.join(START_METHODS)} "
         f"(default: {default_start_method()})",
         f"modes: {', '.join(mode_names())}",
         "optional extras:",
