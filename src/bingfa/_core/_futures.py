@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import time
 from collections.abc import Callable, Generator
@@ -70,6 +69,8 @@ class Future(concurrent.futures.Future[T]):
             # wrap_future chains the two futures both ways: our result lands in
             # the loop via call_soon_threadsafe, and cancelling the awaiting
             # task cancels us.
+            import asyncio  # only for awaiting: a pool that is never awaited does not pay for it
+
             yield from asyncio.wrap_future(self).__await__()
         return self.result()
 

@@ -18,18 +18,13 @@ cloudpickle too, which carries those classes by value.
 
 from __future__ import annotations
 
-import io
 import linecache
 import os
 import pickle
 import reprlib
 import threading
-import types
-from collections import ChainMap
 from collections.abc import Callable, Iterable
 from typing import Any
-
-import cloudpickle
 
 from ._errors import SerializationError
 from ._weakcallables import WeakCallableMap
@@ -92,32 +87,9 @@ def dumps(obj: Any, main_by_value: bool = False) -> bytes:
         # A false alarm (the text in a string) only costs the slower pickler.
         if not (main_by_value and b"__main__" in data):
             return data
-    pickled: bytes = cloudpickle.dumps(obj, PROTOCOL)
-    return pickled
+    from . import _by_value  # cloudpickle: imported only when something needs it
 
-
-class _FunctionPickler(cloudpickle.Pickler):  # type: ignore[misc]
-    """cloudpickle, except that code keeps its file name, and notes which files it used.
-
-    cloudpickle renames every file it pickles code from to ``<dynamic-code>``
-    (for byte-identical pickles), which leaves a worker's traceback with no
-    file, no line and no source. bingfa pickles each function once, so it has
-    no use for that; it wants the real file.
-    """
-
-    def __init__(self, file: io.BytesIO) -> None:
-        self.filenames: set[str] = set()
-        # The C pickler reads dispatch_table when it is initialised.
-        self.dispatch_table = ChainMap({types.CodeType: self._reduce_code},
-                                       cloudpickle.Pickler.dispatch_table)
-        super().__init__(file, protocol=PROTOCOL)
-
-    def _reduce_code(self, code: types.CodeType) -> Any:
-        rebuild, args = cloudpickle.cloudpickle._code_reduce(code)
-        self.filenames.add(code.co_filename)
-        # Put the real file name back where cloudpickle wrote its placeholder.
-        args = tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
-        return rebuild, args
+    return _by_value.dumps(obj)
 
 
 def dumps_function(fn: Any) -> bytes:
@@ -127,11 +99,10 @@ def dumps_function(fn: Any) -> bytes:
     the source lines of code that has no file on disk (notebook cells,
     ``python -c``), where this process knows them, for the worker's tracebacks.
     """
-    with io.BytesIO() as buffer:
-        pickler = _FunctionPickler(buffer)
-        pickler.dump(fn)
-        pickled = buffer.getvalue()
-    sources = _sources_without_files(pickler.filenames)
+    from . import _by_value
+
+    pickled, filenames = _by_value.dumps_function(fn)
+    sources = _sources_without_files(filenames)
     if not sources:
         return pickled
     return pickle.dumps(_WithSources(pickled, sources), PROTOCOL)
@@ -240,9 +211,11 @@ def _safe_repr(obj: Any) -> str | None:
 
 def find_unpicklable(values: Iterable[tuple[str, Any]]) -> tuple[str, Any, Exception] | None:
     """The first ``(name, value)`` that cannot be pickled, with its error."""
+    from . import _by_value
+
     for name, value in values:
         try:
-            cloudpickle.dumps(value, PROTOCOL)
+            _by_value.dumps(value)
         except Exception as exc:
             return name, value, exc
     return None

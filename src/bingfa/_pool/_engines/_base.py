@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ..._core._errors import InitializerError, PoolClosedError
@@ -20,19 +19,29 @@ from .._jobs import Job, Scheduler
 __all__ = ["Engine", "EngineConfig"]
 
 
-@dataclass(frozen=True)
 class EngineConfig:
-    """What a pool asks of its engine."""
+    """What a pool asks of its engine.
 
-    workers: int
-    initializer: Callable[..., Any] | None = None
-    initargs: tuple[Any, ...] = ()
-    max_tasks_per_worker: int | None = None
-    task_timeout: float | None = None
-    start_method: str | None = None
-    thread_name_prefix: str | None = None
-    # How long a terminated process gets to exit before it is killed.
-    kill_grace: float = 0.2
+    A plain class rather than a dataclass: ``dataclasses`` imports
+    ``inspect``, which would cost every pool's import a few milliseconds.
+    """
+
+    __slots__ = ("initargs", "initializer", "kill_grace", "max_tasks_per_worker",
+                 "start_method", "task_timeout", "thread_name_prefix", "workers")
+
+    def __init__(self, workers: int, initializer: Callable[..., Any] | None = None,
+                 initargs: tuple[Any, ...] = (), max_tasks_per_worker: int | None = None,
+                 task_timeout: float | None = None, start_method: str | None = None,
+                 thread_name_prefix: str | None = None, kill_grace: float = 0.2) -> None:
+        self.workers = workers
+        self.initializer = initializer
+        self.initargs = initargs
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self.task_timeout = task_timeout
+        self.start_method = start_method
+        self.thread_name_prefix = thread_name_prefix
+        # How long a terminated process gets to exit before it is killed.
+        self.kill_grace = kill_grace
 
 
 class Engine(abc.ABC):

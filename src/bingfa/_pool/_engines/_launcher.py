@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import socket
 import struct
 import sys
 import threading
@@ -37,6 +36,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..._core._errors import InitializerError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
 
 __all__ = ["START_METHODS", "WorkerProcess", "launch"]
 
@@ -209,6 +212,8 @@ class _Zygote:
         return WorkerProcess(pid, lambda: _reported_status(status_r), status_fd=status_r)
 
     def _request(self, fds: tuple[int, int, int], status_w: int) -> int:
+        import socket  # with the zygote, not with every process pool (2 ms)
+
         for _ in range(2):
             sock = self._sock if self._sock is not None else self._start()
             try:
@@ -228,6 +233,7 @@ class _Zygote:
                                "twice; its error is printed above")
 
     def _start(self) -> socket.socket:
+        import socket
         import subprocess
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
