@@ -13,12 +13,16 @@ ProgressArg = bool | Callable[[int, int | None], Any] | None
 class Reporter(Protocol):
     """Told how many tasks are done; closed at the end."""
 
+    quiet: bool  # reports nothing: callers may skip telling it
+
     def update(self, done: int) -> None: ...
 
     def close(self) -> None: ...
 
 
 class _Silent:
+    quiet = True
+
     def update(self, done: int) -> None:
         return None
 
@@ -32,6 +36,8 @@ class _Callback:
     Results arrive a chunk at a time, but a callback that counts or logs
     must not see numbers skipped, so a chunk of three is told as three calls.
     """
+
+    quiet = False
 
     def __init__(self, fn: Callable[[int, int | None], Any], total: int | None) -> None:
         self._fn = fn
@@ -49,6 +55,8 @@ class _Callback:
 
 
 class _Bar:
+    quiet = False
+
     def __init__(self, total: int | None, desc: str) -> None:
         from tqdm.auto import tqdm  # imported only when a bar is asked for
 

@@ -30,7 +30,7 @@ from .._core._serialization import describe
 from .._core._weakcallables import WeakCallableMap
 from ._describe import describe_call, name_of
 
-__all__ = ["AUTO", "Batch", "Job", "ManyJob", "OneJob", "Scheduler"]
+__all__ = ["AUTO", "Batch", "Chunk", "Job", "ManyJob", "OneJob", "Scheduler"]
 
 AUTO: Final[Literal["auto"]] = "auto"
 
@@ -39,6 +39,10 @@ AUTO: Final[Literal["auto"]] = "auto"
 # enough that the tail of a map balances and progress moves smoothly.
 TARGET_BATCH_SECONDS = 0.05
 MIN_BATCH_SECONDS = 0.0005
+# ... and to carry at most about this many bytes of arguments and results:
+# big payloads (arrays) go one or a few at a time, so both workers get a fair
+# share and neither waits behind a batch of hundreds of megabytes.
+TARGET_BATCH_BYTES = 4 << 20
 # Below this per-task time, marking each task's start would cost more than a
 # few percent, so such batches run untracked (see _run.run_batch).
 TRACK_THRESHOLD_SECONDS = 20e-6
@@ -49,6 +53,10 @@ GROUP_SECONDS = 0.002
 MAX_GROUP = 256
 
 RETRYABLE = (WorkerCrashedError, TaskTimeoutError)
+
+# A chunk of an imap's outcomes: the values (None where a task failed), and
+# each failed task's error by its position in the chunk (None: none failed).
+Chunk = tuple[list[Any], "dict[int, BaseException] | None"]
 
 
 class Batch:
@@ -95,6 +103,9 @@ class Job:
         self.call = call
         self.retries = retries
         self.per_task = None  # measured seconds per task (moving average)
+        # Measured pickled bytes per task (moving averages), where an engine pickles.
+        self.argument_bytes: float | None = None
+        self.result_bytes: float | None = None
         self.cancelled = False
         self._again: deque[Batch] = deque()  # retries and requeued tasks go first
 
@@ -169,6 +180,26 @@ class Job:
             return
         sample = elapsed / n
         self.per_task = sample if self.per_task is None else 0.7 * self.per_task + 0.3 * sample
+
+    def note_bytes(self, tasks: int, nbytes: int, results: bool) -> None:
+        """A batch of ``tasks`` carried ``nbytes`` of arguments (or results) (lock held).
+
+        Engines that pickle (process mode) report both directions; the job
+        sizes its batches, and an imap its window, by them.
+        """
+        if tasks <= 0:
+            return
+        sample = nbytes / tasks
+        if results:
+            before = self.result_bytes
+            self.result_bytes = sample if before is None else 0.7 * before + 0.3 * sample
+        else:
+            before = self.argument_bytes
+            self.argument_bytes = sample if before is None else 0.7 * before + 0.3 * sample
+
+    def bytes_per_task(self) -> float:
+        """Measured bytes a task carries each way together (0 if unknown)."""
+        return (self.argument_bytes or 0.0) + (self.result_bytes or 0.0)
 
 
 class OneJob(Job):
@@ -371,8 +402,10 @@ class ManyJob(Job):
         # still reading it); the consumer gets it after the last result.
         self.input_error: BaseException | None = None
         scheduler.open_jobs.add(self)  # until its input ends
-        self.by_index: dict[int, tuple[bool, Any]] = {}
-        self.arrived: deque[tuple[bool, Any]] = deque()  # unordered outcomes
+        # An imap's outcomes not yet taken by its consumer, a chunk at a time
+        # (see _imap.py): by first index if ordered, else in arrival order.
+        self.ready: dict[int, Chunk] = {}
+        self.arrived: deque[Chunk] = deque()
         # Called once, without the lock, when the job ends: every task done,
         # an error, or the job stopped. ``map_async`` settles its result with
         # it, having no thread of its own that waits.
@@ -423,6 +456,9 @@ class ManyJob(Job):
                 # would cost more to send than to run.
                 floor = int(MIN_BATCH_SECONDS / per_task)
                 size = min(max(share, floor), max(1, int(TARGET_BATCH_SECONDS / per_task)))
+            carried = self.bytes_per_task()
+            if carried:
+                size = min(size, max(1, int(TARGET_BATCH_BYTES / carried)))
         if limit is not None:
             size = min(size, limit)
         return max(1, size)
@@ -485,33 +521,33 @@ class ManyJob(Job):
 
     def _store(self, batch: Batch, values: list[Any], failed: dict[int, BaseException]) -> None:
         indices = batch.indices
-        if self.ordered:
-            if self.slots is not None and not failed and isinstance(indices, range):
+        if self.slots is not None:  # map: only the values; errors end it (first_error)
+            if isinstance(indices, range):
                 self.slots[indices.start:indices.stop] = values
-                return
+            else:
+                for local, index in enumerate(indices):
+                    self.slots[index] = values[local]
+            return
+        errors = failed or None
+        if not self.ordered:
+            self.arrived.append((values, errors))
+        elif isinstance(indices, range):
+            self.ready[indices.start] = (values, errors)
+        else:  # tasks run again one by one (retries, a dead worker's): each is its own chunk
             for local, index in enumerate(indices):
                 err = failed.get(local)
-                outcome = (False, err) if err is not None else (True, values[local])
-                if self.slots is not None and err is None:
-                    self.slots[index] = values[local]
-                else:
-                    self.by_index[index] = outcome
-        else:
-            if not failed:
-                self.arrived.extend(zip([True] * len(values), values, strict=True))
-                return
-            for local, value in enumerate(values):
-                err = failed.get(local)
-                self.arrived.append((False, err) if err is not None else (True, value))
+                self.ready[index] = ([values[local]], None if err is None else {0: err})
 
     def _fail_one(self, index: int, error: BaseException) -> None:
         with self.scheduler.lock:
             if self.first_error is None or index < self.first_error[0]:
                 self.first_error = (index, error)
-            if self.ordered:
-                self.by_index[index] = (False, error)
-            else:
-                self.arrived.append((False, error))
+            if self.slots is None:
+                chunk: Chunk = ([None], {0: error})
+                if self.ordered:
+                    self.ready[index] = chunk
+                else:
+                    self.arrived.append(chunk)
             self.completed += 1
             self._progressed()
             end = self._ended()
@@ -560,7 +596,7 @@ class ManyJob(Job):
 
     def forget_results(self) -> None:
         """Let go of results nobody will take (lock held)."""
-        self.by_index.clear()
+        self.ready.clear()
         self.arrived.clear()
 
     def _stop(self) -> None:

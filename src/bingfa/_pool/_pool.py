@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import functools
-import itertools
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ from ._batch import CALL_KW, CALL_ONE, CALL_STAR
 from ._engines import create_engine, mode_names
 from ._engines._base import Engine, EngineConfig, inherited_error
 from ._errors import result_timeout_error
+from ._imap import ResultIterator
 from ._jobs import AUTO, ManyJob, OneJob, Scheduler, _set_exception, _set_result
 
 if TYPE_CHECKING:
@@ -40,11 +40,6 @@ Mode = Literal["thread", "process"]
 # None is multiprocessing's spelling of "choose for me".
 ChunkSize = int | Literal["auto"] | None
 
-# How many chunks an imap keeps in flight per worker, and at most how many
-# tasks: enough to keep workers busy, never so many that a lazy or endless
-# input is read far ahead of its consumer.
-IN_FLIGHT_PER_WORKER = 4
-MAX_IN_FLIGHT_PER_WORKER = 1024
 
 
 class AsyncResult(Future[T]):
@@ -586,8 +581,8 @@ class Pool:
             self._check_open()
             job = ManyJob(self._scheduler, fn, call, self.retries, size, ordered=ordered,
                           size_hint=total)
-        return _ResultIterator(self, job, iter(iterable),
-                               reporter(progress, total, getattr(fn, "__name__", "imap")))
+        return ResultIterator(self._engine, self.workers, job, iter(iterable),
+                              reporter(progress, total, getattr(fn, "__name__", "imap")))
 
     # --- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
@@ -694,137 +689,6 @@ class Pool:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<bingfa.Pool mode={self.mode!r} workers={self.workers} {state}>"
-
-
-class _ResultIterator(Iterator[Any]):
-    """The iterator ``imap`` and ``imap_unordered`` return.
-
-    It feeds the job from the input as room opens (in the consumer's thread,
-    so the input is only ever touched there) and hands out results. A task's
-    error is raised in its turn; iteration may go on after it. Dropping or
-    closing the iterator cancels what has not run.
-    """
-
-    def __init__(self, pool: Pool, job: ManyJob, source: Iterator[Any], report: Any) -> None:
-        self._pool = pool
-        self._job = job
-        self._source = source
-        self._report = report
-        self._next_index = 0
-        self._yielded = 0
-        self._finished = False
-
-    def __iter__(self) -> _ResultIterator:
-        return self
-
-    def _window(self) -> int:
-        job = self._job
-        workers = self._pool.workers
-        chunk = job.chunksize if job.chunksize != AUTO else job._size(None, workers)
-        window = IN_FLIGHT_PER_WORKER * workers * int(chunk)
-        return max(2 * workers, min(window, MAX_IN_FLIGHT_PER_WORKER * workers))
-
-    def _feed(self) -> None:
-        job = self._job
-        with job.cond:
-            if job.input_done or job.cancelled:
-                return
-            room = self._window() - job.outstanding()
-        if room <= 0:
-            return
-        block: list[Any] = []
-        failure: Exception | None = None
-        try:
-            # list.extend keeps what it read before an exception.
-            block.extend(itertools.islice(self._source, room))
-        except Exception as exc:
-            # The input broke: its items so far still run, and their results
-            # come first; then the consumer gets the input's error.
-            failure = exc
-        except BaseException:
-            self._finish()
-            raise
-        with job.cond:
-            if job.cancelled:
-                return
-            job.add(block)
-            if failure is not None:
-                job.cut_input(failure)
-            elif len(block) < room:
-                job.finish_input()
-        self._pool._engine.wake()
-
-    def __next__(self) -> Any:
-        if self._finished:
-            raise StopIteration
-        if self._pool._engine.inherited:
-            raise inherited_error()
-        job = self._job
-        try:
-            while True:
-                self._feed()
-                with job.cond:
-                    while True:
-                        ready = self._pop_ready()
-                        if ready is not None:
-                            break
-                        if job.aborted is not None:
-                            raise job.aborted
-                        if job.input_done and self._yielded >= job.submitted:
-                            if job.input_error is not None:
-                                raise job.input_error
-                            raise StopIteration
-                        if not job.input_done and job.outstanding() < self._window() // 2:
-                            break  # room for more input
-                        self._pool._engine.check_can_wait()
-                        job.cond.wait()
-                    done = job.completed
-                self._report.update(done)
-                if ready is not None:
-                    self._yielded += 1
-                    ok, value = ready
-                    if ok:
-                        return value
-                    break
-        except StopIteration:
-            self._finish()
-            raise
-        except BaseException as exc:
-            if not isinstance(exc, Exception) or exc in (job.aborted, job.input_error):
-                self._finish()  # Ctrl-C, or the whole job failed: iteration is over
-            raise
-        # A task's own error, even a SystemExit, ends only its own turn.
-        raise value
-
-    def _pop_ready(self) -> tuple[bool, Any] | None:
-        """The next outcome to hand out, if it is there (lock held)."""
-        job = self._job
-        if job.ordered:
-            outcome = job.by_index.pop(self._next_index, None)
-            if outcome is not None:
-                self._next_index += 1
-            return outcome
-        return job.arrived.popleft() if job.arrived else None
-
-    def _finish(self) -> None:
-        if not self._finished:
-            self._finished = True
-            self._job.cancel()
-            self._report.close()
-
-    def close(self) -> None:
-        """Stop: cancel the tasks that have not run."""
-        self._finish()
-
-    def __del__(self) -> None:
-        # Left with ``break``, or dropped. No lock here: the garbage collector
-        # may run this in a thread that holds the scheduler's lock. The flag
-        # alone stops the job handing out tasks and keeping results; the
-        # scheduler frees the rest at its next look.
-        if not self._finished:
-            self._finished = True
-            self._job.cancelled = True
-            self._job.scheduler.dropped.append(self._job)
 
 
 def _settle_map(result: AsyncResult[list[Any]], job: ManyJob) -> None:

@@ -459,6 +459,7 @@ class ProcessEngine(Engine):
         except Exception as exc:
             posts.append(self._unpicklable(batch, exc))
             return
+        job.note_bytes(len(batch.items), len(items), results=False)
         known = p.known
         parts: list[bytes] = []
         if fn_id in known:
@@ -875,6 +876,7 @@ class ProcessEngine(Engine):
             if batch is None:
                 return
             body = memoryview(payload)[DONE.size:]
+            batch.job.note_bytes(len(batch.items), body.nbytes, results=True)
             posts.append(_delivery(batch, body, elapsed))
             self._retire_if_spent(p)
         elif kind == KIND_LOAD_FAILED:
