@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import textwrap
 import weakref
 
 import pytest
-from conftest import wait_at_gate
+from conftest import wait_at_gate, wait_until
 
 import bingfa as bf
 
@@ -206,3 +207,39 @@ def test_a_callback_that_waits_on_its_own_process_pool_is_refused(gate):
         pool.submit(abs, 0).result(timeout=30)  # both callbacks have run by now
     assert len(caught) == 4, caught
     assert all(isinstance(exc, RuntimeError) for exc in caught)
+
+
+def note_done(path, x):
+    with open(path, "a") as f:
+        f.write(f"{x}\n")
+    return x
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("ordered", [True, False], ids=["imap", "imap_unordered"])
+def test_an_imap_reads_ahead_of_its_consumer_by_a_bounded_window(mode, ordered, tmp_path):
+    """Backpressure counts results not yet taken, not tasks not yet run."""
+    done_file = tmp_path / "done"
+    done_file.touch()
+    pulled = 0
+
+    def source():
+        nonlocal pulled
+        for i in range(100_000):
+            pulled += 1
+            yield i
+
+    workers, chunk = 2, 5
+    window = 4 * workers * chunk  # documented: IN_FLIGHT_PER_WORKER chunks per worker
+    with bf.Pool(workers, mode=mode) as pool:
+        call = pool.imap if ordered else pool.imap_unordered
+        results = call(functools.partial(note_done, str(done_file)), source(), chunksize=chunk)
+        for taken in range(1, 40):
+            next(results)
+            # Let every task read so far finish: a consumer slower than its
+            # workers. The input is only read inside next(), so nothing more
+            # is pulled while we wait.
+            assert wait_until(lambda: len(done_file.read_text().split()) >= pulled, timeout=20)
+            assert pulled - taken <= window, (taken, pulled)
+        assert pulled > window // 2  # it does read ahead
+        results.close()
