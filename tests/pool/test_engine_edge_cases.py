@@ -158,7 +158,8 @@ def test_cancel_futures_settles_a_submit_waiting_for_its_retry(tmp_path):
 
 # --- thread mode -----------------------------------------------------------------------------
 def test_thread_map_runs_on_every_worker():
-    # _thread.py wake(): notify() wakes one parked worker for a whole map.
+    # A map is one wake-up: it must reach every worker, whether the threads
+    # are still to be started (the first map) or parked waiting for work.
     barrier = threading.Barrier(4, timeout=10)
 
     def meet(_):
@@ -166,9 +167,19 @@ def test_thread_map_runs_on_every_worker():
         return threading.get_ident()
 
     with bf.Pool(4, mode="thread") as pool:
-        # Every worker parked, waiting for work: the map is the only wake-up.
-        assert wait_until(lambda: len(pool._engine._cond._waiters) == 4, timeout=10)
+        assert len(set(pool.map(meet, range(4), chunksize=1))) == 4  # threads start
+        # Every worker parked, waiting for work: the next map is the only wake-up.
+        assert wait_until(lambda: len(pool._engine._idle) == 4, timeout=10)
         assert len(set(pool.map(meet, range(4), chunksize=1))) == 4
+
+
+def test_thread_workers_start_as_work_arrives():
+    """As ThreadPoolExecutor's: a pool of many threads costs nothing until it runs tasks."""
+    before = threading.active_count()
+    with bf.Pool(10_000, mode="thread") as pool:
+        assert threading.active_count() == before
+        assert pool.submit(abs, -1).result(timeout=10) == 1
+        assert threading.active_count() <= before + 2  # one worker, maybe a second
 
 
 def test_thread_shutdown_does_not_wait_for_an_abandoned_task():

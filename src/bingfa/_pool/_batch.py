@@ -68,6 +68,12 @@ def run_batch(
     ``concurrent.futures`` does, and the worker carries on. Each error's
     traceback starts at the task's function, not in this loop.
     """
+    if mark is None and len(items) == 1:
+        # One task (a submit, most often): no map object, no loop.
+        try:
+            return [call_one(fn, items[0], call)], None
+        except BaseException as exc:
+            return [None], [(0, _trimmed(exc))]
     values: list[Any] = []
     errors: Errors | None = None
     if mark is None:

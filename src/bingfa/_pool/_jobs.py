@@ -231,7 +231,8 @@ class OneJob(Job):
 
     def deliver(self, batch: Batch, values: list[Any],
                 errors: list[tuple[int, BaseException]] | None, elapsed: float) -> None:
-        self.scheduler.timings.note(self.fn, elapsed)
+        if self.scheduler.groups_singles:  # only grouping needs a single task's time
+            self.scheduler.timings.note(self.fn, elapsed)
         if errors:
             _set_exception(self.future, errors[0][1])
         else:
@@ -349,19 +350,17 @@ class Timings:
 
 
 def _set_result(future: Future[Any], value: Any) -> None:
-    if not future.done():  # a terminated pool may have failed it already
-        try:
-            future.set_result(value)
-        except Exception:  # InvalidStateError: lost a race with terminate
-            pass
+    try:
+        future.set_result(value)
+    except Exception:  # InvalidStateError: terminate or a cancel settled it first
+        pass
 
 
 def _set_exception(future: Future[Any], error: BaseException) -> None:
-    if not future.done():
-        try:
-            future.set_exception(error)
-        except Exception:
-            pass
+    try:
+        future.set_exception(error)
+    except Exception:
+        pass
 
 
 class ManyJob(Job):
@@ -624,6 +623,9 @@ class Scheduler:
         self._queued: set[int] = set()
         self._singles_first = True
         self.timings = Timings()
+        # Whether the engine sends queued single tasks of a quick function
+        # together (process mode: it saves a pipe round trip each).
+        self.groups_singles = True
         # Jobs whose input may still grow (an imap being consumed): an engine
         # that is draining must not stop while there are any.
         self.open_jobs: set[ManyJob] = set()
@@ -650,13 +652,16 @@ class Scheduler:
             job._stop()
             job.forget_results()
 
-    def take(self, limit: int | None, workers: int, single_ok: bool = True) -> Batch | None:
+    def take(self, limit: int | None, workers: int, single_ok: bool = True,
+             group: bool = True) -> Batch | None:
         """The next batch for a worker with room for ``limit`` tasks (lock held).
 
         With ``single_ok=False`` single tasks are passed over: the worker is
         busy, and a task queued behind another one must stay cancellable.
+        With ``group=False`` queued single tasks are never sent together.
         """
-        self._stop_dropped()
+        if self.dropped:
+            self._stop_dropped()
         first, second = self._singles, self._maps
         if not self._singles_first:
             first, second = second, first
@@ -666,7 +671,7 @@ class Scheduler:
                 continue
             batch = self._take_from(queue, limit, workers)
             if batch is not None:
-                if queue is self._singles:
+                if queue is self._singles and group:
                     return self._group(batch, limit)
                 return batch
         return None
@@ -710,8 +715,11 @@ class Scheduler:
 
     def has_work(self) -> bool:
         """Whether any job has tasks waiting (lock held)."""
-        return any(job.has_work() for job in self._singles) or any(
-            job.has_work() for job in self._maps)
+        for queue in (self._singles, self._maps):
+            for job in queue:
+                if job.has_work():
+                    return True
+        return False
 
     def idle(self) -> bool:
         """Whether nothing is waiting and nothing more can arrive (lock held)."""

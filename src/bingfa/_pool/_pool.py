@@ -363,7 +363,9 @@ class Pool:
         with self._scheduler.lock:
             self._check_open()
             self._scheduler.activate(job)
-        self._engine.wake()
+            then = self._engine.work_added()
+        if then is not None:
+            then()
         return future
 
     def _check_open(self) -> None:

@@ -76,6 +76,14 @@ class Engine(abc.ABC):
     def wake(self) -> None:
         """Work was added to the scheduler; hand it to workers with room."""
 
+    def work_added(self) -> Callable[[], None] | None:
+        """Work was just added, and the scheduler's lock is still held.
+
+        An engine may react at once, saving the caller a second round of the
+        lock; what it returns is run after the lock is released.
+        """
+        return self.wake
+
     @abc.abstractmethod
     def shutdown(self, wait: bool) -> None:
         """Run what is queued, then stop every worker; block until then if ``wait``."""

@@ -1,5 +1,13 @@
 """Thread mode: tasks run on worker threads of this process.
 
+Threads start as work arrives (as ``ThreadPoolExecutor``'s do), up to
+``workers``: a pool of 10,000 that runs ten tasks costs ten threads. An idle
+worker waits on a lock of its own, and whoever brings work (a submitter, or a
+worker that finished and found more) takes the next batch for it and hands
+it over: the woken worker starts at once, without fighting the submitter for
+the scheduler's lock. With a hundred workers that contention, not the work,
+was the cost of a submit.
+
 Threads cannot be interrupted, so a task that outlives ``task_timeout`` is
 abandoned: its caller gets :class:`~bingfa.TaskTimeoutError` at once, its
 cancel flag is set (``bf.cancelled()`` turns true), a fresh thread takes its
@@ -21,28 +29,39 @@ from ._base import Engine, EngineConfig, initializer_error
 
 __all__ = ["ThreadEngine"]
 
+_LOOK = object()  # handed to an idle worker: no batch, look at the pool's state
+
 
 class _Worker:
-    __slots__ = ("abandoned", "batch", "ctx", "slot", "started", "tasks_done", "thread")
+    __slots__ = ("abandoned", "batch", "ctx", "handoff", "replaced", "slot", "started",
+                 "tasks_done", "thread", "wakeup")
 
     def __init__(self, slot: int) -> None:
         self.slot = slot
         self.ctx = WorkerContext(slot)
-        self.batch: Batch | None = None
+        self.batch: Batch | None = None  # running (for the watchdog and terminate)
         self.started = 0.0
         self.abandoned = False
+        self.replaced = False  # its slot has a new thread: its exit must not free it
         self.tasks_done = 0
         self.thread: threading.Thread | None = None
+        # Held while the worker is idle; released by whoever hands it work.
+        self.wakeup = threading.Lock()
+        self.wakeup.acquire()
+        self.handoff: Batch | object | None = None
 
 
 class ThreadEngine(Engine):
-    """Runs batches on ``workers`` threads."""
+    """Runs batches on up to ``workers`` threads."""
 
     def __init__(self, scheduler: Scheduler, config: EngineConfig) -> None:
         super().__init__(scheduler, config)
-        self._cond = threading.Condition(scheduler.lock)
+        self._lock = scheduler.lock
         self._watch = threading.Condition(scheduler.lock)
         self._slots: list[_Worker | None] = [None] * config.workers
+        self._free_slots = list(range(config.workers - 1, -1, -1))  # pop() gives 0, 1, ...
+        self._idle: list[_Worker] = []  # waiting for work; the most recent is woken first
+        self._live = 0  # worker threads not abandoned
         self._threads: set[threading.Thread] = set()
         self._abandoned: set[threading.Thread] = set()
         self._draining = False
@@ -50,33 +69,36 @@ class ThreadEngine(Engine):
         self._watchdog: threading.Thread | None = None
         self._name = config.thread_name_prefix or f"bingfa-thread-{id(self):x}"
         scheduler.wake = self.wake
+        scheduler.groups_singles = False  # a thread has no round trip to save
 
     # --- engine protocol ---------------------------------------------------------
     def start(self) -> None:
-        with self.scheduler.lock:
-            for slot in range(self.workers):
-                self._spawn(slot)
-            if self.config.task_timeout is not None:
+        if self.config.task_timeout is not None:
+            with self._lock:
                 self._watchdog = threading.Thread(
                     target=self._watch_timeouts, name=f"{self._name}-watchdog", daemon=True)
                 self._threads.add(self._watchdog)
                 self._watchdog.start()
 
     def wake(self) -> None:
-        with self._cond:
-            self._cond.notify()
+        with self._lock:
+            self._signal_work()
+
+    def work_added(self) -> None:
+        self._signal_work()
+        return None
 
     def shutdown(self, wait: bool) -> None:
-        with self._cond:
+        with self._lock:
             self._draining = True
-            self._cond.notify_all()
+            self._wake_all()
             self._watch.notify_all()
         if wait:
             self.join()
 
     def terminate(self) -> None:
         error = PoolClosedError("the pool was terminated before the task finished")
-        with self._cond:
+        with self._lock:
             self._terminated = self._draining = True
             if self.scheduler.broken is None:
                 self.scheduler.broken = error  # late retries fail at once
@@ -86,7 +108,7 @@ class ThreadEngine(Engine):
                 if w is not None and w.batch is not None:
                     running.append(w.batch.job)
                     self._abandon(w)
-            self._cond.notify_all()
+            self._wake_all()
             self._watch.notify_all()
         self.abort_jobs(jobs + running, error)
         # Threads stuck in a task cannot be stopped; they are daemons and exit
@@ -96,7 +118,7 @@ class ThreadEngine(Engine):
     def join(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self._cond:
+            with self._lock:
                 threads = [t for t in self._threads if t is not threading.current_thread()]
             # Threads abandoned in a task that timed out or was terminated are
             # not waited for: they may never return, and they drop out of
@@ -110,15 +132,68 @@ class ThreadEngine(Engine):
             if deadline is not None and time.monotonic() >= deadline:
                 return not any(t.is_alive() for t in threads)
 
+    # --- handing out work (lock held) ----------------------------------------------
+    def _signal_work(self) -> None:
+        """Work is waiting: hand it to an idle worker, or start one if none is idle."""
+        while self._idle and self.scheduler.has_work():
+            w = self._idle.pop()
+            batch = self._take(w)
+            if batch is None:
+                self._idle.append(w)
+                return
+            self._assign(w, batch)
+            w.handoff = batch
+            w.wakeup.release()
+        if (self._free_slots and self.scheduler.has_work()
+                and not (self._draining or self._terminated or self.broken is not None)):
+            self._spawn(self._free_slots.pop())
+
+    def _wake_all(self) -> None:
+        """Let every idle worker look at the pool's state again."""
+        for w in self._idle:
+            w.handoff = _LOOK
+            w.wakeup.release()
+        self._idle.clear()
+
+    def _take(self, w: _Worker) -> Batch | None:
+        if self.broken is not None or self._terminated:
+            return None
+        return self.scheduler.take(self._limit(w), self.workers, group=False)
+
+    def _assign(self, w: _Worker, batch: Batch) -> None:
+        w.batch = batch
+        if self.config.task_timeout is not None:
+            w.started = time.monotonic()
+            w.ctx.cancel_flag = CancelFlag()
+            self._watch.notify()
+
+    def _limit(self, w: _Worker) -> int | None:
+        limit = 1 if self.config.task_timeout is not None else None
+        cap = self.config.max_tasks_per_worker
+        if cap is not None:
+            left = cap - w.tasks_done
+            limit = left if limit is None else min(limit, left)
+        return limit
+
     # --- workers -------------------------------------------------------------------
     def _spawn(self, slot: int) -> None:
         """Start a worker thread in ``slot`` (lock held)."""
         w = _Worker(slot)
-        self._slots[slot] = w
         t = threading.Thread(target=self._work, args=(w,), name=f"{self._name}_{slot}", daemon=True)
         w.thread = t
+        try:
+            t.start()
+        except RuntimeError as exc:  # "can't start new thread": a system limit
+            self._free_slots.append(slot)
+            if self._live == 0:
+                # Nothing could ever run the work: fail it rather than hang.
+                self.scheduler.broken = initializer_error(
+                    f"the pool cannot start a thread ({exc}); ask for fewer workers")
+                self._wake_all()
+            return
+        self._slots[slot] = w
         self._threads.add(t)
-        t.start()
+        self._live += 1
 
     def _work(self, w: _Worker) -> None:
         set_thread_context(w.ctx)
@@ -132,45 +207,46 @@ class ThreadEngine(Engine):
             self._loop(w)
         finally:
             set_thread_context(None)
-            with self._cond:
-                self._threads.discard(threading.current_thread())
-                self._abandoned.discard(threading.current_thread())
-                self._cond.notify_all()
+            me = threading.current_thread()
+            with self._lock:
+                self._threads.discard(me)
+                self._abandoned.discard(me)
+                if w in self._idle:
+                    self._idle.remove(w)
+                if not w.replaced:
+                    self._slots[w.slot] = None
+                    self._free_slots.append(w.slot)
+                    self._live -= 1
+                self._wake_all()
                 self._watch.notify_all()
 
-    def _limit(self, w: _Worker) -> int | None:
-        limit = 1 if self.config.task_timeout is not None else None
-        cap = self.config.max_tasks_per_worker
-        if cap is not None:
-            left = cap - w.tasks_done
-            limit = left if limit is None else min(limit, left)
-        return limit
+    def _next(self, w: _Worker) -> Batch | None:
+        """The worker's next batch, waiting for one; ``None`` when it should exit."""
+        while True:
+            with self._lock:
+                if w.abandoned or self._terminated:
+                    return None
+                batch = self._take(w)
+                if batch is not None:
+                    self._assign(w, batch)
+                    if (self._idle or self._free_slots) and self.scheduler.has_work():
+                        self._signal_work()  # more to do: an idle worker, or a new one
+                    return batch
+                if (self._draining and self.scheduler.idle()) or self.broken is not None:
+                    self._wake_all()  # let the others see it too
+                    return None
+                self._idle.append(w)
+            w.wakeup.acquire()  # until someone hands over a batch, or says look again
+            handed, w.handoff = w.handoff, None
+            if isinstance(handed, Batch):
+                return handed
 
     def _loop(self, w: _Worker) -> None:
-        sched = self.scheduler
         timeout = self.config.task_timeout
         while True:
-            with self._cond:
-                while True:
-                    if w.abandoned or self._terminated:
-                        return
-                    batch = None
-                    if self.broken is None:
-                        batch = sched.take(self._limit(w), self.workers)
-                    if batch is not None:
-                        if sched.has_work():
-                            self._cond.notify()  # more to do: wake the next idle worker
-                        break
-                    if (self._draining and sched.idle()) or self.broken is not None:
-                        self._cond.notify_all()  # let the others see the drain too
-                        return
-                    self._cond.wait()
-                w.batch = batch
-                w.started = time.monotonic()
-                flag = CancelFlag()
-                w.ctx.cancel_flag = flag
-                if timeout is not None:
-                    self._watch.notify()
+            batch = self._next(w)
+            if batch is None:
+                return
             n = len(batch.items)
             job = batch.job
             t0 = time.perf_counter()
@@ -179,15 +255,25 @@ class ThreadEngine(Engine):
                 values, caught = run_batch(job.fn, batch.items, job.call)
                 errors = list(caught) if caught else None
                 del caught
-            except BaseException as exc:  # SystemExit and friends: fail the batch
+            except BaseException as exc:  # a failure of the loop itself: fail the batch
                 values = [None] * n
                 errors = [(i, exc) for i in range(n)]
             elapsed = time.perf_counter() - t0
-            with self._cond:
+            if timeout is not None:
+                # Under the lock: the watchdog must not abandon a worker that
+                # has just finished, nor this worker deliver a task timed out.
+                with self._lock:
+                    w.ctx.cancel_flag = None
+                    w.batch = None
+                    abandoned = w.abandoned
+            else:
+                # No watchdog: only terminate() abandons, and then the job has
+                # failed already, so a result delivered anyway is dropped.
                 w.ctx.cancel_flag = None
                 w.batch = None
-                if w.abandoned:
-                    return  # timed out: the caller has its error, a new thread has the slot
+                abandoned = w.abandoned
+            if abandoned:
+                return  # the caller has its error; a new thread has the slot
             job.deliver(batch, values, errors, elapsed)
             # An idle worker must not keep its last batch's arguments and
             # results (or the function) alive while it waits for the next.
@@ -195,8 +281,13 @@ class ThreadEngine(Engine):
             w.tasks_done += n
             cap = self.config.max_tasks_per_worker
             if cap is not None and w.tasks_done >= cap:
-                with self._cond:
-                    if not self._terminated:
+                with self._lock:  # retire: a fresh thread takes the slot
+                    w.replaced = True
+                    self._slots[w.slot] = None
+                    self._live -= 1
+                    if self._terminated:
+                        self._free_slots.append(w.slot)
+                    else:
                         self._spawn(w.slot)
                 return
 
@@ -235,9 +326,13 @@ class ThreadEngine(Engine):
 
     def _abandon(self, w: _Worker) -> None:
         """Give up on a worker stuck in a task (lock held)."""
-        w.abandoned = True
-        if w.ctx.cancel_flag is not None:
-            w.ctx.cancel_flag.set()
+        if not w.replaced:
+            self._live -= 1
+        w.abandoned = w.replaced = True
+        if w.ctx.cancel_flag is None:
+            # Without a timeout no flag is made per task: the task reads this one.
+            w.ctx.cancel_flag = CancelFlag()
+        w.ctx.cancel_flag.set()
         if w.thread is not None:
             self._abandoned.add(w.thread)
 
