@@ -324,17 +324,29 @@ class GroupJob(Job):
 
 
 class Timings:
-    """Seconds per task of recently used functions.
+    """Seconds per task, and bytes a task carries, of recently used functions.
 
     Used to group quick single tasks, and to size a map's first chunks from
-    what the same function took the last time. Functions are held weakly:
-    timing a function never keeps it (or a bound method's object) alive.
+    what the same function took (and carried) the last time. Functions are
+    held weakly: timing a function never keeps it (or a bound method's
+    object) alive.
     """
 
     CAPACITY = 256
 
     def __init__(self) -> None:
         self._times: WeakCallableMap[float] = WeakCallableMap(self.CAPACITY)
+        self._bytes: WeakCallableMap[tuple[float | None, float | None]] = WeakCallableMap(
+            self.CAPACITY)
+
+    def note_bytes(self, fn: Callable[..., Any], argument_bytes: float | None,
+                   result_bytes: float | None) -> None:
+        """Record what a task of ``fn`` carries each way (pickled bytes)."""
+        self._bytes.set(fn, (argument_bytes, result_bytes))
+
+    def bytes_of(self, fn: Callable[..., Any]) -> tuple[float | None, float | None]:
+        """What a task of ``fn`` carried last time: (argument, result) bytes, if known."""
+        return self._bytes.get(fn) or (None, None)
 
     def note(self, fn: Callable[..., Any], seconds: float, smooth: bool = True) -> None:
         """Record a measured time per task of ``fn`` (a moving average if ``smooth``)."""
@@ -387,8 +399,9 @@ class ManyJob(Job):
         self.completed = 0
         self.input_done = False
         self.size_hint = size_hint
-        # A function mapped before starts from what it took then.
+        # A function mapped before starts from what it took, and carried, then.
         self.per_task = scheduler.timings.of(fn)
+        self.argument_bytes, self.result_bytes = scheduler.timings.bytes_of(fn)
         # Whether the consumer wants to hear of every finished batch (imap,
         # progress), or only of the end and of errors (map).
         self.wake_each = True
@@ -503,6 +516,9 @@ class ManyJob(Job):
             self._measure(len(values), elapsed)
             if self.per_task is not None:
                 self.scheduler.timings.note(self.fn, self.per_task, smooth=False)
+            if self.result_bytes is not None:
+                self.scheduler.timings.note_bytes(self.fn, self.argument_bytes,
+                                                  self.result_bytes)
             if errors:
                 failed = dict(errors)
                 for local, err in errors:
