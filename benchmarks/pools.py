@@ -43,6 +43,7 @@ import contextlib
 import ctypes
 import functools
 import gc
+import glob
 import inspect
 import json
 import multiprocessing
@@ -1219,7 +1220,19 @@ def run_f(impls: dict[str, Impl], repeats: int, report: Report) -> None:
     measured = list(zip(cases, measure_group(cases, [c.label for c in cases], repeats,
                                              warm_big, run_big, "f", report), strict=True))
     report.f_big = _library_order(measured)
-    report.notes["f"] = [f"numpy {np.__version__}"]
+    report.notes["f"] = [
+        f"numpy {np.__version__}. joblib's resource tracker may print KeyError tracebacks "
+        "about its memmapping files on stderr: joblib's own noise; what is left in /dev/shm "
+        "is checked below."]
+    # joblib keeps its (empty) memmapping folders until the interpreter exits; files
+    # still in them would be arrays it failed to free.
+    pattern = f"joblib_memmapping_folder_{os.getpid()}_*"
+    left = [path for folder in (*glob.glob(os.path.join("/dev/shm", pattern)),
+                                *glob.glob(os.path.join(tempfile.gettempdir(), pattern)))
+            for path in glob.glob(os.path.join(folder, "*"))]
+    if left:
+        report.anomalies.append(f"(f) joblib left {len(left)} memmapped file(s): "
+                                f"{', '.join(left)[:300]}")
 
 
 # --- (g) cold start ---------------------------------------------------------------------
