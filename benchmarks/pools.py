@@ -744,7 +744,7 @@ def measure_group(group: Sequence[Any], labels: list[str], repeats: int, warm: W
             if repeats > 1 and any(r.times and statistics.median(r.times) > 1
                                    for _, r, _ in live):
                 log(f"    repeat {i + 1}/{repeats}: " + ", ".join(
-                    f"{r.name.split()[0]} {fmt_time(r.times[-1])}"
+                    f"{r.name} {fmt_time(r.times[-1])}"
                     for _, r, _ in live if len(r.times) == i + 1))
     except BaseException as exc:  # Ctrl-C: shut the pools down the hard way, then go
         failure = exc
@@ -1329,16 +1329,40 @@ def run_g(impls: dict[str, Impl], repeats: int, report: Report) -> None:
         cases = [c for c in cold_cases(folder) if c.key in ("floor", *impls)]
 
         def once(case: Case) -> float:
+            # No timeout= to subprocess: with one, Popen.wait() polls, sleeping up to
+            # 50 ms between looks, and the times come out in 50 ms steps. A timer
+            # thread kills a run that overruns instead; wait() blocks in waitpid.
+            running: list[subprocess.Popen[bytes]] = []
+            overran = threading.Event()
+
+            def kill() -> None:
+                overran.set()
+                for proc in running:
+                    with contextlib.suppress(OSError):
+                        proc.kill()
+
+            timer = threading.Timer(COLD_TIMEOUT, kill)
+            timer.daemon = True
             with tempfile.TemporaryFile() as err:
-                t0 = time.perf_counter()
-                proc = subprocess.run(case.call, env=env, stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=err,
-                                      timeout=COLD_TIMEOUT, check=False)
-                elapsed = time.perf_counter() - t0
-                if proc.returncode != 0:
+                timer.start()
+                try:
+                    t0 = time.perf_counter()
+                    proc = subprocess.Popen(case.call, env=env, stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, stderr=err)
+                    running.append(proc)
+                    returncode = proc.wait()
+                    elapsed = time.perf_counter() - t0
+                except BaseException:
+                    kill()
+                    raise
+                finally:
+                    timer.cancel()
+                if overran.is_set():
+                    raise TimeoutError(f"killed after {COLD_TIMEOUT:.0f} s")
+                if returncode != 0:
                     err.seek(0)
                     tail = err.read().decode(errors="replace").strip().splitlines()[-1:]
-                    raise RuntimeError(f"exit status {proc.returncode}: {' '.join(tail)}")
+                    raise RuntimeError(f"exit status {returncode}: {' '.join(tail)}")
             return elapsed
 
         def warm(case: Case, _: Any) -> None:
