@@ -85,6 +85,7 @@ PREFETCH = 2  # map chunks a worker holds: one running, one waiting in its pipe
 KNOWN_FUNCTIONS = 64  # functions a worker keeps unpickled
 PIPE_SIZE = 1 << 20  # ask Linux for 1 MiB pipes: fewer wake-ups for big batches
 READ_SIZE = 1 << 18
+LARGE_FRAME = 1 << 20  # frames above this are read into a buffer of their own
 # Workers that exit with an error before they are ready, this many in a row,
 # break the pool: starting them is what fails. Workers *killed* as they start
 # (the OOM killer, a chaos tool) never break it; they are replaced, no faster
@@ -121,6 +122,8 @@ class _Proc:
         self.inflight: deque[Batch] = deque()
         self.out: deque[memoryview] = deque()  # bytes not yet written to task_fd
         self.rbuf = bytearray()
+        self.big: bytearray | None = None  # a large frame being read on its own
+        self.big_fill = 0
         self.known: OrderedDict[int, None] = OrderedDict()
         self.tasks_sent = 0
         self.ready = False
@@ -811,30 +814,60 @@ class ProcessEngine(Engine):
     # --- reading -----------------------------------------------------------------------
     def _read(self, p: _Proc, posts: list[_Post]) -> None:
         """Read and handle whatever a worker has written (manager)."""
+        payloads: list[bytes | memoryview] = []
+        eof = self._fill(p, payloads)
+        if payloads:
+            with self._lock:
+                for payload in payloads:
+                    self._handle(p, payload, posts)
+        if eof:
+            with self._lock:
+                if p.result_fd >= 0:
+                    self._unregister(p.result_fd)
+                    os.close(p.result_fd)
+                    p.result_fd = -1
+
+    def _fill(self, p: _Proc, payloads: list[bytes | memoryview]) -> bool:
+        """Read what the pipe holds; append whole frames to ``payloads``. Whether it ended.
+
+        Small frames are read through a reused scratch buffer, many per read.
+        A large one (an array coming back) is read straight into a buffer of
+        its own size once its header is in: no growing, no copying again.
+        """
         fd = p.result_fd
-        buf = p.rbuf
         scratch = self._scratch
-        eof = False
         while True:
+            big = p.big
+            target = memoryview(big)[p.big_fill:] if big is not None else scratch
             try:
-                # Into a reused buffer: os.read(fd, big) would allocate (and
-                # page-fault) a fresh large object on every call.
-                got = os.readv(fd, [scratch])
+                got = os.readv(fd, [target])
             except BlockingIOError:
-                break
+                return False
             except OSError as exc:
                 if exc.errno in (errno.EBADF, errno.ECONNRESET):
-                    eof = True
-                    break
+                    return True
                 raise
+            finally:
+                if big is not None:
+                    target.release()
             if not got:
-                eof = True
-                break
-            buf += scratch[:got]
-            if got < READ_SIZE:
-                break
-        frames: list[memoryview] = []
+                return True
+            if big is not None:
+                p.big_fill += got
+                if p.big_fill == len(big):
+                    payloads.append(memoryview(big))
+                    p.big = None
+                continue
+            p.rbuf += scratch[:got]
+            self._split(p, payloads)
+            if got < READ_SIZE and p.big is None:
+                return False  # the pipe is drained: spare a read that would say so
+
+    def _split(self, p: _Proc, payloads: list[bytes | memoryview]) -> None:
+        """Move whole frames out of ``p.rbuf``; start reading a large partial one on its own."""
+        buf = p.rbuf
         view = memoryview(buf)
+        frames: list[memoryview] = []
         pos = 0
         while len(buf) - pos >= FRAME.size:
             (size,) = FRAME.unpack_from(view, pos)
@@ -843,29 +876,25 @@ class ProcessEngine(Engine):
                 break
             frames.append(view[pos + FRAME.size:end])
             pos = end
-        if frames:
-            if pos == len(buf):
-                # Only whole frames: hand them out as views and start a fresh
-                # buffer, so a large result is never copied again.
-                p.rbuf = bytearray()
-                payloads: list[bytes | memoryview] = list(frames)
-            else:
-                payloads = [bytes(f) for f in frames]
-                for f in frames:
-                    f.release()
-                view.release()
-                del buf[:pos]
-            with self._lock:
-                for payload in payloads:
-                    self._handle(p, payload, posts)
-        else:
-            view.release()
-        if eof:
-            with self._lock:
-                if p.result_fd >= 0:
-                    self._unregister(p.result_fd)
-                    os.close(p.result_fd)
-                    p.result_fd = -1
+        if frames and pos == len(buf):
+            # Only whole frames: hand them out as views and start a fresh
+            # buffer, so a result is never copied again.
+            p.rbuf = bytearray()
+            payloads.extend(frames)
+            return
+        payloads.extend(bytes(f) for f in frames)
+        for f in frames:
+            f.release()
+        rest = len(buf) - pos
+        if rest >= FRAME.size:
+            (size,) = FRAME.unpack_from(view, pos)
+            if size > LARGE_FRAME:
+                big = bytearray(size)
+                big[:rest - FRAME.size] = view[pos + FRAME.size:]
+                p.big, p.big_fill = big, rest - FRAME.size
+                pos = len(buf)
+        view.release()
+        del buf[:pos]
 
     def _handle(self, p: _Proc, payload: bytes | memoryview, posts: list[_Post]) -> None:
         """One frame from a worker (lock held)."""
