@@ -42,14 +42,14 @@ if TYPE_CHECKING:
     from ._core._errors import WorkerCrashedError as WorkerCrashedError
     from ._core._futures import Future as Future
     from ._pool._errors import ResultTimeoutError as ResultTimeoutError
-    from ._pool._pool import AsyncResult as AsyncResult
+    from ._pool._oneshot import imap as imap
+    from ._pool._oneshot import map as map
     from ._pool._pool import Pool as Pool
-    from ._pool._pool import imap as imap
-    from ._pool._pool import map as map
+    from ._pool._results import AsyncResult as AsyncResult
 
 # public name -> the private module that defines it
 _HOMES = {
-    "AsyncResult": "_pool._pool",
+    "AsyncResult": "_pool._results",
     "BackendUnavailableError": "_core._errors",
     "BingfaError": "_core._errors",
     "CommandError": "_core._errors",
@@ -70,8 +70,8 @@ _HOMES = {
     "WorkerCrashedError": "_core._errors",
     "arun": "_commands._run",
     "cancelled": "_core._context",
-    "imap": "_pool._pool",
-    "map": "_pool._pool",
+    "imap": "_pool._oneshot",
+    "map": "_pool._oneshot",
     "run": "_commands._run",
     "run_many": "_commands._run_many",
     "stream": "_commands._stream",

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import atexit
-import concurrent.futures
 import functools
-import os
-import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from .._core._errors import PoolClosedError
@@ -23,13 +18,15 @@ from ._engines import create_engine, mode_names
 from ._engines._base import Engine, EngineConfig, inherited_error
 from ._errors import result_timeout_error
 from ._imap import ResultIterator
-from ._jobs import AUTO, ManyJob, OneJob, Scheduler, _set_exception, _set_result
+from ._jobs import AUTO, ManyJob, OneJob, Scheduler
+from ._lifetime import forget, remember, shutdown_quietly
+from ._results import AsyncResult, callbacks, cancel_if_cancelled, settle_map
 
 if TYPE_CHECKING:
     # Only for annotations: a thread pool never imports multiprocessing.
     from multiprocessing.context import BaseContext
 
-__all__ = ["AsyncResult", "Pool", "imap", "map"]
+__all__ = ["Pool"]
 
 T = TypeVar("T")
 T2 = TypeVar("T2")
@@ -40,59 +37,6 @@ Mode = Literal["thread", "process"]
 # None is multiprocessing's spelling of "choose for me".
 ChunkSize = int | Literal["auto"] | None
 
-
-
-class AsyncResult(Future[T]):
-    """What ``apply_async``, ``map_async`` and ``starmap_async`` return.
-
-    A :class:`bingfa.Future` with the names of
-    :class:`multiprocessing.pool.AsyncResult` too: ``get(timeout)``,
-    ``wait(timeout)``, ``ready()`` and ``successful()`` behave as there. When
-    the timeout passes, ``get`` raises :class:`~bingfa.ResultTimeoutError`,
-    which both ``except multiprocessing.TimeoutError`` and ``except
-    TimeoutError`` catch.
-    """
-
-    def get(self, timeout: float | None = None) -> T:
-        """The result, waiting up to ``timeout`` seconds; re-raises the task's error.
-
-        Raises:
-            ResultTimeoutError: the result did not come in time (the task may
-                still be running).
-            ValueError: ``timeout`` is NaN or not a number.
-        """
-        self.wait(timeout)
-        if not self.done():
-            raise result_timeout_error(f"waiting for a result timed out after {timeout} s; "
-                                       f"the task may still be running")
-        return self.result()
-
-    def wait(self, timeout: float | None = None) -> None:
-        """Wait up to ``timeout`` seconds for the task to finish.
-
-        Raises:
-            ValueError: ``timeout`` is NaN or not a number.
-        """
-        try:
-            # exception() waits as result() does (letting the engine deliver
-            # the result in this thread) without raising the task's error.
-            self.exception(timeout)
-        except (TimeoutError, CancelledError):
-            pass
-
-    def ready(self) -> bool:
-        """Whether the task has finished."""
-        return self.done()
-
-    def successful(self) -> bool:
-        """Whether the task finished without an error.
-
-        Raises:
-            ValueError: if the task has not finished yet (as the stdlib does).
-        """
-        if not self.done():
-            raise ValueError(f"{self!r} not ready")
-        return not self.cancelled() and self.exception() is None
 
 
 def _default_workers(mode: str) -> int:
@@ -314,8 +258,8 @@ class Pool:
         self._closed = False
         self._terminated = False
         self._engine.start()
-        _live_engines.add(self._engine)
-        self._finalizer = weakref.finalize(self, _shutdown_quietly, self._engine)
+        remember(self._engine)
+        self._finalizer = weakref.finalize(self, shutdown_quietly, self._engine)
 
     # --- submitting -----------------------------------------------------------------
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
@@ -344,7 +288,7 @@ class Pool:
         """
         result: AsyncResult[R] = AsyncResult()
         if callback is not None or error_callback is not None:
-            result.add_done_callback(_callbacks(callback, error_callback))
+            result.add_done_callback(callbacks(callback, error_callback))
         self._submit_one(fn, tuple(args), dict(kwds or {}), result)
         return result
 
@@ -539,15 +483,15 @@ class Pool:
         result: AsyncResult[list[Any]] = AsyncResult()
         result._waiter = self._waiter
         if callback is not None or error_callback is not None:
-            result.add_done_callback(_callbacks(callback, error_callback))
+            result.add_done_callback(callbacks(callback, error_callback))
         # No thread waits for a map_async: its job settles the result as it
         # ends, in the thread that delivers its last result or first error.
         job = self._queue_map(fn, items, call, size, wake_each=False,
-                              on_end=functools.partial(_settle_map, result))
+                              on_end=functools.partial(settle_map, result))
         if job is None:
             result.set_result([])
         else:
-            result.add_done_callback(functools.partial(_cancel_if_cancelled, job))
+            result.add_done_callback(functools.partial(cancel_if_cancelled, job))
         return result
 
     def imap(self, fn: Callable[[T], R], iterable: Iterable[T], chunksize: ChunkSize = AUTO,
@@ -671,7 +615,7 @@ class Pool:
         self._engine.wake()
 
     def _forget(self) -> None:
-        _live_engines.discard(self._engine)
+        forget(self._engine)
         self._finalizer.detach()
 
     def __enter__(self) -> Pool:
@@ -693,154 +637,3 @@ class Pool:
         return f"<bingfa.Pool mode={self.mode!r} workers={self.workers} {state}>"
 
 
-def _settle_map(result: AsyncResult[list[Any]], job: ManyJob) -> None:
-    """Settle a ``map_async`` result as its job ends (called once, without the lock)."""
-    if job.first_error is not None:
-        _set_exception(result, job.first_error[1])
-        job.cancel()  # the tasks not started yet: nobody wants them now
-    elif job.completed >= job.submitted and job.slots is not None:
-        _set_result(result, job.slots)
-    else:  # stopped by result.cancel(), which has settled it already
-        _set_exception(result, PoolClosedError("the map was stopped before it finished"))
-
-
-def _cancel_if_cancelled(job: ManyJob, result: concurrent.futures.Future[Any]) -> None:
-    if result.cancelled():
-        job.cancel()
-
-
-def _callbacks(callback: Callable[[Any], Any] | None,
-               error_callback: Callable[[BaseException], Any] | None,
-               ) -> Callable[[concurrent.futures.Future[Any]], None]:
-    def done(fut: concurrent.futures.Future[Any]) -> None:
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is None:
-            if callback is not None:
-                callback(fut.result())
-        elif error_callback is not None:
-            error_callback(exc)
-
-    return done
-
-
-@overload
-def map(fn: Callable[[T], R], iterable: Iterable[T], /, *, timeout: float | None = None,
-        mode: Mode | str | None = None, workers: int | None = None,
-        chunksize: ChunkSize = AUTO, progress: ProgressArg = False,
-        **pool_options: Any) -> list[R]: ...
-
-
-@overload
-def map(fn: Callable[[T, T2], R], iterable: Iterable[T], iterable2: Iterable[T2], /, *,
-        timeout: float | None = None, mode: Mode | str | None = None,
-        workers: int | None = None, chunksize: ChunkSize = AUTO,
-        progress: ProgressArg = False, **pool_options: Any) -> list[R]: ...
-
-
-@overload
-def map(fn: Callable[..., R], iterable: Iterable[Any], /, *iterables: Iterable[Any],
-        timeout: float | None = None, mode: Mode | str | None = None,
-        workers: int | None = None, chunksize: ChunkSize = AUTO,
-        progress: ProgressArg = False, **pool_options: Any) -> list[R]: ...
-
-
-def map(fn: Callable[..., R], /, *iterables: Any, timeout: float | None = None,
-        mode: Mode | str | None = None, workers: int | None = None,
-        chunksize: ChunkSize = AUTO, progress: ProgressArg = False,
-        **pool_options: Any) -> list[R]:
-    """Apply ``fn`` to every item on a pool made for the call; results in order.
-
-    Takes :meth:`Pool.map`'s arguments (several iterables are zipped;
-    ``timeout`` counts from this call, the pool's start included) and the
-    :class:`Pool` options (``task_timeout``, ``retries``, ``processes``, ...)
-    as keywords. The pool is gone when it returns; on a timeout, an error or
-    Ctrl-C its workers are stopped at once.
-
-    Example::
-
-        squares = bf.map(lambda x: x * x, range(1000), mode="process", progress=True)
-    """
-    started = time.monotonic()
-    wait = wait_seconds(timeout)
-    items, call, chunksize = _map_inputs(iterables, chunksize)
-    with Pool(workers, mode=mode, **pool_options) as pool:
-        result: list[R] = pool._map(fn, items, call, chunksize, progress, started, wait)
-        return result
-
-
-def imap(fn: Callable[[T], R], iterable: Iterable[T], *, mode: Mode | str | None = None,
-         workers: int | None = None, ordered: bool = True, chunksize: ChunkSize = AUTO,
-         progress: ProgressArg = False, **pool_options: Any) -> Iterator[R]:
-    """Lazily apply ``fn`` to every item on a pool made for the iteration.
-
-    Results come in input order, or as they finish with ``ordered=False``. The
-    pool starts at the first ``next()`` and stops when the iteration ends or
-    the iterator is closed.
-    """
-    _chunksize(chunksize)
-    with Pool(workers, mode=mode, **pool_options) as pool:
-        if ordered:
-            yield from pool.imap(fn, iterable, chunksize=chunksize, progress=progress)
-        else:
-            yield from pool.imap_unordered(fn, iterable, chunksize=chunksize, progress=progress)
-
-
-_live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
-
-
-def _shutdown_quietly(engine: Engine) -> None:
-    # The pool was dropped without close(): let queued work finish, then stop.
-    if engine.inherited:
-        return  # a forked child's copy: the parent's to stop
-    try:
-        engine.shutdown(wait=False)
-    except Exception:
-        pass
-
-
-def _mark_inherited() -> None:
-    """In a child made by os.fork(): every pool here is its parent's (no locks taken)."""
-    for engine in list(_live_engines):
-        engine.inherited = True
-
-
-os.register_at_fork(after_in_child=_mark_inherited)
-
-
-@atexit.register
-def _finish_at_exit() -> None:
-    """What becomes of pools still open when the interpreter exits.
-
-    Their queued work runs, as with ``concurrent.futures`` executors: a
-    script that submits and never waits still gets its work done. But when
-    the program is ending because of Ctrl-C (or Ctrl-C comes while waiting
-    here), everything is stopped at once instead.
-
-    Registered after multiprocessing's own exit handler, so it runs first.
-    """
-    engines = [engine for engine in _live_engines if not engine.inherited]
-    if not isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
-        try:
-            for engine in engines:
-                _drain(engine)
-            return
-        except BaseException:
-            pass  # Ctrl-C while waiting (or a broken pool): stop everything now
-    for engine in engines:
-        try:
-            engine.terminate()
-        except Exception:
-            pass
-
-
-def _drain(engine: Engine) -> None:
-    """Run what is queued on ``engine``, then stop it."""
-    # An imap nobody reads any more would keep the pool waiting for input.
-    error = PoolClosedError("the interpreter exited while this imap was reading its input")
-    with engine.scheduler.lock:
-        for job in list(engine.scheduler.open_jobs):
-            job.cut_input(error)
-    engine.wake()
-    engine.shutdown(wait=True)
