@@ -18,9 +18,10 @@ from ._engines import create_engine, mode_names
 from ._engines._base import Engine, EngineConfig, inherited_error
 from ._errors import result_timeout_error
 from ._imap import ResultIterator
-from ._jobs import AUTO, ManyJob, OneJob, Scheduler
+from ._jobs import AUTO, ManyJob, OneJob
 from ._lifetime import forget, remember, shutdown_quietly
 from ._results import AsyncResult, callbacks, cancel_if_cancelled, settle_map
+from ._scheduler import Scheduler
 
 if TYPE_CHECKING:
     # Only for annotations: a thread pool never imports multiprocessing.

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from .._core._errors import PoolClosedError
 from .._core._futures import Future
 from ._errors import result_timeout_error
-from ._jobs import ManyJob, _set_exception, _set_result
+from ._jobs import ManyJob, set_exception, set_result
 
 __all__ = ["AsyncResult", "callbacks", "cancel_if_cancelled", "settle_map"]
 
@@ -78,12 +78,12 @@ class AsyncResult(Future[T]):
 def settle_map(result: AsyncResult[list[Any]], job: ManyJob) -> None:
     """Settle a ``map_async`` result as its job ends (called once, without the lock)."""
     if job.first_error is not None:
-        _set_exception(result, job.first_error[1])
+        set_exception(result, job.first_error[1])
         job.cancel()  # the tasks not started yet: nobody wants them now
     elif job.completed >= job.submitted and job.slots is not None:
-        _set_result(result, job.slots)
+        set_result(result, job.slots)
     else:  # stopped by result.cancel(), which has settled it already
-        _set_exception(result, PoolClosedError("the map was stopped before it finished"))
+        set_exception(result, PoolClosedError("the map was stopped before it finished"))
 
 
 def cancel_if_cancelled(job: ManyJob, result: concurrent.futures.Future[Any]) -> None:

@@ -10,7 +10,7 @@ import importlib
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .._jobs import Scheduler
+    from .._scheduler import Scheduler
     from ._base import Engine, EngineConfig
 
 __all__ = ["create_engine", "mode_names"]

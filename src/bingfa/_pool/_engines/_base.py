@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..._core._errors import InitializerError, PoolClosedError
-from .._jobs import Job, Scheduler
+from .._jobs import Job
+from .._scheduler import Scheduler
 
 __all__ = ["Engine", "EngineConfig"]
 

@@ -55,7 +55,8 @@ from ..._core._serialization import (
     unpickling_error,
 )
 from .._batch import CALL_KW, CALL_STAR
-from .._jobs import Batch, Job, Scheduler
+from .._jobs import Batch, Job
+from .._scheduler import Scheduler
 from ._base import Engine, EngineConfig, inherited_error, initializer_error
 from ._launcher import START_METHODS, WorkerProcess, launch
 from ._process_worker import WorkerBoot, serve_inherited

@@ -24,7 +24,8 @@ import time
 from ..._core._context import CancelFlag, WorkerContext, set_thread_context
 from ..._core._errors import PoolClosedError, TaskTimeoutError
 from .._batch import run_batch
-from .._jobs import Batch, Job, Scheduler
+from .._jobs import Batch, Job
+from .._scheduler import Scheduler
 from ._base import Engine, EngineConfig, initializer_error
 
 __all__ = ["ThreadEngine"]
