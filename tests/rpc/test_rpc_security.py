@@ -750,6 +750,76 @@ def test_a_client_without_a_secret_refuses_an_unauthenticated_pickle_server():
     assert fake.after_handshake == b""
 
 
+@pytest.fixture(scope="module")
+def tls_certificates() -> tuple[Any, Any, Any]:
+    """A certificate authority, the server's certificate (127.0.0.1) and a client's."""
+    import trustme
+
+    ca = trustme.CA()
+    return ca, ca.issue_cert("127.0.0.1"), ca.issue_cert("client")
+
+
+def pickle_server_context(tls_certificates: tuple[Any, Any, Any]) -> ssl.SSLContext:
+    """A server context that requires client certificates: pickle without a secret is allowed."""
+    ca, server_cert, _ = tls_certificates
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(context)
+    ca.configure_trust(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client_context(tls_certificates: tuple[Any, Any, Any], verify: bool) -> ssl.SSLContext:
+    """A client context with a certificate; ``verify=False`` is the usual development setting."""
+    ca, _, client_cert = tls_certificates
+    context = ssl.create_default_context()
+    client_cert.configure_cert(context)
+    if verify:
+        ca.configure_trust(context)
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def test_a_client_whose_tls_does_not_verify_the_server_refuses_pickle(tls_certificates, tmp_path):
+    """Any server, or anyone in the middle, could answer with a pickle that runs code here."""
+    evidence = tmp_path / "pwned"
+    served = {"payload": lambda: CreatesFile(evidence), "add": add}
+    unverified = client_context(tls_certificates, verify=False)
+
+    async def asynchronously(address: str) -> None:
+        with pytest.raises(AuthenticationError) as caught:
+            await bingfa.rpc.aconnect(address, tls=unverified)
+        assert "verify_mode=CERT_NONE" in str(caught.value)
+
+    with bingfa.rpc.serve(served, ADDRESS, serializer="pickle",
+                          tls=pickle_server_context(tls_certificates)) as server:
+        with pytest.raises(AuthenticationError) as caught:
+            bingfa.rpc.connect(server.address, tls=unverified).payload()
+        message = str(caught.value)
+        # Why, and what to do instead.
+        assert "pickle" in message and "run code" in message
+        assert "verify_mode=CERT_NONE" in message
+        assert "secret=" in message and "CERT_REQUIRED" in message
+        asyncio.run(asynchronously(server.address))
+        assert not evidence.exists()
+        # A context that verifies the server is trusted with pickle.
+        with bingfa.rpc.connect(server.address,
+                                tls=client_context(tls_certificates, verify=True)) as client:
+            assert client.add((1,), (2,)) == (1, 2)
+
+
+def test_a_shared_secret_makes_an_unverified_tls_pickle_server_trusted(tls_certificates):
+    """The handshake proved the server knows the secret: its pickle is trusted without TLS
+    verification."""
+    with bingfa.rpc.serve({"add": add}, ADDRESS, serializer="pickle", secret=SECRET,
+                          tls=pickle_server_context(tls_certificates)) as server:
+        with bingfa.rpc.connect(server.address, secret=SECRET,
+                                tls=client_context(tls_certificates, verify=False)) as client:
+            assert client.add((1,), (2,)) == (1, 2)
+
+
 # -- 3. pickle payloads ---------------------------------------------------------------------------
 
 

@@ -93,8 +93,8 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
-def handshake(sock: socket.socket, secret: bytes | None, allow_pickle: bool) -> Codec:
-    """Log in on a fresh socket; the codec the server speaks.
+def handshake(sock: socket.socket, secret: bytes | None) -> Codec:
+    """Log in on a fresh plain socket (no TLS); the codec the server speaks.
 
     Raises:
         AuthenticationError: see :meth:`Login.finish`; ConnectionLostError:
@@ -106,7 +106,7 @@ def handshake(sock: socket.socket, secret: bytes | None, allow_pickle: bool) -> 
         answer = _recv_exactly(sock, WELCOME_SIZE)
     except ConnectionLostError:
         answer = b""
-    return login.finish(answer, allow_pickle)
+    return login.finish(answer, None)
 
 
 class _Pending:
@@ -588,8 +588,7 @@ class Client:
                 sock = open_socket(self.address, CONNECT_TIMEOUT)
                 try:
                     sock.settimeout(CONNECT_TIMEOUT)
-                    codec = handshake(sock, self._secret,
-                                      allow_pickle=bool(self._secret or self._tls))
+                    codec = handshake(sock, self._secret)
                 except BaseException:
                     sock.close()
                     raise
