@@ -735,7 +735,22 @@ SERVER_WITH_ITS_OWN_TYPE = textwrap.dedent("""
         yield OnlyTheServerKnows(2)
         yield 3
 
-    server = rpc.serve({"make": make, "items": items, "add": lambda a, b: a + b}, sys.argv[1])
+    # No await between the yields: the stream's start, its items and what
+    # ends it leave the server in one write, and so reach the client in one
+    # read, usually before its call() has returned the stream.
+    async def aitems():
+        yield 1
+        yield 2
+        yield OnlyTheServerKnows(3)
+        yield 4
+
+    async def afails():
+        yield 1
+        yield 2
+        raise KeyError("after two items")
+
+    server = rpc.serve({"make": make, "items": items, "aitems": aitems, "afails": afails,
+                        "add": lambda a, b: a + b}, sys.argv[1])
     print(server.address, flush=True)
     server.serve_forever()
 """)
@@ -763,6 +778,44 @@ def test_an_answer_the_client_cannot_decode_fails_only_its_call():
                 assert await stream.__anext__() == 1
                 with pytest.raises(bf.SerializationError, match="cannot decode"):
                     await stream.__anext__()
+                assert await ac.add(2, 2) == 4
+
+        asyncio.run(asynchronously())
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_stream_hands_out_the_items_before_its_error_however_they_arrive():
+    proc, address = _server_process(ADDRESS, SERVER_WITH_ITS_OWN_TYPE)
+    try:
+        with rpc.connect(address) as c:
+            for _ in range(20):
+                items = []
+                with pytest.raises(bf.SerializationError, match="cannot decode"):
+                    items.extend(c.aitems())
+                assert items == [1, 2]
+                items = []
+                with pytest.raises(KeyError, match="after two items"):
+                    items.extend(c.afails())
+                assert items == [1, 2]
+            assert c.add(2, 2) == 4
+
+        async def asynchronously():
+            async with await rpc.aconnect(address) as ac:
+                for _ in range(20):
+                    items = []
+                    with pytest.raises(bf.SerializationError, match="cannot decode"):
+                        async for item in await ac.aitems():
+                            items.append(item)
+                    assert items == [1, 2]
+                    items = []
+                    with pytest.raises(KeyError, match="after two items"):
+                        async for item in await ac.afails():
+                            items.append(item)
+                    assert items == [1, 2]
                 assert await ac.add(2, 2) == 4
 
         asyncio.run(asynchronously())

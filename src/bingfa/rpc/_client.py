@@ -638,10 +638,13 @@ class Client:
                 with contextlib.suppress(Exception):
                     conn.send(_frame(conn.codec, [CANCEL, call_id]))
             raise
+        if pending.stream:
+            # A stream's error (an item this side cannot decode, the generator
+            # raising) may already be here with items before it: the stream
+            # hands those out first, then raises it.
+            return RemoteStream(self, conn, call_id, pending, timeout)
         if pending.error is not None:
             raise pending.error
-        if pending.stream:
-            return RemoteStream(self, conn, call_id, pending, timeout)
         return pending.value
 
     def methods(self) -> dict[str, dict[str, str]]:
