@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from typing import Any
 
 import msgpack
@@ -1267,3 +1268,32 @@ def test_a_client_that_never_reads_cannot_make_the_server_buffer_without_bound()
     assert growth < 100 * MiB, (
         f"{sent} calls of 1 MiB sent and no answer read: the server grew by "
         f"{growth // MiB} MiB, holding the answers in memory")
+
+
+async def sleeps(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+def never_awaited(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if "never awaited" in str(w.message)]
+
+
+def test_an_async_handler_given_up_before_it_starts_leaves_no_unawaited_coroutine():
+    """A cancel read together with its call, or a deadline of microseconds: the task is
+    cancelled before its first step, and the handler's coroutine must still be closed."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with bingfa.rpc.serve({"sleeps": sleeps}, ADDRESS) as server:
+            with raw_login(server.address) as peer:
+                # Each call and its cancel in one write, so in one read of the server.
+                peer.send(b"".join(call_frame(i, "sleeps", [30]) + frame(pack([CANCEL, i]))
+                                   for i in range(1, 21)))
+                peer.call(99, "sleeps", 0)
+                assert peer.answer(99) == [RESULT, 99, 0]  # the cancels were all read
+            with bingfa.rpc.connect(server.address) as client:
+                for _ in range(30):
+                    with pytest.raises(bingfa.rpc.RPCTimeoutError):
+                        client.call("sleeps", 30, timeout=1e-7)
+        gc.collect()  # coroutines the server dropped are finalized by now
+    assert never_awaited(caught) == []

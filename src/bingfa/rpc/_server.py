@@ -32,7 +32,7 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -179,7 +179,7 @@ class CallAbandoned(Exception):
 class _Call:
     """One call in flight on a connection."""
 
-    __slots__ = ("flag", "id", "method", "size", "stream", "task", "timer")
+    __slots__ = ("coro", "flag", "id", "method", "size", "stream", "task", "timer")
 
     def __init__(self, call_id: int, method: str, size: int = 0) -> None:
         self.id = call_id
@@ -187,6 +187,7 @@ class _Call:
         self.size = size  # bytes of its frame, counted against MAX_INFLIGHT_BYTES
         self.flag = CancelFlag()
         self.task: asyncio.Task[Any] | None = None
+        self.coro: Coroutine[Any, Any, Any] | None = None  # an async handler's, until it starts
         self.timer: asyncio.TimerHandle | None = None
         self.stream: _Credits | None = None
 
@@ -457,7 +458,7 @@ class _Connection(asyncio.Protocol):
                 self._error(call_id, exc)
                 return
             if method.kind == "coroutine":
-                call.task = self.loop.create_task(self._await(call, started))
+                self._start_coroutine(call, started)
             else:
                 self._streaming(call, window)
                 call.task = self.loop.create_task(self._astream(call, started))
@@ -514,7 +515,7 @@ class _Connection(asyncio.Protocol):
             method.demote()
             call = self._open(_Call(call_id, method.name), None)
             if isinstance(value, types.CoroutineType):
-                call.task = self.loop.create_task(self._await(call, value))
+                self._start_coroutine(call, value)
             else:
                 self._streaming(call, window)
                 self._send(call_id, [STREAM, call_id])
@@ -558,7 +559,7 @@ class _Connection(asyncio.Protocol):
         elif inspect.iscoroutine(value):  # ...or a coroutine: a task its deadline can cancel
             def start() -> None:
                 if call.id in self.calls:
-                    call.task = self.loop.create_task(self._await(call, value))
+                    self._start_coroutine(call, value)
                 else:  # expired or cancelled while the function ran
                     value.close()
 
@@ -571,6 +572,11 @@ class _Connection(asyncio.Protocol):
                                                                             exc))
                 return
             server._post_frame(self, frame, done=call)
+
+    def _start_coroutine(self, call: _Call, coro: Any) -> None:
+        """Run a handler's coroutine as the call's task, which its deadline or cancel cancels."""
+        call.coro = coro
+        call.task = self.loop.create_task(self._await(call, coro))
 
     async def _await(self, call: _Call, coro: Any) -> None:
         try:
@@ -664,6 +670,13 @@ class _Connection(asyncio.Protocol):
         call.flag.set()
         if call.task is not None:
             call.task.cancel()
+            coro = call.coro
+            if (isinstance(coro, types.CoroutineType)
+                    and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED):
+                # The task was cancelled before it awaited the handler (a deadline
+                # of microseconds, a cancel read with the call): the coroutine
+                # never runs, and unclosed it would warn "never awaited".
+                coro.close()
         if call.stream is not None:
             call.stream.close()
         self._finish(call)
