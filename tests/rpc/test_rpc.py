@@ -295,6 +295,27 @@ def test_bad_server_options():
         rpc.serve({"f": print}, ADDRESS, secret="short")
 
 
+def test_a_class_is_refused_when_its_methods_need_an_instance():
+    with pytest.raises(TypeError) as info:
+        rpc.serve(Service, ADDRESS)
+    message = str(info.value)
+    assert "class Service, not an instance" in message
+    assert "add" in message and "Service()" in message
+
+    class Static:
+        @staticmethod
+        def add(a, b):
+            return a + b
+
+        @classmethod
+        def name(cls):
+            return cls.__name__
+
+    with rpc.serve(Static, ADDRESS) as server, rpc.connect(server.address) as c:
+        assert c.add(1, 2) == 3
+        assert c.name() == "Static"
+
+
 def test_pickle_with_a_secret_carries_anything():
     secret = "s" * 32
     with rpc.serve({"echo": lambda x: x}, ADDRESS, serializer="pickle", secret=secret) as s, \

@@ -142,6 +142,8 @@ def _methods_of(target: Any) -> dict[str, _Method]:
                 raise TypeError(f"a dict target maps names to functions; {name!r} -> {fn!r} "
                                 "is not that")
     else:
+        if isinstance(target, type):
+            _refuse_unbound_methods(target)
         items = [(name, getattr(target, name)) for name in dir(target)
                  if not name.startswith("_")]
         items = [(name, fn) for name, fn in items if callable(fn) and not isinstance(fn, type)]
@@ -149,6 +151,24 @@ def _methods_of(target: Any) -> dict[str, _Method]:
     if not methods:
         raise ValueError(f"{target!r} has no public methods to serve")
     return methods
+
+
+def _refuse_unbound_methods(cls: type) -> None:
+    """TypeError for a class (not an instance) whose served methods would need ``self``.
+
+    Served as is, every call would fail with a confusing "missing argument
+    'self'". A class of static and class methods alone serves fine. The
+    server does not instantiate it for you: which arguments, and whether one
+    instance is what you want, are yours to say (``bingfa rpc serve
+    mod:Class`` does instantiate it, without arguments, as a command line must).
+    """
+    unbound = sorted(name for name in dir(cls) if not name.startswith("_")
+                     and isinstance(inspect.getattr_static(cls, name), types.FunctionType))
+    if unbound:
+        listed = ", ".join(unbound[:5]) + (", ..." if len(unbound) > 5 else "")
+        raise TypeError(f"serve() was given the class {cls.__qualname__}, not an instance: its "
+                        f"methods ({listed}) need one. Pass an instance, such as "
+                        f"{cls.__qualname__}()")
 
 
 def _run_with_flag(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
@@ -1058,7 +1078,8 @@ def serve(target: Any, address: str, *, secret: bytes | str | None = None,
 
     Args:
         target: an object, whose public methods are served, or a dict of
-            name -> function.
+            name -> function. A class is refused (TypeError) when its methods
+            need an instance: pass ``MyClass()``, not ``MyClass``.
         address: ``tcp://HOST:PORT`` (port 0: any free port) or ``unix:///PATH``.
         secret: clients must prove they know it (HMAC-SHA256 challenge-response,
             both ways) before any call runs. At least 16 bytes.
@@ -1079,7 +1100,8 @@ def serve(target: Any, address: str, *, secret: bytes | str | None = None,
     Raises:
         ValueError: an address that does not parse, a port out of range,
             pickle without authentication, an unknown serializer, a target
-            with nothing to serve.
+            with nothing to serve. TypeError: a class whose methods need an
+            instance.
         OSError: the address is in use.
     """
     return Server(target, address, secret=secret, tls=tls, serializer=serializer, pool=pool,
