@@ -1297,3 +1297,33 @@ def test_an_async_handler_given_up_before_it_starts_leaves_no_unawaited_coroutin
                         client.call("sleeps", 30, timeout=1e-7)
         gc.collect()  # coroutines the server dropped are finalized by now
     assert never_awaited(caught) == []
+
+
+@pytest.mark.parametrize("address", ["tcp://0.0.0.0:8000", "tcp://[::]:8000",
+                                     "tcp://192.0.2.7:8000", "tcp://db.example:8000"])
+def test_serving_beyond_loopback_without_a_secret_or_tls_logs_a_warning(address, caplog):
+    # Tests listen on 127.0.0.1 only: the check is given the address a server
+    # bound (server.address), which is what serve() hands it.
+    from bingfa.rpc._server import warn_if_exposed
+
+    with caplog.at_level("WARNING", logger="bingfa.rpc"):
+        assert warn_if_exposed(address, None, None)
+    [record] = caplog.records
+    assert record.name == "bingfa.rpc" and record.levelname == "WARNING"
+    message = record.getMessage()
+    assert address in message
+    assert "secret=" in message and "--secret-file" in message and "tls=" in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bingfa.rpc"):
+        assert not warn_if_exposed(address, SECRET, None)
+        assert not warn_if_exposed(address, None, ssl.create_default_context())
+    assert caplog.records == []
+
+
+def test_serving_on_loopback_or_a_unix_socket_logs_nothing(caplog, tmp_path):
+    with caplog.at_level("WARNING", logger="bingfa.rpc"):
+        for address in (ADDRESS, "tcp://localhost:0", f"unix://{tmp_path}/rpc.sock"):
+            with bingfa.rpc.serve({"add": add}, address) as server, \
+                    bingfa.rpc.connect(server.address) as client:
+                assert client.add(1, 2) == 3
+    assert caplog.records == []

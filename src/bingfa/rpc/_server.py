@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import ipaddress
+import logging
 import os
 import socket
 import ssl
@@ -64,6 +66,7 @@ from ._wire import (
 __all__ = ["Server", "quick", "serve"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+logger = logging.getLogger("bingfa.rpc")
 
 perf_counter = time.perf_counter
 _LATER = (types.GeneratorType, types.CoroutineType)  # results that are not results yet
@@ -815,6 +818,7 @@ class Server:
         self._sock = self._listen(parsed)
         self._unix_path = parsed.path if parsed.scheme == "unix" else None
         self.address = self._public_address(parsed)
+        warn_if_exposed(self.address, secret, tls)
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._thread_of_loop: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -1056,6 +1060,32 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
     loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     return loop
+
+
+def warn_if_exposed(address: str, secret: bytes | None, tls: ssl.SSLContext | None) -> bool:
+    """Log a warning (logger ``bingfa.rpc``) for a server anyone on the network can call.
+
+    ``address`` is where the server listens (what ``server.address`` says).
+    A TCP address that is not loopback, with neither a secret nor TLS, lets
+    whoever reaches it call every method. Serving so is allowed (a trusted
+    network, a firewall), so it is a warning, not an error. Whether it warned.
+    """
+    if secret or tls is not None:
+        return False
+    parsed = parse_address(address)
+    if parsed.scheme != "tcp":
+        return False
+    try:
+        if ipaddress.ip_address(parsed.host).is_loopback:
+            return False
+    except ValueError:  # a host name: serve() reports the address it bound, so rarely
+        if parsed.host == "localhost":
+            return False
+    logger.warning(
+        "serving %s without a secret or TLS: anyone who can reach that address can call "
+        "every method it serves. Pass secret= (bingfa rpc serve --secret-file FILE) or tls=, "
+        "or listen on 127.0.0.1 only", address)
+    return True
 
 
 def _is_socket(path: str) -> bool:
