@@ -8,6 +8,7 @@ import datetime
 import decimal
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -300,7 +301,8 @@ def test_a_class_is_refused_when_its_methods_need_an_instance():
         rpc.serve(Service, ADDRESS)
     message = str(info.value)
     assert "class Service, not an instance" in message
-    assert "add" in message and "Service()" in message
+    assert "add" in message
+    assert "Service()" in message
 
     class Static:
         @staticmethod
@@ -583,6 +585,74 @@ def test_bingfa_rpc_serve_and_call(tmp_path):
         server.stderr.close()
 
 
+def bingfa_rpc(*args, cwd=None):
+    """``python -m bingfa rpc ARGS``, as a user runs it; its outcome."""
+    return subprocess.run([PY, "-m", "bingfa", "rpc", *args], capture_output=True, text=True,
+                          timeout=30, cwd=cwd, stdin=subprocess.DEVNULL)
+
+
+def one_line_error(done, command, *words, status=2):
+    """Assert ``done`` failed with ``status`` and one line naming ``words``, nothing else."""
+    assert done.returncode == status, (done.returncode, done.stderr)
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr  # no traceback, no usage line
+    assert lines[0].startswith(f"bingfa rpc {command}: error: "), lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+@pytest.mark.timeout(120)
+def test_bingfa_rpc_errors_are_one_line_that_names_what_failed(tmp_path):
+    (tmp_path / "calc.py").write_text(textwrap.dedent("""
+        class Calc:
+            def add(self, a, b):
+                return a + b
+
+        class NeedsArgs:
+            def __init__(self, factor):
+                self.factor = factor
+
+            def scale(self, x):
+                return x * self.factor
+    """))
+    (tmp_path / "broken.py").write_text("raise RuntimeError('fails at import')\n")
+    (tmp_path / "typo.py").write_text("def f(:\n")
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s" * 32)
+
+    def serve(*args, status=2, words=()):
+        return one_line_error(bingfa_rpc("serve", *args, cwd=tmp_path), "serve", *words,
+                              status=status)
+
+    serve("broken:Calc", words=("'broken'", "RuntimeError: fails at import"))
+    serve("typo:Calc", words=("'typo'", "SyntaxError"))
+    serve("absent:Calc", words=("'absent'", "No module named"))
+    serve("calc:Nope", words=("'calc'", "'Nope'"))
+    serve("calc:NeedsArgs", words=("calc:NeedsArgs", "without arguments", "factor"))
+    serve("calc:Calc", "--serializer", "pickle", words=("--secret-file",))
+    serve("calc:Calc", "--secret-file", str(tmp_path / "nope"), words=(str(tmp_path / "nope"),))
+    serve("calc:Calc", "--address", "nonsense", words=("'nonsense'",))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        address = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        serve("calc:Calc", "--address", address, status=1, words=(address, "in use"))
+    missing_dir = f"unix://{tmp_path}/no-such-dir/rpc.sock"
+    serve("calc:Calc", "--address", missing_dir, status=1, words=(missing_dir,))
+
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        nobody = f"tcp://127.0.0.1:{closed.getsockname()[1]}"
+    one_line_error(bingfa_rpc("call", nobody, "add", "1", "2"), "call", nobody, status=1)
+    one_line_error(bingfa_rpc("call", nobody, "add", "x"), "call", "argument 1", "not JSON")
+    with rpc.serve({"add": lambda a, b: a + b}, ADDRESS, secret=b"s" * 32) as server:
+        line = one_line_error(bingfa_rpc("call", server.address, "add", "1", "2"), "call",
+                              server.address, "requires a secret", "--secret-file", status=1)
+        assert "secret=" not in line  # the library's hint, not the command line's
+        done = bingfa_rpc("call", server.address, "add", "1", "2", "--secret-file",
+                          str(secret_file))
+        assert (done.returncode, done.stdout) == (0, "3\n"), done.stderr
+
+
 # -- pools -------------------------------------------------------------------------------
 
 
@@ -808,6 +878,12 @@ def test_an_answer_the_client_cannot_decode_fails_only_its_call():
         proc.stdout.close()
 
 
+async def collect(stream, items):
+    """Append what an async stream yields to ``items``, until it ends or raises."""
+    async for item in stream:
+        items.append(item)
+
+
 @pytest.mark.timeout(60)
 def test_a_stream_hands_out_the_items_before_its_error_however_they_arrive():
     proc, address = _server_process(ADDRESS, SERVER_WITH_ITS_OWN_TYPE)
@@ -829,13 +905,11 @@ def test_a_stream_hands_out_the_items_before_its_error_however_they_arrive():
                 for _ in range(20):
                     items = []
                     with pytest.raises(bf.SerializationError, match="cannot decode"):
-                        async for item in await ac.aitems():
-                            items.append(item)
+                        await collect(await ac.aitems(), items)
                     assert items == [1, 2]
                     items = []
                     with pytest.raises(KeyError, match="after two items"):
-                        async for item in await ac.afails():
-                            items.append(item)
+                        await collect(await ac.afails(), items)
                     assert items == [1, 2]
                 assert await ac.add(2, 2) == 4
 

@@ -800,9 +800,11 @@ def test_a_client_whose_tls_does_not_verify_the_server_refuses_pickle(tls_certif
             bingfa.rpc.connect(server.address, tls=unverified).payload()
         message = str(caught.value)
         # Why, and what to do instead.
-        assert "pickle" in message and "run code" in message
+        assert "pickle" in message
+        assert "run code" in message
         assert "verify_mode=CERT_NONE" in message
-        assert "secret=" in message and "CERT_REQUIRED" in message
+        assert "secret=" in message
+        assert "CERT_REQUIRED" in message
         asyncio.run(asynchronously(server.address))
         assert not evidence.exists()
         # A context that verifies the server is trusted with pickle.
@@ -814,11 +816,11 @@ def test_a_client_whose_tls_does_not_verify_the_server_refuses_pickle(tls_certif
 def test_a_shared_secret_makes_an_unverified_tls_pickle_server_trusted(tls_certificates):
     """The handshake proved the server knows the secret: its pickle is trusted without TLS
     verification."""
+    unverified = client_context(tls_certificates, verify=False)
     with bingfa.rpc.serve({"add": add}, ADDRESS, serializer="pickle", secret=SECRET,
-                          tls=pickle_server_context(tls_certificates)) as server:
-        with bingfa.rpc.connect(server.address, secret=SECRET,
-                                tls=client_context(tls_certificates, verify=False)) as client:
-            assert client.add((1,), (2,)) == (1, 2)
+                          tls=pickle_server_context(tls_certificates)) as server, \
+            bingfa.rpc.connect(server.address, secret=SECRET, tls=unverified) as client:
+        assert client.add((1,), (2,)) == (1, 2)
 
 
 # -- 3. pickle payloads ---------------------------------------------------------------------------
@@ -1309,10 +1311,12 @@ def test_serving_beyond_loopback_without_a_secret_or_tls_logs_a_warning(address,
     with caplog.at_level("WARNING", logger="bingfa.rpc"):
         assert warn_if_exposed(address, None, None)
     [record] = caplog.records
-    assert record.name == "bingfa.rpc" and record.levelname == "WARNING"
+    assert record.name == "bingfa.rpc"
+    assert record.levelname == "WARNING"
     message = record.getMessage()
     assert address in message
-    assert "secret=" in message and "--secret-file" in message and "tls=" in message
+    for hint in ("secret=", "--secret-file", "tls="):
+        assert hint in message
     caplog.clear()
     with caplog.at_level("WARNING", logger="bingfa.rpc"):
         assert not warn_if_exposed(address, SECRET, None)

@@ -24,7 +24,10 @@ from ._wire import (
     read_hello,
 )
 
-__all__ = ["STREAM_WINDOW", "Login", "secret_bytes", "undecodable_answer"]
+__all__ = ["SECRET_REQUIRED", "STREAM_WINDOW", "Login", "secret_bytes", "undecodable_answer"]
+
+# How the error for a missing secret starts: the command line words its own hint.
+SECRET_REQUIRED = "the server requires a secret"
 
 # Items a stream may send ahead of its consumer before it waits for credit.
 STREAM_WINDOW = 64
@@ -84,7 +87,7 @@ class Login:
         secret, flags = self.secret, self.flags
         if not check_welcome(answer, secret, self.server_nonce, self.client_nonce):
             if not secret and flags & FLAG_SECRET:
-                raise AuthenticationError("the server requires a secret: pass secret=")
+                raise AuthenticationError(f"{SECRET_REQUIRED}: pass secret=")
             raise AuthenticationError("the server rejected the handshake: wrong secret")
         if flags & FLAG_PICKLE:
             # Unpickling runs whatever code the data names: only a server that

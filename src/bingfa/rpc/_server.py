@@ -836,21 +836,37 @@ class Server:
 
     @staticmethod
     def _listen(address: Address) -> socket.socket:
-        if address.scheme == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            with contextlib.suppress(FileNotFoundError):
-                if os.path.exists(address.path) and not _is_socket(address.path):
-                    raise ValueError(f"{address.path!r} exists and is not a socket")
-                os.unlink(address.path)
-            sock.bind(address.path)
-        else:
-            infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
-            family, _, _, _, sockaddr = infos[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(sockaddr)
-        sock.listen(BACKLOG)
-        sock.setblocking(False)
+        """A listening socket at ``address``; an OSError that names it if that fails."""
+        sock = None
+        try:
+            if address.scheme == "unix":
+                with contextlib.suppress(FileNotFoundError):
+                    if os.path.exists(address.path) and not _is_socket(address.path):
+                        raise ValueError(f"{address.path!r} exists and is not a socket")
+                    os.unlink(address.path)
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.bind(address.path)
+            else:
+                infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+                family, _, _, _, sockaddr = infos[0]
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(sockaddr)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+        except OSError as exc:
+            if sock is not None:
+                sock.close()
+            # "Address already in use" alone does not say which: the same
+            # type and errno, and the address in the message.
+            if exc.errno is None:
+                raise type(exc)(f"cannot listen on {address}: {exc}") from exc
+            raise type(exc)(exc.errno, f"cannot listen on {address}: "
+                                       f"{exc.strerror or exc}") from exc
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
         return sock
 
     def _public_address(self, address: Address) -> str:
