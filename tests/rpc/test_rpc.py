@@ -918,3 +918,38 @@ def test_a_stream_hands_out_the_items_before_its_error_however_they_arrive():
         proc.kill()
         proc.wait()
         proc.stdout.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_thread_reading_a_stream_can_send_a_call_bigger_than_the_socket_takes():
+    # The stream fills the socket toward the client and the server, its
+    # answers unread, stops reading; the same thread then sends a call far
+    # bigger than the socket buffers: it must read while it waits to write.
+    def chunks():
+        chunk = b"i" * 2**18
+        while True:
+            yield chunk
+
+    big = b"x" * (32 * 2**20)
+    outcome = []
+    with rpc.serve({"chunks": chunks, "size": len}, ADDRESS) as server, \
+            rpc.connect(server.address) as c:
+        def stream_then_call():
+            try:
+                stream = c.chunks()
+                assert next(stream) == b"i" * 2**18
+                outcome.append(c.size(big))
+                assert next(stream) == b"i" * 2**18  # the stream is still in step
+                stream.close()
+                outcome.append(c.size(b"small"))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=stream_then_call)
+        caller.start()
+        caller.join(30)
+        stuck = caller.is_alive()
+        c.close()  # a stuck caller fails with ConnectionLostError, and the thread ends
+        caller.join(10)
+    assert not stuck, "deadlock: the thread sending the big call never finished"
+    assert outcome == [len(big), 5]

@@ -160,6 +160,13 @@ class _Connection:
         sock.settimeout(None)  # blocking, always: deadlines are kept with poll
         self.poller = select.poll()
         self.poller.register(sock, select.POLLIN)
+        # The thread that holds read_lock (so that a reader's own sends may read too).
+        self.reading_thread: int | None = None
+        # For a send that finds the socket full (only the send_lock holder uses them).
+        self._writable = select.poll()
+        self._writable.register(sock, select.POLLOUT)
+        self._readable_or_writable = select.poll()
+        self._readable_or_writable.register(sock, select.POLLIN | select.POLLOUT)
 
     def send(self, frame: bytes) -> None:
         """Send ``frame``, together with whatever other threads queued meanwhile.
@@ -172,7 +179,7 @@ class _Connection:
         outbox = self.outbox
         if not outbox and self.send_lock.acquire(blocking=False):
             try:  # alone: straight out, no queue
-                self.sock.sendall(frame)
+                self._send_all(frame)
             except OSError as exc:
                 self._lose(f"sending failed: {exc}")
             finally:
@@ -184,7 +191,7 @@ class _Connection:
             try:
                 while outbox:
                     frames = [outbox.popleft() for _ in range(len(outbox))]
-                    self.sock.sendall(frames[0] if len(frames) == 1 else b"".join(frames))
+                    self._send_all(frames[0] if len(frames) == 1 else b"".join(frames))
             except OSError as exc:
                 self._lose(f"sending failed: {exc}")
             finally:
@@ -193,6 +200,71 @@ class _Connection:
             # are ours to send: loop.
         if self.lost is not None:
             raise self.lost
+
+    def _send_all(self, data: bytes) -> None:
+        """Write ``data`` (with ``send_lock`` held), reading answers while the socket is full.
+
+        The server stops reading a connection whose answers its client does
+        not read (that is its backpressure). A thread that blocked in
+        ``sendall`` while it is also the one that would read (say it iterates
+        a stream and sends a big call) would wait for ever: so while the
+        socket takes no more, this thread reads what has arrived, when the
+        reading is free or already its own, and hands it out as a reader does.
+        """
+        sock = self.sock
+        try:
+            sent = sock.send(data, socket.MSG_DONTWAIT)  # most often all of it, at once
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        try:
+            while view:
+                if self.lost is not None:
+                    raise self.lost
+                me = threading.get_ident()
+                reading = self.reading_thread == me or self.read_lock.acquire(blocking=False)
+                if not reading:
+                    # Another thread reads: it takes the answers out. Look again
+                    # now and then, in case it stops and the reading is ours.
+                    self._writable.poll(FOLLOWER_NAP * 1000)
+                else:
+                    ours = self.reading_thread != me
+                    self.reading_thread = me
+                    try:
+                        events = self._readable_or_writable.poll(FOLLOWER_NAP * 1000)
+                        if any(event & ~select.POLLOUT for _, event in events):
+                            self._read_available()
+                    finally:
+                        if ours:
+                            self.reading_thread = None
+                            self.read_lock.release()
+                    if self.answered or self.asleep:
+                        self._move_on()  # hand out what was read, or the reading
+                try:
+                    view = view[sock.send(view, socket.MSG_DONTWAIT):]
+                except BlockingIOError:
+                    pass
+        finally:
+            view.release()
+
+    def _read_available(self) -> None:
+        """Read what has arrived without waiting (``read_lock`` held), and deliver it."""
+        try:
+            size = self.sock.recv_into(self.read_buffer, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._lose(f"the connection broke: {exc}")
+            return
+        if not size:
+            self._lose("the server closed the connection")
+            return
+        with self.state:
+            self._parse(self.read_view[:size].tobytes())
+        if self.cancels:
+            self._send_cancels()  # queued in the outbox: this thread holds send_lock
 
     def frame(self, message: list[Any]) -> bytes:
         """``message`` as a frame, with this thread's reused encoder."""
@@ -214,9 +286,11 @@ class _Connection:
                 if remaining is not None and remaining <= 0:
                     return False
                 if self.read_lock.acquire(blocking=False):
+                    self.reading_thread = threading.get_ident()
                     try:
                         self._read(ready, deadline)
                     finally:
+                        self.reading_thread = None
                         self.read_lock.release()
                     continue
                 self._sleep(pending, ready, remaining)
