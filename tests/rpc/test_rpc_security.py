@@ -16,6 +16,7 @@ import contextlib
 import gc
 import hashlib
 import hmac
+import json
 import math
 import os
 import pathlib
@@ -1331,3 +1332,160 @@ def test_serving_on_loopback_or_a_unix_socket_logs_nothing(caplog, tmp_path):
                     bingfa.rpc.connect(server.address) as client:
                 assert client.add(1, 2) == 3
     assert caplog.records == []
+
+
+# -- answers a client never reads -----------------------------------------------------------------
+
+UNREAD_SERVER = """
+import asyncio, json, sys
+import bingfa.rpc
+
+produced = [0]
+
+def big(n):
+    return b"a" * n
+
+async def abig(n):
+    return b"b" * n
+
+def chunks(n, count):
+    for _ in range(count):
+        produced[0] += 1
+        yield b"c" * n
+
+server = bingfa.rpc.serve({"big": big, "abig": abig, "chunks": chunks}, "tcp://127.0.0.1:0")
+server.start()
+
+async def state():
+    conns = list(server._connections)
+    return {"connections": len(conns), "produced": produced[0],
+            "limit": getattr(server, "max_unread_bytes", 32 * 2**20),
+            "each": {c.transport.get_extra_info("peername")[1]: {
+                "calls": len(c.calls), "deferred": len(getattr(c, "deferred", ())),
+                "over": getattr(c, "over", False),
+                "unread": getattr(c, "posted_bytes", 0) + c.transport.get_write_buffer_size()}
+                for c in conns}}
+
+print(server.address, flush=True)
+for line in sys.stdin:  # each line asks for the server's state, read on its own loop
+    print(json.dumps(asyncio.run_coroutine_threadsafe(state(), server._loop).result()),
+          flush=True)
+server.close()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_answers_a_client_never_reads_are_bounded_per_connection_and_freed_when_it_leaves():
+    """Calls, async calls and a stream with a huge window, none of their answers read: the
+    server holds about max_unread_bytes per connection, not every answer; all of it goes
+    when the clients do."""
+    child = subprocess.Popen([sys.executable, "-c", UNREAD_SERVER], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdin is not None
+    assert child.stdout is not None
+    server_process = psutil.Process(child.pid)
+
+    def state() -> dict[str, Any]:
+        child.stdin.write("state\n")
+        child.stdin.flush()
+        return json.loads(child.stdout.readline())
+
+    def server_rss() -> int:
+        return server_process.memory_info().rss
+
+    calls = 300
+    try:
+        address = child.stdout.readline().strip()
+        with bingfa.rpc.connect(address) as warm:  # threads and buffers made before measuring
+            assert len(warm.big(MiB)) == MiB
+            assert len(warm.abig(MiB)) == MiB
+            assert list(warm.chunks(10, 3)) == [b"c" * 10] * 3
+        assert wait_until(lambda: state()["connections"] == 0)
+        baseline = server_rss()
+        limit = state()["limit"]
+        peers = [raw_login(address) for _ in range(3)]
+        try:
+            peers[0].send(b"".join(call_frame(i, "big", [MiB]) for i in range(1, calls + 1)))
+            peers[1].send(b"".join(call_frame(i, "abig", [MiB]) for i in range(1, calls + 1)))
+            peers[2].call(1, "chunks", MiB, calls, window=10**6)
+            plain, coroutines, stream = (str(peer.sock.getsockname()[1]) for peer in peers)
+
+            def settled() -> bool:
+                """The server makes no more answers: it holds each connection back (or,
+                were it not to, it has answered everything)."""
+                now = state()
+                each = now["each"]
+                return (len(each) == 3
+                        and each[plain]["calls"] in (0, each[plain]["deferred"])
+                        and (each[coroutines]["over"] or each[coroutines]["calls"] == 0)
+                        and (each[stream]["over"] or now["produced"] >= calls))
+
+            assert wait_until(settled, timeout=60), state()
+            # A stream that went on regardless would make all its items in this time.
+            wait_until(lambda: state()["produced"] >= calls, timeout=1)
+            held = state()
+            loaded = server_rss()
+        finally:
+            for peer in peers:
+                peer.close()
+        assert wait_until(lambda: state()["connections"] == 0, timeout=30)
+        after = server_rss()
+    finally:
+        child.stdin.close()
+        child.wait(30)
+        child.stdout.close()
+    # The pool's 32 threads may each finish one more answer after the limit is reached.
+    overrun = 40 * MiB
+    for each in held["each"].values():
+        assert each["unread"] <= limit + overrun, (each, limit)
+    assert held["produced"] <= (limit + overrun) // MiB, held
+    assert loaded - baseline <= 3 * (limit + overrun) + 64 * MiB, (
+        f"{3 * calls} answers of 1 MiB unread on 3 connections: the server grew by "
+        f"{(loaded - baseline) // MiB} MiB (limit {limit // MiB} MiB per connection)")
+    assert after - baseline <= 128 * MiB, (
+        f"the clients left, yet the server still holds {(after - baseline) // MiB} MiB more "
+        f"than before them ({(loaded - baseline) // MiB} MiB at most)")
+
+
+@pytest.mark.timeout(120)
+def test_a_held_back_connection_gets_every_answer_once_its_client_reads():
+    """Held back, then read: every call runs, every stream item comes, nothing is lost."""
+    size = 256 * 1024
+    calls = 120
+
+    def big(n: int) -> bytes:
+        return b"a" * n
+
+    async def abig(n: int) -> bytes:
+        return b"b" * n
+
+    def chunks(n: int, count: int) -> Any:
+        for _ in range(count):
+            yield b"c" * n
+
+    with pytest.raises(ValueError, match="max_unread_bytes"):
+        bingfa.rpc.serve({"big": big}, ADDRESS, max_unread_bytes=1000)
+    with bingfa.rpc.serve({"big": big, "abig": abig, "chunks": chunks}, ADDRESS,
+                          max_unread_bytes=2**20) as server, \
+            raw_login(server.address) as peer:
+        requests = [call_frame(1, "chunks", [size, calls], window=10**6)]
+        requests += [call_frame(i, "big" if i % 2 else "abig", [size])
+                     for i in range(2, calls + 2)]
+        peer.send(b"".join(requests))
+        [connection] = list(server._connections)
+        assert wait_until(lambda: connection.over, timeout=30)
+        results: dict[int, bytes] = {}
+        items = []
+        ended = False
+        while len(results) < calls or not ended:
+            message = peer.message(timeout=30)
+            if message[0] == RESULT:
+                results[message[1]] = message[2]
+            elif message[0] == ITEM:
+                items.append(message[2])
+            elif message[0] == END:
+                ended = True
+            else:
+                assert message[0] == STREAM, message
+    assert results == {i: (b"a" if i % 2 else b"b") * size for i in range(2, calls + 2)}
+    assert items == [b"c" * size] * calls

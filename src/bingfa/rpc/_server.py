@@ -74,10 +74,15 @@ _LATER = (types.GeneratorType, types.CoroutineType)  # results that are not resu
 SLOW_ON_LOOP = 2e-3       # one inline call longer than this: back to the pool for good
 BACKLOG = 512
 FLUSH_EVERY = 16          # answers to a batch of calls leave in pieces of this many
+JOIN_AT_MOST = 256 * 1024  # answers written together are joined into one block up to this
 # Requests in flight on one connection may hold this many bytes; beyond it the
 # connection is not read until some finish, so big answers a client does not
 # read cannot pile up without bound.
 MAX_INFLIGHT_BYTES = 16 * 2**20
+# Answer bytes one connection may have waiting for its client to read (the
+# default of serve(max_unread_bytes=)); beyond it its calls do not start and
+# its streams pause until the client catches up.
+MAX_UNREAD_BYTES = 32 * 2**20
 DEFAULT_WINDOW = 64       # stream items in flight when the client does not say
 POOL_THREADS = 32
 STREAM_THREADS = 64
@@ -175,10 +180,16 @@ def _refuse_unbound_methods(cls: type) -> None:
 
 
 def _run_with_flag(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
-                   flag: CancelFlag) -> Any:
-    """Run a handler in a pool thread, with ``bf.cancelled()`` answering for its call."""
+                   flag: CancelFlag, held_back: Callable[[], bool] | None = None) -> Any:
+    """Run a handler in a pool thread, with ``bf.cancelled()`` answering for its call.
+
+    ``held_back()`` true: the call's connection has too many answers unread;
+    the handler does not start and :data:`_DEFERRED` says so.
+    """
     if flag.is_set:
         raise CallAbandoned  # given up on while it waited for a thread: do not start it
+    if held_back is not None and held_back():
+        return _DEFERRED
     ctx = current()
     own = ctx is None
     if own:
@@ -195,6 +206,36 @@ def _run_with_flag(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, An
             set_thread_context(None)
 
 
+def _run_pooled(conn: _Connection, call: _Call, fn: Callable[..., Any], args: list[Any],
+                kwargs: dict[str, Any]) -> Any:
+    """A plain function's call in a pool thread; its answer is encoded and posted right here.
+
+    The pool may run calls in batches and hand their values back only at
+    the batch's end: answers made here count against the connection's unread
+    bytes at once, so the calls after them in the batch see the connection
+    held back, and do not start (see :meth:`_Connection.held_back`).
+    """
+    value = _run_with_flag(fn, args, kwargs, call.flag, conn.held_back)
+    if value is _DEFERRED or type(value) in _LATER:
+        return value  # a call to start later, a stream or a coroutine: the loop's to handle
+    server = conn.server
+    try:
+        frame = server._frame([RESULT, call.id, value])
+    except SerializationError as exc:
+        return _Unsendable(server._cannot_encode_result(call.method, value, exc))
+    server._post_frame(conn, frame, done=call)
+    return _POSTED
+
+
+class _Unsendable:
+    """A pool call's result that could not be encoded: the error to send instead."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: SerializationError) -> None:
+        self.error = error
+
+
 class CallAbandoned(Exception):
     """A queued call whose client gave up (deadline or cancel) before it started."""
 
@@ -202,7 +243,7 @@ class CallAbandoned(Exception):
 class _Call:
     """One call in flight on a connection."""
 
-    __slots__ = ("coro", "flag", "id", "method", "size", "stream", "task", "timer")
+    __slots__ = ("coro", "flag", "id", "job", "method", "size", "stream", "task", "timer")
 
     def __init__(self, call_id: int, method: str, size: int = 0) -> None:
         self.id = call_id
@@ -211,6 +252,8 @@ class _Call:
         self.flag = CancelFlag()
         self.task: asyncio.Task[Any] | None = None
         self.coro: Coroutine[Any, Any, Any] | None = None  # an async handler's, until it starts
+        # A pool call's (method, args, kwargs, window), to start it again once put off.
+        self.job: tuple[_Method, list[Any], dict[str, Any], int | None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.stream: _Credits | None = None
 
@@ -236,6 +279,12 @@ class _Credits:
             self.cond.notify_all()
         self.event.set()
 
+    def wake(self) -> None:
+        """Have the stream look again whether it may go on (its connection's answers drained)."""
+        with self.cond:
+            self.cond.notify_all()
+        self.event.set()
+
 
 class _Connection(asyncio.Protocol):
     """One client connection: handshake, frames in, frames out."""
@@ -254,6 +303,18 @@ class _Connection(asyncio.Protocol):
         self.reading = False
         self.write_paused = False
         self.inflight_bytes = 0  # request bytes of the calls in flight
+        # Answer bytes the client has not read: made in pool threads and not yet
+        # handed to the transport (changed under the server's _post_lock), and
+        # in the transport's buffer (as of the last look). Over the limit, the
+        # connection is "over": no call starts and streams pause until it drains.
+        self.unread_limit = server.max_unread_bytes
+        self.posted_bytes = 0
+        self.out_bytes = 0  # in self.out: made on the loop, not yet written
+        self.buffered = 0
+        self.over = False
+        self.drained = asyncio.Event()
+        self.deferred: deque[_Call] = deque()  # pool calls put off while over
+        self.streams_waiting = False  # a stream thread saw the limit passed before the loop did
         self.needed = 4  # bytes the buffered frame needs before it can be read
         self.paused = False
         self.nonce = b""
@@ -285,6 +346,10 @@ class _Connection(asyncio.Protocol):
         for call in list(self.calls.values()):
             self._cancel(call)
         self.calls.clear()
+        self.deferred.clear()
+        self.out.clear()
+        self.out_bytes = 0
+        self.drained.set()  # nothing waits for a client that is gone
 
     def abort(self) -> None:
         """Drop the connection at once (bad handshake, malformed frame, shutdown)."""
@@ -333,7 +398,8 @@ class _Connection(asyncio.Protocol):
 
     def _blocked(self) -> bool:
         """Whether no more calls may start: too many in flight, or the client is not reading."""
-        return self.paused or self.write_paused or self.inflight_bytes > MAX_INFLIGHT_BYTES
+        return (self.paused or self.write_paused or self.over
+                or self.inflight_bytes > MAX_INFLIGHT_BYTES)
 
     def _process(self, data: bytes) -> None:
         """Run the frames in ``data`` (which starts at a frame boundary); keep the rest."""
@@ -399,7 +465,51 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._check_unread()
         self.loop.call_soon(self._unblocked)
+
+    # -- answers the client has not read ------------------------------------------------
+
+    def held_back(self) -> bool:
+        """Whether the client has more answer bytes unread than allowed (from any thread)."""
+        return self.posted_bytes + self.out_bytes + self.buffered > self.unread_limit
+
+    def _check_unread(self) -> None:
+        """Look at the bytes waiting for the client: hold its calls back, or let them go.
+
+        Called after every write, when the transport drains, and when a call
+        or a stream in a thread finds the limit passed. The connection cannot
+        stay held back with nothing left to look again: bytes posted by
+        threads have a drain (and so a write) on its way, and bytes in the
+        transport's buffer, over the limit, are far over its high-water mark
+        (64 KiB), so it has paused writing and calls resume_writing once the
+        client has read them.
+        """
+        transport = self.transport
+        self.buffered = transport.get_write_buffer_size() if transport is not None else 0
+        if self.held_back():
+            if not self.over:
+                self.over = True
+                self.drained.clear()
+        elif self.over or self.deferred or self.streams_waiting:
+            self.over = False
+            self.streams_waiting = False
+            self.drained.set()
+            deferred, self.deferred = self.deferred, deque()
+            for call in deferred:
+                if call.id in self.calls and call.job is not None:
+                    self._submit(call, *call.job)
+            for call in self.calls.values():
+                if call.stream is not None:
+                    call.stream.wake()
+            self.loop.call_soon(self._unblocked)
+
+    def _defer(self, call: _Call) -> None:
+        """A pool call found its connection held back as it was to start: start it later."""
+        if call.id not in self.calls or self.closed:
+            return  # cancelled or expired meanwhile
+        self.deferred.append(call)
+        self._check_unread()  # the answers may have drained already: then it starts now
 
     def _handshake(self, login: bytes) -> bool:
         server = self.server
@@ -556,8 +666,14 @@ class _Connection(asyncio.Protocol):
     def _submit(self, call: _Call, method: _Method, args: list[Any], kwargs: dict[str, Any],
                 window: int | None) -> None:
         server = self.server
+        call.job = (method, args, kwargs, window)
+        if self.over:  # the client does not read its answers: no more until it does
+            self.deferred.append(call)
+            return
         if server._pool_is_threads:
-            future = server._pool.submit(_run_with_flag, method.fn, args, kwargs, call.flag)
+            # The thread looks again as the call starts: answers made since
+            # (by the calls ahead of it in the pool) count too.
+            future = server._pool.submit(_run_pooled, self, call, method.fn, args, kwargs)
         else:  # a process pool: only the function and its arguments travel
             future = server._pool.submit(method.fn, *args, **kwargs)
         future.add_done_callback(lambda f, c=call: self._pool_done(c, f, window))
@@ -570,7 +686,13 @@ class _Connection(asyncio.Protocol):
         except BaseException as exc:
             server._post_error(self, call, exc)
             return
-        if value is _END:
+        if value is _POSTED:
+            return  # a result, already on its way
+        if value is _DEFERRED:
+            server._call_on_loop(lambda: self._defer(call))
+        elif isinstance(value, _Unsendable):
+            server._post_error(self, call, value.error)
+        elif value is _END:
             server._post_frame(self, server._frame([END, call.id]), done=call)
         elif value is _STOPPED:
             server._post_frame(self, b"", done=call)
@@ -603,6 +725,8 @@ class _Connection(asyncio.Protocol):
 
     async def _await(self, call: _Call, coro: Any) -> None:
         try:
+            while self.over and not self.closed:  # answers unread: wait until they are
+                await self.drained.wait()
             value = await coro
         except asyncio.CancelledError:
             self._finish(call)
@@ -620,7 +744,7 @@ class _Connection(asyncio.Protocol):
         self._send(call.id, [STREAM, call.id])
         try:
             async for item in agen:
-                while credits.available <= 0 and not credits.closed:
+                while (credits.available <= 0 or self.over) and not credits.closed:
                     credits.event.clear()
                     await credits.event.wait()
                 if credits.closed:
@@ -665,7 +789,16 @@ class _Connection(asyncio.Protocol):
         try:
             for item in generator:
                 with credits.cond:
-                    while credits.available <= 0 and not credits.closed:
+                    # Within the client's credit, and while it reads its answers.
+                    while not credits.closed:
+                        if credits.available > 0 and not self.over:
+                            if not self.held_back():
+                                break
+                            # Over the limit by answers the loop has not looked
+                            # at yet: it looks now, and wakes this stream once
+                            # the client has read them (see _check_unread).
+                            self.streams_waiting = True
+                            server._call_on_loop(self._check_unread)
                         credits.cond.wait()
                     if credits.closed:
                         return _STOPPED
@@ -747,6 +880,13 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             return
         self.out.append(frame)
+        self.out_bytes += len(frame)
+        if not self.over and self.held_back():
+            # Answers made on the loop (async handlers, quick functions) pile up
+            # here until the next flush: hold the connection back at once, so
+            # the handlers already scheduled do not start.
+            self.over = True
+            self.drained.clear()
         if not self.flush_scheduled and not self.reading:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -755,11 +895,22 @@ class _Connection(asyncio.Protocol):
         self.flush_scheduled = False
         if self.out and not self.closed and self.transport is not None:
             out, self.out = self.out, []
-            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            self.out_bytes = 0
+            if len(out) == 1:
+                self.transport.write(out[0])
+            elif sum(map(len, out)) > JOIN_AT_MOST:
+                # Big answers go out as they are: joining them would copy them
+                # all into one more block as big as all of them together.
+                self.transport.writelines(out)
+            else:
+                self.transport.write(b"".join(out))
+            self._check_unread()
 
 
 _END = object()
 _STOPPED = object()
+_DEFERRED = object()  # a pool call that did not start: its connection is held back
+_POSTED = object()  # a pool call whose result was sent from its thread
 
 
 class Server:
@@ -774,8 +925,8 @@ class Server:
                  tls: ssl.SSLContext | None = None, serializer: str = "msgpack",
                  pool: Any = None, max_message_size: int = 64 * 2**20,
                  expose_tracebacks: bool = True, max_concurrent_calls: int = 256,
-                 handshake_timeout: float = 10.0, idle_timeout: float | None = None,
-                 grace: float = 5.0) -> None:
+                 max_unread_bytes: int = MAX_UNREAD_BYTES, handshake_timeout: float = 10.0,
+                 idle_timeout: float | None = None, grace: float = 5.0) -> None:
         parsed = parse_address(address)
         self._codec: Codec = codec_for(serializer)
         self._loop_dumps = self._codec.reusable_dumps()
@@ -797,6 +948,12 @@ class Server:
             raise ValueError("max_message_size must be an int >= 1024 bytes")
         if not isinstance(max_concurrent_calls, int) or max_concurrent_calls < 1:
             raise ValueError("max_concurrent_calls must be an int >= 1")
+        # Above the transports' high-water mark (64 KiB), so that a connection
+        # over it has paused writing and hears when it drains.
+        if (not isinstance(max_unread_bytes, int) or isinstance(max_unread_bytes, bool)
+                or max_unread_bytes < 2**20):
+            raise ValueError(f"max_unread_bytes must be an int >= 1 MiB (1048576), "
+                             f"not {max_unread_bytes!r}")
         self._methods = _methods_of(target)
         for method in self._methods.values():
             # Only our own thread pool may be bypassed, and only for a promise.
@@ -806,6 +963,7 @@ class Server:
         self._tls = tls
         self.max_message_size = max_message_size
         self.max_concurrent_calls = max_concurrent_calls
+        self.max_unread_bytes = max_unread_bytes
         self.expose_tracebacks = expose_tracebacks
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
@@ -1035,6 +1193,7 @@ class Server:
         """
         with self._post_lock:
             self._posted.append((conn, frame, done))
+            conn.posted_bytes += len(frame)
             if self._post_scheduled:
                 return
             self._post_scheduled = True
@@ -1047,6 +1206,8 @@ class Server:
         with self._post_lock:
             posted, self._posted = self._posted, deque()
             self._post_scheduled = False
+            for conn, frame, _ in posted:
+                conn.posted_bytes -= len(frame)  # in conn.out next, then the transport
         touched = set()
         for conn, frame, done in posted:
             if done is not None:
@@ -1113,8 +1274,9 @@ def _is_socket(path: str) -> bool:
 def serve(target: Any, address: str, *, secret: bytes | str | None = None,
           tls: ssl.SSLContext | None = None, serializer: str = "msgpack", pool: Any = None,
           max_message_size: int = 64 * 2**20, expose_tracebacks: bool = True,
-          max_concurrent_calls: int = 256, handshake_timeout: float = 10.0,
-          idle_timeout: float | None = None, grace: float = 5.0) -> Server:
+          max_concurrent_calls: int = 256, max_unread_bytes: int = MAX_UNREAD_BYTES,
+          handshake_timeout: float = 10.0, idle_timeout: float | None = None,
+          grace: float = 5.0) -> Server:
     """Serve ``target``'s public methods (or a dict of functions) at ``address``.
 
     The socket is bound at once (``server.address`` tells the port when 0 was
@@ -1139,6 +1301,12 @@ def serve(target: Any, address: str, *, secret: bytes | str | None = None,
         expose_tracebacks: send handler tracebacks to clients.
         max_concurrent_calls: calls in flight per connection before the
             server stops reading from it.
+        max_unread_bytes: answer bytes (32 MiB by default, at least 1 MiB)
+            a connection may have waiting for its client to read. Beyond
+            it the server stops reading that connection, starts none of its
+            calls and pauses its streams until the client reads, so a client
+            that sends calls and never reads their answers holds at most
+            this much (plus the answers of calls already running).
         handshake_timeout, idle_timeout: seconds before a connection that
             does not log in, or does nothing, is closed.
         grace: seconds calls in flight get to finish when the server stops.
@@ -1152,5 +1320,5 @@ def serve(target: Any, address: str, *, secret: bytes | str | None = None,
     """
     return Server(target, address, secret=secret, tls=tls, serializer=serializer, pool=pool,
                   max_message_size=max_message_size, expose_tracebacks=expose_tracebacks,
-                  max_concurrent_calls=max_concurrent_calls,
+                  max_concurrent_calls=max_concurrent_calls, max_unread_bytes=max_unread_bytes,
                   handshake_timeout=handshake_timeout, idle_timeout=idle_timeout, grace=grace)
