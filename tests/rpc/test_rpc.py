@@ -633,6 +633,9 @@ def test_bingfa_rpc_errors_are_one_line_that_names_what_failed(tmp_path):
     serve("calc:NeedsArgs", words=("calc:NeedsArgs", "without arguments", "factor"))
     serve("calc:Calc", "--serializer", "pickle", words=("--secret-file",))
     serve("calc:Calc", "--secret-file", str(tmp_path / "nope"), words=(str(tmp_path / "nope"),))
+    short = tmp_path / "short-secret"
+    short.write_text("too short")
+    serve("calc:Calc", "--secret-file", str(short), words=(str(short), "at least 16"))
     serve("calc:Calc", "--address", "nonsense", words=("'nonsense'",))
     with socket.create_server(("127.0.0.1", 0)) as taken:
         address = f"tcp://127.0.0.1:{taken.getsockname()[1]}"

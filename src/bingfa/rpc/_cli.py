@@ -109,6 +109,9 @@ def _serve(args: argparse.Namespace) -> int:
     from . import serve
 
     secret = _secret(args.secret_file)
+    if secret is not None and len(secret) < 16:
+        raise _Failed(f"the secret in {args.secret_file!r} is {len(secret)} bytes long: a "
+                      f"server's secret needs at least 16")
     if args.serializer == "pickle" and secret is None:
         raise _Failed("--serializer pickle lets any client run code on this server: it needs "
                       "--secret-file FILE (a file holding a secret of 16 bytes or more)")
