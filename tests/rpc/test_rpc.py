@@ -432,12 +432,14 @@ def test_a_killed_server_gives_connection_lost_promptly_and_a_restart_reconnects
         assert isinstance(exc, ConnectionError)
         assert when - killed < 1.0
         proc.wait()
+        proc.stdout.close()
         proc, _ = _server_process(address)  # the same port again
         assert client.add(2, 3) == 5
         client.close()
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()
 
 
 # -- asyncio -------------------------------------------------------------------------------
