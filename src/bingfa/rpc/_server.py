@@ -75,6 +75,7 @@ SLOW_ON_LOOP = 2e-3       # one inline call longer than this: back to the pool f
 BACKLOG = 512
 FLUSH_EVERY = 16          # answers to a batch of calls leave in pieces of this many
 JOIN_AT_MOST = 256 * 1024  # answers written together are joined into one block up to this
+POST_AT_ONCE = 64 * 1024   # a pool call's answer this big is posted from its thread at once
 # Requests in flight on one connection may hold this many bytes; beyond it the
 # connection is not read until some finish, so big answers a client does not
 # read cannot pile up without bound.
@@ -208,12 +209,14 @@ def _run_with_flag(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, An
 
 def _run_pooled(conn: _Connection, call: _Call, fn: Callable[..., Any], args: list[Any],
                 kwargs: dict[str, Any]) -> Any:
-    """A plain function's call in a pool thread; its answer is encoded and posted right here.
+    """A plain function's call in a pool thread: its RESULT frame, encoded right here.
 
     The pool may run calls in batches and hand their values back only at
-    the batch's end: answers made here count against the connection's unread
-    bytes at once, so the calls after them in the batch see the connection
-    held back, and do not start (see :meth:`_Connection.held_back`).
+    the batch's end: a big answer is posted here at once, so that it counts
+    against the connection's unread bytes, and the calls after it in the
+    batch see the connection held back and do not start (see
+    :meth:`_Connection.held_back`). Small answers go with the batch, which
+    wakes the loop once for all of them.
     """
     value = _run_with_flag(fn, args, kwargs, call.flag, conn.held_back)
     if value is _DEFERRED or type(value) in _LATER:
@@ -223,6 +226,8 @@ def _run_pooled(conn: _Connection, call: _Call, fn: Callable[..., Any], args: li
         frame = server._frame([RESULT, call.id, value])
     except SerializationError as exc:
         return _Unsendable(server._cannot_encode_result(call.method, value, exc))
+    if len(frame) < POST_AT_ONCE:
+        return frame  # bytes from here are always a frame: see _pool_done
     server._post_frame(conn, frame, done=call)
     return _POSTED
 
@@ -309,7 +314,7 @@ class _Connection(asyncio.Protocol):
         # connection is "over": no call starts and streams pause until it drains.
         self.unread_limit = server.max_unread_bytes
         self.posted_bytes = 0
-        self.out_bytes = 0  # in self.out: made on the loop, not yet written
+        self.out_bytes = 0  # in self.out, not yet handed to the transport
         self.buffered = 0
         self.over = False
         self.drained = asyncio.Event()
@@ -688,7 +693,11 @@ class _Connection(asyncio.Protocol):
             return
         if value is _POSTED:
             return  # a result, already on its way
-        if value is _DEFERRED:
+        if type(value) is bytes and server._pool_is_threads:
+            # From _run_pooled: the encoded RESULT (a process pool's bytes are
+            # the handler's own value, encoded below).
+            server._post_frame(self, value, done=call)
+        elif value is _DEFERRED:
             server._call_on_loop(lambda: self._defer(call))
         elif isinstance(value, _Unsendable):
             server._post_error(self, call, value.error)
@@ -881,7 +890,8 @@ class _Connection(asyncio.Protocol):
             return
         self.out.append(frame)
         self.out_bytes += len(frame)
-        if not self.over and self.held_back():
+        if (not self.over  # held_back(), inline: this runs for every answer
+                and self.posted_bytes + self.out_bytes + self.buffered > self.unread_limit):
             # Answers made on the loop (async handlers, quick functions) pile up
             # here until the next flush: hold the connection back at once, so
             # the handlers already scheduled do not start.
@@ -895,10 +905,10 @@ class _Connection(asyncio.Protocol):
         self.flush_scheduled = False
         if self.out and not self.closed and self.transport is not None:
             out, self.out = self.out, []
-            self.out_bytes = 0
+            size, self.out_bytes = self.out_bytes, 0
             if len(out) == 1:
                 self.transport.write(out[0])
-            elif sum(map(len, out)) > JOIN_AT_MOST:
+            elif size > JOIN_AT_MOST:
                 # Big answers go out as they are: joining them would copy them
                 # all into one more block as big as all of them together.
                 self.transport.writelines(out)
@@ -1216,6 +1226,7 @@ class Server:
                 conn._finish(done)
             if frame and not conn.closed:
                 conn.out.append(frame)
+                conn.out_bytes += len(frame)
                 touched.add(conn)
         for conn in touched:
             conn._flush()
