@@ -1494,3 +1494,31 @@ def test_a_held_back_connection_gets_every_answer_once_its_client_reads():
                 assert message[0] == STREAM, message
     assert results == {i: (b"a" if i % 2 else b"b") * size for i in range(2, calls + 2)}
     assert items == [b"c" * size] * calls
+
+
+@pytest.mark.timeout(60)
+def test_a_blocking_call_never_holds_up_quick_calls_queued_behind_it():
+    """The pool groups queued tasks of a function it timed as quick onto one thread: the
+    server's calls must not be grouped, or quick calls would wait for a blocked one."""
+    release = threading.Event()
+
+    def block() -> bool:
+        return release.wait(30)
+
+    with bingfa.Pool(2, mode="thread") as pool, \
+            bingfa.rpc.serve({"add": add, "block": block}, ADDRESS, pool=pool) as server:
+        try:
+            with bingfa.rpc.connect(server.address) as client:
+                for i in range(100):  # the server's calls, timed as quick
+                    assert client.add(i, 1) == i + 1
+            with raw_login(server.address) as peer:
+                # One read: all queued at once, before a thread takes the first.
+                peer.send(call_frame(1, "block")
+                          + b"".join(call_frame(i, "add", [i, i]) for i in range(2, 40)))
+                answers = [peer.answer(i, timeout=10) for i in range(2, 40)]
+                assert not release.is_set()
+                assert answers == [[RESULT, i, 2 * i] for i in range(2, 40)]
+                release.set()
+                assert peer.answer(1) == [RESULT, 1, True]
+        finally:
+            release.set()
