@@ -60,6 +60,7 @@ SPIN = 100e-6  # default: seconds a lone reader polls for its answer before it s
 SPIN_MISSES = 8  # polls in a row that came up empty: then only every SPIN_PROBE-th read polls
 SPIN_PROBE = 16
 READ_SIZE = 1 << 18
+DONTWAIT = socket.MSG_DONTWAIT
 MAX_FRAME = 1 << 31
 
 
@@ -179,7 +180,12 @@ class _Connection:
         outbox = self.outbox
         if not outbox and self.send_lock.acquire(blocking=False):
             try:  # alone: straight out, no queue
-                self._send_all(frame)
+                try:
+                    sent = self.sock.send(frame, DONTWAIT)  # most often all of it, at once
+                except BlockingIOError:
+                    sent = 0
+                if sent != len(frame):
+                    self._send_rest(frame, sent)
             except OSError as exc:
                 self._lose(f"sending failed: {exc}")
             finally:
@@ -191,7 +197,7 @@ class _Connection:
             try:
                 while outbox:
                     frames = [outbox.popleft() for _ in range(len(outbox))]
-                    self._send_all(frames[0] if len(frames) == 1 else b"".join(frames))
+                    self._send_rest(frames[0] if len(frames) == 1 else b"".join(frames), 0)
             except OSError as exc:
                 self._lose(f"sending failed: {exc}")
             finally:
@@ -201,8 +207,9 @@ class _Connection:
         if self.lost is not None:
             raise self.lost
 
-    def _send_all(self, data: bytes) -> None:
-        """Write ``data`` (with ``send_lock`` held), reading answers while the socket is full.
+    def _send_rest(self, data: bytes, sent: int) -> None:
+        """Write ``data`` from ``sent`` on (``send_lock`` held), reading answers while the
+        socket is full.
 
         The server stops reading a connection whose answers its client does
         not read (that is its backpressure). A thread that blocked in
@@ -212,15 +219,14 @@ class _Connection:
         reading is free or already its own, and hands it out as a reader does.
         """
         sock = self.sock
-        try:
-            sent = sock.send(data, socket.MSG_DONTWAIT)  # most often all of it, at once
-        except BlockingIOError:
-            sent = 0
-        if sent == len(data):
-            return
         view = memoryview(data)[sent:]
         try:
             while view:
+                try:
+                    view = view[sock.send(view, DONTWAIT):]
+                    continue
+                except BlockingIOError:
+                    pass
                 if self.lost is not None:
                     raise self.lost
                 me = threading.get_ident()
@@ -242,17 +248,13 @@ class _Connection:
                             self.read_lock.release()
                     if self.answered or self.asleep:
                         self._move_on()  # hand out what was read, or the reading
-                try:
-                    view = view[sock.send(view, socket.MSG_DONTWAIT):]
-                except BlockingIOError:
-                    pass
         finally:
             view.release()
 
     def _read_available(self) -> None:
         """Read what has arrived without waiting (``read_lock`` held), and deliver it."""
         try:
-            size = self.sock.recv_into(self.read_buffer, 0, socket.MSG_DONTWAIT)
+            size = self.sock.recv_into(self.read_buffer, 0, DONTWAIT)
         except BlockingIOError:
             return
         except OSError as exc:

@@ -936,7 +936,12 @@ class _Connection(asyncio.Protocol):
                 self.transport.writelines(out)
             else:
                 self.transport.write(b"".join(out))
-            self._check_unread()
+            # _check_unread(), only when there is something to decide: this
+            # runs after every batch of answers.
+            if (self.over or self.deferred or self.streams_waiting
+                    or self.posted_bytes + self.transport.get_write_buffer_size()
+                    > self.unread_limit):
+                self._check_unread()
 
 
 _END = object()
