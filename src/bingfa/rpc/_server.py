@@ -938,9 +938,9 @@ class _Connection(asyncio.Protocol):
                 self.transport.write(b"".join(out))
             # _check_unread(), only when there is something to decide: this
             # runs after every batch of answers.
+            buffered = self.buffered = self.transport.get_write_buffer_size()
             if (self.over or self.deferred or self.streams_waiting
-                    or self.posted_bytes + self.transport.get_write_buffer_size()
-                    > self.unread_limit):
+                    or self.posted_bytes + buffered > self.unread_limit):
                 self._check_unread()
 
 
