@@ -8,6 +8,7 @@ import datetime
 import decimal
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -306,6 +307,28 @@ def test_bad_server_options():
         rpc.serve({"f": print}, ADDRESS, secret="short")
 
 
+def test_a_class_is_refused_when_its_methods_need_an_instance():
+    with pytest.raises(TypeError) as info:
+        rpc.serve(Service, ADDRESS)
+    message = str(info.value)
+    assert "class Service, not an instance" in message
+    assert "add" in message
+    assert "Service()" in message
+
+    class Static:
+        @staticmethod
+        def add(a, b):
+            return a + b
+
+        @classmethod
+        def name(cls):
+            return cls.__name__
+
+    with rpc.serve(Static, ADDRESS) as server, rpc.connect(server.address) as c:
+        assert c.add(1, 2) == 3
+        assert c.name() == "Static"
+
+
 def test_pickle_with_a_secret_carries_anything():
     secret = "s" * 32
     with rpc.serve({"echo": lambda x: x}, ADDRESS, serializer="pickle", secret=secret) as s, \
@@ -420,12 +443,14 @@ def test_a_killed_server_gives_connection_lost_promptly_and_a_restart_reconnects
         assert isinstance(exc, ConnectionError)
         assert when - killed < 1.0
         proc.wait()
+        proc.stdout.close()
         proc, _ = _server_process(address)  # the same port again
         assert client.add(2, 3) == 5
         client.close()
     finally:
         proc.kill()
         proc.wait()
+        proc.stdout.close()
 
 
 # -- asyncio -------------------------------------------------------------------------------
@@ -571,6 +596,77 @@ def test_bingfa_rpc_serve_and_call(tmp_path):
         server.wait()
         server.stdout.close()
         server.stderr.close()
+
+
+def bingfa_rpc(*args, cwd=None):
+    """``python -m bingfa rpc ARGS``, as a user runs it; its outcome."""
+    return subprocess.run([PY, "-m", "bingfa", "rpc", *args], capture_output=True, text=True,
+                          timeout=30, cwd=cwd, stdin=subprocess.DEVNULL)
+
+
+def one_line_error(done, command, *words, status=2):
+    """Assert ``done`` failed with ``status`` and one line naming ``words``, nothing else."""
+    assert done.returncode == status, (done.returncode, done.stderr)
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr  # no traceback, no usage line
+    assert lines[0].startswith(f"bingfa rpc {command}: error: "), lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+@pytest.mark.timeout(120)
+def test_bingfa_rpc_errors_are_one_line_that_names_what_failed(tmp_path):
+    (tmp_path / "calc.py").write_text(textwrap.dedent("""
+        class Calc:
+            def add(self, a, b):
+                return a + b
+
+        class NeedsArgs:
+            def __init__(self, factor):
+                self.factor = factor
+
+            def scale(self, x):
+                return x * self.factor
+    """))
+    (tmp_path / "broken.py").write_text("raise RuntimeError('fails at import')\n")
+    (tmp_path / "typo.py").write_text("def f(:\n")
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("s" * 32)
+
+    def serve(*args, status=2, words=()):
+        return one_line_error(bingfa_rpc("serve", *args, cwd=tmp_path), "serve", *words,
+                              status=status)
+
+    serve("broken:Calc", words=("'broken'", "RuntimeError: fails at import"))
+    serve("typo:Calc", words=("'typo'", "SyntaxError"))
+    serve("absent:Calc", words=("'absent'", "No module named"))
+    serve("calc:Nope", words=("'calc'", "'Nope'"))
+    serve("calc:NeedsArgs", words=("calc:NeedsArgs", "without arguments", "factor"))
+    serve("calc:Calc", "--serializer", "pickle", words=("--secret-file",))
+    serve("calc:Calc", "--secret-file", str(tmp_path / "nope"), words=(str(tmp_path / "nope"),))
+    short = tmp_path / "short-secret"
+    short.write_text("too short")
+    serve("calc:Calc", "--secret-file", str(short), words=(str(short), "at least 16"))
+    serve("calc:Calc", "--address", "nonsense", words=("'nonsense'",))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        address = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        serve("calc:Calc", "--address", address, status=1, words=(address, "in use"))
+    missing_dir = f"unix://{tmp_path}/no-such-dir/rpc.sock"
+    serve("calc:Calc", "--address", missing_dir, status=1, words=(missing_dir,))
+
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        nobody = f"tcp://127.0.0.1:{closed.getsockname()[1]}"
+    one_line_error(bingfa_rpc("call", nobody, "add", "1", "2"), "call", nobody, status=1)
+    one_line_error(bingfa_rpc("call", nobody, "add", "x"), "call", "argument 1", "not JSON")
+    with rpc.serve({"add": lambda a, b: a + b}, ADDRESS, secret=b"s" * 32) as server:
+        line = one_line_error(bingfa_rpc("call", server.address, "add", "1", "2"), "call",
+                              server.address, "requires a secret", "--secret-file", status=1)
+        assert "secret=" not in line  # the library's hint, not the command line's
+        done = bingfa_rpc("call", server.address, "add", "1", "2", "--secret-file",
+                          str(secret_file))
+        assert (done.returncode, done.stdout) == (0, "3\n"), done.stderr
 
 
 # -- pools -------------------------------------------------------------------------------
@@ -768,7 +864,22 @@ SERVER_WITH_ITS_OWN_TYPE = textwrap.dedent("""
         yield OnlyTheServerKnows(2)
         yield 3
 
-    server = rpc.serve({"make": make, "items": items, "add": lambda a, b: a + b}, sys.argv[1])
+    # No await between the yields: the stream's start, its items and what
+    # ends it leave the server in one write, and so reach the client in one
+    # read, usually before its call() has returned the stream.
+    async def aitems():
+        yield 1
+        yield 2
+        yield OnlyTheServerKnows(3)
+        yield 4
+
+    async def afails():
+        yield 1
+        yield 2
+        raise KeyError("after two items")
+
+    server = rpc.serve({"make": make, "items": items, "aitems": aitems, "afails": afails,
+                        "add": lambda a, b: a + b}, sys.argv[1])
     print(server.address, flush=True)
     server.serve_forever()
 """)
@@ -803,3 +914,80 @@ def test_an_answer_the_client_cannot_decode_fails_only_its_call():
         proc.kill()
         proc.wait()
         proc.stdout.close()
+
+
+async def collect(stream, items):
+    """Append what an async stream yields to ``items``, until it ends or raises."""
+    async for item in stream:
+        items.append(item)
+
+
+@pytest.mark.timeout(60)
+def test_a_stream_hands_out_the_items_before_its_error_however_they_arrive():
+    proc, address = _server_process(ADDRESS, SERVER_WITH_ITS_OWN_TYPE)
+    try:
+        with rpc.connect(address) as c:
+            for _ in range(20):
+                items = []
+                with pytest.raises(bf.SerializationError, match="cannot decode"):
+                    items.extend(c.aitems())
+                assert items == [1, 2]
+                items = []
+                with pytest.raises(KeyError, match="after two items"):
+                    items.extend(c.afails())
+                assert items == [1, 2]
+            assert c.add(2, 2) == 4
+
+        async def asynchronously():
+            async with await rpc.aconnect(address) as ac:
+                for _ in range(20):
+                    items = []
+                    with pytest.raises(bf.SerializationError, match="cannot decode"):
+                        await collect(await ac.aitems(), items)
+                    assert items == [1, 2]
+                    items = []
+                    with pytest.raises(KeyError, match="after two items"):
+                        await collect(await ac.afails(), items)
+                    assert items == [1, 2]
+                assert await ac.add(2, 2) == 4
+
+        asyncio.run(asynchronously())
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_thread_reading_a_stream_can_send_a_call_bigger_than_the_socket_takes():
+    # The stream fills the socket toward the client and the server, its
+    # answers unread, stops reading; the same thread then sends a call far
+    # bigger than the socket buffers: it must read while it waits to write.
+    def chunks():
+        chunk = b"i" * 2**18
+        while True:
+            yield chunk
+
+    big = b"x" * (32 * 2**20)
+    outcome = []
+    with rpc.serve({"chunks": chunks, "size": len}, ADDRESS) as server, \
+            rpc.connect(server.address) as c:
+        def stream_then_call():
+            try:
+                stream = c.chunks()
+                assert next(stream) == b"i" * 2**18
+                outcome.append(c.size(big))
+                assert next(stream) == b"i" * 2**18  # the stream is still in step
+                stream.close()
+                outcome.append(c.size(b"small"))
+            except BaseException as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=stream_then_call)
+        caller.start()
+        caller.join(30)
+        stuck = caller.is_alive()
+        c.close()  # a stuck caller fails with ConnectionLostError, and the thread ends
+        caller.join(10)
+    assert not stuck, "deadlock: the thread sending the big call never finished"
+    assert outcome == [len(big), 5]

@@ -16,6 +16,7 @@ import contextlib
 import gc
 import hashlib
 import hmac
+import json
 import math
 import os
 import pathlib
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from typing import Any
 
 import msgpack
@@ -750,6 +752,78 @@ def test_a_client_without_a_secret_refuses_an_unauthenticated_pickle_server():
     assert fake.after_handshake == b""
 
 
+@pytest.fixture(scope="module")
+def tls_certificates() -> tuple[Any, Any, Any]:
+    """A certificate authority, the server's certificate (127.0.0.1) and a client's."""
+    import trustme
+
+    ca = trustme.CA()
+    return ca, ca.issue_cert("127.0.0.1"), ca.issue_cert("client")
+
+
+def pickle_server_context(tls_certificates: tuple[Any, Any, Any]) -> ssl.SSLContext:
+    """A server context that requires client certificates: pickle without a secret is allowed."""
+    ca, server_cert, _ = tls_certificates
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_cert.configure_cert(context)
+    ca.configure_trust(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client_context(tls_certificates: tuple[Any, Any, Any], verify: bool) -> ssl.SSLContext:
+    """A client context with a certificate; ``verify=False`` is the usual development setting."""
+    ca, _, client_cert = tls_certificates
+    context = ssl.create_default_context()
+    client_cert.configure_cert(context)
+    if verify:
+        ca.configure_trust(context)
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def test_a_client_whose_tls_does_not_verify_the_server_refuses_pickle(tls_certificates, tmp_path):
+    """Any server, or anyone in the middle, could answer with a pickle that runs code here."""
+    evidence = tmp_path / "pwned"
+    served = {"payload": lambda: CreatesFile(evidence), "add": add}
+    unverified = client_context(tls_certificates, verify=False)
+
+    async def asynchronously(address: str) -> None:
+        with pytest.raises(AuthenticationError) as caught:
+            await bingfa.rpc.aconnect(address, tls=unverified)
+        assert "verify_mode=CERT_NONE" in str(caught.value)
+
+    with bingfa.rpc.serve(served, ADDRESS, serializer="pickle",
+                          tls=pickle_server_context(tls_certificates)) as server:
+        with pytest.raises(AuthenticationError) as caught:
+            bingfa.rpc.connect(server.address, tls=unverified).payload()
+        message = str(caught.value)
+        # Why, and what to do instead.
+        assert "pickle" in message
+        assert "run code" in message
+        assert "verify_mode=CERT_NONE" in message
+        assert "secret=" in message
+        assert "CERT_REQUIRED" in message
+        asyncio.run(asynchronously(server.address))
+        assert not evidence.exists()
+        # A context that verifies the server is trusted with pickle.
+        with bingfa.rpc.connect(server.address,
+                                tls=client_context(tls_certificates, verify=True)) as client:
+            assert client.add((1,), (2,)) == (1, 2)
+
+
+def test_a_shared_secret_makes_an_unverified_tls_pickle_server_trusted(tls_certificates):
+    """The handshake proved the server knows the secret: its pickle is trusted without TLS
+    verification."""
+    unverified = client_context(tls_certificates, verify=False)
+    with bingfa.rpc.serve({"add": add}, ADDRESS, serializer="pickle", secret=SECRET,
+                          tls=pickle_server_context(tls_certificates)) as server, \
+            bingfa.rpc.connect(server.address, secret=SECRET, tls=unverified) as client:
+        assert client.add((1,), (2,)) == (1, 2)
+
+
 # -- 3. pickle payloads ---------------------------------------------------------------------------
 
 
@@ -1197,3 +1271,254 @@ def test_a_client_that_never_reads_cannot_make_the_server_buffer_without_bound()
     assert growth < 100 * MiB, (
         f"{sent} calls of 1 MiB sent and no answer read: the server grew by "
         f"{growth // MiB} MiB, holding the answers in memory")
+
+
+async def sleeps(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+def never_awaited(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if "never awaited" in str(w.message)]
+
+
+def test_an_async_handler_given_up_before_it_starts_leaves_no_unawaited_coroutine():
+    """A cancel read together with its call, or a deadline of microseconds: the task is
+    cancelled before its first step, and the handler's coroutine must still be closed."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with bingfa.rpc.serve({"sleeps": sleeps}, ADDRESS) as server:
+            with raw_login(server.address) as peer:
+                # Each call and its cancel in one write, so in one read of the server.
+                peer.send(b"".join(call_frame(i, "sleeps", [30]) + frame(pack([CANCEL, i]))
+                                   for i in range(1, 21)))
+                peer.call(99, "sleeps", 0)
+                assert peer.answer(99) == [RESULT, 99, 0]  # the cancels were all read
+            with bingfa.rpc.connect(server.address) as client:
+                for _ in range(30):
+                    with pytest.raises(bingfa.rpc.RPCTimeoutError):
+                        client.call("sleeps", 30, timeout=1e-7)
+        gc.collect()  # coroutines the server dropped are finalized by now
+    assert never_awaited(caught) == []
+
+
+def ours(records: list[Any]) -> list[Any]:
+    """bingfa.rpc's log records (asyncio's own, such as slow callbacks in debug mode, aside)."""
+    return [record for record in records if record.name.startswith("bingfa")]
+
+
+@pytest.mark.parametrize("address", ["tcp://0.0.0.0:8000", "tcp://[::]:8000",
+                                     "tcp://192.0.2.7:8000", "tcp://db.example:8000"])
+def test_serving_beyond_loopback_without_a_secret_or_tls_logs_a_warning(address, caplog):
+    # Tests listen on 127.0.0.1 only: the check is given the address a server
+    # bound (server.address), which is what serve() hands it.
+    from bingfa.rpc._server import warn_if_exposed
+
+    with caplog.at_level("WARNING", logger="bingfa.rpc"):
+        assert warn_if_exposed(address, None, None)
+    [record] = ours(caplog.records)
+    assert record.name == "bingfa.rpc"
+    assert record.levelname == "WARNING"
+    message = record.getMessage()
+    assert address in message
+    for hint in ("secret=", "--secret-file", "tls="):
+        assert hint in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bingfa.rpc"):
+        assert not warn_if_exposed(address, SECRET, None)
+        assert not warn_if_exposed(address, None, ssl.create_default_context())
+    assert ours(caplog.records) == []
+
+
+def test_serving_on_loopback_or_a_unix_socket_logs_nothing(caplog, tmp_path):
+    with caplog.at_level("WARNING", logger="bingfa.rpc"):
+        for address in (ADDRESS, "tcp://localhost:0", f"unix://{tmp_path}/rpc.sock"):
+            with bingfa.rpc.serve({"add": add}, address) as server, \
+                    bingfa.rpc.connect(server.address) as client:
+                assert client.add(1, 2) == 3
+    assert ours(caplog.records) == []
+
+
+# -- answers a client never reads -----------------------------------------------------------------
+
+UNREAD_SERVER = """
+import asyncio, json, sys
+import bingfa.rpc
+
+produced = [0]
+
+def big(n):
+    return b"a" * n
+
+async def abig(n):
+    return b"b" * n
+
+def chunks(n, count):
+    for _ in range(count):
+        produced[0] += 1
+        yield b"c" * n
+
+server = bingfa.rpc.serve({"big": big, "abig": abig, "chunks": chunks}, "tcp://127.0.0.1:0")
+server.start()
+
+async def state():
+    conns = list(server._connections)
+    return {"connections": len(conns), "produced": produced[0],
+            "limit": getattr(server, "max_unread_bytes", 32 * 2**20),
+            "each": {c.transport.get_extra_info("peername")[1]: {
+                "calls": len(c.calls), "deferred": len(getattr(c, "deferred", ())),
+                "over": getattr(c, "over", False),
+                "unread": getattr(c, "posted_bytes", 0) + c.transport.get_write_buffer_size()}
+                for c in conns}}
+
+print(server.address, flush=True)
+for line in sys.stdin:  # each line asks for the server's state, read on its own loop
+    print(json.dumps(asyncio.run_coroutine_threadsafe(state(), server._loop).result()),
+          flush=True)
+server.close()
+"""
+
+
+@pytest.mark.timeout(120)
+def test_answers_a_client_never_reads_are_bounded_per_connection_and_freed_when_it_leaves():
+    """Calls, async calls and a stream with a huge window, none of their answers read: the
+    server holds about max_unread_bytes per connection, not every answer; all of it goes
+    when the clients do."""
+    child = subprocess.Popen([sys.executable, "-c", UNREAD_SERVER], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdin is not None
+    assert child.stdout is not None
+    server_process = psutil.Process(child.pid)
+
+    def state() -> dict[str, Any]:
+        child.stdin.write("state\n")
+        child.stdin.flush()
+        return json.loads(child.stdout.readline())
+
+    def server_rss() -> int:
+        return server_process.memory_info().rss
+
+    calls = 300
+    try:
+        address = child.stdout.readline().strip()
+        with bingfa.rpc.connect(address) as warm:  # threads and buffers made before measuring
+            assert len(warm.big(MiB)) == MiB
+            assert len(warm.abig(MiB)) == MiB
+            assert list(warm.chunks(10, 3)) == [b"c" * 10] * 3
+        assert wait_until(lambda: state()["connections"] == 0)
+        baseline = server_rss()
+        limit = state()["limit"]
+        peers = [raw_login(address) for _ in range(3)]
+        try:
+            peers[0].send(b"".join(call_frame(i, "big", [MiB]) for i in range(1, calls + 1)))
+            peers[1].send(b"".join(call_frame(i, "abig", [MiB]) for i in range(1, calls + 1)))
+            peers[2].call(1, "chunks", MiB, calls, window=10**6)
+            plain, coroutines, stream = (str(peer.sock.getsockname()[1]) for peer in peers)
+
+            def settled() -> bool:
+                """The server makes no more answers: it holds each connection back (or,
+                were it not to, it has answered everything)."""
+                now = state()
+                each = now["each"]
+                return (len(each) == 3
+                        and each[plain]["calls"] in (0, each[plain]["deferred"])
+                        and (each[coroutines]["over"] or each[coroutines]["calls"] == 0)
+                        and (each[stream]["over"] or now["produced"] >= calls))
+
+            assert wait_until(settled, timeout=60), state()
+            # A stream that went on regardless would make all its items in this time.
+            wait_until(lambda: state()["produced"] >= calls, timeout=1)
+            held = state()
+            loaded = server_rss()
+        finally:
+            for peer in peers:
+                peer.close()
+        assert wait_until(lambda: state()["connections"] == 0, timeout=30)
+        after = server_rss()
+    finally:
+        child.stdin.close()
+        child.wait(30)
+        child.stdout.close()
+    # The pool's 32 threads may each finish one more answer after the limit is reached.
+    overrun = 40 * MiB
+    for each in held["each"].values():
+        assert each["unread"] <= limit + overrun, (each, limit)
+    assert held["produced"] <= (limit + overrun) // MiB, held
+    assert loaded - baseline <= 3 * (limit + overrun) + 64 * MiB, (
+        f"{3 * calls} answers of 1 MiB unread on 3 connections: the server grew by "
+        f"{(loaded - baseline) // MiB} MiB (limit {limit // MiB} MiB per connection)")
+    assert after - baseline <= 128 * MiB, (
+        f"the clients left, yet the server still holds {(after - baseline) // MiB} MiB more "
+        f"than before them ({(loaded - baseline) // MiB} MiB at most)")
+
+
+@pytest.mark.timeout(120)
+def test_a_held_back_connection_gets_every_answer_once_its_client_reads():
+    """Held back, then read: every call runs, every stream item comes, nothing is lost."""
+    size = 256 * 1024
+    calls = 120
+
+    def big(n: int) -> bytes:
+        return b"a" * n
+
+    async def abig(n: int) -> bytes:
+        return b"b" * n
+
+    def chunks(n: int, count: int) -> Any:
+        for _ in range(count):
+            yield b"c" * n
+
+    with pytest.raises(ValueError, match="max_unread_bytes"):
+        bingfa.rpc.serve({"big": big}, ADDRESS, max_unread_bytes=1000)
+    with bingfa.rpc.serve({"big": big, "abig": abig, "chunks": chunks}, ADDRESS,
+                          max_unread_bytes=2**20) as server, \
+            raw_login(server.address) as peer:
+        requests = [call_frame(1, "chunks", [size, calls], window=10**6)]
+        requests += [call_frame(i, "big" if i % 2 else "abig", [size])
+                     for i in range(2, calls + 2)]
+        peer.send(b"".join(requests))
+        [connection] = list(server._connections)
+        assert wait_until(lambda: connection.over, timeout=30)
+        results: dict[int, bytes] = {}
+        items = []
+        ended = False
+        while len(results) < calls or not ended:
+            message = peer.message(timeout=30)
+            if message[0] == RESULT:
+                results[message[1]] = message[2]
+            elif message[0] == ITEM:
+                items.append(message[2])
+            elif message[0] == END:
+                ended = True
+            else:
+                assert message[0] == STREAM, message
+    assert results == {i: (b"a" if i % 2 else b"b") * size for i in range(2, calls + 2)}
+    assert items == [b"c" * size] * calls
+
+
+@pytest.mark.timeout(60)
+def test_a_blocking_call_never_holds_up_quick_calls_queued_behind_it():
+    """The pool groups queued tasks of a function it timed as quick onto one thread: the
+    server's calls must not be grouped, or quick calls would wait for a blocked one."""
+    release = threading.Event()
+
+    def block() -> bool:
+        return release.wait(30)
+
+    with bingfa.Pool(2, mode="thread") as pool, \
+            bingfa.rpc.serve({"add": add, "block": block}, ADDRESS, pool=pool) as server:
+        try:
+            with bingfa.rpc.connect(server.address) as client:
+                for i in range(100):  # the server's calls, timed as quick
+                    assert client.add(i, 1) == i + 1
+            with raw_login(server.address) as peer:
+                # One read: all queued at once, before a thread takes the first.
+                peer.send(call_frame(1, "block")
+                          + b"".join(call_frame(i, "add", [i, i]) for i in range(2, 40)))
+                answers = [peer.answer(i, timeout=10) for i in range(2, 40)]
+                assert not release.is_set()
+                assert answers == [[RESULT, i, 2 * i] for i in range(2, 40)]
+                release.set()
+                assert peer.answer(1) == [RESULT, 1, True]
+        finally:
+            release.set()

@@ -322,7 +322,7 @@ class AsyncClient:
                 answer = await protocol.read_exactly(WELCOME_SIZE)
             except ConnectionLostError:
                 answer = b""
-            protocol.codec = login.finish(answer, allow_pickle=bool(self._secret or self._tls))
+            protocol.codec = login.finish(answer, self._tls)
             protocol.dumps = protocol.codec.reusable_dumps()
             protocol.reader = FrameReader(protocol.codec.loads,
                                           undecodable=protocol.undecodable)

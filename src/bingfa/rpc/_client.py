@@ -61,6 +61,7 @@ SPIN = 100e-6  # default: seconds a lone reader polls for its answer before it s
 SPIN_MISSES = 8  # polls in a row that came up empty: then only every SPIN_PROBE-th read polls
 SPIN_PROBE = 16
 READ_SIZE = 1 << 18
+DONTWAIT = socket.MSG_DONTWAIT
 MAX_FRAME = 1 << 31
 
 
@@ -94,8 +95,8 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return bytes(data)
 
 
-def handshake(sock: socket.socket, secret: bytes | None, allow_pickle: bool) -> Codec:
-    """Log in on a fresh socket; the codec the server speaks.
+def handshake(sock: socket.socket, secret: bytes | None) -> Codec:
+    """Log in on a fresh plain socket (no TLS); the codec the server speaks.
 
     Raises:
         AuthenticationError: see :meth:`Login.finish`; ConnectionLostError:
@@ -107,7 +108,7 @@ def handshake(sock: socket.socket, secret: bytes | None, allow_pickle: bool) -> 
         answer = _recv_exactly(sock, WELCOME_SIZE)
     except ConnectionLostError:
         answer = b""
-    return login.finish(answer, allow_pickle)
+    return login.finish(answer, None)
 
 
 class _Pending:
@@ -161,6 +162,13 @@ class _Connection:
         sock.settimeout(None)  # blocking, always: deadlines are kept with poll
         self.poller = select.poll()
         self.poller.register(sock, select.POLLIN)
+        # The thread that holds read_lock (so that a reader's own sends may read too).
+        self.reading_thread: int | None = None
+        # For a send that finds the socket full (only the send_lock holder uses them).
+        self._writable = select.poll()
+        self._writable.register(sock, select.POLLOUT)
+        self._readable_or_writable = select.poll()
+        self._readable_or_writable.register(sock, select.POLLIN | select.POLLOUT)
 
     def send(self, frame: bytes) -> None:
         """Send ``frame``, together with whatever other threads queued meanwhile.
@@ -173,7 +181,12 @@ class _Connection:
         outbox = self.outbox
         if not outbox and self.send_lock.acquire(blocking=False):
             try:  # alone: straight out, no queue
-                self.sock.sendall(frame)
+                try:
+                    sent = self.sock.send(frame, DONTWAIT)  # most often all of it, at once
+                except BlockingIOError:
+                    sent = 0
+                if sent != len(frame):
+                    self._send_rest(frame, sent)
             except OSError as exc:
                 self._lose(f"sending failed: {exc}")
             finally:
@@ -185,7 +198,7 @@ class _Connection:
             try:
                 while outbox:
                     frames = [outbox.popleft() for _ in range(len(outbox))]
-                    self.sock.sendall(frames[0] if len(frames) == 1 else b"".join(frames))
+                    self._send_rest(frames[0] if len(frames) == 1 else b"".join(frames), 0)
             except OSError as exc:
                 self._lose(f"sending failed: {exc}")
             finally:
@@ -194,6 +207,67 @@ class _Connection:
             # are ours to send: loop.
         if self.lost is not None:
             raise self.lost
+
+    def _send_rest(self, data: bytes, sent: int) -> None:
+        """Write ``data`` from ``sent`` on (``send_lock`` held), reading answers while the
+        socket is full.
+
+        The server stops reading a connection whose answers its client does
+        not read (that is its backpressure). A thread that blocked in
+        ``sendall`` while it is also the one that would read (say it iterates
+        a stream and sends a big call) would wait for ever: so while the
+        socket takes no more, this thread reads what has arrived, when the
+        reading is free or already its own, and hands it out as a reader does.
+        """
+        sock = self.sock
+        view = memoryview(data)[sent:]
+        try:
+            while view:
+                try:
+                    view = view[sock.send(view, DONTWAIT):]
+                    continue
+                except BlockingIOError:
+                    pass
+                if self.lost is not None:
+                    raise self.lost
+                me = threading.get_ident()
+                reading = self.reading_thread == me or self.read_lock.acquire(blocking=False)
+                if not reading:
+                    # Another thread reads: it takes the answers out. Look again
+                    # now and then, in case it stops and the reading is ours.
+                    self._writable.poll(FOLLOWER_NAP * 1000)
+                else:
+                    ours = self.reading_thread != me
+                    self.reading_thread = me
+                    try:
+                        events = self._readable_or_writable.poll(FOLLOWER_NAP * 1000)
+                        if any(event & ~select.POLLOUT for _, event in events):
+                            self._read_available()
+                    finally:
+                        if ours:
+                            self.reading_thread = None
+                            self.read_lock.release()
+                    if self.answered or self.asleep:
+                        self._move_on()  # hand out what was read, or the reading
+        finally:
+            view.release()
+
+    def _read_available(self) -> None:
+        """Read what has arrived without waiting (``read_lock`` held), and deliver it."""
+        try:
+            size = self.sock.recv_into(self.read_buffer, 0, DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._lose(f"the connection broke: {exc}")
+            return
+        if not size:
+            self._lose("the server closed the connection")
+            return
+        with self.state:
+            self._parse(self.read_view[:size].tobytes())
+        if self.cancels:
+            self._send_cancels()  # queued in the outbox: this thread holds send_lock
 
     def frame(self, message: list[Any]) -> bytes:
         """``message`` as a frame, with this thread's reused encoder."""
@@ -215,9 +289,11 @@ class _Connection:
                 if remaining is not None and remaining <= 0:
                     return False
                 if self.read_lock.acquire(blocking=False):
+                    self.reading_thread = threading.get_ident()
                     try:
                         self._read(ready, deadline)
                     finally:
+                        self.reading_thread = None
                         self.read_lock.release()
                     continue
                 self._sleep(pending, ready, remaining)
@@ -588,8 +664,7 @@ class Client:
                 sock = open_socket(self.address, CONNECT_TIMEOUT)
                 try:
                     sock.settimeout(CONNECT_TIMEOUT)
-                    codec = handshake(sock, self._secret,
-                                      allow_pickle=bool(self._secret or self._tls))
+                    codec = handshake(sock, self._secret)
                 except BaseException:
                     sock.close()
                     raise
@@ -640,10 +715,13 @@ class Client:
                 with contextlib.suppress(Exception):
                     conn.send(_frame(conn.codec, [CANCEL, call_id]))
             raise
+        if pending.stream:
+            # A stream's error (an item this side cannot decode, the generator
+            # raising) may already be here with items before it: the stream
+            # hands those out first, then raises it.
+            return RemoteStream(self, conn, call_id, pending, timeout)
         if pending.error is not None:
             raise pending.error
-        if pending.stream:
-            return RemoteStream(self, conn, call_id, pending, timeout)
         return pending.value
 
     def methods(self) -> dict[str, dict[str, str]]:

@@ -8,6 +8,7 @@ own call. Both clients import from here; neither imports the other's core.
 from __future__ import annotations
 
 import contextlib
+import ssl
 
 from .._core._errors import SerializationError
 from ._codec import MSGPACK, PICKLE, Codec, plain_msgpack
@@ -23,7 +24,10 @@ from ._wire import (
     read_hello,
 )
 
-__all__ = ["STREAM_WINDOW", "Login", "secret_bytes", "undecodable_answer"]
+__all__ = ["SECRET_REQUIRED", "STREAM_WINDOW", "Login", "secret_bytes", "undecodable_answer"]
+
+# How the error for a missing secret starts: the command line words its own hint.
+SECRET_REQUIRED = "the server requires a secret"
 
 # Items a stream may send ahead of its consumer before it waits for credit.
 STREAM_WINDOW = 64
@@ -70,8 +74,11 @@ class Login:
                                       "prove it knows ours: refusing to talk to it")
         self.message, self.client_nonce = login(secret, self.server_nonce)
 
-    def finish(self, answer: bytes, allow_pickle: bool) -> Codec:
+    def finish(self, answer: bytes, tls: ssl.SSLContext | None) -> Codec:
         """The codec to speak, given the server's WELCOME (empty if it hung up).
+
+        ``tls`` is the client's TLS context, if any: it decides, with the
+        secret, whether the server is trusted with pickle.
 
         Raises:
             AuthenticationError: a wrong or missing secret, a server that cannot
@@ -80,12 +87,33 @@ class Login:
         secret, flags = self.secret, self.flags
         if not check_welcome(answer, secret, self.server_nonce, self.client_nonce):
             if not secret and flags & FLAG_SECRET:
-                raise AuthenticationError("the server requires a secret: pass secret=")
+                raise AuthenticationError(f"{SECRET_REQUIRED}: pass secret=")
             raise AuthenticationError("the server rejected the handshake: wrong secret")
         if flags & FLAG_PICKLE:
-            if not allow_pickle:
-                raise AuthenticationError("the server uses pickle; a client unpickles only "
-                                          "from a server that proved it knows the secret "
-                                          "(or over TLS)")
+            # Unpickling runs whatever code the data names: only a server that
+            # proved who it is may send pickle. A secret is proved by the
+            # handshake just checked; TLS proves it only when the context
+            # verifies the server's certificate (CERT_NONE, common in
+            # development, accepts any server, or anyone in the middle).
+            if not secret and not server_verified(tls):
+                raise AuthenticationError(untrusted_pickle(tls))
             return PICKLE
         return MSGPACK
+
+
+def server_verified(tls: ssl.SSLContext | None) -> bool:
+    """Whether a client's TLS context makes sure of the server's identity."""
+    return tls is not None and tls.verify_mode == ssl.CERT_REQUIRED
+
+
+def untrusted_pickle(tls: ssl.SSLContext | None) -> str:
+    """Why the client refuses a pickle server it cannot trust, and what to do."""
+    if tls is None:
+        why = "this client has no secret and no TLS"
+    else:
+        why = (f"this client has no secret, and its TLS context does not verify the server "
+               f"(verify_mode={tls.verify_mode.name})")
+    return (f"the server uses pickle, and unpickling its answers would let it (or anyone "
+            f"between us) run code in this client; {why}. Pass the server's secret= , or a "
+            f"tls= context that verifies the server's certificate (verify_mode=ssl."
+            f"CERT_REQUIRED, e.g. ssl.create_default_context(cafile=...))")

@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import ipaddress
+import logging
 import os
 import socket
 import ssl
@@ -32,7 +34,7 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -64,6 +66,7 @@ from ._wire import (
 __all__ = ["Server", "quick", "serve"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+logger = logging.getLogger("bingfa.rpc")
 
 perf_counter = time.perf_counter
 _LATER = (types.GeneratorType, types.CoroutineType)  # results that are not results yet
@@ -71,10 +74,16 @@ _LATER = (types.GeneratorType, types.CoroutineType)  # results that are not resu
 SLOW_ON_LOOP = 2e-3       # one inline call longer than this: back to the pool for good
 BACKLOG = 512
 FLUSH_EVERY = 16          # answers to a batch of calls leave in pieces of this many
+JOIN_AT_MOST = 256 * 1024  # answers written together are joined into one block up to this
+POST_AT_ONCE = 64 * 1024   # a pool call's answer this big is posted from its thread at once
 # Requests in flight on one connection may hold this many bytes; beyond it the
 # connection is not read until some finish, so big answers a client does not
 # read cannot pile up without bound.
 MAX_INFLIGHT_BYTES = 16 * 2**20
+# Answer bytes one connection may have waiting for its client to read (the
+# default of serve(max_unread_bytes=)); beyond it its calls do not start and
+# its streams pause until the client catches up.
+MAX_UNREAD_BYTES = 32 * 2**20
 DEFAULT_WINDOW = 64       # stream items in flight when the client does not say
 POOL_THREADS = 32
 STREAM_THREADS = 64
@@ -142,6 +151,8 @@ def _methods_of(target: Any) -> dict[str, _Method]:
                 raise TypeError(f"a dict target maps names to functions; {name!r} -> {fn!r} "
                                 "is not that")
     else:
+        if isinstance(target, type):
+            _refuse_unbound_methods(target)
         items = [(name, getattr(target, name)) for name in dir(target)
                  if not name.startswith("_")]
         items = [(name, fn) for name, fn in items if callable(fn) and not isinstance(fn, type)]
@@ -151,11 +162,35 @@ def _methods_of(target: Any) -> dict[str, _Method]:
     return methods
 
 
+def _refuse_unbound_methods(cls: type) -> None:
+    """TypeError for a class (not an instance) whose served methods would need ``self``.
+
+    Served as is, every call would fail with a confusing "missing argument
+    'self'". A class of static and class methods alone serves fine. The
+    server does not instantiate it for you: which arguments, and whether one
+    instance is what you want, are yours to say (``bingfa rpc serve
+    mod:Class`` does instantiate it, without arguments, as a command line must).
+    """
+    unbound = sorted(name for name in dir(cls) if not name.startswith("_")
+                     and isinstance(inspect.getattr_static(cls, name), types.FunctionType))
+    if unbound:
+        listed = ", ".join(unbound[:5]) + (", ..." if len(unbound) > 5 else "")
+        raise TypeError(f"serve() was given the class {cls.__qualname__}, not an instance: its "
+                        f"methods ({listed}) need one. Pass an instance, such as "
+                        f"{cls.__qualname__}()")
+
+
 def _run_with_flag(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any],
-                   flag: CancelFlag) -> Any:
-    """Run a handler in a pool thread, with ``bf.cancelled()`` answering for its call."""
+                   flag: CancelFlag, held_back: Callable[[], bool] | None = None) -> Any:
+    """Run a handler in a pool thread, with ``bf.cancelled()`` answering for its call.
+
+    ``held_back()`` true: the call's connection has too many answers unread;
+    the handler does not start and :data:`_DEFERRED` says so.
+    """
     if flag.is_set:
         raise CallAbandoned  # given up on while it waited for a thread: do not start it
+    if held_back is not None and held_back():
+        return _DEFERRED
     ctx = current()
     own = ctx is None
     if own:
@@ -172,6 +207,62 @@ def _run_with_flag(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, An
             set_thread_context(None)
 
 
+def _run_pooled(conn: _Connection, call: _Call, fn: Callable[..., Any], args: list[Any],
+                kwargs: dict[str, Any]) -> Any:
+    """A plain function's call in a pool thread: its RESULT frame, encoded right here.
+
+    The pool may run calls in batches and hand their values back only at
+    the batch's end: a big answer is posted here at once, so that it counts
+    against the connection's unread bytes, and the calls after it in the
+    batch see the connection held back and do not start (see
+    :meth:`_Connection.held_back`). Small answers go with the batch, which
+    wakes the loop once for all of them.
+    """
+    value = _run_with_flag(fn, args, kwargs, call.flag, conn.held_back)
+    if value is _DEFERRED or type(value) in _LATER:
+        return value  # a call to start later, a stream or a coroutine: the loop's to handle
+    server = conn.server
+    try:
+        frame = server._frame([RESULT, call.id, value])
+    except SerializationError as exc:
+        return _Unsendable(server._cannot_encode_result(call.method, value, exc))
+    if len(frame) < POST_AT_ONCE:
+        return frame  # bytes from here are always a frame: see _pool_done
+    server._post_frame(conn, frame, done=call)
+    return _POSTED
+
+
+class _PoolCall:
+    """Runs :func:`_run_pooled`: what the server submits to a thread pool, one call each.
+
+    A bingfa pool groups queued tasks of a function it has timed as quick
+    into one batch on one thread. All calls go through one wrapper, so a
+    call of a method that blocks (for as long as it likes) would hold up the
+    quick calls grouped behind it, when other threads are free. An object
+    that cannot be referenced weakly is never timed (the pool keeps no
+    reference to it), so its tasks are never grouped: each call gets a
+    thread of its own as one is free.
+    """
+
+    __slots__ = ()  # and so no __weakref__
+
+    def __call__(self, conn: _Connection, call: _Call, fn: Callable[..., Any],
+                 args: list[Any], kwargs: dict[str, Any]) -> Any:
+        return _run_pooled(conn, call, fn, args, kwargs)
+
+
+_POOL_CALL = _PoolCall()
+
+
+class _Unsendable:
+    """A pool call's result that could not be encoded: the error to send instead."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: SerializationError) -> None:
+        self.error = error
+
+
 class CallAbandoned(Exception):
     """A queued call whose client gave up (deadline or cancel) before it started."""
 
@@ -179,7 +270,7 @@ class CallAbandoned(Exception):
 class _Call:
     """One call in flight on a connection."""
 
-    __slots__ = ("flag", "id", "method", "size", "stream", "task", "timer")
+    __slots__ = ("coro", "flag", "id", "job", "method", "size", "stream", "task", "timer")
 
     def __init__(self, call_id: int, method: str, size: int = 0) -> None:
         self.id = call_id
@@ -187,6 +278,9 @@ class _Call:
         self.size = size  # bytes of its frame, counted against MAX_INFLIGHT_BYTES
         self.flag = CancelFlag()
         self.task: asyncio.Task[Any] | None = None
+        self.coro: Coroutine[Any, Any, Any] | None = None  # an async handler's, until it starts
+        # A pool call's (method, args, kwargs, window), to start it again once put off.
+        self.job: tuple[_Method, list[Any], dict[str, Any], int | None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.stream: _Credits | None = None
 
@@ -212,6 +306,12 @@ class _Credits:
             self.cond.notify_all()
         self.event.set()
 
+    def wake(self) -> None:
+        """Have the stream look again whether it may go on (its connection's answers drained)."""
+        with self.cond:
+            self.cond.notify_all()
+        self.event.set()
+
 
 class _Connection(asyncio.Protocol):
     """One client connection: handshake, frames in, frames out."""
@@ -230,6 +330,18 @@ class _Connection(asyncio.Protocol):
         self.reading = False
         self.write_paused = False
         self.inflight_bytes = 0  # request bytes of the calls in flight
+        # Answer bytes the client has not read: made in pool threads and not yet
+        # handed to the transport (changed under the server's _post_lock), and
+        # in the transport's buffer (as of the last look). Over the limit, the
+        # connection is "over": no call starts and streams pause until it drains.
+        self.unread_limit = server.max_unread_bytes
+        self.posted_bytes = 0
+        self.out_bytes = 0  # in self.out, not yet handed to the transport
+        self.buffered = 0
+        self.over = False
+        self.drained = asyncio.Event()
+        self.deferred: deque[_Call] = deque()  # pool calls put off while over
+        self.streams_waiting = False  # a stream thread saw the limit passed before the loop did
         self.needed = 4  # bytes the buffered frame needs before it can be read
         self.paused = False
         self.nonce = b""
@@ -261,6 +373,10 @@ class _Connection(asyncio.Protocol):
         for call in list(self.calls.values()):
             self._cancel(call)
         self.calls.clear()
+        self.deferred.clear()
+        self.out.clear()
+        self.out_bytes = 0
+        self.drained.set()  # nothing waits for a client that is gone
 
     def abort(self) -> None:
         """Drop the connection at once (bad handshake, malformed frame, shutdown)."""
@@ -309,7 +425,8 @@ class _Connection(asyncio.Protocol):
 
     def _blocked(self) -> bool:
         """Whether no more calls may start: too many in flight, or the client is not reading."""
-        return self.paused or self.write_paused or self.inflight_bytes > MAX_INFLIGHT_BYTES
+        return (self.paused or self.write_paused or self.over
+                or self.inflight_bytes > MAX_INFLIGHT_BYTES)
 
     def _process(self, data: bytes) -> None:
         """Run the frames in ``data`` (which starts at a frame boundary); keep the rest."""
@@ -375,7 +492,51 @@ class _Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self._check_unread()
         self.loop.call_soon(self._unblocked)
+
+    # -- answers the client has not read ------------------------------------------------
+
+    def held_back(self) -> bool:
+        """Whether the client has more answer bytes unread than allowed (from any thread)."""
+        return self.posted_bytes + self.out_bytes + self.buffered > self.unread_limit
+
+    def _check_unread(self) -> None:
+        """Look at the bytes waiting for the client: hold its calls back, or let them go.
+
+        Called after every write, when the transport drains, and when a call
+        or a stream in a thread finds the limit passed. The connection cannot
+        stay held back with nothing left to look again: bytes posted by
+        threads have a drain (and so a write) on its way, and bytes in the
+        transport's buffer, over the limit, are far over its high-water mark
+        (64 KiB), so it has paused writing and calls resume_writing once the
+        client has read them.
+        """
+        transport = self.transport
+        self.buffered = transport.get_write_buffer_size() if transport is not None else 0
+        if self.held_back():
+            if not self.over:
+                self.over = True
+                self.drained.clear()
+        elif self.over or self.deferred or self.streams_waiting:
+            self.over = False
+            self.streams_waiting = False
+            self.drained.set()
+            deferred, self.deferred = self.deferred, deque()
+            for call in deferred:
+                if call.id in self.calls and call.job is not None:
+                    self._submit(call, *call.job)
+            for call in self.calls.values():
+                if call.stream is not None:
+                    call.stream.wake()
+            self.loop.call_soon(self._unblocked)
+
+    def _defer(self, call: _Call) -> None:
+        """A pool call found its connection held back as it was to start: start it later."""
+        if call.id not in self.calls or self.closed:
+            return  # cancelled or expired meanwhile
+        self.deferred.append(call)
+        self._check_unread()  # the answers may have drained already: then it starts now
 
     def _handshake(self, login: bytes) -> bool:
         server = self.server
@@ -457,7 +618,7 @@ class _Connection(asyncio.Protocol):
                 self._error(call_id, exc)
                 return
             if method.kind == "coroutine":
-                call.task = self.loop.create_task(self._await(call, started))
+                self._start_coroutine(call, started)
             else:
                 self._streaming(call, window)
                 call.task = self.loop.create_task(self._astream(call, started))
@@ -514,7 +675,7 @@ class _Connection(asyncio.Protocol):
             method.demote()
             call = self._open(_Call(call_id, method.name), None)
             if isinstance(value, types.CoroutineType):
-                call.task = self.loop.create_task(self._await(call, value))
+                self._start_coroutine(call, value)
             else:
                 self._streaming(call, window)
                 self._send(call_id, [STREAM, call_id])
@@ -532,8 +693,14 @@ class _Connection(asyncio.Protocol):
     def _submit(self, call: _Call, method: _Method, args: list[Any], kwargs: dict[str, Any],
                 window: int | None) -> None:
         server = self.server
+        call.job = (method, args, kwargs, window)
+        if self.over:  # the client does not read its answers: no more until it does
+            self.deferred.append(call)
+            return
         if server._pool_is_threads:
-            future = server._pool.submit(_run_with_flag, method.fn, args, kwargs, call.flag)
+            # The thread looks again as the call starts: answers made since
+            # (by the calls ahead of it in the pool) count too.
+            future = server._pool.submit(_POOL_CALL, self, call, method.fn, args, kwargs)
         else:  # a process pool: only the function and its arguments travel
             future = server._pool.submit(method.fn, *args, **kwargs)
         future.add_done_callback(lambda f, c=call: self._pool_done(c, f, window))
@@ -546,7 +713,17 @@ class _Connection(asyncio.Protocol):
         except BaseException as exc:
             server._post_error(self, call, exc)
             return
-        if value is _END:
+        if value is _POSTED:
+            return  # a result, already on its way
+        if type(value) is bytes and server._pool_is_threads:
+            # From _run_pooled: the encoded RESULT (a process pool's bytes are
+            # the handler's own value, encoded below).
+            server._post_frame(self, value, done=call)
+        elif value is _DEFERRED:
+            server._call_on_loop(lambda: self._defer(call))
+        elif isinstance(value, _Unsendable):
+            server._post_error(self, call, value.error)
+        elif value is _END:
             server._post_frame(self, server._frame([END, call.id]), done=call)
         elif value is _STOPPED:
             server._post_frame(self, b"", done=call)
@@ -558,7 +735,7 @@ class _Connection(asyncio.Protocol):
         elif inspect.iscoroutine(value):  # ...or a coroutine: a task its deadline can cancel
             def start() -> None:
                 if call.id in self.calls:
-                    call.task = self.loop.create_task(self._await(call, value))
+                    self._start_coroutine(call, value)
                 else:  # expired or cancelled while the function ran
                     value.close()
 
@@ -572,8 +749,15 @@ class _Connection(asyncio.Protocol):
                 return
             server._post_frame(self, frame, done=call)
 
+    def _start_coroutine(self, call: _Call, coro: Any) -> None:
+        """Run a handler's coroutine as the call's task, which its deadline or cancel cancels."""
+        call.coro = coro
+        call.task = self.loop.create_task(self._await(call, coro))
+
     async def _await(self, call: _Call, coro: Any) -> None:
         try:
+            while self.over and not self.closed:  # answers unread: wait until they are
+                await self.drained.wait()
             value = await coro
         except asyncio.CancelledError:
             self._finish(call)
@@ -591,7 +775,7 @@ class _Connection(asyncio.Protocol):
         self._send(call.id, [STREAM, call.id])
         try:
             async for item in agen:
-                while credits.available <= 0 and not credits.closed:
+                while (credits.available <= 0 or self.over) and not credits.closed:
                     credits.event.clear()
                     await credits.event.wait()
                 if credits.closed:
@@ -636,7 +820,16 @@ class _Connection(asyncio.Protocol):
         try:
             for item in generator:
                 with credits.cond:
-                    while credits.available <= 0 and not credits.closed:
+                    # Within the client's credit, and while it reads its answers.
+                    while not credits.closed:
+                        if credits.available > 0 and not self.over:
+                            if not self.held_back():
+                                break
+                            # Over the limit by answers the loop has not looked
+                            # at yet: it looks now, and wakes this stream once
+                            # the client has read them (see _check_unread).
+                            self.streams_waiting = True
+                            server._call_on_loop(self._check_unread)
                         credits.cond.wait()
                     if credits.closed:
                         return _STOPPED
@@ -664,6 +857,13 @@ class _Connection(asyncio.Protocol):
         call.flag.set()
         if call.task is not None:
             call.task.cancel()
+            coro = call.coro
+            if (isinstance(coro, types.CoroutineType)
+                    and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED):
+                # The task was cancelled before it awaited the handler (a deadline
+                # of microseconds, a cancel read with the call): the coroutine
+                # never runs, and unclosed it would warn "never awaited".
+                coro.close()
         if call.stream is not None:
             call.stream.close()
         self._finish(call)
@@ -711,6 +911,14 @@ class _Connection(asyncio.Protocol):
         if self.closed:
             return
         self.out.append(frame)
+        self.out_bytes += len(frame)
+        if (not self.over  # held_back(), inline: this runs for every answer
+                and self.posted_bytes + self.out_bytes + self.buffered > self.unread_limit):
+            # Answers made on the loop (async handlers, quick functions) pile up
+            # here until the next flush: hold the connection back at once, so
+            # the handlers already scheduled do not start.
+            self.over = True
+            self.drained.clear()
         if not self.flush_scheduled and not self.reading:
             self.flush_scheduled = True
             self.loop.call_soon(self._flush)
@@ -719,11 +927,27 @@ class _Connection(asyncio.Protocol):
         self.flush_scheduled = False
         if self.out and not self.closed and self.transport is not None:
             out, self.out = self.out, []
-            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            size, self.out_bytes = self.out_bytes, 0
+            if len(out) == 1:
+                self.transport.write(out[0])
+            elif size > JOIN_AT_MOST:
+                # Big answers go out as they are: joining them would copy them
+                # all into one more block as big as all of them together.
+                self.transport.writelines(out)
+            else:
+                self.transport.write(b"".join(out))
+            # _check_unread(), only when there is something to decide: this
+            # runs after every batch of answers.
+            buffered = self.buffered = self.transport.get_write_buffer_size()
+            if (self.over or self.deferred or self.streams_waiting
+                    or self.posted_bytes + buffered > self.unread_limit):
+                self._check_unread()
 
 
 _END = object()
 _STOPPED = object()
+_DEFERRED = object()  # a pool call that did not start: its connection is held back
+_POSTED = object()  # a pool call whose result was sent from its thread
 
 
 class Server:
@@ -738,8 +962,8 @@ class Server:
                  tls: ssl.SSLContext | None = None, serializer: str = "msgpack",
                  pool: Any = None, max_message_size: int = 64 * 2**20,
                  expose_tracebacks: bool = True, max_concurrent_calls: int = 256,
-                 handshake_timeout: float = 10.0, idle_timeout: float | None = None,
-                 grace: float = 5.0) -> None:
+                 max_unread_bytes: int = MAX_UNREAD_BYTES, handshake_timeout: float = 10.0,
+                 idle_timeout: float | None = None, grace: float = 5.0) -> None:
         parsed = parse_address(address)
         self._codec: Codec = codec_for(serializer)
         self._loop_dumps = self._codec.reusable_dumps()
@@ -761,6 +985,12 @@ class Server:
             raise ValueError("max_message_size must be an int >= 1024 bytes")
         if not isinstance(max_concurrent_calls, int) or max_concurrent_calls < 1:
             raise ValueError("max_concurrent_calls must be an int >= 1")
+        # Above the transports' high-water mark (64 KiB), so that a connection
+        # over it has paused writing and hears when it drains.
+        if (not isinstance(max_unread_bytes, int) or isinstance(max_unread_bytes, bool)
+                or max_unread_bytes < 2**20):
+            raise ValueError(f"max_unread_bytes must be an int >= 1 MiB (1048576), "
+                             f"not {max_unread_bytes!r}")
         self._methods = _methods_of(target)
         for method in self._methods.values():
             # Only our own thread pool may be bypassed, and only for a promise.
@@ -770,6 +1000,7 @@ class Server:
         self._tls = tls
         self.max_message_size = max_message_size
         self.max_concurrent_calls = max_concurrent_calls
+        self.max_unread_bytes = max_unread_bytes
         self.expose_tracebacks = expose_tracebacks
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
@@ -782,6 +1013,7 @@ class Server:
         self._sock = self._listen(parsed)
         self._unix_path = parsed.path if parsed.scheme == "unix" else None
         self.address = self._public_address(parsed)
+        warn_if_exposed(self.address, secret, tls)
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._thread_of_loop: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -799,21 +1031,37 @@ class Server:
 
     @staticmethod
     def _listen(address: Address) -> socket.socket:
-        if address.scheme == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            with contextlib.suppress(FileNotFoundError):
-                if os.path.exists(address.path) and not _is_socket(address.path):
-                    raise ValueError(f"{address.path!r} exists and is not a socket")
-                os.unlink(address.path)
-            sock.bind(address.path)
-        else:
-            infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
-            family, _, _, _, sockaddr = infos[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(sockaddr)
-        sock.listen(BACKLOG)
-        sock.setblocking(False)
+        """A listening socket at ``address``; an OSError that names it if that fails."""
+        sock = None
+        try:
+            if address.scheme == "unix":
+                with contextlib.suppress(FileNotFoundError):
+                    if os.path.exists(address.path) and not _is_socket(address.path):
+                        raise ValueError(f"{address.path!r} exists and is not a socket")
+                    os.unlink(address.path)
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.bind(address.path)
+            else:
+                infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+                family, _, _, _, sockaddr = infos[0]
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(sockaddr)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+        except OSError as exc:
+            if sock is not None:
+                sock.close()
+            # "Address already in use" alone does not say which: the same
+            # type and errno, and the address in the message.
+            if exc.errno is None:
+                raise type(exc)(f"cannot listen on {address}: {exc}") from exc
+            raise type(exc)(exc.errno, f"cannot listen on {address}: "
+                                       f"{exc.strerror or exc}") from exc
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
         return sock
 
     def _public_address(self, address: Address) -> str:
@@ -982,6 +1230,7 @@ class Server:
         """
         with self._post_lock:
             self._posted.append((conn, frame, done))
+            conn.posted_bytes += len(frame)
             if self._post_scheduled:
                 return
             self._post_scheduled = True
@@ -994,6 +1243,8 @@ class Server:
         with self._post_lock:
             posted, self._posted = self._posted, deque()
             self._post_scheduled = False
+            for conn, frame, _ in posted:
+                conn.posted_bytes -= len(frame)  # in conn.out next, then the transport
         touched = set()
         for conn, frame, done in posted:
             if done is not None:
@@ -1002,6 +1253,7 @@ class Server:
                 conn._finish(done)
             if frame and not conn.closed:
                 conn.out.append(frame)
+                conn.out_bytes += len(frame)
                 touched.add(conn)
         for conn in touched:
             conn._flush()
@@ -1025,6 +1277,32 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
+def warn_if_exposed(address: str, secret: bytes | None, tls: ssl.SSLContext | None) -> bool:
+    """Log a warning (logger ``bingfa.rpc``) for a server anyone on the network can call.
+
+    ``address`` is where the server listens (what ``server.address`` says).
+    A TCP address that is not loopback, with neither a secret nor TLS, lets
+    whoever reaches it call every method. Serving so is allowed (a trusted
+    network, a firewall), so it is a warning, not an error. Whether it warned.
+    """
+    if secret or tls is not None:
+        return False
+    parsed = parse_address(address)
+    if parsed.scheme != "tcp":
+        return False
+    try:
+        if ipaddress.ip_address(parsed.host).is_loopback:
+            return False
+    except ValueError:  # a host name: serve() reports the address it bound, so rarely
+        if parsed.host == "localhost":
+            return False
+    logger.warning(
+        "serving %s without a secret or TLS: anyone who can reach that address can call "
+        "every method it serves. Pass secret= (bingfa rpc serve --secret-file FILE) or tls=, "
+        "or listen on 127.0.0.1 only", address)
+    return True
+
+
 def _is_socket(path: str) -> bool:
     import stat
 
@@ -1034,8 +1312,9 @@ def _is_socket(path: str) -> bool:
 def serve(target: Any, address: str, *, secret: bytes | str | None = None,
           tls: ssl.SSLContext | None = None, serializer: str = "msgpack", pool: Any = None,
           max_message_size: int = 64 * 2**20, expose_tracebacks: bool = True,
-          max_concurrent_calls: int = 256, handshake_timeout: float = 10.0,
-          idle_timeout: float | None = None, grace: float = 5.0) -> Server:
+          max_concurrent_calls: int = 256, max_unread_bytes: int = MAX_UNREAD_BYTES,
+          handshake_timeout: float = 10.0, idle_timeout: float | None = None,
+          grace: float = 5.0) -> Server:
     """Serve ``target``'s public methods (or a dict of functions) at ``address``.
 
     The socket is bound at once (``server.address`` tells the port when 0 was
@@ -1045,7 +1324,8 @@ def serve(target: Any, address: str, *, secret: bytes | str | None = None,
 
     Args:
         target: an object, whose public methods are served, or a dict of
-            name -> function.
+            name -> function. A class is refused (TypeError) when its methods
+            need an instance: pass ``MyClass()``, not ``MyClass``.
         address: ``tcp://HOST:PORT`` (port 0: any free port) or ``unix:///PATH``.
         secret: clients must prove they know it (HMAC-SHA256 challenge-response,
             both ways) before any call runs. At least 16 bytes.
@@ -1059,6 +1339,12 @@ def serve(target: Any, address: str, *, secret: bytes | str | None = None,
         expose_tracebacks: send handler tracebacks to clients.
         max_concurrent_calls: calls in flight per connection before the
             server stops reading from it.
+        max_unread_bytes: answer bytes (32 MiB by default, at least 1 MiB)
+            a connection may have waiting for its client to read. Beyond
+            it the server stops reading that connection, starts none of its
+            calls and pauses its streams until the client reads, so a client
+            that sends calls and never reads their answers holds at most
+            this much (plus the answers of calls already running).
         handshake_timeout, idle_timeout: seconds before a connection that
             does not log in, or does nothing, is closed.
         grace: seconds calls in flight get to finish when the server stops.
@@ -1066,10 +1352,11 @@ def serve(target: Any, address: str, *, secret: bytes | str | None = None,
     Raises:
         ValueError: an address that does not parse, a port out of range,
             pickle without authentication, an unknown serializer, a target
-            with nothing to serve.
+            with nothing to serve. TypeError: a class whose methods need an
+            instance.
         OSError: the address is in use.
     """
     return Server(target, address, secret=secret, tls=tls, serializer=serializer, pool=pool,
                   max_message_size=max_message_size, expose_tracebacks=expose_tracebacks,
-                  max_concurrent_calls=max_concurrent_calls,
+                  max_concurrent_calls=max_concurrent_calls, max_unread_bytes=max_unread_bytes,
                   handshake_timeout=handshake_timeout, idle_timeout=idle_timeout, grace=grace)
