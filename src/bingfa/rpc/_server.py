@@ -232,28 +232,6 @@ def _run_pooled(conn: _Connection, call: _Call, fn: Callable[..., Any], args: li
     return _POSTED
 
 
-class _PoolCall:
-    """Runs :func:`_run_pooled`: what the server submits to a thread pool, one call each.
-
-    A bingfa pool groups queued tasks of a function it has timed as quick
-    into one batch on one thread. All calls go through one wrapper, so a
-    call of a method that blocks (for as long as it likes) would hold up the
-    quick calls grouped behind it, when other threads are free. An object
-    that cannot be referenced weakly is never timed (the pool keeps no
-    reference to it), so its tasks are never grouped: each call gets a
-    thread of its own as one is free.
-    """
-
-    __slots__ = ()  # and so no __weakref__
-
-    def __call__(self, conn: _Connection, call: _Call, fn: Callable[..., Any],
-                 args: list[Any], kwargs: dict[str, Any]) -> Any:
-        return _run_pooled(conn, call, fn, args, kwargs)
-
-
-_POOL_CALL = _PoolCall()
-
-
 class _Unsendable:
     """A pool call's result that could not be encoded: the error to send instead."""
 
@@ -700,7 +678,9 @@ class _Connection(asyncio.Protocol):
         if server._pool_is_threads:
             # The thread looks again as the call starts: answers made since
             # (by the calls ahead of it in the pool) count too.
-            future = server._pool.submit(_POOL_CALL, self, call, method.fn, args, kwargs)
+            # (A thread pool never groups tasks: a call that blocks holds up
+            # only itself.)
+            future = server._pool.submit(_run_pooled, self, call, method.fn, args, kwargs)
         else:  # a process pool: only the function and its arguments travel
             future = server._pool.submit(method.fn, *args, **kwargs)
         future.add_done_callback(lambda f, c=call: self._pool_done(c, f, window))
