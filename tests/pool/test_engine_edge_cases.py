@@ -7,6 +7,7 @@ fails one test instead of the session.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -375,4 +376,50 @@ def test_draining_pool_reruns_the_chunk_of_a_task_that_crashed(gate):
         with pytest.raises(bf.WorkerCrashedError):
             running.result()
     finally:
+        pool.terminate()
+
+
+@pytest.mark.timeout(60)
+def test_thread_submits_from_many_threads_each_run_once():
+    """Single tasks go to idle workers, or queue for busy ones, without the scheduler's lock."""
+    counts = [0] * 16_000
+    lock = threading.Lock()
+
+    def note(i):
+        with lock:
+            counts[i] += 1
+        return i
+
+    with bf.Pool(16, mode="thread") as pool:
+        def submit_some(start):
+            return [pool.submit(note, i) for i in range(start, start + 2_000)]
+
+        with concurrent.futures.ThreadPoolExecutor(8) as submitters:
+            batches = list(submitters.map(submit_some, range(0, 16_000, 2_000)))
+        assert [f.result(timeout=30) for b in batches for f in b] == list(range(16_000))
+    assert counts == [1] * 16_000
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["cancel_futures", "terminate", "drain"])
+def test_thread_queued_submits_are_cancelled_stopped_or_run_never_lost(how):
+    """What a busy thread pool holds for its workers: cancel_futures, terminate, drain."""
+    release = threading.Event()
+    pool = bf.Pool(2, mode="thread")
+    try:
+        busy = [pool.submit(release.wait) for _ in range(2)]
+        assert wait_until(lambda: all(f.running() for f in busy), timeout=10)
+        queued = [pool.submit(abs, -i) for i in range(50)]
+        if how == "cancel_futures":
+            pool.shutdown(wait=False, cancel_futures=True)
+            assert all(f.cancelled() for f in queued)
+        elif how == "terminate":
+            pool.terminate()
+            assert all(f.done() for f in queued)
+        else:
+            pool.shutdown(wait=False)
+            release.set()
+            assert [f.result(timeout=30) for f in queued] == list(range(50))
+    finally:
+        release.set()
         pool.terminate()

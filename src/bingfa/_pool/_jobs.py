@@ -58,6 +58,10 @@ MAX_GROUP = 256
 
 RETRYABLE = (WorkerCrashedError, TaskTimeoutError)
 
+# The shared empty queue of a job that has nothing to run again: never appended
+# to (Job._requeued() swaps in a deque of the job's own first).
+_NO_BATCHES: deque[Any] = deque(maxlen=0)
+
 # A chunk of an imap's outcomes: the values (None where a task failed), and
 # each failed task's error by its position in the chunk (None: none failed).
 Chunk = tuple[list[Any], "dict[int, BaseException] | None"]
@@ -111,7 +115,9 @@ class Job:
         self.argument_bytes: float | None = None
         self.result_bytes: float | None = None
         self.cancelled = False
-        self._again: deque[Batch] = deque()  # retries and requeued tasks go first
+        # Retries and requeued tasks, which go first; made when first needed
+        # (most jobs never have any, and a submit should not pay for a deque).
+        self._again: deque[Batch] = _NO_BATCHES
 
     # --- called by the scheduler, under its lock ----------------------------
     def take(self, limit: int | None, workers: int) -> Batch | None:
@@ -134,7 +140,7 @@ class Job:
         if isinstance(error, RETRYABLE) and batch.attempts < self.retries and not self.cancelled:
             again = Batch.single(self, item, index, batch.attempts + 1)
             with self.scheduler.lock:
-                self._again.append(again)
+                self._requeued().append(again)
                 self.scheduler.activate(self)
             self._woken()
             return
@@ -162,11 +168,17 @@ class Job:
         with self.scheduler.lock:
             if one_by_one:
                 for item, index in zip(items, indices, strict=True):
-                    self._again.append(Batch.single(self, item, index, batch.attempts))
+                    self._requeued().append(Batch.single(self, item, index, batch.attempts))
             else:
-                self._again.append(Batch(self, items, indices, batch.attempts))
+                self._requeued().append(Batch(self, items, indices, batch.attempts))
             self.scheduler.activate(self)
         self._woken()
+
+    def _requeued(self) -> deque[Batch]:
+        """The queue of tasks to run again, made on first use (lock held)."""
+        if self._again is _NO_BATCHES:
+            self._again = deque()
+        return self._again
 
     def abort(self, error: BaseException) -> None:
         """The pool stopped: fail whatever of this job has not finished."""
@@ -257,7 +269,7 @@ class OneJob(Job):
     def abort(self, error: BaseException) -> None:
         with self.scheduler.lock:
             self.cancelled = True
-            self._again.clear()
+            self._again = _NO_BATCHES
             self._pending = False
         set_exception(self.future, error)
 
@@ -270,7 +282,7 @@ class OneJob(Job):
         with self.scheduler.lock:
             self.cancelled = True
             retry_dropped = bool(self._again)
-            self._again.clear()
+            self._again = _NO_BATCHES
             pending, self._pending = self._pending, False
         if pending:
             self.future.cancel()
@@ -449,7 +461,7 @@ class ManyJob(Job):
             if limit is not None and len(batch.items) > limit:
                 rest = Batch(self, batch.items[limit:], batch.indices[limit:], batch.attempts)
                 rest.track = batch.track
-                self._again.appendleft(rest)
+                self._requeued().appendleft(rest)
                 batch.items, batch.indices = batch.items[:limit], batch.indices[:limit]
             return batch
         if not self._segments:
@@ -584,6 +596,6 @@ class ManyJob(Job):
         """Hand out nothing more and wake the consumer (lock held)."""
         self.cancelled = True
         self._segments.clear()
-        self._again.clear()
+        self._again = _NO_BATCHES
         self._close_input()
         self.cond.notify_all()

@@ -305,6 +305,9 @@ class Pool:
             raise TypeError(f"the task's function must be callable, not {fn!r}")
         future._waiter = self._waiter
         job = OneJob(self._scheduler, fn, CALL_KW, self.retries, (args, kwargs), future)
+        self._check_open()
+        if self._engine.hand_over(job):
+            return future
         with self._scheduler.lock:
             self._check_open()
             self._scheduler.activate(job)
@@ -580,7 +583,7 @@ class Pool:
         self._cut_open_inputs()
         if cancel_futures:
             with self._scheduler.lock:
-                jobs = self._scheduler.cancel_all()
+                jobs = self._scheduler.cancel_all() + self._engine.drop_queued()
             error = PoolClosedError("the pool was shut down (cancel_futures=True) before "
                                     "these tasks ran")
             for job in jobs:

@@ -171,6 +171,10 @@ class Scheduler:
                 return batch
         return None
 
+    def may_have_work(self) -> bool:
+        """Whether any job is queued: a hint, read without the lock (it may have no work)."""
+        return bool(self._singles or self._maps or self.dropped)
+
     def has_work(self) -> bool:
         """Whether any job has tasks waiting (lock held)."""
         for queue in (self._singles, self._maps):

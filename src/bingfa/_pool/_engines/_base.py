@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..._core._errors import InitializerError, PoolClosedError
-from .._jobs import Job
+from .._jobs import Job, OneJob
 from .._scheduler import Scheduler
 
 __all__ = ["Engine", "EngineConfig"]
@@ -77,6 +77,17 @@ class Engine(abc.ABC):
     def wake(self) -> None:
         """Work was added to the scheduler; hand it to workers with room."""
 
+    def hand_over(self, job: OneJob) -> bool:
+        """Start a new single task at once, bypassing the scheduler, if the engine can.
+
+        Whether it did; if not, the task goes through the scheduler.
+        """
+        return False
+
+    def drop_queued(self) -> list[Job]:
+        """Take out the tasks the engine holds outside the scheduler (see ``hand_over``)."""
+        return []
+
     def work_added(self) -> Callable[[], None] | None:
         """Work was just added, and the scheduler's lock is still held.
 
@@ -110,7 +121,7 @@ class Engine(abc.ABC):
             if self.scheduler.broken is not None:
                 return
             self.scheduler.broken = error
-            jobs = self.scheduler.cancel_all()
+            jobs = self.scheduler.cancel_all() + self.drop_queued()
         for job in jobs:
             job.abort(error)
 

@@ -18,13 +18,14 @@ behind a stuck one.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 
 from ..._core._context import CancelFlag, WorkerContext, set_thread_context
 from ..._core._errors import PoolClosedError, TaskTimeoutError
 from .._batch import run_batch
-from .._jobs import Batch, Job
+from .._jobs import Batch, Job, OneJob
 from .._scheduler import Scheduler
 from ._base import Engine, EngineConfig, initializer_error
 
@@ -71,6 +72,8 @@ class ThreadEngine(Engine):
         self._name = config.thread_name_prefix or f"bingfa-thread-{id(self):x}"
         scheduler.wake = self.wake
         scheduler.groups_singles = False  # a thread has no round trip to save
+        self._hand_over = config.task_timeout is None and config.max_tasks_per_worker is None
+        self._direct: queue.SimpleQueue[OneJob] = queue.SimpleQueue()
 
     # --- engine protocol ---------------------------------------------------------
     def start(self) -> None:
@@ -104,6 +107,7 @@ class ThreadEngine(Engine):
             if self.scheduler.broken is None:
                 self.scheduler.broken = error  # late retries fail at once
             jobs = self.scheduler.cancel_all()
+            jobs.extend(self._take_direct())
             running: list[Job] = []
             for w in self._slots:
                 if w is not None and w.batch is not None:
@@ -151,10 +155,89 @@ class ThreadEngine(Engine):
 
     def _wake_all(self) -> None:
         """Let every idle worker look at the pool's state again."""
-        for w in self._idle:
+        # pop(), not a loop over the list: hand_over() pops idle workers
+        # without the lock, and a worker must be woken exactly once.
+        while True:
+            try:
+                w = self._idle.pop()
+            except IndexError:
+                return
             w.handoff = _LOOK
             w.wakeup.release()
-        self._idle.clear()
+
+    def hand_over(self, job: OneJob) -> bool:
+        """Take a new single task without the scheduler's lock; whether it was taken.
+
+        An idle worker gets it at once; otherwise it waits in a queue of its
+        own that workers read as they finish (``queue.SimpleQueue``, whose
+        operations are atomic under the GIL). A stream of submits to a busy
+        pool then costs no lock that a hundred workers fight over: under the
+        GIL a contended lock convoys, its holder waiting behind every other
+        thread for its turn. Only without a timeout or a task cap, whose
+        bookkeeping needs the lock.
+        """
+        if not self._hand_over:
+            return False
+        try:
+            # atomic: each idle worker is taken once (the test first spares
+            # the cost of an exception when none is idle, the common case)
+            w = self._idle.pop() if self._idle else None
+        except IndexError:
+            w = None
+        if w is None:
+            self._direct.put(job)
+            self._after_queueing()
+            return True
+        batch = job.take(None, 1)  # marks it running; None if already cancelled
+        if batch is None:
+            self._idle.append(w)
+            return True
+        w.batch = w.handoff = batch
+        w.wakeup.release()
+        return True
+
+    def _after_queueing(self) -> None:
+        """A task was queued for whoever finishes next: make sure someone will."""
+        try:
+            # It went idle after our look: let it look again.
+            w = self._idle.pop() if self._idle else None
+        except IndexError:
+            w = None
+        if w is not None:
+            w.handoff = _LOOK
+            w.wakeup.release()
+        elif self._free_slots or self._live == 0 or self._terminated or self.broken is not None:
+            with self._lock:
+                self._settle_direct()
+
+    def _settle_direct(self) -> None:
+        """Queued single tasks need a worker, or must fail (lock held)."""
+        broken = self.broken
+        if self._terminated or broken is not None:
+            error = broken if broken is not None else PoolClosedError(
+                "the pool was terminated before the task started")
+            for job in self._take_direct():
+                job.abort(error)
+        elif self._free_slots and not self._direct.empty():
+            self._spawn(self._free_slots.pop())
+
+    def _take_direct(self) -> list[OneJob]:
+        """Everything in the queue of single tasks, taken out of it."""
+        jobs = []
+        while True:
+            try:
+                jobs.append(self._direct.get_nowait())
+            except queue.Empty:
+                return jobs
+
+    def drop_queued(self) -> list[Job]:
+        jobs: list[Job] = list(self._take_direct())
+        return jobs
+
+    def _worth_a_look(self, w: _Worker) -> bool:
+        """Whether the pool's state may need this worker (read without the lock: a hint)."""
+        return (self.scheduler.may_have_work() or not self._direct.empty() or self._draining
+                or self._terminated or w.abandoned or self.broken is not None)
 
     def _take(self, w: _Worker) -> Batch | None:
         if self.broken is not None or self._terminated:
@@ -224,6 +307,35 @@ class ThreadEngine(Engine):
     def _next(self, w: _Worker) -> Batch | None:
         """The worker's next batch, waiting for one; ``None`` when it should exit."""
         while True:
+            if self._hand_over and not (w.abandoned or self._terminated) and (
+                    not self._direct.empty()):
+                try:
+                    job = self._direct.get_nowait()
+                except queue.Empty:
+                    pass  # another worker took it
+                else:
+                    batch = job.take(None, 1)  # None if it was cancelled meanwhile
+                    if batch is not None:
+                        w.batch = batch
+                        return batch
+                    continue
+            if self._hand_over and not self._worth_a_look(w):
+                # Nothing queued, it seems: go idle without the lock, then look
+                # again. Whoever queues work after that look finds this worker
+                # idle and hands it over; work queued before it is seen now.
+                self._idle.append(w)
+                if self._worth_a_look(w):
+                    try:
+                        self._idle.remove(w)
+                    except ValueError:
+                        pass  # taken meanwhile: its hand-over is on the way
+                    else:
+                        continue  # look under the lock
+                w.wakeup.acquire()
+                handed, w.handoff = w.handoff, None
+                if isinstance(handed, Batch):
+                    return handed
+                continue
             with self._lock:
                 if w.abandoned or self._terminated:
                     return None
@@ -233,7 +345,8 @@ class ThreadEngine(Engine):
                     if (self._idle or self._free_slots) and self.scheduler.has_work():
                         self._signal_work()  # more to do: an idle worker, or a new one
                     return batch
-                if (self._draining and self.scheduler.idle()) or self.broken is not None:
+                if ((self._draining and self.scheduler.idle() and self._direct.empty())
+                        or self.broken is not None):
                     self._wake_all()  # let the others see it too
                     return None
                 self._idle.append(w)
