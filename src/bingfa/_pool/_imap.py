@@ -53,34 +53,62 @@ class ResultIterator(Iterator[Any]):
         self._source = source
         self._report = report
         self._reporting = not report.quiet
-        # The chunk being handed out: its values, their errors, the position.
+        # The chunk being handed out: its values, their errors, the position,
+        # and how far __next__ may go before something needs doing (an error
+        # to raise, input to read, progress to report, the chunk's end).
         self._values: list[Any] = _EMPTY
         self._failed: dict[int, BaseException] | None = None
         self._pos = 0
-        self._yielded = 0  # handed to the consumer
+        self._stop = 0
         self._taken = 0  # moved from the job into the buffer
-        self._feed_at = 0  # feed the input again once this many have been yielded
+        self._feed_at = 0  # feed the input again once this many have been handed out
         self._finished = False
 
     def __iter__(self) -> ResultIterator:
         return self
 
     def __next__(self) -> Any:
+        # The common case, kept to a few operations (it runs once per item):
+        # the next result of the chunk in hand, no lock, nothing to check.
+        pos = self._pos
+        if pos < self._stop:
+            self._pos = pos + 1
+            return self._values[pos]
+        return self._next_slowly()
+
+    def _yielded(self) -> int:
+        """Results handed to the consumer so far."""
+        return self._taken - len(self._values) + self._pos
+
+    def _next_slowly(self) -> Any:
         while True:
             pos = self._pos
             if pos < len(self._values):
-                # The common case, with no lock: the next result of the chunk in hand.
                 self._pos = pos + 1
-                self._yielded += 1
-                if self._yielded >= self._feed_at:
+                if self._yielded() >= self._feed_at:
                     self._feed_if_open()
                 if self._reporting:
                     self._report.update(self._job.completed)
+                self._stop = self._fast_until()
                 failed = self._failed
                 if failed is not None and pos in failed:
                     raise failed[pos]  # a task's own error, even SystemExit: only its turn
                 return self._values[pos]
             self._refill()
+
+    def _fast_until(self) -> int:
+        """Where the fast path must stop in the chunk in hand, for the slow one to look."""
+        pos = self._pos
+        if self._reporting:
+            return pos  # progress is told of every result
+        stop = len(self._values)
+        if self._failed is not None:
+            stop = min([stop, *(i for i in self._failed if i >= pos)])
+        job = self._job
+        if not (job.input_done or job.cancelled):
+            # The position whose result, handed out, brings the count to feed_at.
+            stop = min(stop, self._feed_at - (self._taken - len(self._values)) - 1)
+        return max(pos, stop)
 
     def _refill(self) -> None:
         """Take the next chunk from the job, waiting for it; StopIteration at the end."""
@@ -101,6 +129,7 @@ class ResultIterator(Iterator[Any]):
                             self._values, self._failed = chunk
                             self._pos = 0
                             self._taken += len(self._values)
+                            self._stop = self._fast_until()
                             return
                         if job.aborted is not None:
                             raise job.aborted
@@ -108,7 +137,7 @@ class ResultIterator(Iterator[Any]):
                             if job.input_error is not None:
                                 raise job.input_error
                             raise StopIteration
-                        if not job.input_done and self._yielded >= self._feed_at:
+                        if not job.input_done and self._yielded() >= self._feed_at:
                             break  # room for more input: feed, outside the lock
                         engine.check_can_wait()
                         job.cond.wait()
@@ -145,7 +174,7 @@ class ResultIterator(Iterator[Any]):
         """Read input until ``window`` items are out, counting those not yet yielded."""
         job = self._job
         window = self._window()
-        room = window - (job.submitted - self._yielded)
+        room = window - (job.submitted - self._yielded())
         # Next time: once the items out are down to half the window.
         self._feed_at = job.submitted + max(room, 0) - window // 2
         if room <= 0:
@@ -175,7 +204,7 @@ class ResultIterator(Iterator[Any]):
     def _finish(self) -> None:
         if not self._finished:
             self._finished = True
-            self._values, self._failed = _EMPTY, None
+            self._values, self._failed, self._pos, self._stop = _EMPTY, None, 0, 0
             self._job.cancel()
             self._report.close()
 
