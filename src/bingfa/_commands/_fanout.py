@@ -2,10 +2,10 @@
 
 :class:`Fanout` pulls jobs lazily from an iterator (an endless stream of
 arguments on standard input works), starts them on a
-:class:`~._cmdloop.CommandLoop` as slots free up, retries failures, applies the
+:class:`~._loop.CommandLoop` as slots free up, retries failures, applies the
 halt rule, and yields finished jobs in input order or as they finish. Leaving
 the iteration early, by ``break``, an exception or Ctrl-C, ends every command
-still running, process groups and all.
+still running, sessions and all.
 """
 
 from __future__ import annotations
@@ -223,8 +223,7 @@ class Fanout:
     def _halt_now(self, loop: CommandLoop, was_halted: bool) -> None:
         """The halt rule just fired: with ``now``, end the jobs still running."""
         if self.halted and not was_halted and self._halt is not None and self._halt.now:
-            for other in loop.running:
-                loop.stop(other)
+            loop.stop_many(loop.running)  # one look through /proc for all their sessions
 
     def _next_job(self) -> Job | None:
         """A retry first, then the next input, unless the order window is full."""

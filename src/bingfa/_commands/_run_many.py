@@ -1,8 +1,9 @@
 """Many commands at once: ``bf.run_many``.
 
-It runs on a :class:`~._cmdloop.CommandLoop`: no thread per command, every
-command in a process group of its own, ended whole when it times out, when
-the caller stops iterating, or on Ctrl-C or task cancellation.
+It runs on a :class:`~._loop.CommandLoop`: no thread per command, every
+command in a session of its own, ended whole when it times out, when the
+caller stops iterating, or on Ctrl-C or task cancellation, and by the
+process's reaper if the caller dies.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class CommandRun(Iterator[CommandResult]):
     """The results of :func:`run_many`, as they come; also a context manager.
 
     Leaving early (``break``, an exception, :meth:`close`, or the ``with``
-    block) ends the commands still running, process groups and all.
+    block) ends the commands still running, sessions and all.
 
     Its ``failed``, ``succeeded`` and ``halted`` tell how the run is going.
     """
@@ -165,7 +166,7 @@ def run_many(
 
     Args:
         jobs: how many run at once (default: the usable cores).
-        timeout: seconds per attempt; the command's process group is then
+        timeout: seconds per attempt; the command's session is then
             terminated, then killed, and its result has ``timed_out=True``.
         retries: run a command that failed or timed out again, up to this many
             more times; its result is the last attempt's (see ``attempts``).

@@ -1,4 +1,4 @@
-"""Starting one external command as a child in a process group of its own.
+"""Starting one external command as a child in a session of its own.
 
 ``os.posix_spawn`` (a ``vfork`` + ``exec`` in glibc) costs a fraction of
 ``subprocess.Popen`` and its Python bookkeeping, which is what lets
@@ -7,7 +7,9 @@ directory is asked for, which ``posix_spawn`` cannot set before Python 3.13.
 
 Every child gets ``setsid``: it leads a new session and process group, so a
 signal to the group reaches its grandchildren too, and a Ctrl-C typed at the
-terminal reaches bingfa alone, which then ends the groups itself.
+terminal reaches bingfa alone, which then ends the groups itself. Each child
+is also announced to this process's reaper (:mod:`._reaper`), which ends its
+session should this process die before reaping it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 
 from .._core import _signals as signals
 from .._core._errors import CommandNotFoundError
+from ._reaper import track, untrack
 
 TYPE_CHECKING = False  # no typing, collections or shlex at run time: bingfa run starts fast
 if TYPE_CHECKING:
@@ -177,11 +180,13 @@ def split_command(line: str, comments: bool = False) -> list[str]:
 class Child:
     """A running command: its pid, a pidfd that turns readable when it exits, its pipes."""
 
-    __slots__ = ("_popen", "pid", "pidfd", "stderr", "stdin", "stdout")
+    __slots__ = ("_popen", "pid", "pidfd", "returncode", "stderr", "stdin", "stdout")
 
     def __init__(self, pid: int, stdin: int | None, stdout: int | None, stderr: int | None,
                  popen: Any = None) -> None:
         self.pid = pid
+        track(pid)  # from now on, our death ends its session
+        self.returncode: int | None = None
         self.pidfd = os.pidfd_open(pid)
         self.stdin = stdin
         self.stdout = stdout
@@ -200,9 +205,15 @@ class Child:
             pass
 
     def reap(self) -> int:
-        """Wait for the (exited) leader; its exit status, negative for a signal."""
+        """Wait for the (exited) leader; its exit status, negative for a signal.
+
+        A second call returns the same status (an interrupted finish may retry).
+        """
+        if self.returncode is not None:
+            return self.returncode
+        untrack(self.pid)  # before waitpid, after which its pid may be anyone's
         _, status = os.waitpid(self.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
+        code = self.returncode = os.waitstatus_to_exitcode(status)
         if self._popen is not None:
             self._popen.returncode = code  # so Popen does not try to reap it again
         os.close(self.pidfd)
