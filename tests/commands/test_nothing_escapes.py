@@ -70,7 +70,9 @@ def escaper(tmp_path: Path) -> Path:
 
 
 def read_pid(path: Path, timeout: float = 15) -> int:
-    assert wait_until(lambda: path.exists(), timeout), f"{path} was never written"
+    """The pid a process wrote to ``path`` (``echo $$ > path`` creates it empty first)."""
+    assert wait_until(lambda: path.exists() and path.read_text().strip().isdigit(), timeout), \
+        f"{path} was never written"
     return int(path.read_text())
 
 
@@ -221,6 +223,8 @@ def test_the_commands_of_a_caller_that_dies_are_ended(tmp_path, api, sig):
         assert wait_until(lambda: len(children_named(caller.pid, "sleep")) == COMMANDS_OF[api],
                           15), "the commands never started"
         sleeps = [p.pid for p in children_named(caller.pid, "sleep")]
+        # It starts just after the first command.
+        assert wait_until(lambda: children_named(caller.pid, "_commands/_reaper.py"), 15)
         (reaper,) = [p.pid for p in children_named(caller.pid, "_commands/_reaper.py")]
         died = kill_caller(caller, sig)
         assert wait_until(lambda: not any(pid_alive(p) for p in sleeps), AFTER_DEATH), \
@@ -253,6 +257,43 @@ def test_a_dead_callers_commands_are_ended_with_their_escaped_grandchildren(esca
             caller.kill()
             caller.wait()
         kill_leftovers(grandchild)
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_caller_killed_between_a_start_and_its_bookkeeping_leaves_nothing(tmp_path, sig):
+    # The thread that starts a command may lose its CPU (for long, on a busy
+    # machine) after the start and before it tells the reaper the pid. Here
+    # it stops right there for good, and the caller is killed: the command
+    # must die all the same.
+    script = tmp_path / "caller.py"
+    script.write_text(textwrap.dedent("""\
+        import threading, time
+        import bingfa as bf
+        from bingfa._commands import _spawn
+
+        def stuck(pid):
+            print(pid, flush=True)
+            time.sleep(100)
+
+        _spawn.track = stuck
+        threading.Thread(target=bf.run, args=(["sleep", "30"],), daemon=True).start()
+        time.sleep(100)
+    """))
+    caller = subprocess.Popen([PY, str(script)], stdout=subprocess.PIPE, text=True)
+    pid = 0
+    try:
+        pid = int(caller.stdout.readline())
+        assert pid_alive(pid)
+        kill_caller(caller, sig)
+        assert wait_until(lambda: not pid_alive(pid), AFTER_DEATH), \
+            "a command started just before its caller died outlived it"
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.wait()
+        caller.stdout.close()
+        kill_leftovers(pid)
 
 
 @pytest.mark.timeout(60)
@@ -292,6 +333,7 @@ def test_a_killed_reaper_is_replaced_and_told_what_runs(tmp_path):
     pid = 0
     try:
         pid = read_pid(pidfile)
+        assert wait_until(lambda: children_named(caller.pid, "_commands/_reaper.py"), 15)
         (first,) = children_named(caller.pid, "_commands/_reaper.py")
         first.kill()
         assert wait_until(lambda: first.status() == psutil.STATUS_ZOMBIE, 10)
@@ -339,7 +381,7 @@ def test_a_forked_child_gets_a_reaper_of_its_own(tmp_path):
     try:
         child = int(parent.stdout.readline())
         pid = read_pid(pidfile)
-        assert len(children_named(child, "_commands/_reaper.py")) == 1
+        assert wait_until(lambda: len(children_named(child, "_commands/_reaper.py")) == 1, 15)
         os.kill(child, signal.SIGKILL)
         assert wait_until(lambda: not pid_alive(pid), AFTER_DEATH), \
             "the forked child's command outlived it"

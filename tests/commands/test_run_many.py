@@ -127,7 +127,10 @@ def test_retries_run_out():
 @pytest.mark.timeout(30)
 def test_halt_now_on_failure_kills_the_others_and_raises(tmp_path):
     pidfile = tmp_path / "pid"
-    cmds = [sh(f"sleep 100 & echo $! > {pidfile}; sleep 100"), sh("exit 3"),
+    # The failure waits for the first command's background job: on a busy
+    # machine it could otherwise halt the run before that job existed.
+    cmds = [sh(f"sleep 100 & echo $! > {pidfile}; sleep 100"),
+            sh(f"until [ -s {pidfile} ]; do sleep 0.01; done; exit 3"),
             ["sleep", "100"], ["echo", "never started"]]
     run = bf.run_many(cmds, jobs=3, halt="now,fail=1")
     seen = [next(run), next(run), next(run)]

@@ -180,12 +180,17 @@ class CommandLoop:
                 self._environ = dict(os.environ)
             env = self._environ
         started = time.perf_counter()
-        child = spawn(argv, env=env, cwd=cwd, stdin=self._devnull if input is None else None)
+        spawned: list[Child] = []  # the child, put there as it is made (see spawn)
         run: Running | None = None
         try:
-            run = Running(tag, argv, child, sink, input, started)
+            spawn(spawned, argv, env=env, cwd=cwd,
+                  stdin=self._devnull if input is None else None)
+            run = Running(tag, argv, spawned[0], sink, input, started)
             self._watch(run)
         except BaseException:  # Ctrl-C right after the spawn: do not lose the child
+            if not spawned:
+                raise  # it did not start, or spawn ended it
+            child = spawned[0]
             if run is not None:
                 self._running.discard(run)
             kill_sessions([child.pid])
@@ -193,7 +198,8 @@ class CommandLoop:
                 if fd is not None:
                     self._fds.pop(fd, None)
                     os.close(fd)
-            self._fds.pop(child.pidfd, None)
+            if self._fds.pop(child.pidfd, None) is not None:
+                self._epoll.unregister(child.pidfd)
             child.reap()
             raise
         if timeout is not None:

@@ -27,9 +27,10 @@ process running :func:`main` of this file with only the standard library
 (``python -I -S -c ... .../bingfa/_commands/_reaper.py CALLER_PID``). It runs
 in a session of its own, so that Ctrl-C, a hang-up or a signal to the caller's
 process group does not reach it, holds a pidfd on the caller, and reads on its
-stdin a pipe through which the caller says ``+PID`` after starting a command
-and ``-PID`` just before reaping it (:func:`track`, :func:`untrack`: one small
-write each, nothing waited for). When the caller dies, however it dies, the
+stdin a pipe through which the caller says ``?TIME`` just before starting a
+command, ``+PID`` once it runs and ``-PID`` just before reaping it
+(:func:`announce`, :func:`track`, :func:`untrack`: one small write each,
+nothing waited for). When the caller dies, however it dies, the
 reaper ends the sessions of the commands it was told about and not told to
 forget (SIGTERM, then SIGKILL after :data:`GRACE` seconds) and exits. A
 process that forks gets a reaper of its own on its first command, so a
@@ -37,7 +38,8 @@ process-pool worker killed on a task timeout takes its commands with it.
 
 This module must run with nothing but the standard library (no bingfa, no
 site-packages) as the top-level module ``_reaper``: keep its imports to
-``os``, ``sys``, ``select``, ``time`` and ``_signal``, and nothing relative.
+built-in modules and ``select`` (``os``, ``sys``, ``time``, ``_signal``,
+``_functools``, ``itertools``), and nothing relative.
 """
 
 from __future__ import annotations
@@ -45,12 +47,17 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]  # the signal module costs bingfa run 6 ms
 import os
 import sys
+import time
+from _functools import partial  # type: ignore[import-not-found]  # functools is not loaded
+from itertools import starmap
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
+    from typing import Any
 
-__all__ = ["GRACE", "kill_sessions", "signal_sessions", "track", "untrack"]
+__all__ = ["GRACE", "announce", "call_into", "kill_sessions", "signal_sessions", "track",
+           "untrack", "withdraw"]
 
 SIGTERM: int = _signal.SIGTERM
 SIGKILL: int = _signal.SIGKILL
@@ -72,6 +79,17 @@ _READ_EVERY = 0.1
 
 
 # --- ending sessions -------------------------------------------------------------------
+
+
+def call_into(box: list[Any], func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Append ``func(*args, **kwargs)`` to ``box``, with no Python line run in between.
+
+    A signal handler that raises (Ctrl-C) runs between two lines of Python,
+    so ``pid = os.posix_spawn(...)`` can start a child and lose its pid.
+    Here the call and the append happen in C: once ``func`` has returned, its
+    result is in ``box``, whatever the handler does next.
+    """
+    box.extend(starmap(partial(func, *args, **kwargs), ((),)))
 
 
 def _stat(pid: str) -> tuple[int, int, int, int] | None:
@@ -231,8 +249,28 @@ _BOOT = ("import sys; sys.path[0:0] = [sys.argv[1].rpartition('/')[0]]; "
          "import _reaper; _reaper.main(sys.argv[1:])")
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of start times in /proc/PID/stat
+
+
+def announce() -> None:
+    """Tell the reaper that a command is about to start; :func:`track` or :func:`withdraw` follows.
+
+    Between the start of a command and :func:`track`, a few lines of Python
+    run, and a caller killed just then (its thread may also wait long for a
+    CPU right there) would leave a command nobody knows. So the reaper hears
+    of it before it starts, with the time: a caller that dies before saying
+    more has its orphaned session leaders started since then ended too.
+    """
+    _tell(b"?%d\n" % int(time.clock_gettime(time.CLOCK_BOOTTIME) * _TICKS))
+
+
+def withdraw() -> None:
+    """The command announced last did not start."""
+    _tell(b"!\n")
+
+
 def track(pid: int) -> None:
-    """Tell the reaper that the command ``pid`` (a session leader) runs."""
+    """Tell the reaper that the command ``pid`` (a session leader), announced, runs."""
     _live.add(pid)
     _tell(b"+%d\n" % pid)
 
@@ -257,8 +295,8 @@ def _tell(message: bytes) -> None:
         if _writer < 0:
             if _failures >= _MAX_FAILURES or not _start():
                 return
-            if message[:1] == b"+":
-                return  # _start told it every live command, this one included
+            if message[:1] != b"?":
+                return  # _start told it every live command: a + or - is old news
         data = _pending + message if _pending else message
         try:
             written = os.write(_writer, data)
@@ -307,28 +345,38 @@ def _start() -> bool:
         _failures = _MAX_FAILURES
         return False
     reader, writer = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(writer, False)  # never wait for the reaper
+    # What it must hear first goes into the pipe before it starts: a caller
+    # killed right after the start (its thread may wait long for a CPU)
+    # leaves it there to be read.
+    _pending = b"".join(b"+%d\n" % live for live in list(_live))
+    if _pending:
+        _pending = _pending[os.write(writer, _pending):]  # a new pipe takes 64 KiB at once
+    started: list[int] = []
     try:
-        pid = os.posix_spawn(
-            exe, [exe, "-I", "-S", "-c", _BOOT, __file__, str(os.getpid())], {},
-            file_actions=[(os.POSIX_SPAWN_DUP2, reader, 0),
-                          (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                          (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)],
-            setsid=True)
-        pidfd = os.pidfd_open(pid)
+        call_into(started, os.posix_spawn,
+                  exe, [exe, "-I", "-S", "-c", _BOOT, __file__, str(os.getpid())], {},
+                  file_actions=[(os.POSIX_SPAWN_DUP2, reader, 0),
+                                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)],
+                  setsid=True)
     except OSError:
         os.close(writer)
         _failures = _MAX_FAILURES
         return False
+    except BaseException:
+        if started:  # a signal right after it started: keep it, it is ours
+            _writer = writer
+        else:
+            os.close(writer)
+        raise
     finally:
         os.close(reader)
-    os.set_blocking(writer, False)
-    _writer, _reaper = writer, pidfd
-    _pending = b"".join(b"+%d\n" % live for live in list(_live))
-    if _pending:
-        try:
-            _pending = _pending[os.write(writer, _pending):]
-        except OSError:
-            pass  # a full pipe, or a reaper gone at once: the next message sees to it
+    _writer = writer
+    try:
+        _reaper = os.pidfd_open(started[0])
+    except OSError:
+        pass  # no fd left: it runs all the same; only replacing it is harder
     return True
 
 
@@ -354,35 +402,84 @@ os.register_at_fork(after_in_child=_forget)
 _EOF, _NOTHING, _NEWS = 0, 1, 2
 
 
-def _read_news(sessions: set[int], partial: bytearray) -> int:
-    """Apply what the caller wrote on our stdin: _NEWS, _NOTHING (would block) or _EOF."""
-    try:
-        data = os.read(0, 1 << 16)
-    except BlockingIOError:
-        return _NOTHING
-    except OSError:
-        return _EOF
-    if not data:
-        return _EOF
-    partial += data
-    *lines, rest = partial.split(b"\n")
-    partial[:] = rest
-    for line in lines:
+class _News:
+    """What the caller told the reaper."""
+
+    def __init__(self) -> None:
+        self.sessions: set[int] = set()  # its commands still running
+        # When each command announced and not yet tracked nor withdrawn was
+        # about to start (start-time ticks). "+" and "!" drop the latest:
+        # with threads starting commands at once they may not pair up, and
+        # keeping the earliest times errs on the side of a wider search.
+        self.announced: list[int] = []
+        self.partial = bytearray()  # a line not read whole yet
+
+    def read(self) -> int:
+        """Apply what the caller wrote on our stdin: _NEWS, _NOTHING (would block) or _EOF."""
         try:
-            pid = int(line[1:])
-        except ValueError:
+            data = os.read(0, 1 << 16)
+        except BlockingIOError:
+            return _NOTHING
+        except OSError:
+            return _EOF
+        if not data:
+            return _EOF
+        self.partial += data
+        *lines, rest = self.partial.split(b"\n")
+        self.partial[:] = rest
+        for line in lines:
+            kind, text = line[:1], line[1:]
+            if kind == b"!":
+                if self.announced:
+                    self.announced.pop()
+                continue
+            try:
+                number = int(text)
+            except ValueError:
+                continue
+            if kind == b"+":
+                self.sessions.add(number)
+                if self.announced:
+                    self.announced.pop()
+            elif kind == b"-":
+                self.sessions.discard(number)
+            elif kind == b"?":
+                self.announced.append(number)
+        return _NEWS
+
+
+def _orphans(since: int, known: set[int]) -> set[int]:
+    """Commands the dead caller started and could not tell us about.
+
+    Session leaders of our user, started at ``since`` or later, whose parent
+    is now ours: when the caller died, its children and we were handed to
+    the same process (init, or the nearest subreaper).
+    """
+    me, parent, uid = os.getpid(), os.getppid(), os.getuid()
+    found: set[int] = set()
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit():
             continue
-        if line[:1] == b"+":
-            sessions.add(pid)
-        elif line[:1] == b"-":
-            sessions.discard(pid)
-    return _NEWS
+        stat = _stat(name)
+        if stat is None:
+            continue
+        pid = int(name)
+        ppid, _, sid, start = stat
+        if sid == pid != me and ppid == parent and start >= since and pid not in known:
+            try:
+                if os.stat("/proc/" + name).st_uid == uid:
+                    found.add(pid)
+            except OSError:
+                pass
+    return found
 
 
 def _end(sessions: set[int]) -> None:
     """The caller is dead: SIGTERM its commands' sessions, SIGKILL what is left."""
-    import time
-
     if not sessions:
         return
     seen = signal_sessions(sessions, SIGTERM)
@@ -409,8 +506,7 @@ def main(argv: list[str]) -> None:
         watch: int | None = os.pidfd_open(caller)
     except OSError:
         watch = None
-    sessions: set[int] = set()
-    partial = bytearray()
+    news = _News()
     # With the pidfd open, our parent still being the caller proves the pidfd
     # is on the caller, not on a process that got its pid after it died.
     if watch is not None and os.getppid() == caller:
@@ -420,7 +516,7 @@ def main(argv: list[str]) -> None:
         while True:
             if any(fd == watch for fd, _ in poller.poll()):
                 break
-            if _read_news(sessions, partial) == _EOF:
+            if news.read() == _EOF:
                 # Our pipe ended: the caller is dying (a process's files close
                 # just before its exit is reported), or it moved to a new reaper.
                 if not select.select([watch], [], [], _EOF_WAIT)[0]:
@@ -430,7 +526,9 @@ def main(argv: list[str]) -> None:
                 break
     # The caller is gone; what it wrote before it died is still in the pipe.
     os.set_blocking(0, False)
-    while _read_news(sessions, partial) == _NEWS:
+    while news.read() == _NEWS:
         pass
-    _end(sessions)
+    if news.announced:
+        news.sessions |= _orphans(min(news.announced), news.sessions)
+    _end(news.sessions)
 
