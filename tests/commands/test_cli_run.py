@@ -811,6 +811,146 @@ def test_ctrl_c_kills_every_job_and_exits_130():
         proc.communicate()
 
 
+def descendants_of(pid: int) -> list[int]:
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def running_sleeps(pid: int) -> list[psutil.Process]:
+    found = []
+    for pid_ in descendants_of(pid):
+        try:
+            if psutil.Process(pid_).name() == "sleep":
+                found.append(psutil.Process(pid_))
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)],
+                         ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_end_every_job_and_exit_128_plus_the_signal(sig, status):
+    # `timeout 2 bingfa run 'sleep 30; echo' ::: A B C` used to leave the
+    # running jobs' shells behind: they run in sessions of their own, which no
+    # signal to bingfa reaches.
+    proc = start_bingfa_run("-j", "2", "sleep 30; echo", ":::", "A", "B", "C")
+    descendants: list[int] = []
+    try:
+        assert wait_until(lambda: len(running_sleeps(proc.pid)) == 2, 15), "jobs never started"
+        descendants = descendants_of(proc.pid)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == status
+        assert out == b""
+        assert err.startswith(b"bingfa run:")
+        assert wait_until(lambda: all_gone(descendants), 5), [
+            pid for pid in descendants if pid_alive(pid)]
+    finally:
+        kill_all(descendants)
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.timeout(40)
+def test_sighup_ignored_by_the_caller_stays_ignored():
+    # nohup bingfa run ...: a hang-up must not end the run.
+    proc = subprocess.Popen(
+        ["sh", "-c", 'trap "" HUP; exec "$0" -m bingfa._cli run "sleep 30; echo done" ::: A',
+         PY], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert wait_until(lambda: len(running_sleeps(proc.pid)) == 1, 15), "the job never started"
+        proc.send_signal(signal.SIGHUP)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=1)  # still running: nothing to wait for but its end
+        assert len(running_sleeps(proc.pid)) == 1
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+        assert proc.returncode == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_bingfa_run_leaves_no_job_behind(sig):
+    # SIGKILL runs nothing in bingfa: its reaper ends the jobs.
+    proc = start_bingfa_run("-j", "2", "sh -c 'sleep 30 & sleep 30'", ":::", "A", "B")
+    descendants: list[int] = []
+    try:
+        assert wait_until(lambda: len(running_sleeps(proc.pid)) == 4, 15), "jobs never started"
+        descendants = descendants_of(proc.pid)
+        proc.send_signal(sig)
+        proc.communicate(timeout=20)
+        assert wait_until(lambda: all_gone(descendants), 2), [
+            pid for pid in descendants if pid_alive(pid)]
+    finally:
+        kill_all(descendants)
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+# A job whose grandchild leaves the job's process group (setpgid, as GNU timeout
+# and job-control shells do) or session (setsid; its parent, the job, stays),
+# ignores SIGTERM and writes its pid to the file $2.
+ESCAPING_JOB = """import os, signal, sys, time
+how, pidfile = sys.argv[1], sys.argv[2]
+if os.fork() == 0:
+    os.setpgid(0, 0) if how == "setpgid" else os.setsid()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    with open(pidfile + ".part", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(pidfile + ".part", pidfile)
+    time.sleep(100)
+    os._exit(0)
+time.sleep(100)
+"""
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.parametrize("how", ["setpgid", "setsid"])
+@pytest.mark.parametrize("end", ["--timeout", "--halt", "SIGTERM", "SIGINT"])
+def test_every_early_end_reaches_a_grandchild_that_left_the_group(tmp_path, how, end):
+    script = write_script(tmp_path / "escaping.py", ESCAPING_JOB)
+    pidfile = tmp_path / "grandchild"
+    escaping = [PY, str(script), how, str(pidfile)]
+    if end == "--timeout":
+        proc = start_bingfa_run("--timeout", "1", "--", *escaping, ":::", "x")
+    elif end == "--halt":
+        job = write_script(tmp_path / "job.sh", f"""\
+case $1 in
+  escape) exec {PY} {script} {how} {pidfile} ;;
+  fail) until [ -s {pidfile} ]; do sleep 0.01; done; exit 1 ;;
+esac
+""")
+        proc = start_bingfa_run("-j", "2", "--timeout", "20", "--halt", "now,fail=1",
+                                "sh", job, ":::", "escape", "fail")
+    else:
+        proc = start_bingfa_run("--", *escaping, ":::", "x")
+    grandchild = 0
+    try:
+        grandchild = read_pid(pidfile)
+        if end.startswith("SIG"):
+            proc.send_signal(getattr(signal, end))
+        proc.communicate(timeout=30)
+        assert proc.returncode != 0
+        assert wait_until(lambda: not pid_alive(grandchild), 5), "the grandchild survived"
+    finally:
+        kill_all([grandchild] if grandchild else [])
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
 # --- arguments streaming in on stdin ------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ takes. See ``docs/commands.md`` for the user's view.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # the signal module costs 6 ms of start-up
 import itertools
 import os
 import sys
@@ -57,7 +58,8 @@ options:
   -h, --help         show this help
 
 exit status: 0 if every job succeeded, else the number of failed jobs (at most
-101); 255 for bad usage; 130 after Ctrl-C, which kills the running jobs.
+101); 255 for bad usage; 130 after Ctrl-C, 143 after SIGTERM and 129 after
+SIGHUP, which kill the running jobs.
 """
 
 _SOURCE_MARKS = (":::", "::::")
@@ -65,6 +67,22 @@ EXIT_BAD_USAGE = 255
 EXIT_INTERRUPTED = 130
 MAX_FAILED_STATUS = 101
 BAR_INTERVAL = 0.1
+SIGNAL_EXIT_BASE = 128  # a shell's status for a process ended by signal N is 128 + N
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP reached ``bingfa run``: unwind like Ctrl-C, ending every job.
+
+    A BaseException, as KeyboardInterrupt, so nothing on the way catches it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
 
 
 class UsageError(Exception):
@@ -491,19 +509,54 @@ def run_jobs(opts: Options) -> int:
     return min(fanout.failed, MAX_FAILED_STATUS)
 
 
+_ENDING_SIGNALS = (_signal.SIGTERM, _signal.SIGHUP)
+
+
 def main_run(args: Sequence[str]) -> int:
-    """``bingfa run``: returns the exit status (see :data:`USAGE`)."""
+    """``bingfa run``: returns the exit status (see :data:`USAGE`).
+
+    SIGTERM and SIGHUP end it as Ctrl-C does: every job's session is ended,
+    and the status is 128 + the signal's number. Jobs run in sessions of
+    their own, so no such signal reaches them but through bingfa. A signal
+    that was ignored when bingfa started (``nohup``) stays ignored.
+    """
+    # None: a handler set outside Python, which we leave alone.
+    previous = {sig: handler for sig in _ENDING_SIGNALS
+                if (handler := _signal.getsignal(sig)) not in (_signal.SIG_IGN, None)}
+    for sig in previous:
+        _signal.signal(sig, _terminated)
+    try:
+        return _main_run(args)
+    finally:
+        for sig, handler in previous.items():
+            _signal.signal(sig, handler)
+
+
+def _main_run(args: Sequence[str]) -> int:
     try:
         return run_jobs(parse(args))
     except UsageError as exc:
         sys.stderr.write(f"bingfa run: {exc}\n")
         return EXIT_BAD_USAGE
     except KeyboardInterrupt:
-        # The fan-out has ended every job, process groups and all, on the way out.
-        sys.stderr.write("bingfa run: interrupted; running jobs were killed\n")
+        # The fan-out has ended every job, sessions and all, on the way out.
+        _say("bingfa run: interrupted; running jobs were killed\n")
         return EXIT_INTERRUPTED
+    except Terminated as exc:
+        name = "SIGTERM" if exc.signum == _signal.SIGTERM else "SIGHUP"
+        _say(f"bingfa run: {name}; running jobs were killed\n")
+        return SIGNAL_EXIT_BASE + exc.signum
     except BrokenPipeError:
         # Our reader went away (| head): the jobs were ended; stop quietly, as
         # other tools do, without a second error when Python flushes stdout.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+def _say(text: str) -> None:
+    """A last word on stderr, which may be gone (a hung-up terminal)."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
