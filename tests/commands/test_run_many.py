@@ -224,9 +224,24 @@ def test_a_bad_command_in_a_list_stops_everything_before_it_runs(tmp_path):
     assert not marker.exists()
 
 
-def test_missing_executable_raises():
-    with pytest.raises(bf.CommandNotFoundError, match="no-such-command-bingfa"):
-        list(bf.run_many([["true"], ["no-such-command-bingfa"]]))
+@pytest.mark.timeout(30)
+def test_a_missing_executable_fails_its_command_alone(tmp_path):
+    # As in a shell (and bingfa run): status 127 and a line naming it; the
+    # commands around it, one of them already running, are not disturbed.
+    marker = tmp_path / "slow-done"
+    commands = [sh(f"sleep 0.5; touch {marker}; echo slow"), ["no-such-command-bingfa", "x"],
+                ["echo", "after"]]
+    results = list(bf.run_many(commands, jobs=2, text=True))
+    assert [r.stdout for r in results] == ["slow\n", "", "after\n"]
+    missing = results[1]
+    assert (missing.returncode, missing.ok, missing.timed_out, missing.signal) == (
+        127, False, False, None)
+    assert "no-such-command-bingfa" in missing.stderr
+    assert "not found" in missing.stderr
+    assert missing.args == ["no-such-command-bingfa", "x"]
+    assert marker.exists()
+    with pytest.raises(bf.CommandError, match="no-such-command-bingfa"):
+        list(bf.run_many([["no-such-command-bingfa"], ["true"]], halt="now,fail=1"))
 
 
 # -- stream -------------------------------------------------------------------------------

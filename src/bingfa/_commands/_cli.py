@@ -496,7 +496,7 @@ def run_jobs(opts: Options) -> int:
     halt = parse_halt(opts.halt)
     fanout = Fanout(_jobs(template, arguments), parallel=parallel, timeout=opts.timeout,
                     retries=opts.retries, halt=halt, keep_order=opts.keep_order,
-                    missing="fail", wakeup=wakeup)
+                    wakeup=wakeup)
     jobs = iter(fanout)
     try:
         for job in jobs:

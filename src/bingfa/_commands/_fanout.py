@@ -132,7 +132,7 @@ class Job:
         self.killed = run.killed
 
     def _not_found(self, error: CommandNotFoundError) -> None:
-        # As a shell would report it: status 127 and a line on stderr.
+        # As a shell would report it: status 127 and a line on stderr naming it.
         self.returncode = 127
         self.wall_start = time.time()
         self.duration = 0.0
@@ -151,15 +151,16 @@ class Fanout:
         retries: extra attempts for a job that failed or timed out.
         halt: when to stop early.
         keep_order: yield in input order (else as they finish).
-        missing: ``"raise"`` a :class:`~bingfa.CommandNotFoundError`, or
-            ``"fail"`` the job with status 127 as a shell would.
-        on_start: called with each job as it starts (``bingfa run``'s bar).
+        wakeup: an fd that turns readable when a PENDING source has a job.
+
+    A job whose program does not exist fails with status 127 and a line on
+    its stderr naming the program, as a shell would report it; the others run.
     """
 
     def __init__(self, jobs: Iterator[Job], *, parallel: int, timeout: float | None = None,
                  retries: int = 0, halt: Halt | None = None, keep_order: bool = True,
                  env: Mapping[str, str] | None = None, cwd: Any = None,
-                 missing: str = "raise", wakeup: int | None = None) -> None:
+                 wakeup: int | None = None) -> None:
         self._source = jobs
         self._parallel = parallel
         self._timeout = timeout
@@ -168,7 +169,6 @@ class Fanout:
         self._keep_order = keep_order
         self._env = env
         self._cwd = cwd
-        self._missing = missing
         self._window = max(ORDER_WINDOW_MIN, ORDER_WINDOW_PER_JOB * parallel)
         self.failed = 0              # jobs that failed after all their attempts
         self.succeeded = 0
@@ -251,8 +251,6 @@ class Fanout:
         try:
             loop.start(job.argv, tag=job, env=self._env, cwd=self._cwd, timeout=self._timeout)
         except CommandNotFoundError as exc:
-            if self._missing == "raise":
-                raise
             job._not_found(exc)
             return job
         return None

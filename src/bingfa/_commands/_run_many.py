@@ -181,11 +181,13 @@ def run_many(
         text, encoding, errors, env, cwd, shell: as for :func:`bingfa.run`,
             for every command.
 
+    A command whose executable does not exist fails alone, as in a shell:
+    its result has ``returncode`` 127 and a line on ``stderr`` naming it.
+
     Raises:
         ValueError: no commands, ``jobs <= 0``, a bad ``halt``, an empty
             command or unbalanced quotes (for a list of commands, before any runs).
         TypeError: an argument of the wrong type; the message names it.
-        CommandNotFoundError: when a command's executable does not exist.
 
     Example::
 
