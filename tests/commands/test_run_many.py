@@ -208,6 +208,8 @@ def test_ctrl_c_leaves_no_command_behind(tmp_path):
         ([["true"]], {"retries": -1}, ValueError),
         ([["true"]], {"halt": "whenever"}, ValueError),
         ([["true"]], {"halt": "now,fail=0"}, ValueError),
+        ([["true"]], {"halt": "now,fail=0%"}, ValueError),
+        ([["true"]], {"halt": "now,fail=200%"}, ValueError),
         ("echo hi", {}, TypeError),
         ([["true"], []], {}, ValueError),
     ],
@@ -242,6 +244,20 @@ def test_a_missing_executable_fails_its_command_alone(tmp_path):
     assert marker.exists()
     with pytest.raises(bf.CommandError, match="no-such-command-bingfa"):
         list(bf.run_many([["no-such-command-bingfa"], ["true"]], halt="now,fail=1"))
+
+
+def test_halt_on_a_share_of_the_commands_and_on_done():
+    commands = [sh(f"exit {code}") for code in (0, 3, 0, 4, 0, 0)]
+    codes: list[int] = []
+    results = bf.run_many(commands, jobs=1, halt="soon,fail=30%")
+    with pytest.raises(bf.CommandError, match="halted after 2 failed commands"):
+        codes.extend(r.returncode for r in results)
+    assert codes == [0, 3, 0, 4]  # 30% of 6 commands is 1.8: the second failure halts
+    run = bf.run_many(commands, jobs=1, halt="soon,done=2")
+    assert [r.returncode for r in run] == [0, 3]
+    assert run.halted
+    with pytest.raises(ValueError, match="share of all the commands"):
+        bf.run_many(iter(commands), halt="now,fail=10%")
 
 
 # -- stream -------------------------------------------------------------------------------
