@@ -15,7 +15,6 @@ import sys
 import time
 
 from .._core._machine import usable_cores
-from . import _reaper
 from ._fanout import HALT_FORMS, PENDING, Fanout, Halt, Job, parse_halt
 from ._spawn import resolve
 from ._template import Template
@@ -542,7 +541,6 @@ def exit_status(fanout: Fanout, halt: Halt | None, total: int | None) -> int:
 
 def run_jobs(opts: Options) -> int:
     """Run what ``opts`` asks for; the exit status."""
-    _reaper.fork_reaper = True  # see there: the cheaper start for a small, fresh process
     shell, functions = job_shell(os.environ)
     try:
         template = Template(opts.command, argv=opts.argv_mode,

@@ -337,20 +337,11 @@ def _replace() -> None:
         _start()
 
 
-# Set by bingfa run, whose start-up races xargs: its reaper is a fork of it, not a
-# new interpreter. A new interpreter costs some 10 ms of CPU, which a short run
-# on two cores feels (its first job waits for a CPU); a fork of a small,
-# fresh process costs well under one. A library caller, maybe large and
-# threaded, gets a new interpreter: no copy-on-write of its memory, no fork
-# among its threads.
-fork_reaper = False
-
-
 def _start() -> bool:
     """Start this process's reaper and tell it what runs; whether it started."""
     global _writer, _reaper, _pending, _failures
     exe = sys.executable
-    if not exe and not fork_reaper:  # an embedded interpreter: nothing to run it with
+    if not exe:  # an embedded interpreter: nothing to run the reaper with
         _failures = _MAX_FAILURES
         return False
     reader, writer = os.pipe2(os.O_CLOEXEC)
@@ -362,19 +353,13 @@ def _start() -> bool:
     if _pending:
         _pending = _pending[os.write(writer, _pending):]  # a new pipe takes 64 KiB at once
     started: list[int] = []
-    caller = os.getpid()
     try:
-        if fork_reaper:
-            call_into(started, os.fork)
-            if started[0] == 0:
-                _be_the_reaper(reader, caller)  # never returns
-        else:
-            call_into(started, os.posix_spawn,
-                      exe, [exe, "-I", "-S", "-c", _BOOT, __file__, str(caller)], {},
-                      file_actions=[(os.POSIX_SPAWN_DUP2, reader, 0),
-                                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-                                    (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)],
-                      setsid=True)
+        call_into(started, os.posix_spawn,
+                  exe, [exe, "-I", "-S", "-c", _BOOT, __file__, str(os.getpid())], {},
+                  file_actions=[(os.POSIX_SPAWN_DUP2, reader, 0),
+                                (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)],
+                  setsid=True)
     except OSError:
         os.close(writer)
         _failures = _MAX_FAILURES
@@ -393,26 +378,6 @@ def _start() -> bool:
     except OSError:
         pass  # no fd left: it runs all the same; only replacing it is harder
     return True
-
-
-def _be_the_reaper(reader: int, caller: int) -> None:
-    """In the child of ``fork_reaper``: become what the exec'd reaper is, then run it.
-
-    Nothing of the caller's may stay open or run: its files (or a reader of
-    its output would wait for us too), its signal handlers, its buffered
-    output and exit handlers (``os._exit``, never a Python exit).
-    """
-    try:
-        os.setsid()
-        os.dup2(reader, 0)
-        null = os.open(os.devnull, os.O_RDWR)
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-        _signal.signal(SIGTERM, _signal.SIG_DFL)
-        main([__file__, str(caller)])
-    finally:
-        os._exit(0)
 
 
 def _forget() -> None:
