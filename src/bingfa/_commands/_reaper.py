@@ -30,15 +30,17 @@ process group does not reach it, holds a pidfd on the caller, and reads on its
 stdin a pipe through which the caller says ``?TIME`` just before starting a
 command, ``+PID`` once it runs and ``-PID`` just before reaping it
 (:func:`announce`, :func:`track`, :func:`untrack`: one small write each,
-nothing waited for). When the caller dies, however it dies, the
-reaper ends the sessions of the commands it was told about and not told to
-forget (SIGTERM, then SIGKILL after :data:`GRACE` seconds) and exits. A
-process that forks gets a reaper of its own on its first command, so a
-process-pool worker killed on a task timeout takes its commands with it.
+nothing waited for). When the caller dies, however it dies, the reaper ends
+the sessions of the commands it was told about and not told to forget
+(SIGTERM, then SIGKILL after :data:`GRACE` seconds) and exits; if the caller
+died between a ``?TIME`` and its ``+PID``, also those of the caller's orphans
+that lead a session and started since TIME (:func:`_orphans`). A process that
+forks gets a reaper of its own on its first command, so a process-pool worker
+killed on a task timeout takes its commands with it.
 
 This module must run with nothing but the standard library (no bingfa, no
 site-packages) as the top-level module ``_reaper``: keep its imports to
-built-in modules and ``select`` (``os``, ``sys``, ``time``, ``_signal``,
+built-in modules and ``select`` (``posix``, ``sys``, ``time``, ``_signal``,
 ``_functools``, ``itertools``), and nothing relative.
 """
 
@@ -79,7 +81,7 @@ _EOF_WAIT = 2.0
 _READ_EVERY = 0.1
 
 
-# --- ending sessions -------------------------------------------------------------------
+# --- starting a child without losing it ------------------------------------------------
 
 
 def call_into(box: "list[Any]", func: "Callable[..., Any]", *args: "Any",
@@ -92,6 +94,9 @@ def call_into(box: "list[Any]", func: "Callable[..., Any]", *args: "Any",
     result is in ``box``, whatever the handler does next.
     """
     box.extend(starmap(partial(func, *args, **kwargs), ((),)))
+
+
+# --- ending sessions -------------------------------------------------------------------
 
 
 def _stat(pid: str) -> tuple[int, int, int, int] | None:
