@@ -317,6 +317,8 @@ class CommandLoop:
 
     def _fire_timers(self, now: float) -> None:
         timers = self._timers
+        if not timers or timers[0][0] > now:
+            return  # the common case, twice per poll: nothing due
         due: dict[int, list[Running]] = {}  # stage -> runs: escalated together
         while timers and timers[0][0] <= now:
             _, _, run, stage = heapq.heappop(timers)
@@ -431,9 +433,9 @@ class CommandLoop:
         A run stays in ``_ready`` until it is reaped, so a finish cut short (by
         Ctrl-C) is completed by the next poll.
         """
-        ready = list(self._ready)
-        if not ready:
+        if not self._ready:
             return
+        ready = list(self._ready)
         # A run ended early may have left processes that ignored SIGTERM
         # anywhere in its session; one that exited by itself but left its
         # pipes held had company too. The others are done with a group kill,
