@@ -440,7 +440,10 @@ class CommandLoop:
         # anywhere in its session; one that exited by itself but left its
         # pipes held had company too. The others are done with a group kill,
         # which costs no /proc scan.
-        sweep = [run for run in ready if run._stage and not run._swept]
+        sweep = []
+        for run in ready:  # a loop, not a comprehension: this runs once per command
+            if run._stage and not run._swept:
+                sweep.append(run)
         if sweep:
             kill_sessions([run.child.pid for run in sweep], _known(sweep))
             for run in sweep:

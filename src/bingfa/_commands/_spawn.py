@@ -285,7 +285,7 @@ def spawn(into: list[Child], argv: list[str], *, env: Mapping[str, str] | None =
                       stdin=child_in, stdout=child_out, stderr=child_err,
                       start_new_session=True)
         # At once: until then, only the announcement stands for it.
-        track(_pid_of(started[0]))
+        track(started[0] if cwd is None else started[0].pid)
         tracked = True
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         for fd in ours:
@@ -311,8 +311,8 @@ def spawn(into: list[Child], argv: list[str], *, env: Mapping[str, str] | None =
     finally:
         for fd in theirs:
             os.close(fd)
-    popen = None if isinstance(started[0], int) else started[0]
-    pid = _pid_of(started[0])
+    popen = None if cwd is None else started[0]
+    pid = started[0] if popen is None else popen.pid
     try:
         for fd in ours:
             os.set_blocking(fd, False)
