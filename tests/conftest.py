@@ -36,7 +36,8 @@ MODES = ["thread", "process"]
 
 # How long things may take to settle after a test before they count as leaked.
 GRACE_SECONDS = 3.0
-_INFRASTRUCTURE = ("forkserver", "resource_tracker", "bingfa._pool._engines._zygote")
+_INFRASTRUCTURE = ("forkserver", "resource_tracker", "bingfa._pool._engines._zygote",
+                   "bingfa/_commands/_reaper.py")
 
 
 def _is_infrastructure(proc: psutil.Process) -> bool:

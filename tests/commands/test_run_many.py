@@ -12,6 +12,7 @@ import threading
 
 import pytest
 from conftest import pid_alive, wait_until
+from reaper_baseline import reaper_started  # noqa: F401 - a fixture
 
 import bingfa as bf
 
@@ -126,7 +127,10 @@ def test_retries_run_out():
 @pytest.mark.timeout(30)
 def test_halt_now_on_failure_kills_the_others_and_raises(tmp_path):
     pidfile = tmp_path / "pid"
-    cmds = [sh(f"sleep 100 & echo $! > {pidfile}; sleep 100"), sh("exit 3"),
+    # The failure waits for the first command's background job: on a busy
+    # machine it could otherwise halt the run before that job existed.
+    cmds = [sh(f"sleep 100 & echo $! > {pidfile}; sleep 100"),
+            sh(f"until [ -s {pidfile} ]; do sleep 0.01; done; exit 3"),
             ["sleep", "100"], ["echo", "never started"]]
     run = bf.run_many(cmds, jobs=3, halt="now,fail=1")
     seen = [next(run), next(run), next(run)]
@@ -204,6 +208,8 @@ def test_ctrl_c_leaves_no_command_behind(tmp_path):
         ([["true"]], {"retries": -1}, ValueError),
         ([["true"]], {"halt": "whenever"}, ValueError),
         ([["true"]], {"halt": "now,fail=0"}, ValueError),
+        ([["true"]], {"halt": "now,fail=0%"}, ValueError),
+        ([["true"]], {"halt": "now,fail=200%"}, ValueError),
         ("echo hi", {}, TypeError),
         ([["true"], []], {}, ValueError),
     ],
@@ -220,9 +226,38 @@ def test_a_bad_command_in_a_list_stops_everything_before_it_runs(tmp_path):
     assert not marker.exists()
 
 
-def test_missing_executable_raises():
-    with pytest.raises(bf.CommandNotFoundError, match="no-such-command-bingfa"):
-        list(bf.run_many([["true"], ["no-such-command-bingfa"]]))
+@pytest.mark.timeout(30)
+def test_a_missing_executable_fails_its_command_alone(tmp_path):
+    # As in a shell (and bingfa run): status 127 and a line naming it; the
+    # commands around it, one of them already running, are not disturbed.
+    marker = tmp_path / "slow-done"
+    commands = [sh(f"sleep 0.5; touch {marker}; echo slow"), ["no-such-command-bingfa", "x"],
+                ["echo", "after"]]
+    results = list(bf.run_many(commands, jobs=2, text=True))
+    assert [r.stdout for r in results] == ["slow\n", "", "after\n"]
+    missing = results[1]
+    assert (missing.returncode, missing.ok, missing.timed_out, missing.signal) == (
+        127, False, False, None)
+    assert "no-such-command-bingfa" in missing.stderr
+    assert "not found" in missing.stderr
+    assert missing.args == ["no-such-command-bingfa", "x"]
+    assert marker.exists()
+    with pytest.raises(bf.CommandError, match="no-such-command-bingfa"):
+        list(bf.run_many([["no-such-command-bingfa"], ["true"]], halt="now,fail=1"))
+
+
+def test_halt_on_a_share_of_the_commands_and_on_done():
+    commands = [sh(f"exit {code}") for code in (0, 3, 0, 4, 0, 0)]
+    codes: list[int] = []
+    results = bf.run_many(commands, jobs=1, halt="soon,fail=30%")
+    with pytest.raises(bf.CommandError, match="halted after 2 failed commands"):
+        codes.extend(r.returncode for r in results)
+    assert codes == [0, 3, 0, 4]  # 30% of 6 commands is 1.8: the second failure halts
+    run = bf.run_many(commands, jobs=1, halt="soon,done=2")
+    assert [r.returncode for r in run] == [0, 3]
+    assert run.halted
+    with pytest.raises(ValueError, match="share of all the commands"):
+        bf.run_many(iter(commands), halt="now,fail=10%")
 
 
 # -- stream -------------------------------------------------------------------------------

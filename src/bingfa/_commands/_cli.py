@@ -1,27 +1,29 @@
 """``bingfa run``: the core of GNU parallel, started as fast as xargs.
 
-Only what a run needs is imported (no Pool, no argparse), and a command line
-without shell syntax is executed directly instead of through ``/bin/sh``:
-those two things are what lets 500 short jobs finish in the time ``xargs``
-takes. See ``docs/commands.md`` for the user's view.
+Only what a run needs is imported (no Pool, no argparse, no signal module),
+and a command line without shell syntax is executed directly instead of
+through a shell: those two things are what lets 500 short jobs finish in the
+time ``xargs`` takes. See ``docs/commands.md`` for the user's view.
 """
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # the signal module costs 6 ms of start-up
 import itertools
 import os
 import sys
 import time
 
 from .._core._machine import usable_cores
-from ._fanout import PENDING, Fanout, Job, parse_halt
+from ._fanout import HALT_FORMS, PENDING, Fanout, Halt, Job, parse_halt
+from ._spawn import resolve
 from ._template import Template
 
 # Start-up is a large part of a short run, so only what runs is imported:
 # typing, re, dataclasses and argparse each cost milliseconds.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Iterator, Mapping, Sequence
     from typing import IO
 
 __all__ = ["main_run"]
@@ -41,11 +43,17 @@ replacement strings (the argument is appended when there are none):
   {/.} base name without extension   {#} job number   {%} job slot
   {1} {2} ... argument from source 1, 2 ... (also {1.} {1/} {1//} {1/.})
 
+A command line that needs a shell runs in bash when bash is the user's shell
+($SHELL, or the shell that started bingfa run) or when functions are exported
+with 'export -f'; else in /bin/sh. $PARALLEL_SHELL overrides both.
+
 options:
   -j, --jobs N       run N jobs at once; N% is a share of the cores (default: cores)
-  --timeout SECONDS  kill a job (its whole process group) after SECONDS
-  --retries N        run a failed job again, up to N more times
-  --halt WHEN        now,fail=N | soon,fail=N | now,success=N | soon,success=N
+  --timeout SECONDS  kill a job (its whole session) after SECONDS
+  --retries N        try a failing job N times in all (0: until it succeeds)
+  --halt WHEN,WHY    WHEN is now (kill the running jobs) or soon (let them end);
+                     WHY is fail=N, success=N or done=N, N a count or a share
+                     of all the jobs (fail=10%); 1, 2, -1, -2 and N% as in GNU
   -k, --keep-order   print output in input order (default: as jobs finish)
   --tag              put the arguments and a tab before each output line
   --link             pair the sources instead of combining them
@@ -57,7 +65,10 @@ options:
   -h, --help         show this help
 
 exit status: 0 if every job succeeded, else the number of failed jobs (at most
-101); 255 for bad usage; 130 after Ctrl-C, which kills the running jobs.
+101); with --halt, as GNU parallel's: the failing job's status after fail=1,
+the share of failed jobs in percent after fail=N%, 0 after success=N; 255 for
+bad usage; 130 after Ctrl-C, 143 after SIGTERM and 129 after SIGHUP, which
+kill the running jobs.
 """
 
 _SOURCE_MARKS = (":::", "::::")
@@ -65,6 +76,24 @@ EXIT_BAD_USAGE = 255
 EXIT_INTERRUPTED = 130
 MAX_FAILED_STATUS = 101
 BAR_INTERVAL = 0.1
+# A job bingfa ended itself (a timeout): GNU parallel records exit value -1.
+EXIT_KILLED_JOB = 255
+SIGNAL_EXIT_BASE = 128  # a shell's status for a process ended by signal N is 128 + N
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP reached ``bingfa run``: unwind like Ctrl-C, ending every job.
+
+    A BaseException, as KeyboardInterrupt, so nothing on the way catches it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
 
 
 class UsageError(Exception):
@@ -77,8 +106,8 @@ class Options:
     def __init__(self) -> None:
         self.jobs: int | None = None
         self.timeout: float | None = None
-        self.retries = 0
-        self.halt: str | None = None
+        self.tries = 1  # --retries N: N tries in all, 0 for as many as it takes
+        self.halt: Halt | None = None
         self.keep_order = False
         self.tag = False
         self.link = False
@@ -95,9 +124,8 @@ class Options:
 _EXPECTED = {
     "-j": "a number of jobs, 1 or more, or a share of the cores such as 50%",
     "--timeout": "a number of seconds above 0, at most 2592000 (30 days)",
-    "--retries": "a whole number of retries, 0 or more",
-    "--halt": "now,fail=N, soon,fail=N, now,success=N or soon,success=N, with N a whole "
-              "number, 1 or more",
+    "--retries": "a whole number of tries in all, 0 (until it succeeds) or more",
+    "--halt": HALT_FORMS,
 }
 MAX_TIMEOUT = 30 * 86400  # as bf.run's: epoll cannot wait much longer at a time
 
@@ -183,13 +211,12 @@ def parse(args: Sequence[str]) -> Options:
         elif name == "--timeout":
             opts.timeout = _parse_timeout(value)
         elif name == "--retries":
-            opts.retries = _parse_retries(value)
+            opts.tries = _parse_retries(value)
         elif name == "--halt":
             try:
-                parse_halt(value)
+                opts.halt = parse_halt(value)
             except ValueError:
                 raise _bad_value(name, value) from None
-            opts.halt = value
         elif name == "--joblog":
             opts.joblog = value
         else:
@@ -406,8 +433,8 @@ class Reporter:
 
     def _print(self, job: Job) -> None:
         if self._opts.tag:
-            tag = ("\t".join(job.info) if len(job.info) > 1 else job.info[0]).encode(
-                errors="surrogateescape") + b"\t"
+            # As GNU parallel: the arguments of several sources, spaced, then a tab.
+            tag = " ".join(job.info).encode(errors="surrogateescape") + b"\t"
             for data, stream in ((job.stdout, self._out), (job.stderr, self._err)):
                 if data:
                     lines = data.splitlines(keepends=True)
@@ -454,19 +481,81 @@ class Reporter:
             self._log.close()
 
 
+def job_shell(environ: Mapping[str, str]) -> tuple[str, frozenset[str]]:
+    """The shell for command lines that need one, and the functions exported to it.
+
+    As GNU parallel: ``$PARALLEL_SHELL`` if set; else bash when it is the
+    shell that started us or the user's ``$SHELL``, or when the environment
+    exports functions (``export -f`` puts ``BASH_FUNC_name%%`` there, which
+    only bash reads); else ``/bin/sh``, the cheapest to start.
+    """
+    functions = frozenset(key[10:-2] for key in environ
+                          if key.startswith("BASH_FUNC_") and key.endswith("%%"))
+    chosen = environ.get("PARALLEL_SHELL")
+    if chosen:
+        return resolve(chosen, environ) or chosen, functions
+    try:
+        parent = os.readlink(f"/proc/{os.getppid()}/exe")
+    except OSError:
+        parent = ""
+    for candidate in (parent, environ.get("SHELL", "")):
+        if os.path.basename(candidate) == "bash" and os.access(candidate, os.X_OK):
+            return candidate, functions
+    if functions:
+        bash = resolve("bash", environ)
+        if bash is not None:
+            return bash, functions
+    return "/bin/sh", functions
+
+
+def exit_status(fanout: Fanout, halt: Halt | None, total: int | None) -> int:
+    """GNU parallel's exit status for the run that ``fanout`` made.
+
+    The number of failed jobs, at most 101; with ``--halt``: 0 once a success
+    rule fired; once a fail or done rule fired, the failed jobs as they were
+    then, counted (at most 101) or as a percentage of all the jobs, rounded
+    up, and when the rule's threshold was one job, that job's own status (128
+    + N for signal N, 255 for a job bingfa ended). A percentage rule that never
+    fired still gives the share, of the jobs started.
+    """
+    if halt is None:
+        return min(fanout.failed, MAX_FAILED_STATUS)
+    if fanout.halted:
+        if halt.kind == "success":
+            return 0
+        job = fanout.halted_by
+        if fanout.threshold == 1 and job is not None:
+            if job.timed_out or job.killed:
+                return EXIT_KILLED_JOB
+            if job.returncode < 0:
+                return SIGNAL_EXIT_BASE - job.returncode
+            return job.returncode
+        failed = fanout.failed_at_halt
+        if halt.percent is not None and total:
+            return -(-failed * 100 // total)  # rounded up
+        return min(failed, MAX_FAILED_STATUS)
+    if halt.percent is not None:
+        return -(-fanout.failed * 100 // max(fanout.started, 1))
+    return min(fanout.failed, MAX_FAILED_STATUS)
+
+
 def run_jobs(opts: Options) -> int:
     """Run what ``opts`` asks for; the exit status."""
+    shell, functions = job_shell(os.environ)
     try:
         template = Template(opts.command, argv=opts.argv_mode,
-                            sources=max(1, len(opts.sources) or 1))
+                            sources=max(1, len(opts.sources) or 1), shell=shell,
+                            functions=functions)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    sources, wakeup = _open_sources(opts, streaming=not (opts.bar or opts.dry_run))
+    halt = opts.halt
+    whole = opts.bar or (halt is not None and halt.percent is not None)  # needs the total
+    sources, wakeup = _open_sources(opts, streaming=not (whole or opts.dry_run))
     arguments = _combine(sources, opts.link)
     parallel = opts.jobs or usable_cores()
     total: int | None = None
-    if opts.bar:
-        listed = list(arguments)  # the bar needs the total
+    if whole:
+        listed = list(arguments)
         total = len(listed)
         arguments = iter(listed)
     if opts.dry_run:
@@ -475,10 +564,10 @@ def run_jobs(opts: Options) -> int:
             out.write(template.line(values, seq, (seq - 1) % parallel + 1) + "\n")
         return 0
     reporter = Reporter(opts, template, total)
-    halt = parse_halt(opts.halt)
+    # GNU parallel's --retries N is N tries in all (0: no limit); Fanout counts retries.
     fanout = Fanout(_jobs(template, arguments), parallel=parallel, timeout=opts.timeout,
-                    retries=opts.retries, halt=halt, keep_order=opts.keep_order,
-                    missing="fail", wakeup=wakeup)
+                    retries=None if opts.tries == 0 else opts.tries - 1, halt=halt,
+                    total=total, keep_order=opts.keep_order, wakeup=wakeup)
     jobs = iter(fanout)
     try:
         for job in jobs:
@@ -486,24 +575,57 @@ def run_jobs(opts: Options) -> int:
     finally:
         jobs.close()  # type: ignore[attr-defined]
         reporter.close()
-    if fanout.halted and halt is not None and not halt.on_failure:
-        return 0
-    return min(fanout.failed, MAX_FAILED_STATUS)
+    return exit_status(fanout, halt, total)
+
+
+_ENDING_SIGNALS = (_signal.SIGTERM, _signal.SIGHUP)
 
 
 def main_run(args: Sequence[str]) -> int:
-    """``bingfa run``: returns the exit status (see :data:`USAGE`)."""
+    """``bingfa run``: returns the exit status (see :data:`USAGE`).
+
+    SIGTERM and SIGHUP end it as Ctrl-C does: every job's session is ended,
+    and the status is 128 + the signal's number. Jobs run in sessions of
+    their own, so no such signal reaches them but through bingfa. A signal
+    that was ignored when bingfa started (``nohup``) stays ignored.
+    """
+    # None: a handler set outside Python, which we leave alone.
+    previous = {sig: handler for sig in _ENDING_SIGNALS
+                if (handler := _signal.getsignal(sig)) not in (_signal.SIG_IGN, None)}
+    for sig in previous:
+        _signal.signal(sig, _terminated)
+    try:
+        return _main_run(args)
+    finally:
+        for sig, handler in previous.items():
+            _signal.signal(sig, handler)
+
+
+def _main_run(args: Sequence[str]) -> int:
     try:
         return run_jobs(parse(args))
     except UsageError as exc:
         sys.stderr.write(f"bingfa run: {exc}\n")
         return EXIT_BAD_USAGE
     except KeyboardInterrupt:
-        # The fan-out has ended every job, process groups and all, on the way out.
-        sys.stderr.write("bingfa run: interrupted; running jobs were killed\n")
+        # The fan-out has ended every job, sessions and all, on the way out.
+        _say("bingfa run: interrupted; running jobs were killed\n")
         return EXIT_INTERRUPTED
+    except Terminated as exc:
+        name = "SIGTERM" if exc.signum == _signal.SIGTERM else "SIGHUP"
+        _say(f"bingfa run: {name}; running jobs were killed\n")
+        return SIGNAL_EXIT_BASE + exc.signum
     except BrokenPipeError:
         # Our reader went away (| head): the jobs were ended; stop quietly, as
         # other tools do, without a second error when Python flushes stdout.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+def _say(text: str) -> None:
+    """A last word on stderr, which may be gone (a hung-up terminal)."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass

@@ -2,10 +2,10 @@
 
 :class:`Fanout` pulls jobs lazily from an iterator (an endless stream of
 arguments on standard input works), starts them on a
-:class:`~._cmdloop.CommandLoop` as slots free up, retries failures, applies the
+:class:`~._loop.CommandLoop` as slots free up, retries failures, applies the
 halt rule, and yields finished jobs in input order or as they finish. Leaving
 the iteration early, by ``break``, an exception or Ctrl-C, ends every command
-still running, process groups and all.
+still running, sessions and all.
 """
 
 from __future__ import annotations
@@ -37,22 +37,50 @@ ORDER_WINDOW_PER_JOB = 64
 ORDER_WINDOW_MIN = 1024
 
 class Halt:
-    """When to stop early: after ``count`` jobs failed (or succeeded).
+    """When to stop early, as GNU parallel's ``--halt``.
 
+    After ``count`` jobs (or ``percent`` % of all the jobs) failed, succeeded,
+    or finished either way (``kind`` ``"fail"``, ``"success"`` or ``"done"``):
     ``now`` kills the jobs still running; ``soon`` lets them finish but starts
     no more.
     """
 
-    __slots__ = ("count", "now", "on_failure")
+    __slots__ = ("count", "kind", "now", "percent")
 
-    def __init__(self, now: bool, on_failure: bool, count: int) -> None:
+    def __init__(self, now: bool, kind: str, count: int | None = None,
+                 percent: int | None = None) -> None:
         self.now = now
-        self.on_failure = on_failure
+        self.kind = kind
         self.count = count
+        self.percent = percent
+
+    @property
+    def on_failure(self) -> bool:
+        """Whether failures are what it counts."""
+        return self.kind == "fail"
+
+    def threshold(self, total: int | None) -> float:
+        """How many jobs it takes, out of ``total`` (needed for a percentage)."""
+        if self.percent is None:
+            assert self.count is not None
+            return self.count
+        assert total is not None, "a halt percentage needs the number of jobs"
+        return total * self.percent / 100
+
+
+# GNU parallel's older forms of --halt, still accepted by it.
+_HALT_SHORTHANDS = {"1": "soon,fail=1", "2": "now,fail=1", "-1": "soon,success=1",
+                    "-2": "now,success=1"}
+HALT_FORMS = ("now or soon, then fail=N, success=N or done=N with N a whole number, 1 or "
+              "more, or a share of all the jobs such as fail=10% (up to 100%)")
 
 
 def parse_halt(spec: str | None) -> Halt | None:
-    """``"now,fail=1"``, ``"soon,fail=3"``, ``"now,success=1"``... as a :class:`Halt`.
+    """``"now,fail=1"``, ``"soon,fail=3"``, ``"now,success=1"``, ``"soon,done=50%"``...
+
+    Also GNU parallel's short forms: ``0`` or ``never`` (no halt: None), ``1``
+    (``soon,fail=1``), ``2`` (``now,fail=1``), ``-1`` and ``-2`` (``soon`` and
+    ``now,success=1``), ``N%`` (``soon,fail=N%``).
 
     Raises:
         ValueError: anything else, naming the forms that are understood.
@@ -61,13 +89,22 @@ def parse_halt(spec: str | None) -> Halt | None:
         return None
     if not isinstance(spec, str):
         raise TypeError(f"halt must be a string such as 'now,fail=1', not {spec!r}")
-    when, _, rule = spec.strip().partition(",")
-    what, _, count = rule.partition("=")
-    if when not in ("now", "soon") or what not in ("fail", "success") or not (
-            count.isdigit() and count.isascii() and int(count) >= 1):
-        raise ValueError(f"halt {spec!r} is not understood: use now,fail=N, soon,fail=N, "
-                         "now,success=N or soon,success=N with N >= 1")
-    return Halt(now=when == "now", on_failure=what == "fail", count=int(count))
+    text = spec.strip()
+    if text in ("0", "never"):
+        return None
+    text = _HALT_SHORTHANDS.get(text, text)
+    if text.endswith("%") and "," not in text:
+        text = "soon,fail=" + text
+    when, _, rule = text.partition(",")
+    kind, _, amount = rule.partition("=")
+    number = amount[:-1] if amount.endswith("%") else amount
+    if (when not in ("now", "soon") or kind not in ("fail", "success", "done")
+            or not (number.isdigit() and number.isascii() and int(number) >= 1)
+            or (number != amount and int(number) > 100)):
+        raise ValueError(f"halt {spec!r} is not understood: use {HALT_FORMS}")
+    if number != amount:
+        return Halt(now=when == "now", kind=kind, percent=int(number))
+    return Halt(now=when == "now", kind=kind, count=int(number))
 
 
 class Job:
@@ -132,7 +169,7 @@ class Job:
         self.killed = run.killed
 
     def _not_found(self, error: CommandNotFoundError) -> None:
-        # As a shell would report it: status 127 and a line on stderr.
+        # As a shell would report it: status 127 and a line on stderr naming it.
         self.returncode = 127
         self.wall_start = time.time()
         self.duration = 0.0
@@ -148,32 +185,38 @@ class Fanout:
         jobs: the iterator of jobs to run, pulled only as slots free up.
         parallel: at most this many at once.
         timeout: seconds per attempt.
-        retries: extra attempts for a job that failed or timed out.
+        retries: extra attempts for a job that failed or timed out; None for
+            as many as it takes.
         halt: when to stop early.
+        total: how many jobs there are (for a halt rule with a percentage).
         keep_order: yield in input order (else as they finish).
-        missing: ``"raise"`` a :class:`~bingfa.CommandNotFoundError`, or
-            ``"fail"`` the job with status 127 as a shell would.
-        on_start: called with each job as it starts (``bingfa run``'s bar).
+        wakeup: an fd that turns readable when a PENDING source has a job.
+
+    A job whose program does not exist fails with status 127 and a line on
+    its stderr naming the program, as a shell would report it; the others run.
     """
 
     def __init__(self, jobs: Iterator[Job], *, parallel: int, timeout: float | None = None,
-                 retries: int = 0, halt: Halt | None = None, keep_order: bool = True,
-                 env: Mapping[str, str] | None = None, cwd: Any = None,
-                 missing: str = "raise", wakeup: int | None = None) -> None:
+                 retries: int | None = 0, halt: Halt | None = None, total: int | None = None,
+                 keep_order: bool = True, env: Mapping[str, str] | None = None,
+                 cwd: Any = None, wakeup: int | None = None) -> None:
         self._source = jobs
         self._parallel = parallel
         self._timeout = timeout
         self._retries = retries
         self._halt = halt
+        # the count of jobs (failed, succeeded or done) at which the halt rule fires
+        self.threshold = 0.0 if halt is None else halt.threshold(total)
         self._keep_order = keep_order
         self._env = env
         self._cwd = cwd
-        self._missing = missing
         self._window = max(ORDER_WINDOW_MIN, ORDER_WINDOW_PER_JOB * parallel)
         self.failed = 0              # jobs that failed after all their attempts
         self.succeeded = 0
         self.finished = 0
         self.halted = False          # the halt rule fired
+        self.halted_by: Job | None = None  # the job whose end fired it
+        self.failed_at_halt = 0      # how many had failed when it fired
         self.started = 0
         self._retry: list[Job] = []  # short: a list beats importing collections
         self._waiting: dict[int, Job] = {}  # finished, held back for input order
@@ -223,8 +266,7 @@ class Fanout:
     def _halt_now(self, loop: CommandLoop, was_halted: bool) -> None:
         """The halt rule just fired: with ``now``, end the jobs still running."""
         if self.halted and not was_halted and self._halt is not None and self._halt.now:
-            for other in loop.running:
-                loop.stop(other)
+            loop.stop_many(loop.running)  # one look through /proc for all their sessions
 
     def _next_job(self) -> Job | None:
         """A retry first, then the next input, unless the order window is full."""
@@ -252,15 +294,14 @@ class Fanout:
         try:
             loop.start(job.argv, tag=job, env=self._env, cwd=self._cwd, timeout=self._timeout)
         except CommandNotFoundError as exc:
-            if self._missing == "raise":
-                raise
             job._not_found(exc)
             return job
         return None
 
     def _settle(self, job: Job) -> Iterator[Job]:
         """Count a finished attempt: retry it, or yield what may be yielded now."""
-        if not job.ok and not job.halted and job.attempts <= self._retries and not self.halted:
+        if (not job.ok and not job.halted and not self.halted
+                and (self._retries is None or job.attempts <= self._retries)):
             self._retry.append(job)
             return
         self.finished += 1
@@ -269,8 +310,17 @@ class Fanout:
         elif not job.halted:
             self.failed += 1
         halt = self._halt
-        if halt is not None and not self.halted:
-            self.halted = (self.failed if halt.on_failure else self.succeeded) >= halt.count
+        if halt is not None and not self.halted and not job.halted:
+            if halt.kind == "done":
+                counted: int | None = self.finished
+            elif job.ok:
+                counted = self.succeeded if halt.kind == "success" else None
+            else:
+                counted = self.failed if halt.kind == "fail" else None
+            if counted is not None and counted >= self.threshold:
+                self.halted = True
+                self.halted_by = job
+                self.failed_at_halt = self.failed
         if not self._keep_order:
             yield job
             return

@@ -1,6 +1,6 @@
 """One thread, one epoll: many external commands at once, with no thread per command.
 
-A :class:`CommandLoop` starts commands (:mod:`._children`), reads their pipes
+A :class:`CommandLoop` starts commands (:mod:`._spawn`), reads their pipes
 as data arrives (so no command ever blocks on a full pipe), writes their input,
 and watches a pidfd per command to learn when it exits. Timeouts are a heap of
 deadlines checked between polls. It is the engine under ``bf.run_many``,
@@ -9,10 +9,13 @@ deadlines checked between polls. It is the engine under ``bf.run_many``,
 A command is finished when its leader has exited *and* both its output pipes
 are closed (background members of its group may still be writing). Then
 whatever is left of its process group is killed and the leader is reaped.
-Ending a command early (timeout, halt, Ctrl-C) is SIGTERM to the group, then
-SIGKILL after :data:`KILL_GRACE` seconds; if something outside the group
-still holds its pipes, bingfa stops reading them :data:`DRAIN_AFTER_KILL`
-seconds later.
+Ending a command early (timeout, halt, Ctrl-C) is SIGTERM to its whole
+session (its group, members that left the group, and their descendants: see
+:mod:`._reaper`), then SIGKILL after :data:`KILL_GRACE` seconds; if something
+outside the session still holds its pipes, bingfa stops reading them
+:data:`DRAIN_AFTER_KILL` seconds later. A command that was ended early, or
+that left something holding its pipes, has its whole session killed before
+it is reaped, not only its group.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ import select
 import time
 
 from .._core import _signals as signals
+from ._reaper import kill_sessions, signal_sessions
 from ._spawn import DRAIN_AFTER_KILL, KILL_GRACE, spawn
 
 TYPE_CHECKING = False  # no typing at run time: bingfa run starts fast
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
     from typing import Any
 
+    from ._reaper import Seen
     from ._spawn import Child
 
     OutputSink = Callable[[int, bytes], None]  # (1 for stdout or 2 for stderr, data)
@@ -51,7 +56,9 @@ class Running:
         "_exited",
         "_input",
         "_open",
+        "_seen",
         "_stage",
+        "_swept",
         "argv",
         "child",
         "ended",
@@ -86,6 +93,8 @@ class Running:
         self._exited = False
         self._input = memoryview(data) if data else None
         self._stage = 0               # 0 running, 1 TERM sent, 2 KILL sent, 3 draining
+        self._swept = False           # its whole session was killed
+        self._seen: Seen = {}         # what its SIGTERM reached beyond its group
 
     @property
     def duration(self) -> float:
@@ -121,6 +130,9 @@ class CommandLoop:
         self._fds: dict[int, tuple[Running, int]] = {}
         self._running: set[Running] = set()
         self._timers: list[tuple[float, int, Running, int]] = []  # (when, seq, run, stage)
+        # Exited, pipes closed, not yet reaped: finished together at the end of
+        # a poll, so that the sessions of many stopped runs cost one /proc scan.
+        self._ready: dict[Running, None] = {}
         self._seq = 0
         self._closed = False
         self._wakeups: list[int] = []
@@ -158,7 +170,7 @@ class CommandLoop:
         """Start ``argv``; it is reported by :meth:`wait` once finished.
 
         Raises:
-            CommandNotFoundError: from :func:`~._children.spawn`.
+            CommandNotFoundError: from :func:`~._spawn.spawn`.
         """
         if env is None:
             if self._environ is None:
@@ -168,20 +180,26 @@ class CommandLoop:
                 self._environ = dict(os.environ)
             env = self._environ
         started = time.perf_counter()
-        child = spawn(argv, env=env, cwd=cwd, stdin=self._devnull if input is None else None)
+        spawned: list[Child] = []  # the child, put there as it is made (see spawn)
         run: Running | None = None
         try:
-            run = Running(tag, argv, child, sink, input, started)
+            spawn(spawned, argv, env=env, cwd=cwd,
+                  stdin=self._devnull if input is None else None)
+            run = Running(tag, argv, spawned[0], sink, input, started)
             self._watch(run)
         except BaseException:  # Ctrl-C right after the spawn: do not lose the child
+            if not spawned:
+                raise  # it did not start, or spawn ended it
+            child = spawned[0]
             if run is not None:
                 self._running.discard(run)
-            child.signal_group(signals.SIGKILL)
+            kill_sessions([child.pid])
             for fd in (child.stdin, child.stdout, child.stderr):
                 if fd is not None:
                     self._fds.pop(fd, None)
                     os.close(fd)
-            self._fds.pop(child.pidfd, None)
+            if self._fds.pop(child.pidfd, None) is not None:
+                self._epoll.unregister(child.pidfd)
             child.reap()
             raise
         if timeout is not None:
@@ -224,8 +242,9 @@ class CommandLoop:
         finished: list[Running] = []
         if not self._running and not self._wakeups:
             return finished
-        self._fire_timers(time.monotonic(), finished)
-        if finished:
+        self._fire_timers(time.monotonic())
+        if self._ready:
+            self._finish_ready(finished)
             return finished
         wait = -1.0 if timeout is None else timeout
         if self._timers:
@@ -236,20 +255,26 @@ class CommandLoop:
         for fd, _ in self._epoll.poll(min(wait, _LONGEST_WAIT)):
             entry = self._fds.get(fd)
             if entry is not None:
-                self._handle(fd, entry[0], entry[1], finished)
-        self._fire_timers(time.monotonic(), finished)
+                self._handle(fd, entry[0], entry[1])
+        self._fire_timers(time.monotonic())
+        self._finish_ready(finished)
         return finished
 
     def stop(self, run: Running, grace: float = KILL_GRACE) -> None:
-        """End ``run`` early: SIGTERM to its group now, SIGKILL after ``grace``."""
-        if run._stage == 0 and run in self._running:
+        """End ``run`` early: SIGTERM to its session now, SIGKILL after ``grace``."""
+        self.stop_many([run], grace)
+
+    def stop_many(self, runs: Iterable[Running], grace: float = KILL_GRACE) -> None:
+        """:meth:`stop` for several runs at once (one look through /proc for them all)."""
+        stopping = [run for run in runs if run._stage == 0 and run in self._running]
+        for run in stopping:
             run.killed = True
-            self._escalate(run, 1, time.monotonic(), grace)
+        if stopping:
+            self._escalate(stopping, 1, time.monotonic(), grace)
 
     def stop_all(self, grace: float = KILL_GRACE) -> list[Running]:
         """End every running command and wait until they are all reaped; those runs."""
-        for run in list(self._running):
-            self.stop(run, grace)
+        self.stop_many(list(self._running), grace)
         ended: list[Running] = []
         while self._running:
             ended += self.wait()
@@ -271,9 +296,10 @@ class CommandLoop:
             os.close(self._devnull)
 
     def _kill_now(self) -> None:
-        for run in list(self._running):
+        runs = list(self._running)
+        kill_sessions([run.child.pid for run in runs], _known(runs))
+        for run in runs:
             run.killed = True
-            run.child.signal_group(signals.SIGKILL)
             for fd in (run.child.stdin, run.child.stdout, run.child.stderr):
                 if fd is not None:
                     self._close_fd(run, fd)
@@ -281,6 +307,7 @@ class CommandLoop:
                 self._epoll.unregister(run.child.pidfd)
             run.returncode = run.child.reap()
             self._running.discard(run)
+            self._ready.pop(run, None)
 
     # -- internals --------------------------------------------------------------------
 
@@ -288,8 +315,11 @@ class CommandLoop:
         self._seq += 1
         heapq.heappush(self._timers, (when, self._seq, run, stage))
 
-    def _fire_timers(self, now: float, finished: list[Running]) -> None:
+    def _fire_timers(self, now: float) -> None:
         timers = self._timers
+        if not timers or timers[0][0] > now:
+            return  # the common case, twice per poll: nothing due
+        due: dict[int, list[Running]] = {}  # stage -> runs: escalated together
         while timers and timers[0][0] <= now:
             _, _, run, stage = heapq.heappop(timers)
             if run not in self._running or stage <= run._stage:
@@ -299,23 +329,37 @@ class CommandLoop:
                     continue  # it had exited in time; only its pipes were still open
                 run.timed_out = True
                 run.killed = True
-            self._escalate(run, stage, now, KILL_GRACE)
-            self._maybe_finish(run, finished)
+            due.setdefault(stage, []).append(run)
+        for stage, runs in sorted(due.items()):
+            runs = [run for run in runs if stage > run._stage]
+            if runs:
+                self._escalate(runs, stage, now, KILL_GRACE)
+            for run in runs:
+                self._maybe_finish(run)
 
-    def _escalate(self, run: Running, stage: int, now: float, grace: float) -> None:
-        run._stage = stage
+    def _escalate(self, runs: list[Running], stage: int, now: float, grace: float) -> None:
+        for run in runs:
+            run._stage = stage
         if stage == 1:
-            run.child.signal_group(signals.SIGTERM)
-            self._at(now + grace, run, 2)
+            seen = signal_sessions([run.child.pid for run in runs], signals.SIGTERM)
+            for run in runs:
+                # Kept for the SIGKILL: a grandchild that left the session is
+                # found through its parent, which may be gone by then.
+                run._seen = {pid: found for pid, found in seen.items()
+                             if found[1] == run.child.pid}
+                self._at(now + grace, run, 2)
         elif stage == 2:
-            run.child.signal_group(signals.SIGKILL)
-            self._at(now + DRAIN_AFTER_KILL, run, 3)
-        else:  # stage 3: the group is dead; whoever still holds the pipes is not ours
-            for fd in (run.child.stdin, run.child.stdout, run.child.stderr):
-                if fd is not None:
-                    self._close_fd(run, fd)
+            kill_sessions([run.child.pid for run in runs], _known(runs))
+            for run in runs:
+                run._swept = True
+                self._at(now + DRAIN_AFTER_KILL, run, 3)
+        else:  # stage 3: the session is dead; whoever still holds the pipes is not ours
+            for run in runs:
+                for fd in (run.child.stdin, run.child.stdout, run.child.stderr):
+                    if fd is not None:
+                        self._close_fd(run, fd)
 
-    def _handle(self, fd: int, run: Running, kind: int, finished: list[Running]) -> None:
+    def _handle(self, fd: int, run: Running, kind: int) -> None:
         if kind == _WAKE:
             try:
                 while os.read(fd, READ_SIZE):
@@ -349,7 +393,7 @@ class CommandLoop:
                     (run.out if kind == _STDOUT else run.err).append(data)
                 return
             self._close_fd(run, fd)
-        self._maybe_finish(run, finished)
+        self._maybe_finish(run)
 
     def _feed(self, run: Running, fd: int) -> None:
         view = run._input
@@ -379,13 +423,45 @@ class CommandLoop:
         elif fd == child.stdin:
             child.stdin = None
 
-    def _maybe_finish(self, run: Running, finished: list[Running]) -> None:
-        if not run._exited or run._open or run not in self._running:
+    def _maybe_finish(self, run: Running) -> None:
+        if run._exited and not run._open and run in self._running:
+            self._ready[run] = None
+
+    def _finish_ready(self, finished: list[Running]) -> None:
+        """Kill what the runs in ``_ready`` left behind, reap them, add them to ``finished``.
+
+        A run stays in ``_ready`` until it is reaped, so a finish cut short (by
+        Ctrl-C) is completed by the next poll.
+        """
+        if not self._ready:
             return
-        if run.child.stdin is not None:
-            self._close_fd(run, run.child.stdin)
-        # Anything the leader left behind in its group goes with it.
-        run.child.signal_group(signals.SIGKILL)
-        run.returncode = run.child.reap()
-        self._running.discard(run)
-        finished.append(run)
+        ready = list(self._ready)
+        # A run ended early may have left processes that ignored SIGTERM
+        # anywhere in its session; one that exited by itself but left its
+        # pipes held had company too. The others are done with a group kill,
+        # which costs no /proc scan.
+        sweep = []
+        for run in ready:  # a loop, not a comprehension: this runs once per command
+            if run._stage and not run._swept:
+                sweep.append(run)
+        if sweep:
+            kill_sessions([run.child.pid for run in sweep], _known(sweep))
+            for run in sweep:
+                run._swept = True
+        for run in ready:
+            if run.child.stdin is not None:
+                self._close_fd(run, run.child.stdin)
+            if not run._swept:
+                run.child.signal_group(signals.SIGKILL)
+            run.returncode = run.child.reap()
+            self._running.discard(run)
+            del self._ready[run]
+            finished.append(run)
+
+
+def _known(runs: list[Running]) -> Seen:
+    """What the SIGTERMs of ``runs`` reached beyond their groups."""
+    known: Seen = {}
+    for run in runs:
+        known.update(run._seen)
+    return known

@@ -5,17 +5,19 @@ What they guard against, compared with a bare ``subprocess.Popen``:
 - pipe deadlocks: both output streams are drained together, whatever the
   command writes and however much;
 - orphans: every command runs in a session (and process group) of its own, and
-  a timeout, Ctrl-C, task cancellation or an error ends the whole group
-  (SIGTERM, then SIGKILL after a grace period), grandchildren included, and
-  reaps it; what the leader leaves behind in its group when it exits is
-  killed too;
+  a timeout, Ctrl-C, task cancellation or an error ends the whole session
+  (SIGTERM, then SIGKILL after a grace period), grandchildren included, also
+  those that moved to a process group of their own, and reaps it; what the
+  leader leaves behind in its group when it exits is killed too; and should
+  the caller die, even by SIGKILL, its reaper process ends the commands it
+  left running (see :mod:`._reaper`);
 - lost output: what the command wrote before a timeout is kept on the result,
   and bytes that are not valid in the encoding are replaced, never dropped;
 - unclear failures: a missing executable is a :class:`~bingfa.CommandNotFoundError`
   naming it, and ``check=True`` raises :class:`~bingfa.CommandError` with the
   tail of standard error.
 
-Both run on a :class:`~._cmdloop.CommandLoop`, the engine ``bf.run_many`` and
+Both run on a :class:`~._loop.CommandLoop`, the engine ``bf.run_many`` and
 ``bingfa run`` use for thousands of commands.
 """
 
@@ -57,7 +59,7 @@ def run(
             by ``/bin/sh`` with ``shell=True``).
         input: bytes (or ``str``, encoded with ``encoding``) for its standard input;
             without it, standard input is empty.
-        timeout: seconds; when they pass the command's whole process group is
+        timeout: seconds; when they pass the command's whole session is
             terminated, then killed, and the result has ``timed_out=True`` and
             the output written so far.
         check: raise :class:`~bingfa.CommandError` if it did not exit 0 in time.
@@ -90,7 +92,7 @@ def run(
         while len(commands):
             commands.wait()
     finally:
-        commands.close()  # on Ctrl-C or any error: the group is ended and reaped
+        commands.close()  # on Ctrl-C or any error: the session is ended and reaped
     return _result(args, started, check, text, encoding, errors)
 
 
@@ -111,7 +113,7 @@ async def arun(
 
     The event loop is never blocked and no thread is used: the command's
     pipes and exit are watched by the loop itself. Cancelling the awaiting
-    task ends the command's whole process group (SIGTERM, then SIGKILL) before
+    task ends the command's whole session (SIGTERM, then SIGKILL) before
     the cancellation goes on. Arguments and errors are those of :func:`bingfa.run`.
 
     Example::

@@ -1,8 +1,9 @@
 """Many commands at once: ``bf.run_many``.
 
-It runs on a :class:`~._cmdloop.CommandLoop`: no thread per command, every
-command in a process group of its own, ended whole when it times out, when
-the caller stops iterating, or on Ctrl-C or task cancellation.
+It runs on a :class:`~._loop.CommandLoop`: no thread per command, every
+command in a session of its own, ended whole when it times out, when the
+caller stops iterating, or on Ctrl-C or task cancellation, and by the
+process's reaper if the caller dies.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class CommandRun(Iterator[CommandResult]):
     """The results of :func:`run_many`, as they come; also a context manager.
 
     Leaving early (``break``, an exception, :meth:`close`, or the ``with``
-    block) ends the commands still running, process groups and all.
+    block) ends the commands still running, sessions and all.
 
     Its ``failed``, ``succeeded`` and ``halted`` tell how the run is going.
     """
@@ -165,26 +166,32 @@ def run_many(
 
     Args:
         jobs: how many run at once (default: the usable cores).
-        timeout: seconds per attempt; the command's process group is then
+        timeout: seconds per attempt; the command's session is then
             terminated, then killed, and its result has ``timed_out=True``.
         retries: run a command that failed or timed out again, up to this many
             more times; its result is the last attempt's (see ``attempts``).
         keep_order: results in the order of ``commands`` (else as they finish).
         progress: ``True`` for a tqdm bar, or a callable ``(done, total)``.
-        halt: stop early: ``"now,fail=1"`` kills the running commands after
-            the first failure, ``"soon,fail=N"`` lets them finish but starts
-            no more after N failures; ``"now,success=1"`` stops at the first
-            success. After a ``fail`` halt, iteration ends with a
-            :class:`~bingfa.CommandError` for the first failure, once the results
-            of every command that ran have been yielded.
+        halt: stop early, as GNU parallel's ``--halt``: ``"now,fail=1"`` kills
+            the running commands after the first failure, ``"soon,fail=N"``
+            lets them finish but starts no more after N failures;
+            ``"now,success=1"`` stops at the first success, ``"soon,done=N"``
+            after N commands finished either way. ``fail=10%`` counts a share
+            of all the commands (``commands`` must then be a list). After a
+            ``fail`` halt, iteration ends with a :class:`~bingfa.CommandError`
+            for the first failure, once the results of every command that ran
+            have been yielded.
         text, encoding, errors, env, cwd, shell: as for :func:`bingfa.run`,
             for every command.
 
+    A command whose executable does not exist fails alone, as in a shell:
+    its result has ``returncode`` 127 and a line on ``stderr`` naming it.
+
     Raises:
-        ValueError: no commands, ``jobs <= 0``, a bad ``halt``, an empty
-            command or unbalanced quotes (for a list of commands, before any runs).
+        ValueError: no commands, ``jobs <= 0``, a bad ``halt`` (or one with a
+            percentage for an iterator of commands), an empty command or
+            unbalanced quotes (for a list of commands, before any runs).
         TypeError: an argument of the wrong type; the message names it.
-        CommandNotFoundError: when a command's executable does not exist.
 
     Example::
 
@@ -203,6 +210,10 @@ def run_many(
     halt_rule = parse_halt(halt)
     if isinstance(commands, (str, bytes)):
         raise TypeError("run_many takes an iterable of commands; for one command use bf.run")
+    if halt_rule is not None and halt_rule.percent is not None and not isinstance(
+            commands, Sequence):
+        raise ValueError(f"halt {halt!r} counts a share of all the commands: pass them "
+                         "as a list (or another sequence), not an iterator")
     total: int | None = None
     source: Iterator[Job]
     if isinstance(commands, Sequence):
@@ -218,6 +229,6 @@ def run_many(
             raise ValueError("no commands to run")
         source = itertools.chain([first], source)
     fanout = Fanout(source, parallel=parallel, timeout=timeout, retries=retries,
-                    halt=halt_rule, keep_order=keep_order, env=env, cwd=cwd)
+                    halt=halt_rule, total=total, keep_order=keep_order, env=env, cwd=cwd)
     return CommandRun(fanout, halt_rule, total, progress, text, encoding, errors)
 

@@ -1,4 +1,4 @@
-"""Starting one external command as a child in a process group of its own.
+"""Starting one external command as a child in a session of its own.
 
 ``os.posix_spawn`` (a ``vfork`` + ``exec`` in glibc) costs a fraction of
 ``subprocess.Popen`` and its Python bookkeeping, which is what lets
@@ -7,7 +7,9 @@ directory is asked for, which ``posix_spawn`` cannot set before Python 3.13.
 
 Every child gets ``setsid``: it leads a new session and process group, so a
 signal to the group reaches its grandchildren too, and a Ctrl-C typed at the
-terminal reaches bingfa alone, which then ends the groups itself.
+terminal reaches bingfa alone, which then ends the groups itself. Each child
+is also announced to this process's reaper (:mod:`._reaper`), which ends its
+session should this process die before reaping it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 from .._core import _signals as signals
 from .._core._errors import CommandNotFoundError
 from .._core._timeouts import limit_seconds
+from ._reaper import announce, call_into, kill_sessions, track, untrack, withdraw
 
 TYPE_CHECKING = False  # no typing, collections or shlex at run time: bingfa run starts fast
 if TYPE_CHECKING:
@@ -179,11 +182,12 @@ def split_command(line: str, comments: bool = False) -> list[str]:
 class Child:
     """A running command: its pid, a pidfd that turns readable when it exits, its pipes."""
 
-    __slots__ = ("_popen", "pid", "pidfd", "stderr", "stdin", "stdout")
+    __slots__ = ("_popen", "pid", "pidfd", "returncode", "stderr", "stdin", "stdout")
 
     def __init__(self, pid: int, stdin: int | None, stdout: int | None, stderr: int | None,
                  popen: Any = None) -> None:
         self.pid = pid
+        self.returncode: int | None = None
         self.pidfd = os.pidfd_open(pid)
         self.stdin = stdin
         self.stdout = stdout
@@ -202,24 +206,36 @@ class Child:
             pass
 
     def reap(self) -> int:
-        """Wait for the (exited) leader; its exit status, negative for a signal."""
+        """Wait for the (exited) leader; its exit status, negative for a signal.
+
+        A second call returns the same status (an interrupted finish may retry).
+        """
+        if self.returncode is not None:
+            return self.returncode
+        untrack(self.pid)  # before waitpid, after which its pid may be anyone's
         _, status = os.waitpid(self.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
+        code = self.returncode = os.waitstatus_to_exitcode(status)
         if self._popen is not None:
             self._popen.returncode = code  # so Popen does not try to reap it again
         os.close(self.pidfd)
         return code
 
 
-def spawn(argv: list[str], *, env: Mapping[str, str] | None = None,
+def spawn(into: list[Child], argv: list[str], *, env: Mapping[str, str] | None = None,
           cwd: str | os.PathLike[str] | None = None, stdin: int | None = None,
-          capture: bool = True) -> Child:
-    """Start ``argv`` in a new session.
+          capture: bool = True) -> None:
+    """Start ``argv`` in a new session; its :class:`Child` is appended to ``into``.
 
     Its stdin is the fd ``stdin`` (``/dev/null``, say), or without one a pipe
     whose writing end is ``Child.stdin``. With ``capture`` its stdout and
     stderr are pipes too (the parent's ends, non-blocking, are on the
     :class:`Child`); otherwise they are ours.
+
+    Nothing is ever lost to a signal (Ctrl-C; SIGTERM in ``bingfa run``),
+    whose handler may raise after any line of Python: the pid, and then the
+    :class:`Child`, are stored by C code as they are made (:func:`call_into`),
+    so once the child exists either it is in ``into`` for the caller to end
+    on the way out, or it is ended here.
 
     Raises:
         CommandNotFoundError: no such executable, or it cannot be run.
@@ -230,6 +246,8 @@ def spawn(argv: list[str], *, env: Mapping[str, str] | None = None,
         raise CommandNotFoundError(f"command not found: {name!r}", name)
     ours: list[int] = []    # the parent's ends
     theirs: list[int] = []  # the child's ends, closed once it runs
+    started: list[Any] = []  # the pid (or the Popen) as soon as there is one
+    announced = tracked = False  # what the reaper was told (see _reaper.announce)
     try:
         to_child = out = err = None
         if stdin is None:
@@ -244,6 +262,8 @@ def spawn(argv: list[str], *, env: Mapping[str, str] | None = None,
             err, child_err = os.pipe2(os.O_CLOEXEC)
             ours += [out, err]
             theirs += [child_out, child_err]
+        announce()
+        announced = True
         if cwd is None:
             actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_DUP2, child_in, 0)]
             if child_out is not None:
@@ -251,26 +271,28 @@ def spawn(argv: list[str], *, env: Mapping[str, str] | None = None,
                             (os.POSIX_SPAWN_DUP2, child_err, 2)]
             environment = os.environ if env is None else env
             try:
-                pid = os.posix_spawn(exe, argv, environment, file_actions=actions,
-                                     setsid=True, setsigdef=_DEFAULT_SIGNALS)
+                call_into(started, os.posix_spawn, exe, argv, environment,
+                          file_actions=actions, setsid=True, setsigdef=_DEFAULT_SIGNALS)
             except OSError as exc:
                 if exc.errno != errno.ENOEXEC:
                     raise
                 # A script without "#!": run it with /bin/sh, as sh and execvp do.
-                pid = os.posix_spawn("/bin/sh", ["/bin/sh", exe, *argv[1:]], environment,
-                                     file_actions=actions, setsid=True,
-                                     setsigdef=_DEFAULT_SIGNALS)
-            popen = None
+                call_into(started, os.posix_spawn, "/bin/sh", ["/bin/sh", exe, *argv[1:]],
+                          environment, file_actions=actions, setsid=True,
+                          setsigdef=_DEFAULT_SIGNALS)
         else:
             import subprocess  # only for a working directory
 
-            popen = subprocess.Popen(argv, executable=exe, env=env, cwd=cwd, stdin=child_in,
-                                     stdout=child_out, stderr=child_err,
-                                     start_new_session=True)
-            pid = popen.pid
+            call_into(started, subprocess.Popen, argv, executable=exe, env=env, cwd=cwd,
+                      stdin=child_in, stdout=child_out, stderr=child_err,
+                      start_new_session=True)
+        # At once: until then, only the announcement stands for it.
+        track(started[0] if cwd is None else started[0].pid)
+        tracked = True
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         for fd in ours:
             os.close(fd)
+        withdraw()
         if cwd is not None and not os.path.isdir(cwd):
             # The command may be fine: say that the directory is what is missing.
             what = "does not exist" if not os.path.exists(cwd) else "is not a directory"
@@ -283,10 +305,47 @@ def spawn(argv: list[str], *, env: Mapping[str, str] | None = None,
     except BaseException:
         for fd in ours:
             os.close(fd)
+        if started:
+            _abandon(started[0], tracked)
+        elif announced:
+            withdraw()
         raise
     finally:
         for fd in theirs:
             os.close(fd)
-    for fd in ours:
-        os.set_blocking(fd, False)
-    return Child(pid, to_child, out, err, popen)
+    popen = None if cwd is None else started[0]
+    pid = started[0] if popen is None else popen.pid
+    try:
+        for fd in ours:
+            os.set_blocking(fd, False)
+        call_into(into, Child, pid, to_child, out, err, popen)
+    except BaseException:
+        if not into:
+            # A signal while the child was being set up: the caller never
+            # got it, so it is ended here.
+            for fd in ours:
+                os.close(fd)
+            _abandon(started[0], True)
+        raise
+
+
+def _pid_of(started: Any) -> int:
+    """The pid of what spawn started: a pid, or a Popen."""
+    return started if isinstance(started, int) else int(started.pid)
+
+
+def _abandon(started: Any, tracked: bool) -> None:
+    """End and reap a child (a pid, or a Popen) that was started but never handed over."""
+    popen = None if isinstance(started, int) else started
+    pid = _pid_of(started)
+    try:
+        kill_sessions([pid])
+        if tracked:
+            untrack(pid)
+        else:
+            withdraw()
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    except OSError:
+        return
+    if popen is not None:
+        popen.returncode = code  # so Popen does not try to reap it again

@@ -1,6 +1,6 @@
 """Output lines as they arrive: ``bf.stream``.
 
-The command runs on a :class:`~._cmdloop.CommandLoop` driven by the iterating
+The command runs on a :class:`~._loop.CommandLoop` driven by the iterating
 thread itself: no reader threads, and both pipes are read together, so a
 command that floods stderr while we wait on stdout cannot deadlock.
 """
@@ -127,7 +127,7 @@ class CommandStream(Iterator[OutputLine]):
                                          self.result)
 
     def close(self) -> None:
-        """Stop early: end the command's process group if it still runs."""
+        """Stop early: end the command's session if it still runs."""
         self._commands.close()
 
     def __enter__(self) -> CommandStream:
@@ -161,7 +161,7 @@ def stream(
     exited and the stream's ``.result`` holds its :class:`~bingfa.CommandResult`.
     Lines are text by default (``text=False`` for bytes); a line longer than
     1 MiB arrives in pieces. Leaving early (``break`` inside a ``with`` block,
-    :meth:`~CommandStream.close`, Ctrl-C) ends the command's whole process group.
+    :meth:`~CommandStream.close`, Ctrl-C) ends the command's whole session.
 
     Arguments are those of :func:`bingfa.run`; with ``check=True`` a failure
     raises :class:`~bingfa.CommandError` after the last line.

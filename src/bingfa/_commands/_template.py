@@ -136,21 +136,27 @@ class Template:
 
     Args:
         words: the command's words. As a shell string (``argv=False``) they are
-            joined with spaces and run by ``/bin/sh``, with each argument
+            joined with spaces and run by ``shell``, with each argument
             shell-quoted where it is put; as an argv (``argv=True``, the words
             after ``--``) each word is one argument and no shell is involved.
         sources: how many input sources there are (for ``{N}``).
+        shell: the shell that runs a command line that needs one.
+        functions: names of shell functions the environment exports: a
+            command that starts with one needs the shell.
 
     Raises:
         ValueError: an empty command, an unknown replacement string, ``{N}``
             beyond the sources, or unbalanced quotes in a shell string.
     """
 
-    def __init__(self, words: Sequence[str], *, argv: bool, sources: int) -> None:
+    def __init__(self, words: Sequence[str], *, argv: bool, sources: int,
+                 shell: str = "/bin/sh", functions: frozenset[str] = frozenset()) -> None:
         if not words or not "".join(words).strip():
             raise ValueError("no command given")
         self.is_argv = argv
         self.sources = sources
+        self.shell = shell
+        self._functions = functions
         self.text = " ".join(words)
         self._words = [_compile(w, sources) for w in words] if argv else []
         self._line = _compile(self.text, sources)
@@ -176,7 +182,12 @@ class Template:
         if "=" in first or first in _SHELL_WORDS:
             return None
         compiled = [_compile(w, sources) for w in words]
-        if compiled[0] == [first] and resolve(first) is None:
+        if compiled[0] != [first]:
+            if self._functions:
+                return None  # the program comes from the arguments: it may be a function
+        elif first in self._functions:
+            return None  # an exported function: only the shell knows it
+        elif resolve(first) is None:
             return None  # let the shell say "not found", with status 127, as GNU parallel does
         for word in compiled:
             # With several sources {} is several words; inside a longer word only
@@ -198,7 +209,7 @@ class Template:
             if self.appends:
                 out += values
             return out
-        return ["/bin/sh", "-c", self.line(values, seq, slot)]
+        return [self.shell, "-c", self.line(values, seq, slot)]
 
     def line(self, values: Sequence[str], seq: int, slot: int) -> str:
         """The job as one shell-quoted command line (to show, log, or run with ``sh -c``)."""
