@@ -882,6 +882,27 @@ def test_ctrl_c_kills_every_job_and_exits_130():
         proc.communicate()
 
 
+
+@pytest.mark.timeout(40)
+def test_ctrl_c_while_arguments_come_from_a_pipe_exits_130_at_once():
+    """The reader of standard input must not hold the interpreter's exit (it aborted)."""
+    proc = subprocess.Popen([PY, "-m", "bingfa", "run", "echo"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdin.write(b"first\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"first\n"  # it runs, and waits for more input
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert b"Fatal Python error" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
 def descendants_of(pid: int) -> list[int]:
     try:
         return [p.pid for p in psutil.Process(pid).children(recursive=True)]

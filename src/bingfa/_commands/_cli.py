@@ -266,10 +266,25 @@ class LineFeeder:
                          name="bingfa-run-arguments").start()
 
     def _read(self, stream: IO[bytes]) -> None:
+        # Straight from the file descriptor, not through the stream object: a
+        # daemon thread blocked inside a buffered reader holds its lock, and
+        # the interpreter, exiting after Ctrl-C, would wait for that lock and
+        # then abort ("Fatal Python error: could not acquire lock").
+        fd = stream.fileno()
+        pending = b""
         try:
-            for line in _lines(stream):
-                self._lines.append(line)
-                self._wake()
+            while True:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    break
+                *lines, pending = (pending + chunk).split(b"\n")
+                if lines:
+                    self._lines.extend(os.fsdecode(line) for line in lines)
+                    self._wake()
+            if pending:
+                self._lines.append(os.fsdecode(pending))
+        except OSError:
+            pass  # the input broke: what was read so far runs
         finally:
             self._done = True
             self._wake()
