@@ -6,11 +6,12 @@ threads, child processes, open file descriptors and shared-memory segments in
 fails the test (in its teardown), with a description of what leaked.
 
 Process-wide helpers live for the whole session by design: bingfa's zygote
-(which forks process-pool workers), and multiprocessing's forkserver and
-resource tracker. They are started once up front and never counted. They are
-recognised by their command line *and* by being direct children of this
-process: a worker forked by the zygote inherits the zygote's command line,
-and it must still be counted.
+(which forks process-pool workers) and reaper (which ends a dead caller's
+commands), and multiprocessing's forkserver and resource tracker. They are
+started once up front and never counted. They are recognised by their
+command line *and* by being direct children of this process: a worker forked
+by the zygote inherits the zygote's command line, and it must still be
+counted.
 
 /dev/shm is shared by the whole machine, and other programs create and leak
 entries there while the tests run. Only entries this test run made count: the
@@ -289,6 +290,9 @@ def _multiprocessing_helpers() -> None:
     # bingfa's zygote: one pool starts it, and it serves every later one.
     with bingfa.Pool(1, mode="process") as pool:
         pool.submit(int).result()
+    # This process's reaper (which ends its commands should it die): the
+    # first command starts it, and it lives as long as the process.
+    assert bingfa.run(["true"]).returncode == 0
     # uvloop (the RPC server's loop when installed) opens a pipe on its first
     # loop and keeps it for the life of the process: open it before any test.
     try:

@@ -12,7 +12,6 @@ import gc
 import re
 
 import pytest
-from reaper_baseline import reaper_started  # noqa: F401 - a fixture
 
 import bingfa as bf
 

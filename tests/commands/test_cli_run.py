@@ -903,6 +903,17 @@ def test_ctrl_c_while_arguments_come_from_a_pipe_exits_130_at_once():
             proc.kill()
         proc.communicate()
 
+def reaper_of(pid: int) -> int | None:
+    """The pid of the reaper process ``pid`` started, if it runs."""
+    try:
+        for child in psutil.Process(pid).children():
+            if any(part.endswith("_reaper.py") for part in child.cmdline()):
+                return child.pid
+    except psutil.Error:
+        pass
+    return None
+
+
 def descendants_of(pid: int) -> list[int]:
     try:
         return [p.pid for p in psutil.Process(pid).children(recursive=True)]
@@ -971,11 +982,14 @@ def test_sighup_ignored_by_the_caller_stays_ignored():
 @pytest.mark.timeout(40)
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_killed_bingfa_run_leaves_no_job_behind(sig):
-    # SIGKILL runs nothing in bingfa: its reaper ends the jobs.
+    # SIGKILL runs nothing in bingfa: its reaper ends the jobs. bingfa run
+    # starts it once it is a second old (a run of quick jobs never pays for
+    # one); the test waits for it, not for the second.
     proc = start_bingfa_run("-j", "2", "sh -c 'sleep 30 & sleep 30'", ":::", "A", "B")
     descendants: list[int] = []
     try:
         assert wait_until(lambda: len(running_sleeps(proc.pid)) == 4, 15), "jobs never started"
+        assert wait_until(lambda: reaper_of(proc.pid) is not None, 15), "no reaper"
         descendants = descendants_of(proc.pid)
         proc.send_signal(sig)
         proc.communicate(timeout=20)
@@ -987,6 +1001,14 @@ def test_a_killed_bingfa_run_leaves_no_job_behind(sig):
             proc.kill()
         proc.communicate()
 
+
+
+def test_a_short_run_of_quick_jobs_starts_no_reaper():
+    """A reaper is an interpreter: a run that ends within a second never pays for one."""
+    done = bingfa_run("ps -ww -o args= --ppid $PPID", ":::", "1")
+    assert done.returncode == 0, done.stderr
+    assert "_reaper.py" not in done.stdout  # the job's own shell is bingfa run's only child
+    assert done.stdout.strip()
 
 # A job whose grandchild leaves the job's process group (setpgid, as GNU timeout
 # and job-control shells do) or session (setsid; its parent, the job, stays),

@@ -24,7 +24,6 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import pid_alive, wait_until
-from reaper_baseline import reaper_started  # noqa: F401 - a fixture
 
 import bingfa as bf
 

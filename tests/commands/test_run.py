@@ -8,7 +8,6 @@ import sys
 
 import pytest
 from conftest import pid_alive, wait_until
-from reaper_baseline import reaper_started  # noqa: F401 - a fixture
 
 import bingfa as bf
 

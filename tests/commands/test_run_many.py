@@ -12,7 +12,6 @@ import threading
 
 import pytest
 from conftest import pid_alive, wait_until
-from reaper_baseline import reaper_started  # noqa: F401 - a fixture
 
 import bingfa as bf
 

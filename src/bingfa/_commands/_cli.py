@@ -616,7 +616,14 @@ def main_run(args: Sequence[str]) -> int:
             _signal.signal(sig, handler)
 
 
+# How old bingfa run must be before it starts its reaper (see _reaper.defer).
+REAPER_AFTER = 1.0
+
+
 def _main_run(args: Sequence[str]) -> int:
+    from ._reaper import defer
+
+    defer(REAPER_AFTER)
     try:
         return run_jobs(parse(args))
     except UsageError as exc:

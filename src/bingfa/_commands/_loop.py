@@ -26,7 +26,7 @@ import select
 import time
 
 from .._core import _signals as signals
-from ._reaper import kill_sessions, signal_sessions
+from ._reaper import kill_sessions, signal_sessions, start_due, start_if_due
 from ._spawn import DRAIN_AFTER_KILL, KILL_GRACE, spawn
 
 TYPE_CHECKING = False  # no typing at run time: bingfa run starts fast
@@ -250,6 +250,10 @@ class CommandLoop:
         if self._timers:
             until_timer = max(0.0, self._timers[0][0] - time.monotonic())
             wait = until_timer if wait < 0 else min(wait, until_timer)
+        reaper_due = start_due()
+        if reaper_due is not None:  # bingfa run's reaper, deferred: wake up to start it
+            until_reaper = max(0.0, reaper_due - time.monotonic())
+            wait = until_reaper if wait < 0 else min(wait, until_reaper)
         # epoll takes at most 2**31 - 1 ms (24.8 days) and timeouts go to 30
         # days: a longer wait returns early with nothing, and the caller polls again.
         for fd, _ in self._epoll.poll(min(wait, _LONGEST_WAIT)):
@@ -257,6 +261,8 @@ class CommandLoop:
             if entry is not None:
                 self._handle(fd, entry[0], entry[1])
         self._fire_timers(time.monotonic())
+        if reaper_due is not None:
+            start_if_due()
         self._finish_ready(finished)
         return finished
 

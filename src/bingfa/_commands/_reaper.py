@@ -59,8 +59,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import Any
 
-__all__ = ["GRACE", "announce", "call_into", "kill_sessions", "signal_sessions", "track",
-           "untrack", "withdraw"]
+__all__ = ["GRACE", "announce", "call_into", "defer", "kill_sessions", "signal_sessions",
+           "start_due", "start_if_due", "track", "untrack", "withdraw"]
 
 SIGTERM: int = _signal.SIGTERM
 SIGKILL: int = _signal.SIGKILL
@@ -247,6 +247,7 @@ _reaper = -1  # a pidfd on the reaper
 _pending = b""  # what the pipe could not take yet (a reaper that is slow to read)
 _live: set[int] = set()  # commands started and not yet reaped, for a new reaper
 _failures = 0  # reapers that died on us; after a few, commands run without one
+_not_before = 0.0  # time.monotonic() before which no reaper is started (see defer)
 _MAX_FAILURES = 3
 _MAX_PENDING = 1 << 16
 # How the reaper starts: this file imported as a top-level module, so that its
@@ -294,6 +295,35 @@ def untrack(pid: int) -> None:
     _tell(b"-%d\n" % pid)
 
 
+def defer(seconds: float) -> None:
+    """Start no reaper before ``seconds`` from now (``bingfa run`` only).
+
+    A reaper is an interpreter started once: some 10 ms of CPU. A short
+    ``bingfa run`` of many quick jobs (the ``xargs`` case) ends before that
+    pays for itself, so ``bingfa run`` starts its reaper only once it is this
+    old and still has commands running: only a ``bingfa run`` killed by
+    SIGKILL in its first moments can leave commands behind (SIGTERM, SIGHUP
+    and Ctrl-C always end them). The command loop wakes up for it
+    (:func:`start_due`, :func:`start_if_due`).
+    """
+    global _not_before
+    if _writer < 0:
+        _not_before = time.monotonic() + seconds
+
+
+def start_due() -> float | None:
+    """When a deferred reaper is to start (``time.monotonic()``), if one is waiting."""
+    return _not_before if _writer < 0 and _live and _not_before else None
+
+
+def start_if_due() -> None:
+    """Start the deferred reaper if its time has come and commands run."""
+    global _not_before
+    if _not_before and _writer < 0 and _live and time.monotonic() >= _not_before:
+        _not_before = 0.0
+        _tell(b"")
+
+
 def _tell(message: bytes) -> None:
     global _lock, _pending
     if _lock is None:
@@ -302,6 +332,8 @@ def _tell(message: bytes) -> None:
         _lock = _thread.RLock()
     with _lock:
         if _writer < 0:
+            if _not_before and time.monotonic() < _not_before:
+                return  # deferred: _start tells the reaper what runs, when it starts
             if _failures >= _MAX_FAILURES or not _start():
                 return
             if message[:1] != b"?":
