@@ -13,7 +13,7 @@ switches (and on a busy host, two waits for a CPU).
 
 Answers of calls run back to back go out together, in one system call: a
 thread holds its answers while it has more calls to run, and sends them all
-as the last one starts.
+once the last one has run.
 
 A call that blocks holds nothing up for long. A watchman thread looks every
 millisecond (only while the lane has work):
@@ -47,6 +47,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._core._context import WorkerContext, set_thread_context
+from ._busy import host_busy
 
 if TYPE_CHECKING:
     from ._server import _Call, _Connection, _Method
@@ -68,7 +69,9 @@ IDLE_TICKS = 16  # ticks without work before the watchman waits to be woken
 WAITING_SHARE = 0.25
 FAIR_TICKS = 8
 ARMED = select.EPOLLIN | select.EPOLLONESHOT if hasattr(select, "epoll") else 0
-_AGAIN = object()  # a connection with nothing more to read for now
+SPIN = 50e-6  # seconds a thread polls a connection it served for its next call
+SPIN_MISSES = 8  # polls in a row that came up empty: then only every SPIN_PROBE-th one
+SPIN_PROBE = 16
 monotonic = time.monotonic
 
 
@@ -325,13 +328,11 @@ class Lane:
             if last:
                 self._close_fds()
 
-    def _run_queued(self, me: LaneThread, serving: _Connection | None = None) -> None:
+    def _run_queued(self, me: LaneThread) -> None:
         """Run the queued calls, if this thread may; their answers go out together.
 
-        ``serving``: the connection this thread read them from, to arm again
-        once they have run (see _done_serving). Should one of them block,
-        the watchman sends the answers held meanwhile, and has an idle thread
-        run the calls still queued.
+        Should one of them block, the watchman sends the answers held
+        meanwhile, and has an idle thread run the calls still queued.
         """
         queue = self.queue
         if queue and self._claim():
@@ -345,26 +346,18 @@ class Lane:
                     conn = job[0]
                     frame = conn.lane_run(job, me)
                     if frame is not None:
-                        more = bool(queue)
-                        if not more and serving is not None:
-                            self._done_serving(serving)
-                            serving = None
-                        conn.lane_answer(frame, hold=more)
+                        conn.lane_answer(frame, hold=bool(queue))
             finally:
                 me.running = False
                 self._release()
-        if serving is not None:
-            self._done_serving(serving)
         if self.dirty:
             self.flush_dirty()
 
     def _done_serving(self, conn: _Connection) -> None:
-        """Arm ``conn`` again: its calls have run, their answers are about to go.
+        """Arm ``conn`` again: its calls have run, and their answers are gone.
 
-        Armed before the last answer goes, so that its next call (which the
-        client sends once it has the answer) finds this thread about to wait:
-        the kernel wakes the thread that last began to wait, and a connection
-        that is called over and over stays on one thread.
+        After the answers, not before: arming is a system call, and the
+        client waits for its answer, not for that.
         """
         self.busy.pop(conn, None)
         self.arm(conn)
@@ -440,19 +433,50 @@ class Lane:
                     else:
                         frame = None
                         queue.append(job)  # a thread takes it once one is free
-                if last:
-                    self._done_serving(conn)
                 if frame is not None:
                     conn.lane_answer(frame, hold=bool(queue))
             elif jobs:
-                self._run_all(conn, jobs, me, conn if last else None)
-            elif last:
-                self._done_serving(conn)
-            if last or conn.closed:
+                self._run_all(conn, jobs, me)
+            if conn.closed:
+                busy.pop(conn, None)
                 return
+            if last:
+                if not jobs or not self._poll_next(conn):
+                    self._done_serving(conn)
+                    return
+                busy[conn] = self.ticks  # its next call came while it polled: on with it
 
-    def _run_all(self, conn: _Connection, jobs: list[Job], me: LaneThread,
-                 serving: _Connection | None) -> None:
+    def _poll_next(self, conn: _Connection) -> bool:
+        """Poll ``conn`` a moment for its next call, rather than wait for it asleep: whether
+        it came.
+
+        On an idle host, the next call of a client that calls in a loop comes
+        within tens of microseconds, and catching it here saves waking this
+        thread up for it (on a virtual machine, an idle CPU is halted, and
+        waking it costs more than a quick call). Not when every CPU has work
+        (see _busy): polling would take a CPU from it. A connection whose next
+        call keeps not coming that soon is polled only now and then, as the
+        client's spin is.
+        """
+        misses = conn.spin_misses
+        if misses >= SPIN_MISSES:
+            conn.spin_misses = misses + 1
+            if misses % SPIN_PROBE:
+                return False
+        poll = conn.lane_poll
+        if poll is None or host_busy():
+            return False
+        clock, pause = monotonic, os.sched_yield
+        end = clock() + SPIN
+        while not poll(0):
+            if clock() > end:
+                conn.spin_misses = misses + 1
+                return False
+            pause()  # should the client run on this very CPU, let it call
+        conn.spin_misses = 0
+        return True
+
+    def _run_all(self, conn: _Connection, jobs: list[Job], me: LaneThread) -> None:
         """Several calls read together: the quick ones now, then the plain ones (queued, so
         that other threads may take them should one block); answers go out together."""
         frames: list[bytes] = []
@@ -465,14 +489,11 @@ class Lane:
             else:
                 plain.append(job)
         if frames:
-            if not plain and serving is not None:
-                self._done_serving(serving)
-                serving = None
             conn.lane_answer(frames[0] if len(frames) == 1 else b"".join(frames),
                              hold=bool(plain))
         if plain:
             self.queue.extend(plain)
-        self._run_queued(me, serving)
+            self._run_queued(me)
 
     # -- the watchman -------------------------------------------------------------------
 
