@@ -37,11 +37,12 @@ def host_busy() -> bool:
     now = time.monotonic()
     if now < _next_check:
         return _busy
+    first = _next_check == 0.0
     _next_check = now + CHECK_EVERY
     others = _others_running()
     if others is None:
         return _busy
-    _average += SMOOTHING * (others - _average)
+    _average = others if first else _average + SMOOTHING * (others - _average)
     _busy = _average >= _cpus
     return _busy
 

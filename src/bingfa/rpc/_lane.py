@@ -38,6 +38,7 @@ connection's side of all this.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import threading
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
     from ._server import _Call, _Connection, _Method
 
 __all__ = ["Lane", "LaneThread", "available"]
+
+logger = logging.getLogger("bingfa.rpc")
 
 # One connection's call, read and registered, waiting for a thread:
 # (connection, call, method, args, kwargs, stream window).
@@ -86,7 +89,7 @@ class LaneThread:
     """What one lane thread keeps: its worker context, its own reused encoder, and
     what the watchman looks at (whether it runs calls, the CPU time it has used)."""
 
-    __slots__ = ("clock", "cpu", "ctx", "dumps", "running")
+    __slots__ = ("clock", "cpu", "ctx", "dumps", "polled", "poller", "running")
 
     def __init__(self, ctx: WorkerContext, dumps: Callable[[Any], bytes]) -> None:
         self.ctx = ctx
@@ -94,6 +97,10 @@ class LaneThread:
         self.running = False
         self.clock = time.pthread_getcpuclockid(threading.get_ident())
         self.cpu = 0.0  # its CPU time, as of the watchman's last look
+        # Its own, for polling a connection: a poll object is for one thread at
+        # a time, and two threads may serve one connection (see the watchman).
+        self.poller = select.poll()
+        self.polled = -1  # the descriptor registered with it
 
 
 class Lane:
@@ -311,7 +318,12 @@ class Lane:
                 for fd, _ in events:
                     readable = connections.get(fd)
                     if readable is not None:
-                        self._serve(readable, me)
+                        try:
+                            self._serve(readable, me)
+                        except Exception:  # a bug: that connection goes, the thread stays
+                            logger.exception("bingfa.rpc: serving a connection failed")
+                            self.busy.pop(readable, None)
+                            readable.lane_lost("the server failed")
                     elif fd == stop_fd:
                         return
                     elif fd == wake_fd:
@@ -441,12 +453,12 @@ class Lane:
                 busy.pop(conn, None)
                 return
             if last:
-                if not jobs or not self._poll_next(conn):
+                if not jobs or not self._poll_next(conn, me):
                     self._done_serving(conn)
                     return
                 busy[conn] = self.ticks  # its next call came while it polled: on with it
 
-    def _poll_next(self, conn: _Connection) -> bool:
+    def _poll_next(self, conn: _Connection, me: LaneThread) -> bool:
         """Poll ``conn`` a moment for its next call, rather than wait for it asleep: whether
         it came.
 
@@ -463,10 +475,15 @@ class Lane:
             conn.spin_misses = misses + 1
             if misses % SPIN_PROBE:
                 return False
-        poll = conn.lane_poll
-        if poll is None or host_busy():
+        if host_busy():
             return False
-        clock, pause = monotonic, os.sched_yield
+        fd = conn.lane_fd
+        if me.polled != fd:
+            if me.polled >= 0:
+                me.poller.unregister(me.polled)
+            me.poller.register(fd, select.POLLIN)
+            me.polled = fd
+        poll, clock, pause = me.poller.poll, monotonic, os.sched_yield
         end = clock() + SPIN
         while not poll(0):
             if clock() > end:

@@ -28,7 +28,6 @@ import inspect
 import ipaddress
 import logging
 import os
-import select
 import socket
 import ssl
 import threading
@@ -357,7 +356,6 @@ class _Connection(asyncio.Protocol):
         self.lane_reading = threading.Lock()
         self.lane_buffer = bytearray()
         self.lane_needed = 4
-        self.lane_poll: Callable[[int], list[tuple[int, int]]] | None = None  # its poll(0)
         self.spin_misses = 0  # see Lane._poll_next
         # Frames reach the socket whole: the loop's transport writes and the
         # lane threads' sends take this lock. A send that went out in part
@@ -824,9 +822,6 @@ class _Connection(asyncio.Protocol):
         self.buffer.clear()
         self.lane_sock = own
         self.lane_fd = own.fileno()
-        poller = select.poll()
-        poller.register(own, select.POLLIN)
-        self.lane_poll = poller.poll
         self.lane = lane
         lane.add(self)
 
