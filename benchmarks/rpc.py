@@ -17,8 +17,10 @@ function is ``add(a, b) -> a + b`` on small ints. Implementations:
   pyro5-msgpack  Pyro5, serializer msgpack
   xmlrpc         SimpleXMLRPCServer with ThreadingMixIn, HTTP/1.1 keep-alive
   grpc           gRPC with generic handlers on bytes (msgpack payloads, no .proto), if installed
-  bingfa         bingfa.rpc.serve / connect / aconnect
-  bingfa-nopoll  (A only) bingfa.rpc.connect(spin=0): bingfa without the polling
+  bingfa         bingfa.rpc.serve / connect / aconnect, add marked @bf.rpc.quick (it runs
+                 on the server's event loop)
+  bingfa-plain   the same, add a plain function (not marked), as most served functions are
+  bingfa-nopoll  (A only) bingfa.rpc.connect(spin=0): bingfa (quick) without the polling
 
 Scenarios (the implementations run interleaved: every repeat runs each of them
 once, in a rotating order, so the noise of a shared machine hits them alike;
@@ -26,14 +28,21 @@ the tables show medians over the repeats and ratios):
 
   A  sequential add: one client, ``--calls`` calls after 500 warm-up calls, each
      timed with perf_counter_ns; p50 and p99 in microseconds.
-     Target: bingfa p50 <= floor p50 + 15 µs.
+     Target: bingfa and bingfa-plain p50 <= floor p50 + 15 µs (idle or busy).
   B  8 threads, one connection: 8 client threads call add in a loop for
      ``--duration`` seconds, sharing one connection where the library supports
      it, else one connection per thread (a note per implementation says which); calls/s.
-     Targets: bingfa >= 60,000 calls/s, >= 2x rpyc, >= 1.5x pyro5-msgpack.
+     Targets, idle: bingfa >= 0.9x floor-shared, >= 2x rpyc, >= 1.5x pyro5-msgpack;
+     bingfa-plain >= 4x rpyc. With --busy: both >= 2x rpyc and >= 1.5x pyro5-msgpack.
   C  64 in flight on one asyncio connection, for the implementations with an
      asyncio client (floor: 64 pipelined frames; grpc.aio; bingfa.aconnect); calls/s.
-     Target: bingfa >= 100,000 calls/s.
+     Target, idle: bingfa >= 100,000 calls/s.
+
+``--busy N`` runs N processes that spin on the CPU beside the benchmark for its
+whole run, as on a loaded host (the figures change most there for clients
+that poll, and for servers that hand calls between threads). They are stopped
+at the end, on an error or Ctrl-C, and exit by themselves if this script dies.
+The load averages are printed at the start and after each scenario.
 
 Every client looks its remote method up once per connection, as a hot loop
 would (an rpyc ``conn.root.add`` lookup is a round trip of its own), and the
@@ -55,7 +64,7 @@ gRPC is optional: without grpcio its rows are skipped (``pip install grpcio``).
 Run::
 
     python benchmarks/rpc.py [--only A,B,C] [--repeats 5] [--calls 5000] [--duration 2]
-                             [--peers floor,rpyc,...] [--json PATH]
+                             [--peers floor,rpyc,...] [--busy N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ import importlib.util
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -106,11 +116,14 @@ GRPC_METHOD = "/bench.Calculator/Add"
 MP_AUTHKEY = b"bingfa-bench"
 PYRO_OBJECT_ID = "calculator"
 
-TARGET_P50_OVER_FLOOR_US = 15.0
-TARGET_THREADS_CALLS_PER_S = 60_000
-TARGET_THREADS_X_RPYC = 2.0
-TARGET_THREADS_X_PYRO5_MSGPACK = 1.5
-TARGET_IN_FLIGHT_CALLS_PER_S = 100_000
+TARGET_P50_OVER_FLOOR_US = 15.0  # A, quick and plain, idle or busy
+TARGET_THREADS_X_FLOOR_SHARED = 0.9  # B, quick, idle host
+TARGET_THREADS_X_RPYC = 2.0  # B, quick, idle host
+TARGET_THREADS_X_PYRO5_MSGPACK = 1.5  # B, quick, idle host
+TARGET_PLAIN_THREADS_X_RPYC = 4.0  # B, plain, idle host
+TARGET_BUSY_THREADS_X_RPYC = 2.0  # B, quick and plain, beside busy loops
+TARGET_BUSY_THREADS_X_PYRO5_MSGPACK = 1.5  # B, quick and plain, beside busy loops
+TARGET_IN_FLIGHT_CALLS_PER_S = 100_000  # C, quick, idle host
 
 
 # --- the served function -----------------------------------------------------
@@ -683,6 +696,20 @@ class Bingfa(Implementation):
         return AsyncClient(add=client.add, aclose=client.aclose)
 
 
+class BingfaPlain(Bingfa):
+    key = "bingfa-plain"
+    threads_note = ("one shared client, as bingfa; the server's add is a plain function "
+                    "(not marked quick), as most served functions are")
+
+    def serve(self, publish: Callable[[str], None]) -> None:
+        import bingfa.rpc
+
+        # Plain: what users serve without thinking about where it runs.
+        server = bingfa.rpc.serve({"add": add}, f"tcp://{HOST}:0")
+        publish(server.address)
+        server.serve_forever()
+
+
 class BingfaNoPolling(Bingfa):
     key = "bingfa-nopoll"
     scenarios = "A"
@@ -696,11 +723,15 @@ class BingfaNoPolling(Bingfa):
 
 
 BINGFA = "bingfa"
+BINGFA_PLAIN = "bingfa-plain"
+OURS = (BINGFA, BINGFA_PLAIN)  # the rows the ratio columns and the targets are about
 FLOOR = "floor"
+FLOOR_SHARED = "floor-shared"
 IMPLEMENTATIONS: dict[str, Implementation] = {
     impl.key: impl for impl in (
         Floor(), FloorPolling(), FloorShared(), MultiprocessingConnection(), Rpyc(),
-        Pyro("serpent"), Pyro("msgpack"), XmlRpc(), Grpc(), Bingfa(), BingfaNoPolling())}
+        Pyro("serpent"), Pyro("msgpack"), XmlRpc(), Grpc(), Bingfa(), BingfaPlain(),
+        BingfaNoPolling())}
 PEERS = [key for key in IMPLEMENTATIONS if key != BINGFA]
 
 
@@ -761,16 +792,21 @@ class ServerProcess:
         return self.address_file.read_text()
 
     def stop(self) -> None:
-        """Close its stdin (it exits at once), then terminate, then kill."""
-        if self.process.stdin is not None:
-            self.process.stdin.close()
-        for escalate in (lambda: None, self.process.terminate, self.process.kill):
-            escalate()
-            try:
-                self.process.wait(timeout=3)
-                return
-            except subprocess.TimeoutExpired:
-                pass
+        stop_child(self.process)
+
+
+def stop_child(process: subprocess.Popen[bytes]) -> None:
+    """Close a child's stdin (it exits at once), then terminate it, then kill it."""
+    if process.stdin is not None:
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+    for escalate in (lambda: None, process.terminate, process.kill):
+        escalate()
+        try:
+            process.wait(timeout=3)
+            return
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def start_servers(keys: list[str], scratch: Path,
@@ -786,6 +822,46 @@ def start_servers(keys: list[str], scratch: Path,
         stack.callback(server.stop)
         addresses[key] = server.address
     return addresses
+
+
+# --- a busy host ---------------------------------------------------------------
+
+
+def busy_loop() -> None:
+    """Entry point of ``--busy-loop``: keep one CPU busy until the parent goes."""
+    exit_when_parent_goes()
+    while True:
+        pass
+
+
+def start_busy_loops(count: int, stack: contextlib.ExitStack) -> None:
+    """``count`` processes spinning on the CPU for the whole run (``--busy``).
+
+    Each is stopped when ``stack`` closes (the end of the run, an error,
+    Ctrl-C), and exits by itself when this script dies, even by SIGKILL: its
+    stdin is a pipe from us, and it exits when the pipe closes.
+    """
+    for _ in range(count):
+        process = subprocess.Popen([sys.executable, str(Path(__file__).resolve()),
+                                    "--busy-loop"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL)
+        stack.callback(stop_child, process)
+
+
+def load() -> dict[str, float]:
+    """The load averages, and how many tasks are running right now."""
+    one, five, fifteen = os.getloadavg()
+    running = 0.0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        running = float(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    return {"1min": one, "5min": five, "15min": fifteen, "running": running}
+
+
+def print_load(when: str) -> dict[str, float]:
+    now = load()
+    print(f"load {when}: {now['1min']:.2f} {now['5min']:.2f} {now['15min']:.2f} "
+          f"(1, 5, 15 min), {now['running']:.0f} running")
+    return now
 
 
 # --- the scenarios -------------------------------------------------------------
@@ -966,15 +1042,17 @@ def ratios(values: dict[str, float], over: float | None) -> dict[str, float]:
 
 
 def print_comparison(columns: list[str], rows: dict[str, list[str]],
-                     bingfa_over_peer: dict[str, float], meaning: str) -> None:
-    """The table, with a bingfa/peer column when bingfa was measured."""
-    if BINGFA not in rows:
-        print_table(columns, list(rows.values()))
-        return
-    print_table([*columns, "bingfa/peer"],
-                [[*row, f"{bingfa_over_peer[key]:.2f}x" if key != BINGFA else "-"]
+                     ours_over_peer: dict[str, dict[str, float]], meaning: str) -> None:
+    """The table, with a column per bingfa row measured: its value over each peer's."""
+    ours = [key for key in OURS if ours_over_peer.get(key)]
+    names = {BINGFA: "quick/peer", BINGFA_PLAIN: "plain/peer"}
+    print_table([*columns, *(names[key] for key in ours)],
+                [[*row, *(f"{ours_over_peer[mine][key]:.2f}x" if key != mine else "-"
+                          for mine in ours)]
                  for key, row in rows.items()])
-    print(f"  (bingfa/peer = {meaning})")
+    if ours:
+        print(f"  (quick = bingfa serving add marked @quick, plain = bingfa-plain serving "
+              f"it unmarked; x/peer = {meaning})")
 
 
 def check_target(label: str, value: float, passed: bool, shown: str) -> dict[str, Any]:
@@ -988,9 +1066,10 @@ def report_latency(run: ScenarioRun) -> dict[str, Any]:
     medians = {key: {q: statistics.median(s[q] for s in samples) for q in ("p50", "p99")}
                for key, samples in run.samples.items()}
     p50s = {key: median["p50"] for key, median in medians.items()}
-    floor, ours = p50s.get(FLOOR), p50s.get(BINGFA)
+    floor = p50s.get(FLOOR)
     over_floor = ratios(p50s, floor)
-    bingfa_over_peer = {key: ours / p50 for key, p50 in p50s.items()} if ours else {}
+    ours_over_peer = {mine: {key: p50s[mine] / p50 for key, p50 in p50s.items()}
+                      for mine in OURS if mine in p50s}
     rows = {}
     for key, median in medians.items():
         repeats = [s["p50"] for s in run.samples[key]]
@@ -998,16 +1077,19 @@ def report_latency(run: ScenarioRun) -> dict[str, Any]:
                      f"{min(repeats):.1f}..{max(repeats):.1f}",
                      f"{over_floor[key]:.2f}x" if over_floor else "-"]
     print_comparison(["implementation", "p50 µs", "p99 µs", "p50 min..max", "p50/floor"], rows,
-                     bingfa_over_peer, "bingfa's p50 / the peer's p50: below 1 is faster")
+                     ours_over_peer, "its p50 / the peer's p50: below 1 is faster")
     targets = []
-    if ours is not None and floor is not None:
+    if floor is not None and any(key in p50s for key in OURS):
         print()
         limit = floor + TARGET_P50_OVER_FLOOR_US
-        targets.append(check_target(
-            f"bingfa p50 <= floor p50 + {TARGET_P50_OVER_FLOOR_US:g} µs (= {limit:.1f} µs)",
-            ours, ours <= limit, f"{ours:.1f} µs"))
+        for key in OURS:
+            if key in p50s:
+                targets.append(check_target(
+                    f"{key} p50 <= floor p50 + {TARGET_P50_OVER_FLOOR_US:g} µs "
+                    f"(= {limit:.1f} µs)", p50s[key], p50s[key] <= limit,
+                    f"{p50s[key]:.1f} µs"))
     return {"unit": "microseconds", "samples": run.samples, "medians": medians,
-            "p50_over_floor": over_floor, "bingfa_p50_over_peer": bingfa_over_peer,
+            "p50_over_floor": over_floor, "ours_p50_over_peer": ours_over_peer,
             "failures": run.failures, "targets": targets}
 
 
@@ -1015,40 +1097,63 @@ def report_rate(run: ScenarioRun, notes: dict[str, str] | None = None) -> dict[s
     """Scenario B's or C's table: calls/s (median over repeats) and its ratios."""
     medians = {key: statistics.median(samples) for key, samples in run.samples.items()}
     over_floor = ratios(medians, medians.get(FLOOR))
-    ours = medians.get(BINGFA)
-    bingfa_over_peer = {key: ours / rate for key, rate in medians.items()} if ours else {}
+    ours_over_peer = {mine: {key: medians[mine] / rate for key, rate in medians.items()}
+                      for mine in OURS if mine in medians}
     rows = {key: [key, f"{rate:,.0f}",
                   f"{min(run.samples[key]):,.0f}..{max(run.samples[key]):,.0f}",
                   f"{over_floor[key]:.2f}x" if over_floor else "-"]
             for key, rate in medians.items()}
     print_comparison(["implementation", "calls/s", "min..max", "x floor"], rows,
-                     bingfa_over_peer, "bingfa's calls/s / the peer's: above 1 is faster")
+                     ours_over_peer, "its calls/s / the peer's: above 1 is faster")
     if notes:
         print("  how the threads call each:")
         for key in medians:
             print(f"    {key}: {notes[key]}")
     return {"unit": "calls per second", "samples": run.samples, "medians": medians,
-            "over_floor": over_floor, "bingfa_over_peer": bingfa_over_peer,
+            "over_floor": over_floor, "ours_over_peer": ours_over_peer,
             "failures": run.failures, "notes": notes or {}}
 
 
-def rate_targets(medians: dict[str, float], checks: list[tuple[str, str | None, float]]
-                 ) -> list[dict[str, Any]]:
+# A rate target: (which bingfa row, the peer it is measured against or None for an
+# absolute figure, the threshold: times the peer's calls/s, or calls/s).
+RateTarget = tuple[str, str | None, float]
+
+
+def rate_targets(medians: dict[str, float], checks: list[RateTarget]) -> list[dict[str, Any]]:
     """Target lines for bingfa's calls/s: absolute (peer None) or times a peer's."""
-    ours = medians.get(BINGFA)
-    if ours is None:
+    checks = [check for check in checks if check[0] in medians]
+    if not checks:
         return []
     print()
     targets = []
-    for label, peer, threshold in checks:
+    for mine, peer, threshold in checks:
+        ours = medians[mine]
         if peer is None:
-            targets.append(check_target(label, ours, ours >= threshold, f"{ours:,.0f} calls/s"))
+            targets.append(check_target(f"{mine} >= {threshold:,.0f} calls/s", ours,
+                                        ours >= threshold, f"{ours:,.0f} calls/s"))
         elif peer in medians:
             times = ours / medians[peer]
-            targets.append(check_target(label, times, times >= threshold, f"{times:.2f}x"))
+            targets.append(check_target(f"{mine} >= {threshold:g}x {peer}", times,
+                                        times >= threshold, f"{times:.2f}x"))
         else:
-            print(f"  target: {label}: skipped ({peer} not measured)")
+            print(f"  target: {mine} >= {threshold:g}x {peer}: skipped ({peer} not measured)")
     return targets
+
+
+def threads_targets(busy: int) -> list[RateTarget]:
+    """Scenario B's targets: on an idle host, and beside busy-loop processes."""
+    if busy:
+        # Every CPU has a busy loop to share with: polling and hand-offs cost
+        # more, and the bar is leading the peers, for quick and plain alike.
+        return [(mine, peer, times) for mine in OURS
+                for peer, times in (("rpyc", TARGET_BUSY_THREADS_X_RPYC),
+                                    ("pyro5-msgpack", TARGET_BUSY_THREADS_X_PYRO5_MSGPACK))]
+    return [
+        (BINGFA, FLOOR_SHARED, TARGET_THREADS_X_FLOOR_SHARED),
+        (BINGFA, "rpyc", TARGET_THREADS_X_RPYC),
+        (BINGFA, "pyro5-msgpack", TARGET_THREADS_X_PYRO5_MSGPACK),
+        (BINGFA_PLAIN, "rpyc", TARGET_PLAIN_THREADS_X_RPYC),
+    ]
 
 
 # --- the scenarios, end to end ---------------------------------------------------
@@ -1075,12 +1180,7 @@ def scenario_b(addresses: dict[str, str], args: argparse.Namespace) -> dict[str,
                           time_limit=2 * SETUP_LIMIT + args.duration + HANG_GRACE)
     notes = {key: IMPLEMENTATIONS[key].threads_note for key in run.samples}
     section = report_rate(run, notes)
-    section["targets"] = rate_targets(section["medians"], [
-        (f"bingfa >= {TARGET_THREADS_CALLS_PER_S:,} calls/s", None, TARGET_THREADS_CALLS_PER_S),
-        (f"bingfa >= {TARGET_THREADS_X_RPYC:g}x rpyc", "rpyc", TARGET_THREADS_X_RPYC),
-        (f"bingfa >= {TARGET_THREADS_X_PYRO5_MSGPACK:g}x pyro5-msgpack", "pyro5-msgpack",
-         TARGET_THREADS_X_PYRO5_MSGPACK),
-    ])
+    section["targets"] = rate_targets(section["medians"], threads_targets(args.busy))
     return section
 
 
@@ -1096,9 +1196,9 @@ def scenario_c(addresses: dict[str, str], args: argparse.Namespace) -> dict[str,
                           time_limit=SETUP_LIMIT + ASYNC_WARMUP_SECONDS + args.duration
                           + HANG_GRACE)
     section = report_rate(run)
-    section["targets"] = rate_targets(section["medians"], [
-        (f"bingfa >= {TARGET_IN_FLIGHT_CALLS_PER_S:,} calls/s", None,
-         TARGET_IN_FLIGHT_CALLS_PER_S)])
+    # The in-flight figure is an idle host's target: beside busy loops it is shown only.
+    section["targets"] = [] if args.busy else rate_targets(
+        section["medians"], [(BINGFA, None, TARGET_IN_FLIGHT_CALLS_PER_S)])
     return section
 
 
@@ -1124,6 +1224,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -1143,11 +1250,15 @@ def parse_args() -> argparse.Namespace:
                         help="seconds per repeat in scenarios B and C (default 2)")
     parser.add_argument("--peers", type=name_list(PEERS), default=PEERS,
                         help=f"peers to run beside bingfa (default: {','.join(PEERS)})")
+    parser.add_argument("--busy", type=non_negative_int, default=0, metavar="N",
+                        help="run N busy-loop processes beside the benchmark for its whole "
+                             "run, as on a loaded host (default 0: an idle host)")
     parser.add_argument("--json", type=Path, metavar="PATH",
                         help="also write every sample, median, ratio and target to PATH")
     # The server side of one implementation, started by the benchmark itself.
     parser.add_argument("--serve", choices=list(IMPLEMENTATIONS), help=argparse.SUPPRESS)
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--busy-loop", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
@@ -1182,9 +1293,14 @@ SCENARIO_RUNNERS = {"A": scenario_a, "B": scenario_b, "C": scenario_c}
 
 def main() -> None:
     args = parse_args()
+    if args.busy_loop:
+        busy_loop()
+        return
     if args.serve:
         serve_in_this_process(args.serve, args.port_file)
         return
+    # A SIGTERM unwinds like Ctrl-C does, so servers and busy loops are stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     info = machine()
     libraries = ", ".join(f"{name} {version}" for name, version in info["libraries"].items())
@@ -1194,12 +1310,17 @@ def main() -> None:
     report: dict[str, Any] = {"machine": info, "settings": {
         "repeats": args.repeats, "calls": args.calls, "warmup_calls": WARMUP_CALLS,
         "duration": args.duration, "threads": THREADS, "in_flight": IN_FLIGHT,
-        "implementations": keys}, "scenarios": {}}
+        "busy": args.busy, "implementations": keys}, "scenarios": {}, "load": {}}
+    report["load"]["start"] = print_load("at the start")
     with tempfile.TemporaryDirectory(prefix="bingfa-rpc-bench-") as scratch, \
-            contextlib.ExitStack() as servers:
-        addresses = start_servers(keys, Path(scratch), servers)
+            contextlib.ExitStack() as children:
+        if args.busy:
+            print(f"busy: {args.busy} busy-loop processes run beside the benchmark")
+            start_busy_loops(args.busy, children)
+        addresses = start_servers(keys, Path(scratch), children)
         for scenario in args.only:
             report["scenarios"][scenario] = SCENARIO_RUNNERS[scenario](addresses, args)
+            report["load"][scenario] = print_load(f"after {scenario}")
 
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -218,9 +218,10 @@ def test_spin_is_checked_and_zero_never_polls(server):
         assert c._conn.spin_misses == 0
 
 
-def test_a_client_stops_polling_for_answers_that_come_slowly(server):
+def test_a_client_stops_polling_for_answers_that_come_slowly(server, monkeypatch):
     from bingfa.rpc import _client
 
+    monkeypatch.setattr(_client, "host_busy", lambda: False)  # it polls: see below
     # The longest spin allowed, against calls that always take far longer:
     # after a few empty polls the client sleeps on the socket at once.
     with rpc.connect(server.address, spin=1e-3) as c:
@@ -726,7 +727,7 @@ def test_reading_resumes_after_big_requests_finish():
         assert c.add(1, 2) == 3
 
 
-def test_quick_functions_run_on_the_loop_and_others_never_block_it():
+def test_calls_run_on_the_thread_that_read_them_and_none_blocks_the_server():
     release = threading.Event()
 
     def wait_for_release():
@@ -736,15 +737,21 @@ def test_quick_functions_run_on_the_loop_and_others_never_block_it():
     def where():
         return threading.current_thread().name
 
-    functions = {"where": where, "block": wait_for_release, "add": lambda a, b: a + b}
+    def plain_where():
+        return threading.current_thread().name
+
+    functions = {"where": where, "plain_where": plain_where, "block": wait_for_release,
+                 "add": lambda a, b: a + b}
     with rpc.serve(functions, ADDRESS) as server, rpc.connect(server.address, timeout=20) as c:
-        assert c.where() == "bingfa-rpc-server"
-        for _ in range(50):  # quick-looking calls never move a function onto the loop
-            c.add(1, 1)
+        # The server's own threads read its connections and run the calls they
+        # read, quick or plain: no hop to a pool thread (whose names differ).
+        assert c.where().startswith("bingfa-rpc-thread-")
+        assert c.plain_where().startswith("bingfa-rpc-thread-")
         blocked = threading.Thread(target=c.block)
         blocked.start()
         with rpc.connect(server.address, timeout=5) as other:
             assert other.add(2, 2) == 4  # the server still answers
+        assert c.add(3, 3) == 6  # ... on the blocked call's connection too
         release.set()
         blocked.join()
     with pytest.raises(TypeError):

@@ -34,6 +34,7 @@ from typing import Any
 
 from .._core._errors import SerializationError
 from .._core._timeouts import limit_seconds
+from ._busy import host_busy
 from ._client_core import STREAM_WINDOW, Login, secret_bytes, undecodable_answer
 from ._codec import Codec, arguments_error
 from ._errors import ConnectionLostError, RPCTimeoutError, rebuild
@@ -43,6 +44,7 @@ from ._wire import (
     CREDIT,
     END,
     ERROR,
+    HEADER,
     HELLO_SIZE,
     ITEM,
     RESULT,
@@ -279,6 +281,59 @@ class _Connection:
         data: bytes = dumps(message)
         return pack_header(len(data)) + data
 
+    def wait_alone(self, call_id: int, pending: _Pending, deadline: float | None) -> bool | None:
+        """A lone call's wait for its answer, with as little in the way as can be.
+
+        With no other call in flight and nobody reading, the caller reads the
+        socket itself: when what comes is its own answer alone in one frame
+        (what a lone call gets), it takes it right there, without the
+        machinery that hands answers between threads. True: answered; False:
+        the deadline passed; None: wait the general way (another call came
+        in meanwhile, the answer is not all there, a stream...), with
+        whatever was read already handed out.
+        """
+        if len(self.pending) != 1 or self.lost is not None or self.reader.buffered:
+            return None
+        if not self.read_lock.acquire(blocking=False):
+            return None
+        self.reading_thread = threading.get_ident()
+        try:
+            size = (self._spin(deadline) if self.spin and not host_busy() else -1)
+            if size < 0:
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not self.poller.poll(remaining * 1000):
+                        return False
+                size = self.sock.recv_into(self.read_buffer)
+            if not size:
+                self._lose("the server closed the connection")
+                return None
+            view = self.read_view
+            if size > 4 and HEADER.unpack_from(self.read_buffer)[0] == size - 4:
+                try:
+                    message = self.codec.loads(view[4:size])
+                except Exception:
+                    message = None
+                if (type(message) is list and len(message) == 3 and message[0] == RESULT
+                        and message[1] == call_id):
+                    pending.value = message[2]
+                    pending.done = True
+                    self.pending.pop(call_id, None)
+                    return True
+            with self.state:
+                self._parse(view[:size].tobytes())
+            if self.cancels:
+                self._send_cancels()
+            return None
+        except OSError as exc:
+            self._lose(f"the connection broke: {exc}")
+            return None
+        finally:
+            self.reading_thread = None
+            self.read_lock.release()
+            if self.answered or self.asleep:
+                self._move_on()  # calls that came in meanwhile: one of them reads now
+
     def wait(self, pending: _Pending, ready: Any, deadline: float | None) -> bool:
         """Wait until ``ready()``; False if ``deadline`` (monotonic) passed first."""
         try:
@@ -353,7 +408,8 @@ class _Connection:
             try:
                 # Only a lone call polls: beside other threads' calls, polling would
                 # take the GIL from the very callers it is reading answers for.
-                size = self._spin(deadline) if self.spin and len(self.pending) <= 1 else -1
+                size = (self._spin(deadline)
+                        if self.spin and len(self.pending) <= 1 and not host_busy() else -1)
                 if size < 0:
                     if deadline is not None:
                         # Wait with poll, not a socket timeout: that would also apply
@@ -708,7 +764,10 @@ class Client:
         try:
             conn.send(frame)
             deadline = None if timeout is None else time.monotonic() + timeout
-            if not conn.wait(pending, lambda: pending.done, deadline):
+            answered = conn.wait_alone(call_id, pending, deadline)
+            if answered is None:
+                answered = conn.wait(pending, lambda: pending.done, deadline)
+            if not answered:
                 raise RPCTimeoutError(f"{method}() did not answer within {timeout} s")
         except BaseException:
             if conn.pending.pop(call_id, None) is not None and conn.lost is None:

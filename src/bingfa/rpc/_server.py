@@ -42,6 +42,9 @@ from .._core._context import CancelFlag, WorkerContext, current, set_thread_cont
 from .._core._errors import SerializationError
 from ._codec import Codec, cannot_encode, codec_for, plain_msgpack
 from ._errors import describe
+from ._lane import Job, Lane, LaneThread
+from ._lane import available as lane_available
+from ._limits import MAX_INFLIGHT_BYTES
 from ._wire import (
     CALL,
     CANCEL,
@@ -71,15 +74,13 @@ logger = logging.getLogger("bingfa.rpc")
 perf_counter = time.perf_counter
 _LATER = (types.GeneratorType, types.CoroutineType)  # results that are not results yet
 
-SLOW_ON_LOOP = 2e-3       # one inline call longer than this: back to the pool for good
+SLOW_ON_LOOP = 2e-3       # a quick call longer than this is slow...
+SLOW_IN_A_ROW = 3         # ...and this many slow calls in a row send it to the pool for good
 BACKLOG = 512
 FLUSH_EVERY = 16          # answers to a batch of calls leave in pieces of this many
 JOIN_AT_MOST = 256 * 1024  # answers written together are joined into one block up to this
 POST_AT_ONCE = 64 * 1024   # a pool call's answer this big is posted from its thread at once
-# Requests in flight on one connection may hold this many bytes; beyond it the
-# connection is not read until some finish, so big answers a client does not
-# read cannot pile up without bound.
-MAX_INFLIGHT_BYTES = 16 * 2**20
+ONE_FRAME = 4096          # a lane thread reads a lone frame up to this big without slicing
 # Answer bytes one connection may have waiting for its client to read (the
 # default of serve(max_unread_bytes=)); beyond it its calls do not start and
 # its streams pause until the client catches up.
@@ -92,7 +93,7 @@ STREAM_THREADS = 64
 class _Method:
     """A served callable, what kind it is, and how quick it has been."""
 
-    __slots__ = ("doc", "fn", "inline", "kind", "name", "signature")
+    __slots__ = ("doc", "fn", "inline", "kind", "name", "signature", "slow_calls")
 
     def __init__(self, name: str, fn: Callable[..., Any]) -> None:
         self.name = name
@@ -110,8 +111,26 @@ class _Method:
         except (TypeError, ValueError):
             self.signature = "(...)"
         self.doc = inspect.getdoc(fn) or ""
-        # Run on the loop: marked quick, and the pool is the server's own (set by it).
+        # Run where the call is read (the loop, or a lane thread), never handed to
+        # another thread: marked quick, and the pool is the server's own (set by it).
         self.inline = False
+        self.slow_calls = 0  # quick calls in a row that took longer than SLOW_ON_LOOP
+
+    def timed(self, seconds: float) -> None:
+        """A quick call took ``seconds``: several slow ones in a row demote the function.
+
+        Wall time, since a function that blocks (the harm this guards against)
+        uses no CPU while it does. One slow call proves nothing: a garbage
+        collection or a preemption on a busy host makes any call slow now and
+        then, and demoting ``add`` for good over that would cost every later
+        call two thread switches. A function that blocks does it again.
+        """
+        if seconds > SLOW_ON_LOOP:
+            self.slow_calls += 1
+            if self.slow_calls >= SLOW_IN_A_ROW:
+                self.demote()
+        elif self.slow_calls:
+            self.slow_calls = 0
 
     def demote(self) -> None:
         """A quick function was slow after all: to the pool, for good."""
@@ -248,19 +267,22 @@ class CallAbandoned(Exception):
 class _Call:
     """One call in flight on a connection."""
 
-    __slots__ = ("coro", "flag", "id", "job", "method", "size", "stream", "task", "timer")
+    # What most calls never set is a class default, not set per call: one is
+    # made for every call, and a lane thread makes it on its way to the handler.
+    __slots__ = ("__dict__", "flag", "id", "method", "size")
+    task: asyncio.Task[Any] | None = None
+    coro: Coroutine[Any, Any, Any] | None = None  # an async handler's, until it starts
+    # A pool call's (method, args, kwargs, window), to start it again once put off.
+    job: tuple[_Method, list[Any], dict[str, Any], int | None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    stream: _Credits | None = None
+    deadline: float | None = None  # a lane call's, in time.monotonic() (the lane's watchman)
 
     def __init__(self, call_id: int, method: str, size: int = 0) -> None:
         self.id = call_id
         self.method = method  # its name, for errors
         self.size = size  # bytes of its frame, counted against MAX_INFLIGHT_BYTES
         self.flag = CancelFlag()
-        self.task: asyncio.Task[Any] | None = None
-        self.coro: Coroutine[Any, Any, Any] | None = None  # an async handler's, until it starts
-        # A pool call's (method, args, kwargs, window), to start it again once put off.
-        self.job: tuple[_Method, list[Any], dict[str, Any], int | None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.stream: _Credits | None = None
 
 
 class _Credits:
@@ -325,6 +347,27 @@ class _Connection(asyncio.Protocol):
         self.nonce = b""
         self.timer: asyncio.TimerHandle | None = None
         self.last_activity = time.monotonic()
+        # Read by the server's lane threads instead of the loop (see _lane.py),
+        # through a descriptor of its own: lane_sock. One thread reads at a
+        # time (lane_reading); lane_buffer keeps a frame that came in pieces.
+        self.lane: Lane | None = None
+        self.lane_sock: socket.socket | None = None
+        self.lane_fd = -1
+        self.lane_reading = threading.Lock()
+        self.lane_buffer = bytearray()
+        self.lane_needed = 4
+        self.spin_misses = 0  # see Lane._poll_next
+        # Frames reach the socket whole: the loop's transport writes and the
+        # lane threads' sends take this lock. A send that went out in part
+        # leaves the rest in ``partial``, which the loop writes before anything.
+        self.write_lock = threading.Lock()
+        self.partial: bytes | memoryview | None = None
+        self.lane_out: list[bytes] = []  # answers held to go out together
+        self.lane_out_bytes = 0
+        # What lane threads read and left to the loop, that it has not
+        # dispatched yet because no more calls may start (see _blocked): the
+        # lane reads no more of the connection until these are gone.
+        self.lane_held: deque[tuple[Any, Any, Exception | None]] = deque()
 
     # -- connection life ------------------------------------------------------------
 
@@ -346,6 +389,15 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server._connections.discard(self)
+        if self.lane is not None:
+            self.lane.remove(self)
+            # No lane thread reads or writes through it any more, nor will.
+            with self.lane_reading, self.write_lock:
+                if self.lane_sock is not None:
+                    self.lane_sock.close()
+                self.lane_out.clear()
+                self.lane_out_bytes = 0
+                self.partial = None
         if self.timer is not None:
             self.timer.cancel()
         for call in list(self.calls.values()):
@@ -374,6 +426,10 @@ class _Connection(asyncio.Protocol):
                 return
             data = bytes(buffer[LOGIN_SIZE:])
             buffer.clear()
+            if self.server._lane is not None:
+                self._enter_lane(self.server._lane, data)
+                if self.lane is not None:
+                    return
         self.last_activity = time.monotonic()
         if buffer:
             buffer += data
@@ -454,6 +510,9 @@ class _Connection(asyncio.Protocol):
         """Calls may start again: read the socket, and the frames that waited meanwhile."""
         if self.closed or self._blocked():
             return
+        if self.lane is not None:
+            self._dispatch_held()  # then its threads read it (never the transport again)
+            return
         assert self.transport is not None
         self.transport.resume_reading()
         if self.buffer and len(self.buffer) >= self.needed:
@@ -477,7 +536,8 @@ class _Connection(asyncio.Protocol):
 
     def held_back(self) -> bool:
         """Whether the client has more answer bytes unread than allowed (from any thread)."""
-        return self.posted_bytes + self.out_bytes + self.buffered > self.unread_limit
+        return (self.posted_bytes + self.out_bytes + self.buffered + self.lane_out_bytes
+                > self.unread_limit)
 
     def _check_unread(self) -> None:
         """Look at the bytes waiting for the client: hold its calls back, or let them go.
@@ -504,7 +564,7 @@ class _Connection(asyncio.Protocol):
             for call in deferred:
                 if call.id in self.calls and call.job is not None:
                     self._submit(call, *call.job)
-            for call in self.calls.values():
+            for call in list(self.calls.values()):  # lane threads add calls meanwhile
                 if call.stream is not None:
                     call.stream.wake()
             self.loop.call_soon(self._unblocked)
@@ -639,7 +699,7 @@ class _Connection(asyncio.Protocol):
 
     def _run_inline(self, call_id: int, method: _Method, args: list[Any],
                     kwargs: dict[str, Any], window: int | None) -> None:
-        """Run a function marked quick on the loop; a slow call sends it to the pool for good."""
+        """Run a function marked quick on the loop; slow calls send it to the pool for good."""
         start = perf_counter()
         try:
             value = method.fn(*args, **kwargs)
@@ -647,8 +707,7 @@ class _Connection(asyncio.Protocol):
             self._error(call_id, exc)
             return
         finally:
-            if perf_counter() - start > SLOW_ON_LOOP:
-                method.demote()
+            method.timed(perf_counter() - start)
         if type(value) in _LATER:  # rare: it returned a generator or a coroutine
             method.demote()
             call = self._open(_Call(call_id, method.name), None)
@@ -707,19 +766,8 @@ class _Connection(asyncio.Protocol):
             server._post_frame(self, server._frame([END, call.id]), done=call)
         elif value is _STOPPED:
             server._post_frame(self, b"", done=call)
-        elif inspect.isgenerator(value):  # a plain function that returned a generator
-            self._streaming(call, window)
-            server._post_frame(self, server._frame([STREAM, call.id]))
-            stream = server._threads.submit(self._stream_in_thread, call, lambda: value, [], {})
-            stream.add_done_callback(lambda f, c=call: self._pool_done(c, f, None))
-        elif inspect.iscoroutine(value):  # ...or a coroutine: a task its deadline can cancel
-            def start() -> None:
-                if call.id in self.calls:
-                    self._start_coroutine(call, value)
-                else:  # expired or cancelled while the function ran
-                    value.close()
-
-            server._call_on_loop(start)
+        elif inspect.isgenerator(value) or inspect.iscoroutine(value):
+            self._later(call, value, window)
         else:
             try:
                 frame = server._frame([RESULT, call.id, value])
@@ -728,6 +776,369 @@ class _Connection(asyncio.Protocol):
                                                                             exc))
                 return
             server._post_frame(self, frame, done=call)
+
+    def _later(self, call: _Call, value: Any, window: int | None) -> None:
+        """From a thread: a plain function returned a generator (it streams, from a
+        thread of its own) or a coroutine (a task on the loop, which the call's
+        deadline or cancel can cancel)."""
+        server = self.server
+        if inspect.isgenerator(value):
+            self._streaming(call, window)
+            server._post_frame(self, server._frame([STREAM, call.id]))
+            stream = server._threads.submit(self._stream_in_thread, call, lambda: value, [], {})
+            stream.add_done_callback(lambda f, c=call: self._pool_done(c, f, None))
+            return
+
+        def start() -> None:
+            if call.id in self.calls:
+                self._start_coroutine(call, value)
+            else:  # expired or cancelled while the function ran
+                value.close()
+
+        server._call_on_loop(start)
+
+    # -- read by lane threads (see _lane.py) -------------------------------------------
+
+    def _enter_lane(self, lane: Lane, data: bytes) -> None:
+        """From its handshake on, the lane's threads read this connection.
+
+        They read it through a descriptor of their own, while the transport,
+        its reading paused for good, still writes and closes it.
+        """
+        if data:
+            self._process(data)  # what came with the login: read here, as before
+        transport = self.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if self.closed or transport is None or sock is None:
+            return
+        try:
+            own = socket.socket(fileno=os.dup(sock.fileno()))
+        except OSError:
+            return  # out of descriptors: the loop goes on reading it
+        own.setblocking(False)
+        transport.pause_reading()
+        self.lane_buffer += self.buffer  # a frame begun with the login
+        self.lane_needed = self.needed
+        self.buffer.clear()
+        self.lane_sock = own
+        self.lane_fd = own.fileno()
+        self.lane = lane
+        lane.add(self)
+
+    def lane_blocked(self) -> bool:
+        """Whether no more of its calls may be read now (see _blocked), counting lane calls."""
+        return (self._blocked() or len(self.calls) >= self.server.max_concurrent_calls
+                or bool(self.lane_held))
+
+    def lane_frames(self, data: bytes) -> list[Job] | None:
+        """The frames in ``data`` (after what was kept): calls a lane thread runs are
+        registered and returned; everything else goes to the loop, in order.
+
+        None if the connection is being dropped (a frame of a size refused, a
+        call id in flight twice).
+        """
+        buffer = self.lane_buffer
+        if buffer:
+            buffer += data
+            if len(buffer) < self.lane_needed:
+                return []  # a big frame still coming in pieces: no copy until it is whole
+            data = bytes(buffer)
+            buffer.clear()
+        end = len(data)
+        # For the loop: (message, its size, None), or (None, payload, the decoding error).
+        for_loop: list[tuple[Any, Any, Exception | None]] = []
+        if (4 < end <= ONE_FRAME and HEADER.unpack_from(data)[0] == end - 4
+                and end - 4 <= self.server.max_message_size):
+            # One whole small frame, as a lone caller sends: no slicing by views.
+            jobs: list[Job] = []
+            try:
+                message = self.codec.loads(data[4:])
+            except Exception as exc:
+                for_loop.append((None, data[4:], exc))
+            else:
+                job = self._lane_job(message)
+                if job is None:
+                    for_loop.append((message, end - 4, None))
+                elif job is _DROP:
+                    return None
+                else:
+                    jobs.append(job)
+        else:
+            split = self._lane_split(data, for_loop)
+            if split is None:
+                return None
+            jobs = split
+        if for_loop:
+            self.server._call_on_loop(lambda: self._from_lane(for_loop))
+        return jobs
+
+    def _lane_split(self, data: bytes, for_loop: list[tuple[Any, Any, Exception | None]]
+                    ) -> list[Job] | None:
+        """Frame by frame: the jobs in ``data``; what is not a job goes to ``for_loop``."""
+        limit = self.server.max_message_size
+        loads = self.codec.loads
+        jobs: list[Job] = []
+        pos, end = 0, len(data)
+        view = memoryview(data)
+        try:
+            while end - pos >= 4:
+                (size,) = HEADER.unpack_from(data, pos)
+                if size == 0 or size > limit:
+                    self.lane_lost("a frame of a size refused")  # from the header alone
+                    return None
+                if end - pos - 4 < size:
+                    break
+                payload = view[pos + 4:pos + 4 + size]
+                pos += 4 + size
+                try:
+                    message = loads(payload)
+                except Exception as exc:
+                    for_loop.append((None, bytes(payload), exc))
+                    continue
+                job = self._lane_job(message)
+                if job is None:
+                    for_loop.append((message, size, None))
+                elif job is _DROP:
+                    return None
+                else:
+                    jobs.append(job)
+        finally:
+            view.release()
+        if pos < end:
+            self.lane_buffer += data[pos:]
+            self.lane_needed = (4 + HEADER.unpack_from(data, pos)[0]) if end - pos >= 4 else 4
+        return jobs
+
+    def _lane_job(self, message: Any) -> Any:
+        """A well-formed call of a plain function: registered, as the job a lane thread
+        runs. None: the loop's to handle. _DROP: drop the connection.
+
+        (type() checks: this runs for every call.)
+        """
+        if (type(message) is not list or len(message) != 7 or message[0] != CALL
+                or type(message[2]) is not str):
+            return None
+        _, call_id, name, args, kwargs, timeout, window = message
+        method = self.server._methods.get(name)
+        if (method is None or method.kind != "function" or type(call_id) is not int
+                or type(args) is not list or (kwargs is not None and type(kwargs) is not dict)
+                or (timeout is not None and (type(timeout) not in (int, float)
+                                             or not timeout >= 0))  # NaN too
+                or (window is not None and (type(window) is not int or window < 1))):
+            return None
+        calls = self.calls
+        if call_id in calls:
+            self.lane_lost(f"call id {call_id} is already in flight")
+            return _DROP
+        call = calls[call_id] = _Call(call_id, name)
+        if timeout is not None:
+            # The lane's watchman keeps the deadline (see Lane.timed): it ends
+            # the call as the loop's timer would, within a tick of it.
+            call.deadline = time.monotonic() + timeout
+            lane = self.lane
+            if lane is not None:
+                lane.timed[call] = self
+        return (self, call, method, args, kwargs or {}, window)
+
+    def _from_lane(self, messages: list[tuple[Any, Any, Exception | None]]) -> None:
+        """On the loop: what a lane thread read and left to it, in the order it came."""
+        self.lane_held.extend(messages)
+        self._dispatch_held()
+
+    def _dispatch_held(self) -> None:
+        """Dispatch what lane threads left to the loop, while calls may start; once all
+        of it is, the lane may read the connection again."""
+        held = self.lane_held
+        if self.closed:
+            held.clear()
+            return
+        self.reading = True  # replies wait for the one write at the end
+        try:
+            while held and not self._blocked():
+                message, size, error = held.popleft()
+                if error is not None:
+                    self._undecodable(size, error)  # fails that call, or the connection
+                else:
+                    self._dispatch(message, size)
+                if self.closed:
+                    return
+        except Exception:
+            self.abort()  # malformed: this connection goes, the server stays
+            return
+        finally:
+            self.reading = False
+            self._flush()
+        if not held and self.lane is not None:
+            self.lane.unpark(self)
+
+    def lane_lost(self, why: str | None) -> None:
+        """From a lane thread: the client closed (``why`` None) or broke the connection."""
+        def lost() -> None:
+            if self.closed or self.transport is None:
+                return
+            if why is None:
+                self.transport.close()  # what is written still goes out
+            else:
+                self.abort()
+
+        self.server._call_on_loop(lost)
+
+    def lane_expired(self, call: _Call) -> None:
+        """From the lane's watchman: a lane call's deadline passed."""
+        self.server._call_on_loop(lambda: self._expire(call))
+
+    def lane_run(self, job: Job, me: LaneThread) -> bytes | None:
+        """In a lane thread: run one call; the frame to answer with, or None for none."""
+        _, call, method, args, kwargs, window = job
+        if call.flag.is_set or self.closed:
+            return None  # given up on while it waited (cancelled, connection gone)
+        if self.over or (self.posted_bytes + self.out_bytes + self.buffered
+                         + self.lane_out_bytes > self.unread_limit):  # held_back(), inline
+            # The client does not read its answers: the loop starts it once it does.
+            call.job = (method, args, kwargs, window)
+            self.server._call_on_loop(lambda: self._defer(call))
+            return None
+        ctx = me.ctx
+        ctx.cancel_flag = call.flag
+        inline = method.inline
+        start = perf_counter() if inline else 0.0
+        try:
+            value = method.fn(*args, **kwargs)
+        except BaseException as exc:
+            return self._lane_done(call, self._error_frame(call.id, exc, me.dumps))
+        finally:
+            ctx.cancel_flag = None
+            if inline:
+                method.timed(perf_counter() - start)
+        if type(value) in _LATER:
+            self._later(call, value, window)  # a stream or a coroutine: still in flight
+            return None
+        try:
+            data = me.dumps([RESULT, call.id, value])
+        except SerializationError as exc:
+            error = self.server._cannot_encode_result(call.method, value, exc)
+            return self._lane_done(call, self._error_frame(call.id, error, me.dumps))
+        # _lane_done(), inline: this runs for every call.
+        calls = self.calls
+        ended = calls.pop(call.id, None)
+        if call.deadline is not None and self.lane is not None:
+            self.lane.timed.pop(call, None)
+        if ended is not call:
+            if ended is not None:
+                calls[call.id] = ended
+            return None
+        self.last_activity = time.monotonic()
+        lane = self.lane
+        if lane is not None and lane.parked and self in lane.parked:
+            lane.unpark(self)
+        return pack_header(len(data)) + data
+
+    def _lane_done(self, call: _Call, frame: bytes) -> bytes | None:
+        """A lane call ended: ``frame`` is to be sent, unless the call was ended already."""
+        calls = self.calls
+        ended = calls.pop(call.id, None)
+        if call.deadline is not None and self.lane is not None:
+            self.lane.timed.pop(call, None)
+        if ended is not call:  # cancelled or expired while it ran: the client has its answer
+            if ended is not None:
+                calls[call.id] = ended  # a later call that took the same id: not ours
+            return None
+        self.last_activity = time.monotonic()  # the idle clock starts when a call ends
+        lane = self.lane
+        if lane is not None and self in lane.parked:
+            lane.unpark(self)  # parked for its number of calls in flight
+        return frame
+
+    def lane_answer(self, frame: bytes, hold: bool) -> None:
+        """From a lane thread: send an answer, or hold it to go with the next ones.
+
+        The lane holds answers while its threads run more calls back to back
+        (``hold``), and sends them as soon as nobody may be coming to (see
+        Lane.flush_dirty).
+        """
+        with self.write_lock:
+            out = self.lane_out
+            if not hold and not out:
+                # _send_now(), inline, for what it does most: all of it at once.
+                sock = self.lane_sock
+                transport = self.transport
+                if (sock is not None and self.partial is None and not self.posted_bytes
+                        and not self.closed and transport is not None
+                        and not transport.get_write_buffer_size()):
+                    try:
+                        sent = sock.send(frame)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError:
+                        return  # broken: the thread reading it, or the transport, hears of it
+                    if sent != len(frame):
+                        self._send_left(frame, sent)
+                    return
+                self._send_now(frame)
+                return
+            if self.closed:
+                return
+            if hold and len(frame) < POST_AT_ONCE:
+                if not out and self.lane is not None:
+                    self.lane.dirty.add(self)
+                out.append(frame)
+                self.lane_out_bytes += len(frame)
+                return
+            if out:
+                out.append(frame)
+                frame = b"".join(out)
+                out.clear()
+                self.lane_out_bytes = 0
+            self._send_now(frame)
+
+    def lane_flush(self) -> None:
+        """Send the answers held for this connection."""
+        with self.write_lock:
+            out = self.lane_out
+            if not out or self.closed:
+                return
+            frame = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            self.lane_out_bytes = 0
+            self._send_now(frame)
+
+    def _send_now(self, frame: bytes) -> None:
+        """Send ``frame`` (``write_lock`` held): straight to the socket when nothing waits.
+
+        Anything the loop still has to write (a send that went out in part,
+        answers posted to it, bytes in the transport's buffer) goes first: then
+        the frame goes behind it, through the loop.
+        """
+        sock = self.lane_sock
+        transport = self.transport
+        sent = 0
+        if (sock is not None and self.partial is None and not self.posted_bytes
+                and not self.closed and transport is not None
+                and not transport.get_write_buffer_size()):
+            try:
+                sent = sock.send(frame)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                return  # broken: the thread reading it, or the transport, hears of it
+            if sent == len(frame):
+                return
+        self._send_left(frame, sent)
+
+    def _send_left(self, frame: bytes, sent: int) -> None:
+        """What a lane thread could not send of ``frame`` goes through the loop
+        (``write_lock`` held): a rest before anything else, a whole frame behind
+        whatever waits."""
+        if self.closed:
+            return
+        if sent:
+            rest = memoryview(frame)[sent:]  # no copy of what may be megabytes
+            self.partial = rest
+            with self.server._post_lock:
+                self.posted_bytes += len(rest)  # unread, until the loop writes it
+            self.server._call_on_loop(self._flush)
+        else:
+            self.server._post_frame(self, frame)
 
     def _start_coroutine(self, call: _Call, coro: Any) -> None:
         """Run a handler's coroutine as the call's task, which its deadline or cancel cancels."""
@@ -853,6 +1264,8 @@ class _Connection(asyncio.Protocol):
             return
         if call.timer is not None:
             call.timer.cancel()
+        if call.deadline is not None and self.lane is not None:
+            self.lane.timed.pop(call, None)
         self.last_activity = time.monotonic()  # the idle clock starts when a call ends
         was_blocked = self._blocked()
         self.inflight_bytes -= call.size
@@ -860,6 +1273,8 @@ class _Connection(asyncio.Protocol):
             self.paused = False
         if was_blocked and not self._blocked():
             self.loop.call_soon(self._unblocked)
+        elif self.lane is not None and self in self.lane.parked:
+            self.lane.unpark(self)  # parked for its number of calls in flight
 
     # -- writing -----------------------------------------------------------------------
 
@@ -872,12 +1287,17 @@ class _Connection(asyncio.Protocol):
         self._write(frame)
 
     def _error(self, call_id: int, exc: BaseException) -> None:
+        self._write(self._error_frame(call_id, exc, self.server._codec.dumps))
+
+    def _error_frame(self, call_id: int, exc: BaseException,
+                     dumps: Callable[[Any], bytes]) -> bytes:
+        """The ERROR frame for ``exc`` (from any thread, with that thread's encoder)."""
         type_name, message, args, text = describe(exc, self.server.expose_tracebacks)
         try:
-            frame = self.server._frame([ERROR, call_id, type_name, message, args, text])
+            data = dumps([ERROR, call_id, type_name, message, args, text])
         except SerializationError:  # its arguments cannot travel: the message still can
-            frame = self.server._frame([ERROR, call_id, type_name, message, None, text])
-        self._write(frame)
+            data = dumps([ERROR, call_id, type_name, message, None, text])
+        return pack_header(len(data)) + data
 
     def _send(self, call_id: int, message: list[Any]) -> None:
         try:
@@ -893,7 +1313,8 @@ class _Connection(asyncio.Protocol):
         self.out.append(frame)
         self.out_bytes += len(frame)
         if (not self.over  # held_back(), inline: this runs for every answer
-                and self.posted_bytes + self.out_bytes + self.buffered > self.unread_limit):
+                and self.posted_bytes + self.out_bytes + self.buffered + self.lane_out_bytes
+                > self.unread_limit):
             # Answers made on the loop (async handlers, quick functions) pile up
             # here until the next flush: hold the connection back at once, so
             # the handlers already scheduled do not start.
@@ -905,17 +1326,32 @@ class _Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self.flush_scheduled = False
-        if self.out and not self.closed and self.transport is not None:
-            out, self.out = self.out, []
-            size, self.out_bytes = self.out_bytes, 0
-            if len(out) == 1:
-                self.transport.write(out[0])
-            elif size > JOIN_AT_MOST:
-                # Big answers go out as they are: joining them would copy them
-                # all into one more block as big as all of them together.
-                self.transport.writelines(out)
-            else:
-                self.transport.write(b"".join(out))
+        if (self.out or self.partial is not None) and not self.closed \
+                and self.transport is not None:
+            with self.write_lock:  # no lane thread sends meanwhile: frames stay whole
+                partial = self.partial
+                if partial is not None:
+                    # The rest of a lane thread's send that went out in part: first.
+                    self.partial = None
+                    self.transport.write(partial)
+                    with self.server._post_lock:
+                        self.posted_bytes -= len(partial)
+                out, self.out = self.out, []
+                size = self.out_bytes
+                # Counted as buffered before the write (which may let other threads
+                # run): a thread that looks meanwhile must not see them gone.
+                self.buffered += size
+                self.out_bytes = 0
+                if not out:
+                    pass
+                elif len(out) == 1:
+                    self.transport.write(out[0])
+                elif size > JOIN_AT_MOST:
+                    # Big answers go out as they are: joining them would copy them
+                    # all into one more block as big as all of them together.
+                    self.transport.writelines(out)
+                else:
+                    self.transport.write(b"".join(out))
             # _check_unread(), only when there is something to decide: this
             # runs after every batch of answers.
             buffered = self.buffered = self.transport.get_write_buffer_size()
@@ -928,6 +1364,7 @@ _END = object()
 _STOPPED = object()
 _DEFERRED = object()  # a pool call that did not start: its connection is held back
 _POSTED = object()  # a pool call whose result was sent from its thread
+_DROP = object()  # a lane thread found the connection must be dropped
 
 
 class Server:
@@ -1006,6 +1443,7 @@ class Server:
         self._post_lock = threading.Lock()
         self._closed = False
         self._idle: asyncio.Event | None = None
+        self._lane: Lane | None = None  # reads connections and runs plain calls (_lane.py)
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -1060,6 +1498,12 @@ class Server:
 
         if self._pool is None:
             self._pool = Pool(POOL_THREADS, mode="thread")
+            if self._tls is None and lane_available():
+                # Plain calls run on the thread that read them. Not with a pool
+                # of the caller's (it runs every handler), nor with TLS, whose
+                # socket only the loop may drive.
+                self._lane = Lane(POOL_THREADS, self._codec.reusable_dumps,
+                                  "bingfa-rpc-thread")
         self._pool_is_threads = getattr(self._pool, "mode", None) == "thread"
         # Generators stream from threads of their own, whatever the pool: their
         # items are handed to this loop as they come, and streams a client
@@ -1087,6 +1531,8 @@ class Server:
                 conn.transport.close()
         if self._server is not None:
             await self._server.wait_closed()
+        if self._lane is not None:
+            self._lane.stop()  # a thread still in a call exits when it returns
         for pool in (self._pool if self._own_pool else None, self._own_threads):
             if pool is not None:
                 # The grace period is over: queued calls are dropped, and a
@@ -1223,8 +1669,6 @@ class Server:
         with self._post_lock:
             posted, self._posted = self._posted, deque()
             self._post_scheduled = False
-            for conn, frame, _ in posted:
-                conn.posted_bytes -= len(frame)  # in conn.out next, then the transport
         touched = set()
         for conn, frame, done in posted:
             if done is not None:
@@ -1235,6 +1679,11 @@ class Server:
                 conn.out.append(frame)
                 conn.out_bytes += len(frame)
                 touched.add(conn)
+        # Uncounted only now that they count in conn.out: a thread that looks
+        # meanwhile (to start a call or not) sees them twice rather than not at all.
+        with self._post_lock:
+            for conn, frame, _ in posted:
+                conn.posted_bytes -= len(frame)  # in conn.out now, then the transport
         for conn in touched:
             conn._flush()
 

@@ -196,6 +196,11 @@ class FrameReader:
         self._buffer = bytearray()
         self._needed = 4  # bytes the buffered frame needs before it can be read
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of a frame begun and not yet whole."""
+        return len(self._buffer)
+
     def feed(self, data: bytes, deliver: Callable[[Any], None]) -> None:
         """Hand every whole message in ``data`` (after what was buffered) to ``deliver``.
 
