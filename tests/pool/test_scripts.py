@@ -345,3 +345,48 @@ def test_what_cannot_work_says_why_in_one_line(tmp_path, method):
     assert last == (f"bingfa.InitializerError: cannot start worker processes with "
                     f"start_method={method!r}: sys.executable is empty (an embedded "
                     "interpreter); use start_method='fork'")
+
+
+@pytest.mark.timeout(60)
+def test_the_zygote_starts_early_only_for_pools_that_use_it(tmp_path):
+    """A forkserver pool starts its zygote before it loads its engine; a fork pool starts none.
+
+    Forked workers inherit the by-value pickler the parent loaded before forking
+    them, so their first task from ``__main__`` imports nothing.
+    """
+    script = tmp_path / "example.py"
+    script.write_text(textwrap.dedent('''\
+        import sys
+        import bingfa as bf
+        from bingfa._pool._engines._launcher import zygote_pid
+
+        def loaded(_):
+            return "cloudpickle" in sys.modules
+
+        with bf.Pool(2, mode="process", start_method="fork") as pool:
+            print("fork", zygote_pid(), pool.submit(loaded, 0).result())
+        with bf.Pool(2, mode="process") as pool:
+            print("forkserver", zygote_pid() is not None, pool.submit(loaded, 0).result())
+    '''))
+    done = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=50,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["fork None True", "forkserver True True"]
+
+
+@pytest.mark.timeout(60)
+def test_a_zygote_that_cannot_boot_is_reported_after_an_early_start(tmp_path):
+    script = tmp_path / "example.py"
+    script.write_text(textwrap.dedent('''\
+        import sys
+        import bingfa as bf
+
+        sys.executable = sys.executable + "-missing"   # the zygote cannot even start
+        bf.Pool(1, mode="process")
+    '''))
+    done = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=50,
+                          cwd=tmp_path)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("bingfa.InitializerError: cannot start worker processes: "), last
+    assert "could not be run" in last, last

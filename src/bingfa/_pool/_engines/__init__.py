@@ -31,6 +31,12 @@ def mode_names() -> tuple[str, ...]:
 def create_engine(mode: str, scheduler: Scheduler, config: EngineConfig) -> Engine:
     """The engine for ``mode``, not started yet."""
     module_name, class_name = _ENGINES[mode]
+    if mode == "process" and config.start_method in (None, "forkserver"):
+        # The zygote boots (a fresh interpreter) while this process imports
+        # the engine: the two overlap instead of adding up.
+        from ._launcher import start_zygote
+
+        start_zygote()
     module = importlib.import_module(module_name, __name__)
     engine: Engine = getattr(module, class_name)(scheduler, config)
     return engine

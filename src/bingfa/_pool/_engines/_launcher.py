@@ -41,7 +41,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
 
-__all__ = ["START_METHODS", "WorkerProcess", "launch"]
+__all__ = ["START_METHODS", "WorkerProcess", "launch", "start_zygote"]
 
 START_METHODS = ("forkserver", "fork", "spawn")
 
@@ -196,7 +196,8 @@ class _Zygote:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
+        self._sock: socket.socket | None = None  # once the zygote said it is ready
+        self._booting: socket.socket | None = None  # started by begin(), not ready yet
         self._process: Any = None  # subprocess.Popen
 
     def launch(self, fds: tuple[int, int, int]) -> WorkerProcess:
@@ -232,21 +233,16 @@ class _Zygote:
         raise InitializerError("cannot start worker processes: bingfa's forkserver died at once "
                                "twice; its error is printed above")
 
-    def _start(self) -> socket.socket:
-        import socket
-        import subprocess
+    def begin(self) -> None:
+        """Start the zygote without waiting for it: it boots while this process goes on."""
+        with self._lock:
+            if self._sock is None and self._booting is None:
+                with contextlib.suppress(InitializerError):  # said again when it is needed
+                    self._booting = self._spawn()
 
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        code = _ZYGOTE_CODE.format(path=_bingfa_path(), fd=theirs.fileno())
-        try:
-            self._process = subprocess.Popen(
-                _interpreter(code), pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
-        except OSError as exc:
-            ours.close()
-            raise InitializerError(f"cannot start worker processes: {sys.executable} "
-                                   f"could not be run ({exc})") from exc
-        finally:
-            theirs.close()
+    def _start(self) -> socket.socket:
+        """The zygote's socket, once it is ready (started here unless :meth:`begin` did)."""
+        ours, self._booting = self._booting or self._spawn(), None
         ready = select.select([ours], [], [], ZYGOTE_START_TIMEOUT)[0]
         answer = ours.recv(4096) if ready else b""
         if answer != b"R":
@@ -262,11 +258,30 @@ class _Zygote:
         self._sock = ours
         return ours
 
+    def _spawn(self) -> socket.socket:
+        """Run a fresh interpreter as the zygote; this end of its socket."""
+        import socket
+        import subprocess
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        code = _ZYGOTE_CODE.format(path=_bingfa_path(), fd=theirs.fileno())
+        try:
+            self._process = subprocess.Popen(
+                _interpreter(code), pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            ours.close()
+            raise InitializerError(f"cannot start worker processes: {sys.executable} "
+                                   f"could not be run ({exc})") from exc
+        finally:
+            theirs.close()
+        return ours
+
     def stop(self) -> None:
         """Close the connection: the zygote exits, and is reaped."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        for sock in (self._sock, self._booting):
+            if sock is not None:
+                sock.close()
+        self._sock = self._booting = None
         self._reap(kill=False)
 
     def _reap(self, kill: bool) -> None:
@@ -284,10 +299,11 @@ class _Zygote:
     def forget(self) -> None:
         """In a forked child: drop the parent's zygote without touching it."""
         self._lock = threading.Lock()
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.close()
-        self._sock = None
+        for sock in (self._sock, self._booting):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        self._sock = self._booting = None
         if self._process is not None:
             self._process.returncode = 0  # not ours to reap
         self._process = None
@@ -320,6 +336,17 @@ def _stop_zygote() -> None:
     if _the_zygote is not None:
         with contextlib.suppress(Exception):
             _the_zygote.stop()
+
+
+def start_zygote() -> None:
+    """Start the zygote now, if it is not running, and return at once.
+
+    A process pool calls this before it imports the rest of its engine, so
+    that the zygote's start (a fresh interpreter: tens of milliseconds)
+    overlaps with that work rather than following it.
+    """
+    if sys.executable:
+        _zygote().begin()
 
 
 def zygote_pid() -> int | None:

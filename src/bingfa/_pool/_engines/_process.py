@@ -198,6 +198,12 @@ class ProcessEngine(Engine):
 
     # --- engine protocol -------------------------------------------------------
     def start(self) -> None:
+        # Every function a pool runs is pickled with cloudpickle (see
+        # _serialization.dumps_function), so load it now: forked workers then
+        # inherit it instead of each importing it for their first task, and
+        # with the zygote it loads while the zygote boots.
+        from ..._core import _by_value  # noqa: F401
+
         with self._lock:
             for slot in range(self.workers):
                 self._start_proc(slot)
