@@ -11,6 +11,7 @@ import io
 import pickle
 import types
 from collections import ChainMap
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -20,9 +21,12 @@ __all__ = ["dumps", "dumps_function"]
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
-def dumps(obj: Any) -> bytes:
-    """``obj`` pickled by cloudpickle: what cannot be found by name travels by value."""
-    data: bytes = cloudpickle.dumps(obj, PROTOCOL)
+def dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None) -> bytes:
+    """``obj`` pickled by cloudpickle: what cannot be found by name travels by value.
+
+    ``buffer_callback`` is pickle's (protocol 5): where big buffers go.
+    """
+    data: bytes = cloudpickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback)
     return data
 
 

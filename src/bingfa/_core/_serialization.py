@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._errors import SerializationError
+from ._out_of_band import Part, collector, frame_parts
 from ._weakcallables import WeakCallableMap
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "describe",
     "dumps",
     "dumps_function",
+    "dumps_parts",
     "loads",
     "loads_function",
     "serialization_error",
@@ -69,7 +71,8 @@ def describe(obj: Any) -> str:
     return f"{text} ({name})"
 
 
-def dumps(obj: Any, main_by_value: bool = False) -> bytes:
+def dumps(obj: Any, main_by_value: bool = False,
+          out_of_band: list[pickle.PickleBuffer] | None = None) -> bytes:
     """Pickle data, with the C pickler when it can and cloudpickle when it must.
 
     Args:
@@ -77,9 +80,12 @@ def dumps(obj: Any, main_by_value: bool = False) -> bytes:
         main_by_value: the receiver has no copy of this process's
             ``__main__`` (a forkserver or spawn worker), so anything of
             ``__main__`` must travel by value.
+        out_of_band: where big buffers (numpy arrays' memory) go instead of
+            into the pickle; see ``_out_of_band``. None: everything in it.
     """
+    callback = None if out_of_band is None else collector(out_of_band)
     try:
-        data = pickle.dumps(obj, PROTOCOL)
+        data = pickle.dumps(obj, PROTOCOL, buffer_callback=callback)
     except Exception:
         pass
     else:
@@ -87,9 +93,21 @@ def dumps(obj: Any, main_by_value: bool = False) -> bytes:
         # A false alarm (the text in a string) only costs the slower pickler.
         if not (main_by_value and b"__main__" in data):
             return data
+    if out_of_band:
+        out_of_band.clear()  # the second pickler hands them over again
     from . import _by_value  # cloudpickle: imported only when something needs it
 
-    return _by_value.dumps(obj)
+    return _by_value.dumps(obj, callback)
+
+
+def dumps_parts(obj: Any, main_by_value: bool = False) -> list[Part]:
+    """:func:`dumps`, with big buffers beside the pickle: parts to write back to back.
+
+    The receiver reads them into one buffer and decodes it with
+    :func:`~bingfa._core._out_of_band.loads_body`.
+    """
+    buffers: list[pickle.PickleBuffer] = []
+    return frame_parts(dumps(obj, main_by_value, buffers), buffers)
 
 
 def dumps_function(fn: Any) -> bytes:

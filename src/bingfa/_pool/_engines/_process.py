@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import mmap
 import os
 import pickle
@@ -44,12 +45,13 @@ from ..._core._errors import (
 )
 from ..._core._futures import Future
 from ..._core._interrupts import deferred_sigint
+from ..._core._out_of_band import Part, loads_body, parts_size
 from ..._core._proctree import descendants, end_tree
 from ..._core._remote_traceback import rebuild
 from ..._core._serialization import (
     FunctionCache,
-    dumps,
     dumps_function,
+    dumps_parts,
     find_unpicklable,
     serialization_error,
     unpickling_error,
@@ -78,6 +80,7 @@ from ._wire import (
     SLOT_INDEX,
     SLOT_SEQ,
     SLOT_STARTED,
+    WRITEV_MAX,
 )
 
 __all__ = ["ProcessEngine", "default_start_method"]
@@ -465,13 +468,14 @@ class ProcessEngine(Engine):
             posts.append(_fail_batch(batch, exc))
             return
         try:
-            items = dumps(batch.items, self._main_by_value)
+            items = dumps_parts(batch.items, self._main_by_value)
         except Exception as exc:
             posts.append(self._unpicklable(batch, exc))
             return
-        job.note_bytes(len(batch.items), len(items), results=False)
+        items_size = parts_size(items)
+        job.note_bytes(len(batch.items), items_size, results=False)
         known = p.known
-        parts: list[bytes] = []
+        parts: list[Part] = []
         if fn_id in known:
             known.move_to_end(fn_id)
             fn_bytes = b""
@@ -485,7 +489,7 @@ class ProcessEngine(Engine):
         batch.seq = self._seq
         track = batch.track or self.config.task_timeout is not None
         head = BATCH.pack(KIND_BATCH, batch.seq, fn_id, job.call, track, len(fn_bytes))
-        parts += [FRAME.pack(len(head) + len(fn_bytes) + len(items)), head, fn_bytes, items]
+        parts += [FRAME.pack(len(head) + len(fn_bytes) + items_size), head, fn_bytes, *items]
         p.inflight.append(batch)
         p.tasks_sent += len(batch.items)
         self._write(p, parts)
@@ -509,19 +513,19 @@ class ProcessEngine(Engine):
         return _fail_batch(batch, serialization_error(f"{name} of {batch.describe_task(0)}",
                                                       value, cause))
 
-    def _write(self, p: _Proc, parts: list[bytes]) -> None:
+    def _write(self, p: _Proc, parts: list[Part]) -> None:
         """Write now what the pipe takes; queue the rest for the manager (lock held)."""
         if p.task_fd < 0:
             return
         if not p.out:
             try:
-                written = os.writev(p.task_fd, parts)
+                written = os.writev(p.task_fd, parts[:WRITEV_MAX])
             except BlockingIOError:
                 written = 0
             except OSError:
                 return  # the worker is gone; the manager notices its exit
             for part in parts:
-                if written >= len(part):
+                if written >= len(part):  # (len of a part's memoryview is its bytes: format B)
                     written -= len(part)
                     continue
                 p.out.append(memoryview(part)[written:])
@@ -535,7 +539,7 @@ class ProcessEngine(Engine):
         """Write queued bytes as the pipe drains (manager, lock held)."""
         while p.out and p.task_fd >= 0:
             try:
-                written = os.writev(p.task_fd, list(p.out)[:64])
+                written = os.writev(p.task_fd, list(itertools.islice(p.out, WRITEV_MAX)))
             except BlockingIOError:
                 return
             except OSError:
@@ -1027,7 +1031,7 @@ def _deliver(batch: Batch, body: memoryview, elapsed: float) -> None:
     """Decode a finished batch and hand it to its job (manager, unlocked)."""
     job: Job = batch.job
     try:
-        values, raw_errors = pickle.loads(body)
+        values, raw_errors = loads_body(body)
     except BaseException as exc:  # SystemExit from a __setstate__ fails the task, not the pool
         n = len(batch.items)
         if n > 1:

@@ -7,6 +7,7 @@ replaced after a crash should be ready in a millisecond, not a hundred.
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import pickle
@@ -21,9 +22,10 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ..._core._context import WorkerContext, set_process_context
+from ..._core._out_of_band import Part, loads_body
 from ..._core._proctree import end_tree
 from ..._core._remote_traceback import capture
-from ..._core._serialization import dumps, loads_function, serialization_error
+from ..._core._serialization import dumps, dumps_parts, loads_function, serialization_error
 from .._batch import run_batch
 from .._describe import call_arguments, describe_call
 from ._wire import (
@@ -43,6 +45,7 @@ from ._wire import (
     SLOT_INDEX,
     SLOT_SEQ,
     SLOT_STARTED,
+    WRITEV_MAX,
 )
 
 __all__ = ["WorkerBoot", "serve_inherited", "serve_received"]
@@ -151,11 +154,11 @@ class _Writer:
     def __init__(self, fd: int) -> None:
         self.fd = fd
 
-    def send(self, *parts: bytes) -> None:
+    def send(self, *parts: bytes | memoryview) -> None:
         size = sum(len(p) for p in parts)
         views = [memoryview(FRAME.pack(size))] + [memoryview(p) for p in parts]
         while views:
-            written = os.writev(self.fd, views)
+            written = os.writev(self.fd, views[:WRITEV_MAX])
             while written:
                 head = views[0]
                 if written >= len(head):
@@ -167,10 +170,10 @@ class _Writer:
 
 
 def _encode_results(fn: Callable[..., Any], items: list[Any], call: int, values: list[Any],
-                    errors: list[tuple[int, Any]] | None) -> bytes:
+                    errors: list[tuple[int, Any]] | None) -> list[Part]:
     """Pickle a batch's outcomes; results that cannot be pickled become errors."""
     try:
-        return dumps((values, errors))
+        return dumps_parts((values, errors))
     except Exception:
         pass
     # Find the culprits one by one and report them as that task's error.
@@ -188,7 +191,7 @@ def _encode_results(fn: Callable[..., Any], items: list[Any], call: int, values:
             errors.append((i, capture(err)))
             values[i] = None
     errors.sort(key=lambda e: e[0])
-    return dumps((values, errors))
+    return dumps_parts((values, errors))
 
 
 def serve_inherited(boot: WorkerBoot, task_fd: int, result_fd: int, progress_fd: int) -> None:
@@ -251,7 +254,8 @@ def _serve(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: i
     # Ctrl-C goes to the whole foreground process group; the parent decides
     # what happens to its workers, so they do not print KeyboardInterrupt.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    reader = open(task_fd, "rb", buffering=1 << 16)  # noqa: SIM115 - lives as long as the worker
+    # Lives as long as the worker. A BufferedReader, for readinto.
+    reader = io.BufferedReader(io.FileIO(task_fd, "rb"), buffer_size=1 << 16)
     if boot is None:
         head = reader.read(FRAME.size)
         if len(head) < FRAME.size:
@@ -308,7 +312,11 @@ def _serve(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: i
         progress[SLOT_INDEX] = LOADING
         progress[SLOT_STARTED] = monotonic_ns()
         progress[SLOT_SEQ] = seq
-        frame = memoryview(reader.read(size - BATCH.size))
+        # Read into a buffer of our own, writable: arrays that travelled out
+        # of band are built on it, and the task may change them.
+        frame = memoryview(bytearray(size - BATCH.size))
+        if reader.readinto(frame) != frame.nbytes:
+            _leave()  # the pipe closed in the middle of a frame: the pool's process died
         # BaseException: an object whose unpickling calls sys.exit() fails
         # its batch, it does not end the worker.
         try:
@@ -319,7 +327,7 @@ def _serve(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: i
             writer.send(LOAD_FAILED.pack(KIND_LOAD_FAILED, seq, 1), dumps(capture(exc)))
             continue
         try:
-            items = pickle.loads(frame[fn_len:])
+            items = loads_body(frame[fn_len:])
         except BaseException as exc:
             writer.send(LOAD_FAILED.pack(KIND_LOAD_FAILED, seq, 0), dumps(capture(exc)))
             continue
@@ -338,5 +346,5 @@ def _serve(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: i
         # worker (they may be large, or hold resources the caller expects
         # freed): only the bytes are left when the frame goes out.
         del values, errors
-        writer.send(DONE.pack(KIND_DONE, seq, elapsed), result)
+        writer.send(DONE.pack(KIND_DONE, seq, elapsed), *result)
         del result

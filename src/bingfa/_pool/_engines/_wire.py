@@ -29,6 +29,9 @@ __all__ = [
 ]
 
 FRAME = struct.Struct("<Q")
+# Parts one writev takes at most (Linux allows 1024; a result may have more
+# out-of-band buffers than that).
+WRITEV_MAX = 512
 
 # parent -> worker
 BATCH = struct.Struct("<BQqBBI")  # kind, seq, fn id, call style, tracked, len(fn bytes)
