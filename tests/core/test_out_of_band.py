@@ -22,7 +22,8 @@ def test_small_buffers_stay_in_the_pickle():
     assert len(parts) == 1
     assert parts[0][:1] == b"\x80"  # a plain pickle, nothing beside it
     out = loads_body(_received(parts))
-    assert (out[0] == np.arange(10)).all() and out[1] == bytearray(100)
+    assert (out[0] == np.arange(10)).all()
+    assert out[1] == bytearray(100)
 
 
 def test_big_buffers_go_beside_the_pickle_without_a_copy():
@@ -34,7 +35,9 @@ def test_big_buffers_go_beside_the_pickle_without_a_copy():
     assert parts_size(parts) == sum(len(bytes(p)) for p in parts)
     body = _received(parts)
     out = loads_body(body)
-    assert (out["a"] == big).all() and (out["b"][0] == big[::-1]).all() and out["n"] == 3
+    assert (out["a"] == big).all()
+    assert (out["b"][0] == big[::-1]).all()
+    assert out["n"] == 3
     # Built on the received bytes, and writable, as a copy would be.
     assert out["a"].flags.writeable
     assert np.shares_memory(out["a"], np.frombuffer(body, dtype=np.uint8))
@@ -43,7 +46,8 @@ def test_big_buffers_go_beside_the_pickle_without_a_copy():
 def test_a_read_only_body_gives_writable_copies():
     big = np.ones(OUT_OF_BAND_MIN)
     out = loads_body(_received(dumps_parts(big), writable=False))
-    assert out.flags.writeable and (out == 1).all()
+    assert out.flags.writeable
+    assert (out == 1).all()
 
 
 def test_read_only_arrays_stay_read_only():
@@ -64,11 +68,13 @@ def test_what_needs_cloudpickle_still_sends_its_buffers_once():
     parts = dumps_parts((lambda: 1, big))  # the C pickler fails on the lambda first
     assert len(parts) == 3
     fn, out = loads_body(_received(parts))
-    assert fn() == 1 and (out == big).all()
+    assert fn() == 1
+    assert (out == big).all()
 
 
 def test_bytes_and_bytearrays_keep_their_types():
     data = [b"x" * OUT_OF_BAND_MIN, bytearray(b"y" * OUT_OF_BAND_MIN)]
     out = loads_body(_received(dumps_parts(data)))
-    assert out == data and [type(x) for x in out] == [bytes, bytearray]
+    assert out == data
+    assert [type(x) for x in out] == [bytes, bytearray]
     assert pickle.loads(pickle.dumps(out)) == data

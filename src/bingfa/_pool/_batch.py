@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import Context
 from typing import Any
 
 from .._core._own_frames import without_own_frames
 
-__all__ = ["CALL_KW", "CALL_ONE", "CALL_STAR", "call_one", "run_batch"]
+__all__ = ["CALL_KW", "CALL_ONE", "CALL_STAR", "call_one", "in_copies_of", "run_batch"]
 
 CALL_ONE = 0
 CALL_STAR = 1
@@ -53,11 +54,26 @@ def call_one(fn: Callable[..., Any], item: Any, call: int) -> Any:
     return fn(*item[0], **item[1])
 
 
+def in_copies_of(context: Context, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, each call of it run in a fresh copy of ``context``.
+
+    What a task sets in a ContextVar stays in its own copy: neither the
+    submitter nor the next task on the same thread sees it.
+    """
+    copy = context.copy
+
+    def in_context(*args: Any, **kwargs: Any) -> Any:
+        return copy().run(fn, *args, **kwargs)
+
+    return in_context
+
+
 def run_batch(
     fn: Callable[..., Any],
     items: Sequence[Any],
     call: int,
     mark: Callable[[int], None] | None = None,
+    context: Context | None = None,
 ) -> tuple[list[Any], Errors | None]:
     """Apply ``fn`` to every item; return the values and the failures.
 
@@ -66,14 +82,19 @@ def run_batch(
     Every exception is the task's own, ``SystemExit`` included: a task that
     calls ``sys.exit(3)`` gives its caller ``SystemExit(3)``, as
     ``concurrent.futures`` does, and the worker carries on. Each error's
-    traceback starts at the task's function, not in this loop.
+    traceback starts at the task's function, not in this loop. With a
+    ``context`` (the submitter's contextvars), each task runs in a copy of it.
     """
     if mark is None and len(items) == 1:
         # One task (a submit, most often): no map object, no loop.
         try:
-            return [call_one(fn, items[0], call)], None
+            if context is None:
+                return [call_one(fn, items[0], call)], None
+            return [context.copy().run(call_one, fn, items[0], call)], None
         except BaseException as exc:
             return [None], [(0, _trimmed(exc))]
+    if context is not None:
+        fn = in_copies_of(context, fn)
     values: list[Any] = []
     errors: Errors | None = None
     if mark is None:

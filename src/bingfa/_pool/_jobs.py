@@ -22,6 +22,7 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextvars import Context
 from typing import Any, Final, Literal
 
 from .._core._errors import PoolClosedError, TaskTimeoutError, WorkerCrashedError
@@ -103,6 +104,9 @@ class Job:
     fn: Callable[..., Any]
     call: int
     per_task: float | None
+    # The submitter's contextvars, for engines that run tasks in this process
+    # (threads): each task runs in a copy of it. None: tasks do not see them.
+    context: Context | None = None
 
     def __init__(self, scheduler: Scheduler, fn: Callable[..., Any], call: int,
                  retries: int) -> None:

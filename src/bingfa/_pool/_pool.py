@@ -6,6 +6,7 @@ import functools
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import copy_context
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from .._core._errors import PoolClosedError
@@ -255,6 +256,9 @@ class Pool:
             start_method=method, thread_name_prefix=thread_name_prefix)
         self._engine: Engine = create_engine(mode, self._scheduler, config)
         self.start_method: str | None = getattr(self._engine, "start_method", None)
+        # Tasks in threads of this process see the submitter's contextvars (a
+        # copy each), as asyncio.to_thread's do; ThreadPoolExecutor's do not.
+        self._copies_context = mode == "thread"
         self._waiter = getattr(self._engine, "wait_for", None)
         self._closed = False
         self._terminated = False
@@ -305,6 +309,8 @@ class Pool:
             raise TypeError(f"the task's function must be callable, not {fn!r}")
         future._waiter = self._waiter
         job = OneJob(self._scheduler, fn, CALL_KW, self.retries, (args, kwargs), future)
+        if self._copies_context:
+            job.context = copy_context()
         self._check_open()
         if self._engine.hand_over(job):
             return future
@@ -446,6 +452,8 @@ class Pool:
                 return None
             job = ManyJob(self._scheduler, fn, call, self.retries, chunksize, ordered=True,
                           size_hint=len(items), dense=True)
+            if self._copies_context:
+                job.context = copy_context()
             # Whether the caller wants to hear of every finished chunk, for
             # its progress display, or only of the end.
             job.wake_each = wake_each
@@ -531,6 +539,8 @@ class Pool:
             self._check_open()
             job = ManyJob(self._scheduler, fn, call, self.retries, size, ordered=ordered,
                           size_hint=total)
+            if self._copies_context:
+                job.context = copy_context()
         return ResultIterator(self._engine, self.workers, job, iter(iterable),
                               reporter(progress, total, getattr(fn, "__name__", "imap")))
 

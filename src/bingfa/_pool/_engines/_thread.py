@@ -366,7 +366,7 @@ class ThreadEngine(Engine):
             t0 = time.perf_counter()
             errors: list[tuple[int, BaseException]] | None
             try:
-                values, caught = run_batch(job.fn, batch.items, job.call)
+                values, caught = run_batch(job.fn, batch.items, job.call, None, job.context)
                 errors = list(caught) if caught else None
                 del caught
             except BaseException as exc:  # a failure of the loop itself: fail the batch
