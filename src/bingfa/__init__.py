@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ._commands._stream import OutputLine as OutputLine
     from ._commands._stream import stream as stream
     from ._core._context import cancelled as cancelled
+    from ._core._context import check_cancelled as check_cancelled
     from ._core._context import worker_id as worker_id
     from ._core._context import worker_state as worker_state
     from ._core._errors import BackendUnavailableError as BackendUnavailableError
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from ._core._errors import InitializerError as InitializerError
     from ._core._errors import PoolClosedError as PoolClosedError
     from ._core._errors import RemoteTraceback as RemoteTraceback
+    from ._core._errors import ScopeClosedError as ScopeClosedError
     from ._core._errors import SerializationError as SerializationError
     from ._core._errors import TaskTimeoutError as TaskTimeoutError
     from ._core._errors import WorkerCrashedError as WorkerCrashedError
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
     from ._pool._oneshot import map as map
     from ._pool._pool import Pool as Pool
     from ._pool._results import AsyncResult as AsyncResult
+    from ._scope._scope import Scope as Scope
+    from ._scope._scope import scope as scope
 
 # public name -> the private module that defines it
 _HOMES = {
@@ -65,15 +69,19 @@ _HOMES = {
     "PoolClosedError": "_core._errors",
     "RemoteTraceback": "_core._errors",
     "ResultTimeoutError": "_pool._errors",
+    "Scope": "_scope._scope",
+    "ScopeClosedError": "_core._errors",
     "SerializationError": "_core._errors",
     "TaskTimeoutError": "_core._errors",
     "WorkerCrashedError": "_core._errors",
     "arun": "_commands._run",
     "cancelled": "_core._context",
+    "check_cancelled": "_core._context",
     "imap": "_pool._oneshot",
     "map": "_pool._oneshot",
     "run": "_commands._run",
     "run_many": "_commands._run_many",
+    "scope": "_scope._scope",
     "stream": "_commands._stream",
     "worker_id": "_core._context",
     "worker_state": "_core._context",

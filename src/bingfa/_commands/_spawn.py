@@ -42,7 +42,9 @@ KILL_GRACE = 0.5
 MAX_TIMEOUT = 30 * 86400.0  # epoll waits at most ~24.8 days at a time; beyond, say None
 DRAIN_AFTER_KILL = 1.0
 
-# Python ignores these two; ignored signals survive exec, so reset them.
+# Python ignores these two; ignored signals survive exec, so reset them. The
+# signal mask survives exec too, and bingfa's threads block SIGINT (so that
+# Ctrl-C reaches the main thread): commands start with an empty mask.
 _DEFAULT_SIGNALS = (signals.SIGPIPE, signals.SIGXFSZ)
 
 # (name, PATH) -> absolute path of the executable
@@ -272,14 +274,15 @@ def spawn(into: list[Child], argv: list[str], *, env: Mapping[str, str] | None =
             environment = os.environ if env is None else env
             try:
                 call_into(started, os.posix_spawn, exe, argv, environment,
-                          file_actions=actions, setsid=True, setsigdef=_DEFAULT_SIGNALS)
+                          file_actions=actions, setsid=True, setsigdef=_DEFAULT_SIGNALS,
+                          setsigmask=())
             except OSError as exc:
                 if exc.errno != errno.ENOEXEC:
                     raise
                 # A script without "#!": run it with /bin/sh, as sh and execvp do.
                 call_into(started, os.posix_spawn, "/bin/sh", ["/bin/sh", exe, *argv[1:]],
                           environment, file_actions=actions, setsid=True,
-                          setsigdef=_DEFAULT_SIGNALS)
+                          setsigdef=_DEFAULT_SIGNALS, setsigmask=())
         else:
             import subprocess  # only for a working directory
 

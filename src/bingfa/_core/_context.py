@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-__all__ = ["WorkerContext", "cancelled", "current", "worker_id", "worker_state"]
+__all__ = ["WorkerContext", "cancelled", "check_cancelled", "current", "worker_id", "worker_state"]
 
 
 class WorkerContext:
@@ -109,3 +109,17 @@ def cancelled() -> bool:
         return False
     flag = ctx.cancel_flag
     return flag is not None and flag.is_set
+
+
+def check_cancelled() -> None:
+    """Raise ``concurrent.futures.CancelledError`` if the calling task has been cancelled.
+
+    For code that stops at a safe point of its own: call it between steps of a
+    long task in a thread (a pool task, or a thread spawned in a
+    :func:`bingfa.scope`). A scope counts a child that ends this way as
+    cancelled, not as failed. Outside a task it does nothing.
+    """
+    if cancelled():
+        import concurrent.futures
+
+        raise concurrent.futures.CancelledError("the task was cancelled")

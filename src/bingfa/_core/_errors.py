@@ -139,6 +139,13 @@ class InitializerError(BingfaError, RuntimeError):
     """
 
 
+class ScopeClosedError(BingfaError, RuntimeError):
+    """Work was started in a :func:`bingfa.scope` whose block has ended or that is cancelling.
+
+    Start it in a scope that is still open, or in a new one.
+    """
+
+
 class DeadlockError(BingfaError, RuntimeError):
     """Waiting here could never end, so bingfa refuses to wait.
 

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["Interrupted", "deferred_sigint"]
+__all__ = ["Interrupted", "deferred_sigint", "start_without_sigint"]
 
 
 class Interrupted:
@@ -58,3 +58,24 @@ def deferred_sigint(poke: Callable[[], None]) -> Iterator[Interrupted]:
                 original(signal.SIGINT, None)
             elif original == signal.SIG_DFL:
                 os.kill(os.getpid(), signal.SIGINT)
+
+
+def start_without_sigint(thread: threading.Thread) -> None:
+    """Start ``thread`` with SIGINT blocked in it, so that Ctrl-C reaches the main thread.
+
+    Linux gives a signal sent to a process to any thread that does not block
+    it. Python runs its handlers in the main thread only, and a main thread
+    asleep in a blocking call (``time.sleep``, ``select``) is woken only if
+    the signal came to it: one that came to another thread waits there until
+    the main thread next runs Python code, which may be never. A thread
+    inherits its creator's signal mask, so it is blocked around the start.
+    """
+    try:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    except (AttributeError, OSError, ValueError):  # no pthreads here
+        thread.start()
+        return
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)

@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any
 
 from .._core._errors import SerializationError
+from .._core._interrupts import start_without_sigint
 from .._core._timeouts import limit_seconds
 from ._busy import host_busy
 from ._client_core import STREAM_WINDOW, Login, secret_bytes, undecodable_answer
@@ -625,7 +626,7 @@ class _TLSBridge:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name="bingfa-rpc-tls")
-        self._thread.start()
+        start_without_sigint(self._thread)
         self._client = AsyncClient(address, secret=secret, tls=tls, timeout=timeout)
         try:
             self._wait(self._client._connection())

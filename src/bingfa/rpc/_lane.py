@@ -48,6 +48,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._core._context import WorkerContext, set_thread_context
+from .._core._interrupts import start_without_sigint
 from ._busy import host_busy
 
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ class Lane:
         if self.watchman is None:
             self.watchman = threading.Thread(target=self._watch, name=f"{self._name}-watchman",
                                              daemon=True)
-            self.watchman.start()
+            start_without_sigint(self.watchman)
         self.unpark(conn)
 
     def remove(self, conn: _Connection) -> None:
@@ -237,7 +238,7 @@ class Lane:
         thread = threading.Thread(target=self._work, args=(slot,),
                                   name=f"{self._name}-{slot}", daemon=True)
         try:
-            thread.start()
+            start_without_sigint(thread)
         except RuntimeError:  # "can't start new thread": a system limit
             with self.lock:
                 self.threads -= 1

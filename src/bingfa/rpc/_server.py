@@ -40,6 +40,7 @@ from typing import Any, TypeVar, cast
 
 from .._core._context import CancelFlag, WorkerContext, current, set_thread_context
 from .._core._errors import SerializationError
+from .._core._interrupts import start_without_sigint
 from ._codec import Codec, cannot_encode, codec_for, plain_msgpack
 from ._errors import describe
 from ._lane import Job, Lane, LaneThread
@@ -1574,7 +1575,7 @@ class Server:
             raise RuntimeError("this server is already running")
         self._thread = threading.Thread(target=self._run_thread, name="bingfa-rpc-server",
                                         daemon=True)
-        self._thread.start()
+        start_without_sigint(self._thread)
         self._started.wait()
         return self
 

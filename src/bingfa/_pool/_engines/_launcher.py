@@ -144,6 +144,12 @@ def _fork(forked: Callable[[], None], close_in_child: list[int]) -> WorkerProces
 
 
 def _after_fork_in_child() -> None:
+    # Forked by a thread of bingfa's, which blocks SIGINT (see
+    # _interrupts.start_without_sigint): the worker's own programs must not
+    # inherit that.
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
     # multiprocessing objects inherited by the worker (a Queue or Lock in
     # initargs) reset their per-process state in these hooks, as they would
     # in a multiprocessing child; the parent's finalizers and children are

@@ -44,7 +44,7 @@ from ..._core._errors import (
     WorkerCrashedError,
 )
 from ..._core._futures import Future
-from ..._core._interrupts import deferred_sigint
+from ..._core._interrupts import deferred_sigint, start_without_sigint
 from ..._core._out_of_band import Part, loads_body, parts_size
 from ..._core._proctree import descendants, end_tree
 from ..._core._remote_traceback import rebuild
@@ -212,7 +212,7 @@ class ProcessEngine(Engine):
                 self._start_proc(slot)
         self._manager = threading.Thread(
             target=self._manage, name=f"bingfa-process-manager-{id(self):x}", daemon=True)
-        self._manager.start()
+        start_without_sigint(self._manager)
 
     def wake(self) -> None:
         """Hand queued work to workers with room, from the calling thread."""

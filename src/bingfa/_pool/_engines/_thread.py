@@ -24,6 +24,7 @@ import time
 
 from ..._core._context import CancelFlag, WorkerContext, set_thread_context
 from ..._core._errors import PoolClosedError, TaskTimeoutError
+from ..._core._interrupts import start_without_sigint
 from .._batch import run_batch
 from .._jobs import Batch, Job, OneJob
 from .._scheduler import Scheduler
@@ -82,7 +83,7 @@ class ThreadEngine(Engine):
                 self._watchdog = threading.Thread(
                     target=self._watch_timeouts, name=f"{self._name}-watchdog", daemon=True)
                 self._threads.add(self._watchdog)
-                self._watchdog.start()
+                start_without_sigint(self._watchdog)
 
     def wake(self) -> None:
         with self._lock:
@@ -266,7 +267,7 @@ class ThreadEngine(Engine):
         t = threading.Thread(target=self._work, args=(w,), name=f"{self._name}_{slot}", daemon=True)
         w.thread = t
         try:
-            t.start()
+            start_without_sigint(t)
         except RuntimeError as exc:  # "can't start new thread": a system limit
             self._free_slots.append(slot)
             if self._live == 0:

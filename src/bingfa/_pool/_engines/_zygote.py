@@ -39,6 +39,8 @@ def main(fd: int) -> None:
         # Ctrl-C reaches the whole foreground process group; the parent
         # decides what becomes of its workers.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Started from a thread that may block SIGINT: the mask survives exec.
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
         import cloudpickle  # noqa: F401 - preloaded: workers unpickle functions with it
 
         from ._process_worker import serve_received  # what every worker runs

@@ -1,0 +1,1 @@
+"""Structured scopes: nothing started in a ``bf.scope()`` block outlives it."""

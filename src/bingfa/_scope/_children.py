@@ -1,0 +1,256 @@
+"""The kinds of work a scope starts, and how each is stopped.
+
+Every child has a :class:`~bingfa.Future` for its outcome and a ``cancel()``
+that stops it as far as its kind allows:
+
+- a thread cannot be interrupted: ``bf.cancelled()`` turns true in it and
+  ``bf.check_cancelled()`` raises there; the scope waits for it to return;
+- a process is terminated with its whole tree (SIGTERM, then SIGKILL after
+  the pool's grace);
+- a command's session is ended (SIGTERM, then SIGKILL);
+- a task of the caller's own pool is cancelled if it has not started (one
+  that runs already finishes: the pool is the caller's, not the scope's).
+
+A child the scope cancelled ends with its future cancelled, whatever its
+work did meanwhile, unless it had finished already.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
+from contextvars import copy_context
+from typing import TYPE_CHECKING, Any
+
+from .._core._context import CancelFlag, WorkerContext, set_thread_context
+from .._core._futures import Future
+from .._core._interrupts import start_without_sigint
+from .._core._own_frames import without_own_frames
+
+if TYPE_CHECKING:
+    from .._pool._pool import Pool
+
+__all__ = ["Child", "CommandChild", "PoolTaskChild", "ProcessChild", "ThreadChild"]
+
+
+class Child:
+    """One piece of work in a scope: its future, and how to stop it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.future: Future[Any] = Future()
+        self.cancel_requested = False  # by the scope, before the work had finished
+
+    def cancel(self) -> None:
+        """Stop the work as far as its kind allows (see the module's docstring)."""
+        if self.future.done():
+            return
+        self.cancel_requested = True
+        self._stop()
+
+    def start(self) -> None:
+        """Start the work."""
+        raise NotImplementedError
+
+    def join(self) -> None:
+        """Wait until the work is over and everything it used is let go."""
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+    def _settle(self, value: Any = None, error: BaseException | None = None) -> None:
+        """Give the outcome to the future: cancelled if the scope stopped the work."""
+        if self.cancel_requested or isinstance(error, concurrent.futures.CancelledError):
+            force_cancelled(self.future)
+        elif error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(value)
+
+
+def force_cancelled(future: Future[Any]) -> None:
+    """Mark ``future`` cancelled, even if it was running (its work has been stopped).
+
+    ``Future.cancel()`` refuses a running future, but a scope's child that was
+    stopped by the scope has no other outcome to give. This uses the states of
+    ``concurrent.futures``' own implementation, as ``cancel()`` does.
+    """
+    with future._condition:
+        if future._state in (FINISHED, CANCELLED, CANCELLED_AND_NOTIFIED):
+            return
+        future._state = CANCELLED_AND_NOTIFIED
+        future._condition.notify_all()
+        for waiter in future._waiters:
+            waiter.add_cancelled(future)
+    future._invoke_callbacks()  # type: ignore[attr-defined]
+
+
+class ThreadChild(Child):
+    """A function in a thread of its own, in a copy of the spawner's contextvars."""
+
+    def __init__(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
+        super().__init__(name)
+        self.flag = CancelFlag()
+        context = copy_context()
+        self.thread = threading.Thread(target=context.run, args=(self._run, fn, args, kwargs),
+                                       name=name)
+
+    def start(self) -> None:
+        self.future.set_running_or_notify_cancel()
+        start_without_sigint(self.thread)
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> None:
+        ctx = WorkerContext(0)
+        ctx.cancel_flag = self.flag
+        set_thread_context(ctx)
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._settle(error=exc.with_traceback(without_own_frames(exc.__traceback__)))
+        else:
+            self._settle(value)
+        finally:
+            set_thread_context(None)
+
+    def _stop(self) -> None:
+        self.flag.set()
+
+    def join(self) -> None:
+        self.thread.join()
+
+
+class ProcessChild(Child):
+    """A function in a worker process of its own (a one-worker pool the child owns)."""
+
+    def __init__(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any], start_method: str | None) -> None:
+        super().__init__(name)
+        from .._pool._pool import Pool
+
+        self.pool = Pool(1, mode="process", start_method=start_method)
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.stopper: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.future.set_running_or_notify_cancel()
+        inner = self.pool.submit(self.fn, *self.args, **self.kwargs)
+        del self.fn, self.args, self.kwargs
+        inner.add_done_callback(self._done)
+        self.pool.close()  # its one task is in: the pool shuts down once it is done
+
+    def _done(self, inner: concurrent.futures.Future[Any]) -> None:
+        if inner.cancelled():
+            self._settle(error=concurrent.futures.CancelledError())
+            return
+        error = inner.exception()
+        self._settle(None if error is not None else inner.result(), error)
+
+    def _stop(self) -> None:
+        # Not on the caller's thread (a done-callback, the timeout's timer):
+        # terminate() waits for the worker and its descendants to be gone.
+        self.stopper = threading.Thread(target=self.pool.terminate, name=f"{self.name}-stop")
+        start_without_sigint(self.stopper)
+
+    def join(self) -> None:
+        if self.stopper is not None:
+            self.stopper.join()
+        self.pool.join()
+
+
+class CommandChild(Child):
+    """An external command, driven by a thread of its own; its future gets the result."""
+
+    def __init__(self, name: str, cmd: Any, options: Mapping[str, Any]) -> None:
+        super().__init__(name)
+        from .._commands._spawn import prepare
+
+        self.options = dict(options)
+        self.text = bool(self.options.pop("text", False))
+        self.check = bool(self.options.pop("check", False))
+        encoding = self.options.pop("encoding", "utf-8")
+        errors = self.options.pop("errors", "replace")
+        shell = bool(self.options.pop("shell", False))
+        # Bad input fails the s.run() call itself, as bf.run() would.
+        self.args, self.argv, self.input = prepare(
+            cmd, shell=shell, timeout=self.options.get("timeout"),
+            input=self.options.pop("input", None), encoding=encoding, errors=errors,
+            env=self.options.get("env"), cwd=self.options.get("cwd"))
+        self.encoding, self.errors = encoding, errors
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)  # CommandLoop.watch reads it dry
+        self.thread = threading.Thread(target=self._run, name=name)
+
+    def start(self) -> None:
+        self.future.set_running_or_notify_cancel()
+        start_without_sigint(self.thread)
+
+    def _run(self) -> None:
+        from .._commands._loop import CommandLoop
+        from .._commands._result import make_result
+
+        commands = CommandLoop()
+        try:
+            commands.watch(self.wake_r)
+            started = commands.start(self.argv, input=self.input, **self.options)
+            while len(commands):
+                if self.cancel_requested:
+                    commands.stop_all()  # returns once the session is ended and reaped
+                    break
+                commands.poll()  # returns on output, an exit, or the scope's wake-up
+            result = make_result(self.args, started.returncode, started.stdout, started.stderr,
+                                 duration=started.duration, timed_out=started.timed_out,
+                                 text=self.text, encoding=self.encoding, errors=self.errors)
+            if self.check:
+                result.check()
+        except BaseException as exc:
+            self._settle(error=exc)
+        else:
+            self._settle(result)
+        finally:
+            commands.close()
+            for fd in (self.wake_r, self.wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _stop(self) -> None:
+        with contextlib.suppress(OSError):  # closed: the command is over
+            os.write(self.wake_w, b"!")
+
+    def join(self) -> None:
+        self.thread.join()
+
+
+class PoolTaskChild(Child):
+    """A task of a pool the caller owns, waited for and cancelled by the scope."""
+
+    def __init__(self, name: str, pool: Pool, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
+        super().__init__(name)
+        self.inner = pool.submit(fn, *args, **kwargs)
+        self.future.set_running_or_notify_cancel()
+        self.inner.add_done_callback(self._done)
+
+    def start(self) -> None:
+        pass  # submitted when made: a closed pool fails s.submit() itself
+
+    def _done(self, inner: concurrent.futures.Future[Any]) -> None:
+        if inner.cancelled():
+            self._settle(error=concurrent.futures.CancelledError())
+            return
+        error = inner.exception()
+        self._settle(None if error is not None else inner.result(), error)
+
+    def _stop(self) -> None:
+        if not self.inner.cancel():
+            self.cancel_requested = False  # it runs: the scope waits for its outcome
+
+    def join(self) -> None:
+        with contextlib.suppress(BaseException):
+            self.inner.exception()
