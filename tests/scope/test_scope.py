@@ -131,16 +131,18 @@ def test_cancel_from_another_thread_ends_the_block_without_an_error():
 @pytest.mark.timeout(30)
 def test_check_cancelled_stops_a_thread_at_a_safe_point():
     steps = []
+    first_step = threading.Event()
 
     def careful():
         for i in range(10_000):
             bf.check_cancelled()
             steps.append(i)
+            first_step.set()
             time.sleep(0.001)
 
     with bf.scope() as s:
         child = s.spawn(careful)
-        time.sleep(0.05)
+        first_step.wait()
         s.cancel()
     assert child.cancelled()
     assert 0 < len(steps) < 10_000
@@ -159,17 +161,18 @@ def test_an_error_in_the_block_cancels_the_children_and_joins_the_group():
 @pytest.mark.timeout(30)
 def test_cancelling_the_outer_scope_cancels_the_inner_one():
     inner_children = []
+    inner_started = threading.Event()
 
     def opens_a_scope():
         with bf.scope() as inner:  # in a thread child: nested under the outer scope
             inner_children.append(inner.spawn(wait_until_cancelled))
             inner_children.append(inner.run(["sleep", "300"]))
+            inner_started.set()
         return "inner ended"
 
     with bf.scope() as outer:
         opener = outer.spawn(opens_a_scope)
-        while len(inner_children) < 2:
-            time.sleep(0.005)
+        inner_started.wait()
         outer.cancel()
     assert all(child.cancelled() for child in inner_children)
     assert opener.cancelled()
@@ -327,3 +330,16 @@ def test_ctrl_c_is_left_to_the_main_thread_and_commands_start_with_a_clean_mask(
     assert worker_mask & sigint
     assert int(command.result().stdout.split()[1], 16) == 0
     assert not my_mask() & sigint  # the caller's own mask is as it was
+
+
+@pytest.mark.timeout(30)
+def test_a_spawn_refused_by_a_cancelling_scope_is_not_a_failure_of_its_own():
+    settled = threading.Event()
+    with pytest.raises(ExceptionGroup) as caught, bf.scope() as s:
+        failing = s.spawn(fail, "first")
+        # Done-callbacks run in order: the scope's own (which cancels it) first.
+        failing.add_done_callback(lambda _: settled.set())
+        settled.wait()
+        assert s.cancelled
+        s.spawn(print)  # refused: the scope is cancelling; the block ends here
+    assert [str(e) for e in caught.value.exceptions] == ["first"]

@@ -280,9 +280,15 @@ class Scope:
 
 
 def _is_cancellation(exc: BaseException) -> bool:
+    """Whether the block's own error is only a consequence of the scope's cancellation.
+
+    Waiting on a child the scope cancelled raises CancelledError in the block,
+    and spawning into a cancelling scope raises ScopeClosedError: neither is a
+    failure of its own.
+    """
     import concurrent.futures
 
-    return isinstance(exc, concurrent.futures.CancelledError)
+    return isinstance(exc, (concurrent.futures.CancelledError, ScopeClosedError))
 
 
 def _wait_done(future: Future[Any], timeout: float | None) -> bool:
