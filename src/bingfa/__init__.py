@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from ._pool._oneshot import map as map
     from ._pool._pool import Pool as Pool
     from ._pool._results import AsyncResult as AsyncResult
+    from ._scope._handles import Process as Process
+    from ._scope._handles import Thread as Thread
     from ._scope._scope import Scope as Scope
     from ._scope._scope import scope as scope
 
@@ -66,6 +68,7 @@ _HOMES = {
     "InitializerError": "_core._errors",
     "OutputLine": "_commands._stream",
     "Pool": "_pool._pool",
+    "Process": "_scope._handles",
     "PoolClosedError": "_core._errors",
     "RemoteTraceback": "_core._errors",
     "ResultTimeoutError": "_pool._errors",
@@ -73,6 +76,7 @@ _HOMES = {
     "ScopeClosedError": "_core._errors",
     "SerializationError": "_core._errors",
     "TaskTimeoutError": "_core._errors",
+    "Thread": "_scope._handles",
     "WorkerCrashedError": "_core._errors",
     "arun": "_commands._run",
     "cancelled": "_core._context",

@@ -137,13 +137,28 @@ class ProcessChild(Child):
         self.pool = Pool(1, mode="process", start_method=start_method)
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.stopper: threading.Thread | None = None
+        self._pid: int | None = None
+
+    def pid(self) -> int | None:
+        """The worker's process id, once started (kept after it has exited)."""
+        if self._pid is None:
+            slots = getattr(self.pool._engine, "_slots", None)
+            worker = slots[0] if slots else None
+            self._pid = getattr(worker, "pid", None) or None
+        return self._pid
+
+    def set_kill_grace(self, seconds: float) -> None:
+        """How long a stopped worker's tree gets between SIGTERM and SIGKILL."""
+        self.pool._engine.config.kill_grace = seconds
 
     def start(self) -> None:
         self.future.set_running_or_notify_cancel()
+        self.pid()  # noted now: the pool forgets its worker once it has exited
         inner = self.pool.submit(self.fn, *self.args, **self.kwargs)
         del self.fn, self.args, self.kwargs
         inner.add_done_callback(self._done)
-        self.pool.close()  # its one task is in: the pool shuts down once it is done
+        # Its one task is in: the pool stops (worker, manager) as soon as it is done.
+        self.pool.shutdown(wait=False)
 
     def _done(self, inner: concurrent.futures.Future[Any]) -> None:
         if inner.cancelled():
