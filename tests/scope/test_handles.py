@@ -58,8 +58,9 @@ def test_a_process_gives_its_result_back(method):
 
 
 @pytest.mark.timeout(30)
-def test_a_process_raises_the_childs_error_with_its_traceback():
-    p = bf.Process(refuse)
+@pytest.mark.parametrize("method", [None, "fork"])
+def test_a_process_raises_the_childs_error_with_its_traceback(method):
+    p = bf.Process(refuse, start_method=method)
     p.start()
     with pytest.raises(ValueError, match="child says no") as caught:
         p.result()
@@ -68,14 +69,15 @@ def test_a_process_raises_the_childs_error_with_its_traceback():
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("method", [None, "fork"])
 @pytest.mark.parametrize(("target", "args", "exitcode", "error"), [
     (sys.exit, (3,), 3, SystemExit),
     (os._exit, (7,), 7, bf.WorkerCrashedError),
     (kill_myself, (), -signal.SIGKILL, bf.WorkerCrashedError),
     (segfault, (), -signal.SIGSEGV, bf.WorkerCrashedError),
 ])
-def test_how_a_process_ended_is_told(target, args, exitcode, error):
-    p = bf.Process(target, args=args)
+def test_how_a_process_ended_is_told(target, args, exitcode, error, method):
+    p = bf.Process(target, args=args, start_method=method)
     p.start()
     p.join(timeout=20)
     assert isinstance(p.exception(), error)
@@ -86,10 +88,11 @@ def test_how_a_process_ended_is_told(target, args, exitcode, error):
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("method", [None, "fork"])
 @pytest.mark.parametrize("stop", ["terminate", "kill"])
-def test_terminate_and_kill_end_the_whole_tree(tmp_path, stop):
+def test_terminate_and_kill_end_the_whole_tree(tmp_path, stop, method):
     pid_file = tmp_path / "grandchild.pid"
-    p = bf.Process(start_grandchild_and_wait, args=(str(pid_file),))
+    p = bf.Process(start_grandchild_and_wait, args=(str(pid_file),), start_method=method)
     p.start()
     while not pid_file.exists() or not pid_file.read_text():
         time.sleep(0.01)  # the child writes it once its grandchild runs
@@ -150,26 +153,31 @@ def test_an_error_in_the_block_stops_the_thread_and_wins():
 
 
 @pytest.mark.timeout(60)
-def test_a_dropped_process_handle_is_ended_at_exit_and_prints_reach_the_parent(tmp_path):
+@pytest.mark.parametrize("method", ["forkserver", "fork"])
+def test_a_dropped_process_handle_is_ended_at_exit_and_prints_reach_the_parent(tmp_path,
+                                                                               method):
     script = tmp_path / "example.py"
     script.write_text(textwrap.dedent('''\
-        import os, time
+        import os, sys, time
         import bingfa as bf
 
         def run_proc(name):
-            print(f"Run child process {name} ({os.getpid()})...", flush=True)
+            # One write each (print makes two), so the two processes' lines never mix.
+            sys.stdout.write(f"Run child process {name} ({os.getpid()})...\\n")
+            sys.stdout.flush()
             time.sleep(300)
 
-        p = bf.Process(run_proc, args=("test",))
+        p = bf.Process(run_proc, args=("test",), start_method=sys.argv[1])
         p.start()
-        print("child", p.pid, flush=True)
+        sys.stdout.write(f"child {p.pid}\\n")
+        sys.stdout.flush()
         while not p.is_alive():
             pass
         time.sleep(0.5)  # let it print (a demonstration script, not a test)
     '''))
     started = time.monotonic()
-    done = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=50,
-                          cwd=tmp_path)
+    done = subprocess.run([PY, str(script), method], capture_output=True, text=True,
+                          timeout=50, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - started < 30
     lines = done.stdout.splitlines()

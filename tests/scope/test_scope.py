@@ -87,13 +87,15 @@ def test_with_on_error_wait_every_failure_is_in_the_group(failures):
 
 
 @pytest.mark.timeout(30)
-def test_a_cancelled_process_child_leaves_no_grandchild(tmp_path):
+@pytest.mark.parametrize("method", [None, "fork"])
+def test_a_cancelled_process_child_leaves_no_grandchild(tmp_path, method):
     pid_file = tmp_path / "grandchild.pid"
     with pytest.raises(ExceptionGroup), bf.scope() as s:
-        s.spawn(start_grandchild, str(pid_file), mode="process")
+        child = s.spawn(start_grandchild, str(pid_file), mode="process", start_method=method)
         while not pid_file.exists() or not pid_file.read_text():
             time.sleep(0.01)
         s.spawn(fail, "stop them")
+    assert child.cancelled()
     grandchild = int(pid_file.read_text())
     gone = not psutil.pid_exists(grandchild)
     if not gone:

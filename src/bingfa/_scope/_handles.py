@@ -23,6 +23,7 @@ from .._core._errors import WorkerCrashedError
 from .._core._futures import Future
 from .._core._timeouts import limit_seconds, wait_seconds
 from ._children import Child, ProcessChild, ThreadChild
+from ._fork_child import ForkChild, process_child
 
 __all__ = ["Process", "Thread"]
 
@@ -197,14 +198,14 @@ class Process(_Handle):
         self._stopped_by: int | None = None
 
     def _make(self) -> Child:
-        child = ProcessChild(self.name, self._target, self._args, self._kwargs,
-                             self.start_method)
+        child = process_child(self.name, self._target, self._args, self._kwargs,
+                              self.start_method)
         _end_at_exit(child)
         return child
 
-    def _process_child(self) -> ProcessChild:
+    def _process_child(self) -> ProcessChild | ForkChild:
         child = self._started()
-        assert isinstance(child, ProcessChild)
+        assert isinstance(child, (ProcessChild, ForkChild))
         return child
 
     @property
@@ -257,17 +258,18 @@ class Process(_Handle):
         self.terminate(grace=0)
 
 
-_running: weakref.WeakSet[ProcessChild] = weakref.WeakSet()
+_running: weakref.WeakSet[ProcessChild | ForkChild] = weakref.WeakSet()
 _exit_hook_installed = False
 
 
-def _end_at_exit(child: ProcessChild) -> None:
+def _end_at_exit(child: Child) -> None:
     """End ``child``'s process when the interpreter exits, if it still runs then.
 
     Registered after the child's pool module, so it runs before the pools'
     own exit handler (which would wait for the running task).
     """
     global _exit_hook_installed
+    assert isinstance(child, (ProcessChild, ForkChild))
     _running.add(child)
     if not _exit_hook_installed:
         atexit.register(_end_running)

@@ -29,7 +29,8 @@ from .._core._errors import ScopeClosedError, TaskTimeoutError
 from .._core._futures import Future
 from .._core._interrupts import start_without_sigint
 from .._core._timeouts import limit_seconds
-from ._children import Child, CommandChild, PoolTaskChild, ProcessChild, ThreadChild
+from ._children import Child, CommandChild, PoolTaskChild, ThreadChild
+from ._fork_child import process_child
 
 if TYPE_CHECKING:
     from .._commands._result import CommandResult
@@ -97,7 +98,7 @@ class Scope:
             return self._start(ThreadChild(name, fn, args, kwargs))
         if mode == "process":
             self._check_open()
-            return self._start(ProcessChild(name, fn, args, kwargs, start_method))
+            return self._start(process_child(name, fn, args, kwargs, start_method))
         if mode == "async":
             raise ValueError("mode='async' spawns need `async with bf.scope()`, which is not "
                              "available yet; use mode='thread' or 'process'")
