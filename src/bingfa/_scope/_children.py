@@ -63,6 +63,14 @@ class Child:
     def _stop(self) -> None:
         raise NotImplementedError
 
+    def _settle_like(self, inner: concurrent.futures.Future[Any]) -> None:
+        """Settle as ``inner`` (a pool's future for the work) was settled."""
+        if inner.cancelled():
+            self._settle(error=concurrent.futures.CancelledError())
+            return
+        error = inner.exception()
+        self._settle(None if error is not None else inner.result(), error)
+
     def _settle(self, value: Any = None, error: BaseException | None = None) -> None:
         """Give the outcome to the future: cancelled if the scope stopped the work."""
         if self.cancel_requested or isinstance(error, concurrent.futures.CancelledError):
@@ -156,16 +164,9 @@ class ProcessChild(Child):
         self.pid()  # noted now: the pool forgets its worker once it has exited
         inner = self.pool.submit(self.fn, *self.args, **self.kwargs)
         del self.fn, self.args, self.kwargs
-        inner.add_done_callback(self._done)
+        inner.add_done_callback(self._settle_like)
         # Its one task is in: the pool stops (worker, manager) as soon as it is done.
         self.pool.shutdown(wait=False)
-
-    def _done(self, inner: concurrent.futures.Future[Any]) -> None:
-        if inner.cancelled():
-            self._settle(error=concurrent.futures.CancelledError())
-            return
-        error = inner.exception()
-        self._settle(None if error is not None else inner.result(), error)
 
     def _stop(self) -> None:
         # Not on the caller's thread (a done-callback, the timeout's timer):
@@ -250,17 +251,10 @@ class PoolTaskChild(Child):
         super().__init__(name)
         self.inner = pool.submit(fn, *args, **kwargs)
         self.future.set_running_or_notify_cancel()
-        self.inner.add_done_callback(self._done)
+        self.inner.add_done_callback(self._settle_like)
 
     def start(self) -> None:
         pass  # submitted when made: a closed pool fails s.submit() itself
-
-    def _done(self, inner: concurrent.futures.Future[Any]) -> None:
-        if inner.cancelled():
-            self._settle(error=concurrent.futures.CancelledError())
-            return
-        error = inner.exception()
-        self._settle(None if error is not None else inner.result(), error)
 
     def _stop(self) -> None:
         if not self.inner.cancel():
