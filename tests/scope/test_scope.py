@@ -345,3 +345,40 @@ def test_a_spawn_refused_by_a_cancelling_scope_is_not_a_failure_of_its_own():
         assert s.cancelled
         s.spawn(print)  # refused: the scope is cancelling; the block ends here
     assert [str(e) for e in caught.value.exceptions] == ["first"]
+
+
+@pytest.mark.timeout(60)
+def test_a_scope_killed_with_sigkill_leaves_nothing_behind(tmp_path):
+    script = tmp_path / "example.py"
+    script.write_text(textwrap.dedent('''\
+        import subprocess, sys, time
+        import bingfa as bf
+
+        def tree():
+            subprocess.Popen(["sleep", "300"])
+            print("tree", flush=True)
+            time.sleep(300)
+
+        with bf.scope() as s:
+            s.spawn(tree, mode="process", start_method="fork")
+            s.spawn(tree, mode="process")
+            s.run(["sleep", "300"])
+            time.sleep(300)
+    '''))
+    child = subprocess.Popen([PY, str(script)], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        assert [child.stdout.readline(), child.stdout.readline()] == ["tree\n", "tree\n"]
+        family = psutil.Process(child.pid).children(recursive=True)
+        assert len([p for p in family if p.name() == "sleep"]) >= 2
+        child.kill()
+        child.wait(timeout=10)
+        # Workers and forked children watch their parent through a pidfd; the
+        # reaper ends the command's session: within a few seconds all are gone.
+        _, left = psutil.wait_procs(family, timeout=10)
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    for proc in left:
+        proc.kill()
+    assert not left, left

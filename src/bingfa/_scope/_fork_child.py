@@ -56,15 +56,20 @@ class ForkChild(Child):
 
     def start(self) -> None:
         from .._pool._engines._launcher import _after_fork_in_child
+        from .._pool._engines._process_worker import _exit_when_parent_dies
 
         self.future.set_running_or_notify_cancel()
         read_end, write_end = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child: never returns
             code = 70
             try:
                 os.close(read_end)
                 _after_fork_in_child()
+                # Should this process die, even by SIGKILL, the child and what it
+                # started go too, as a pool's workers do.
+                _exit_when_parent_dies(parent)
                 code = _run_and_report(self.fn, self.args, self.kwargs, write_end)
                 _as_a_process_ends()
             finally:
