@@ -17,6 +17,7 @@ work did meanwhile, unless it had finished already.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import os
@@ -34,7 +35,7 @@ from .._core._own_frames import without_own_frames
 if TYPE_CHECKING:
     from .._pool._pool import Pool
 
-__all__ = ["Child", "CommandChild", "PoolTaskChild", "ProcessChild", "ThreadChild"]
+__all__ = ["AsyncChild", "Child", "CommandChild", "PoolTaskChild", "ProcessChild", "ThreadChild"]
 
 
 class Child:
@@ -73,12 +74,16 @@ class Child:
 
     def _settle(self, value: Any = None, error: BaseException | None = None) -> None:
         """Give the outcome to the future: cancelled if the scope stopped the work."""
-        if self.cancel_requested or isinstance(error, concurrent.futures.CancelledError):
+        if self.cancel_requested or isinstance(error, _CANCELLATIONS):
             force_cancelled(self.future)
         elif error is not None:
             self.future.set_exception(error)
         else:
             self.future.set_result(value)
+
+
+# asyncio's CancelledError is a BaseException of its own, not concurrent.futures'.
+_CANCELLATIONS = (concurrent.futures.CancelledError, asyncio.CancelledError)
 
 
 def force_cancelled(future: Future[Any]) -> None:
@@ -263,3 +268,50 @@ class PoolTaskChild(Child):
     def join(self) -> None:
         with contextlib.suppress(BaseException):
             self.inner.exception()
+
+
+class AsyncChild(Child):
+    """A coroutine function, run as a task on the scope's event loop; cancelled as a task."""
+
+    def __init__(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
+                 kwargs: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(name)
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        self.loop = loop
+        self.task: asyncio.Future[Any] | None = None
+        self._threadsafe: concurrent.futures.Future[Any] | None = None  # made off the loop
+
+    def start(self) -> None:
+        self.future.set_running_or_notify_cancel()
+        coroutine = self.fn(*self.args, **self.kwargs)
+        del self.fn, self.args, self.kwargs
+        if not asyncio.iscoroutine(coroutine):
+            raise TypeError(f"mode='async' needs a coroutine function; {self.name} returned "
+                            f"{type(coroutine).__name__}")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self.task = self.loop.create_task(coroutine, name=self.name)
+            self.task.add_done_callback(self._task_done)
+        else:  # from another thread: the loop's own thread makes the task
+            concurrent_future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+            concurrent_future.add_done_callback(self._settle_like)
+            self._threadsafe = concurrent_future
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        if task.cancelled():
+            self._settle(error=asyncio.CancelledError())
+            return
+        error = task.exception()
+        self._settle(None if error is not None else task.result(), error)
+
+    def _stop(self) -> None:
+        if self.task is not None:
+            self.loop.call_soon_threadsafe(self.task.cancel)
+        elif self._threadsafe is not None:
+            self._threadsafe.cancel()
+
+    def join(self) -> None:
+        pass  # a task holds nothing once it is done

@@ -17,6 +17,8 @@ The rules, as in trio's nurseries, for threads, processes and commands alike:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import itertools
 import threading
@@ -29,7 +31,7 @@ from .._core._errors import ScopeClosedError, TaskTimeoutError
 from .._core._futures import Future
 from .._core._interrupts import start_without_sigint
 from .._core._timeouts import limit_seconds
-from ._children import Child, CommandChild, PoolTaskChild, ThreadChild
+from ._children import AsyncChild, Child, CommandChild, PoolTaskChild, ThreadChild
 from ._fork_child import process_child
 
 if TYPE_CHECKING:
@@ -67,19 +69,23 @@ class Scope:
         self._timer: threading.Timer | None = None
         self._token: contextvars.Token[Scope | None] | None = None
         self._parent: Scope | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # an `async with` block's
 
     # --- starting work ----------------------------------------------------------------
     def spawn(self, fn: Callable[..., Any], /, *args: Any,
-              mode: Literal["thread", "process"] = "thread", start_method: str | None = None,
+              mode: Literal["thread", "process", "async"] = "thread",
+              start_method: str | None = None,
               **kwargs: Any) -> Future[Any]:
-        """Run ``fn(*args, **kwargs)`` in a thread (default) or a process of its own.
+        """Run ``fn(*args, **kwargs)`` in a thread (default), a process, or as a coroutine.
 
         A thread child runs in a copy of this thread's contextvars and can
         poll :func:`bingfa.cancelled` (or call :func:`bingfa.check_cancelled`);
         a process child may be a lambda or a closure, and is terminated with
         its whole process tree when the scope cancels it. ``start_method``
         applies to processes (``"forkserver"`` by default, ``"fork"``,
-        ``"spawn"``).
+        ``"spawn"``). ``mode="async"`` (in ``async with bf.scope()``) runs a
+        coroutine function as a task on the block's event loop, cancelled as a
+        task is.
 
         Returns:
             a :class:`~bingfa.Future` of its result (awaitable).
@@ -100,9 +106,13 @@ class Scope:
             self._check_open()
             return self._start(process_child(name, fn, args, kwargs, start_method))
         if mode == "async":
-            raise ValueError("mode='async' spawns need `async with bf.scope()`, which is not "
-                             "available yet; use mode='thread' or 'process'")
-        raise ValueError(f"mode must be 'thread' or 'process', not {mode!r}")
+            if start_method is not None:
+                raise ValueError("start_method only applies to mode='process'")
+            if self._loop is None:
+                raise ValueError("mode='async' needs `async with bf.scope()`: the scope runs "
+                                 "coroutines on the event loop its block runs on")
+            return self._start(AsyncChild(name, fn, args, kwargs, self._loop))
+        raise ValueError(f"mode must be 'thread', 'process' or 'async', not {mode!r}")
 
     def run(self, cmd: Any, /, **options: Any) -> Future[CommandResult]:
         """Run an external command; a :class:`~bingfa.Future` of its :class:`~bingfa.CommandResult`.
@@ -210,6 +220,51 @@ class Scope:
             start_without_sigint(self._timer)
         return self
 
+    async def __aenter__(self) -> Scope:
+        self._loop = asyncio.get_running_loop()
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        """:meth:`__exit__`, waiting on the event loop instead of blocking it."""
+        try:
+            if exc is not None and not isinstance(exc, Exception):
+                # Cancelled from outside (asyncio.CancelledError), Ctrl-C: stop
+                # everything, wait a moment for what can be stopped, go on.
+                self.cancel()
+                await self._await_children(INTERRUPT_WAIT)
+                return
+            if exc is not None:
+                self.cancel()
+            try:
+                await self._await_children(None)
+            except BaseException:  # this task cancelled while it waits
+                self.cancel()
+                await asyncio.shield(self._await_children(INTERRUPT_WAIT))
+                raise
+        finally:
+            self._close()
+        self._raise_outcome(exc)
+
+    async def _await_children(self, limit: float | None) -> None:
+        """:meth:`_wait` for the event loop: every child's future, then what it holds."""
+        deadline = None if limit is None else time.monotonic() + limit
+        seen = 0
+        while True:
+            with self._lock:
+                children = self._children[seen:]
+                seen = len(self._children)
+            if not children:
+                return
+            for child in children:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done, _ = await asyncio.wait([_settled_on_loop(child.future)],
+                                             timeout=remaining)
+                if not done:
+                    return
+                if not isinstance(child, AsyncChild):
+                    await asyncio.to_thread(child.join)  # a process or command: reaped
+
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         try:
@@ -290,6 +345,27 @@ def _is_cancellation(exc: BaseException) -> bool:
     import concurrent.futures
 
     return isinstance(exc, (concurrent.futures.CancelledError, ScopeClosedError))
+
+
+def _settled_on_loop(future: Future[Any]) -> asyncio.Future[None]:
+    """An asyncio future of this loop that is done once ``future`` is, outcome left aside.
+
+    (``asyncio.wrap_future`` would copy the outcome, and warn of an exception
+    nobody retrieved: the scope reports failures itself.)
+    """
+    loop = asyncio.get_running_loop()
+    settled: asyncio.Future[None] = loop.create_future()
+
+    def mark(_: object) -> None:
+        if not settled.done():
+            settled.set_result(None)
+
+    def on_done(_: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            loop.call_soon_threadsafe(mark, None)
+
+    future.add_done_callback(on_done)
+    return settled
 
 
 def _wait_done(future: Future[Any], timeout: float | None) -> bool:
