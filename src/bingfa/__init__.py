@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ._core._errors import TaskTimeoutError as TaskTimeoutError
     from ._core._errors import WorkerCrashedError as WorkerCrashedError
     from ._core._futures import Future as Future
+    from ._core._propagate import propagate as propagate
     from ._pool._errors import ResultTimeoutError as ResultTimeoutError
     from ._pool._oneshot import imap as imap
     from ._pool._oneshot import map as map
@@ -83,6 +84,7 @@ _HOMES = {
     "check_cancelled": "_core._context",
     "imap": "_pool._oneshot",
     "map": "_pool._oneshot",
+    "propagate": "_core._propagate",
     "run": "_commands._run",
     "run_many": "_commands._run_many",
     "scope": "_scope._scope",

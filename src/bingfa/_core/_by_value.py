@@ -7,6 +7,7 @@ of a process pool's imports.
 
 from __future__ import annotations
 
+import contextvars
 import io
 import pickle
 import types
@@ -15,6 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
+
+from ._propagate import reduce_context_var
 
 __all__ = ["dumps", "dumps_function"]
 
@@ -50,7 +53,8 @@ class _FunctionPickler(cloudpickle.Pickler):  # type: ignore[misc]
     def __init__(self, file: io.BytesIO) -> None:
         self.filenames: set[str] = set()
         # The C pickler reads dispatch_table when it is initialised.
-        self.dispatch_table = ChainMap({types.CodeType: self._reduce_code},
+        self.dispatch_table = ChainMap({types.CodeType: self._reduce_code,
+                                        contextvars.ContextVar: reduce_context_var},
                                        cloudpickle.Pickler.dispatch_table)
         super().__init__(file, protocol=PROTOCOL)
 

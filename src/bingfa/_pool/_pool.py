@@ -13,6 +13,7 @@ from .._core._errors import PoolClosedError
 from .._core._futures import Future
 from .._core._machine import usable_cores
 from .._core._progress import ProgressArg, reporter
+from .._core._propagate import carried
 from .._core._timeouts import limit_seconds, wait_seconds
 from ._batch import CALL_KW, CALL_ONE, CALL_STAR
 from ._engines import create_engine, mode_names
@@ -259,6 +260,8 @@ class Pool:
         # Tasks in threads of this process see the submitter's contextvars (a
         # copy each), as asyncio.to_thread's do; ThreadPoolExecutor's do not.
         self._copies_context = mode == "thread"
+        # Process-mode tasks carry the variables registered with bf.propagate.
+        self._carries_context = mode == "process"
         self._waiter = getattr(self._engine, "wait_for", None)
         self._closed = False
         self._terminated = False
@@ -308,6 +311,8 @@ class Pool:
         if not callable(fn):
             raise TypeError(f"the task's function must be callable, not {fn!r}")
         future._waiter = self._waiter
+        if self._carries_context:
+            fn = carried(fn)
         job = OneJob(self._scheduler, fn, CALL_KW, self.retries, (args, kwargs), future)
         if self._copies_context:
             job.context = copy_context()
@@ -450,8 +455,9 @@ class Pool:
             self._check_open()
             if not items:
                 return None
-            job = ManyJob(self._scheduler, fn, call, self.retries, chunksize, ordered=True,
-                          size_hint=len(items), dense=True)
+            job = ManyJob(self._scheduler, carried(fn) if self._carries_context else fn, call,
+                          self.retries, chunksize, ordered=True, size_hint=len(items),
+                          dense=True)
             if self._copies_context:
                 job.context = copy_context()
             # Whether the caller wants to hear of every finished chunk, for
@@ -537,8 +543,8 @@ class Pool:
             total = None
         with self._scheduler.lock:
             self._check_open()
-            job = ManyJob(self._scheduler, fn, call, self.retries, size, ordered=ordered,
-                          size_hint=total)
+            job = ManyJob(self._scheduler, carried(fn) if self._carries_context else fn, call,
+                          self.retries, size, ordered=ordered, size_hint=total)
             if self._copies_context:
                 job.context = copy_context()
         return ResultIterator(self._engine, self.workers, job, iter(iterable),
