@@ -17,10 +17,10 @@ work did meanwhile, unless it had finished already.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED
@@ -33,6 +33,8 @@ from .._core._interrupts import start_without_sigint
 from .._core._own_frames import without_own_frames
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .._pool._pool import Pool
 
 __all__ = ["AsyncChild", "Child", "CommandChild", "PoolTaskChild", "ProcessChild", "ThreadChild"]
@@ -74,7 +76,7 @@ class Child:
 
     def _settle(self, value: Any = None, error: BaseException | None = None) -> None:
         """Give the outcome to the future: cancelled if the scope stopped the work."""
-        if self.cancel_requested or isinstance(error, _CANCELLATIONS):
+        if self.cancel_requested or is_cancellation(error):
             force_cancelled(self.future)
         elif error is not None:
             self.future.set_exception(error)
@@ -82,8 +84,13 @@ class Child:
             self.future.set_result(value)
 
 
-# asyncio's CancelledError is a BaseException of its own, not concurrent.futures'.
-_CANCELLATIONS = (concurrent.futures.CancelledError, asyncio.CancelledError)
+def is_cancellation(error: BaseException | None) -> bool:
+    """Whether ``error`` says the work was cancelled: concurrent.futures' CancelledError,
+    or asyncio's (a BaseException of its own; asyncio is not imported to ask)."""
+    if isinstance(error, concurrent.futures.CancelledError):
+        return True
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and isinstance(error, asyncio.CancelledError)
 
 
 def force_cancelled(future: Future[Any]) -> None:
@@ -282,6 +289,8 @@ class AsyncChild(Child):
         self._threadsafe: concurrent.futures.Future[Any] | None = None  # made off the loop
 
     def start(self) -> None:
+        import asyncio
+
         self.future.set_running_or_notify_cancel()
         coroutine = self.fn(*self.args, **self.kwargs)
         del self.fn, self.args, self.kwargs
@@ -302,7 +311,7 @@ class AsyncChild(Child):
 
     def _task_done(self, task: asyncio.Future[Any]) -> None:
         if task.cancelled():
-            self._settle(error=asyncio.CancelledError())
+            self._settle(error=concurrent.futures.CancelledError())
             return
         error = task.exception()
         self._settle(None if error is not None else task.result(), error)

@@ -17,7 +17,6 @@ The rules, as in trio's nurseries, for threads, processes and commands alike:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import itertools
@@ -31,10 +30,19 @@ from .._core._errors import ScopeClosedError, TaskTimeoutError
 from .._core._futures import Future
 from .._core._interrupts import start_without_sigint
 from .._core._timeouts import limit_seconds
-from ._children import AsyncChild, Child, CommandChild, PoolTaskChild, ThreadChild
+from ._children import (
+    AsyncChild,
+    Child,
+    CommandChild,
+    PoolTaskChild,
+    ThreadChild,
+    is_cancellation,
+)
 from ._fork_child import process_child
 
 if TYPE_CHECKING:
+    import asyncio
+
     from .._commands._result import CommandResult
     from .._pool._pool import Pool
 
@@ -221,12 +229,16 @@ class Scope:
         return self
 
     async def __aenter__(self) -> Scope:
+        import asyncio
+
         self._loop = asyncio.get_running_loop()
         return self.__enter__()
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         """:meth:`__exit__`, waiting on the event loop instead of blocking it."""
+        import asyncio
+
         try:
             if exc is not None and not isinstance(exc, Exception):
                 # Cancelled from outside (asyncio.CancelledError), Ctrl-C: stop
@@ -248,6 +260,8 @@ class Scope:
 
     async def _await_children(self, limit: float | None) -> None:
         """:meth:`_wait` for the event loop: every child's future, then what it holds."""
+        import asyncio
+
         deadline = None if limit is None else time.monotonic() + limit
         seen = 0
         while True:
@@ -342,9 +356,7 @@ def _is_cancellation(exc: BaseException) -> bool:
     and spawning into a cancelling scope raises ScopeClosedError: neither is a
     failure of its own.
     """
-    import concurrent.futures
-
-    return isinstance(exc, (concurrent.futures.CancelledError, ScopeClosedError))
+    return isinstance(exc, ScopeClosedError) or is_cancellation(exc)
 
 
 def _settled_on_loop(future: Future[Any]) -> asyncio.Future[None]:
@@ -353,6 +365,8 @@ def _settled_on_loop(future: Future[Any]) -> asyncio.Future[None]:
     (``asyncio.wrap_future`` would copy the outcome, and warn of an exception
     nobody retrieved: the scope reports failures itself.)
     """
+    import asyncio
+
     loop = asyncio.get_running_loop()
     settled: asyncio.Future[None] = loop.create_future()
 
