@@ -56,7 +56,7 @@ from itertools import starmap
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Iterator
     from typing import Any
 
 __all__ = ["GRACE", "announce", "call_into", "defer", "kill_sessions", "signal_sessions",
@@ -119,6 +119,19 @@ def _stat(pid: str) -> tuple[int, int, int, int] | None:
     return int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19])
 
 
+def _processes() -> "Iterator[tuple[int, str, tuple[int, int, int, int]]]":
+    """Every live process: ``(pid, its /proc name, (ppid, pgid, sid, start time))``."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return
+    for name in names:
+        if name.isdigit():
+            stat = _stat(name)
+            if stat is not None:
+                yield int(name), name, stat
+
+
 def members(sids: "Iterable[int]") -> dict[int, tuple[int, int, int]]:
     """The live processes of the sessions ``sids`` and their descendants.
 
@@ -131,18 +144,7 @@ def members(sids: "Iterable[int]") -> dict[int, tuple[int, int, int]]:
     me = os.getpid()
     found: dict[int, tuple[int, int, int]] = {}
     others: dict[int, tuple[int, int, int]] = {}  # pid -> (ppid, start, pgid)
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return found
-    for name in names:
-        if not name.isdigit():
-            continue
-        stat = _stat(name)
-        if stat is None:
-            continue
-        pid = int(name)
-        ppid, pgid, sid, start = stat
+    for pid, _, (ppid, pgid, sid, start) in _processes():
         if sid in sessions and pid != me:
             found[pid] = (start, pgid, sid)
         else:
@@ -503,18 +505,7 @@ def _orphans(since: int, known: set[int]) -> set[int]:
     """
     me, parent, uid = os.getpid(), os.getppid(), os.getuid()
     found: set[int] = set()
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return found
-    for name in names:
-        if not name.isdigit():
-            continue
-        stat = _stat(name)
-        if stat is None:
-            continue
-        pid = int(name)
-        ppid, _, sid, start = stat
+    for pid, name, (ppid, _, sid, start) in _processes():
         if sid == pid != me and ppid == parent and start >= since and pid not in known:
             try:
                 if os.stat("/proc/" + name).st_uid == uid:

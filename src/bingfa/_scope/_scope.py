@@ -22,7 +22,7 @@ import contextvars
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -263,21 +263,13 @@ class Scope:
         import asyncio
 
         deadline = None if limit is None else time.monotonic() + limit
-        seen = 0
-        while True:
-            with self._lock:
-                children = self._children[seen:]
-                seen = len(self._children)
-            if not children:
+        for child in self._every_child():
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = await asyncio.wait([_settled_on_loop(child.future)], timeout=remaining)
+            if not done:
                 return
-            for child in children:
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                done, _ = await asyncio.wait([_settled_on_loop(child.future)],
-                                             timeout=remaining)
-                if not done:
-                    return
-                if not isinstance(child, AsyncChild):
-                    await asyncio.to_thread(child.join)  # a process or command: reaped
+            if deadline is None and not isinstance(child, AsyncChild):
+                await asyncio.to_thread(child.join)  # a process or command: reaped
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
@@ -301,8 +293,23 @@ class Scope:
         self._raise_outcome(exc)
 
     def _wait(self, limit: float | None) -> None:
-        """Wait for every child (also those started meanwhile), at most ``limit`` seconds."""
+        """Wait for every child (also those started meanwhile), at most ``limit`` seconds.
+
+        Without a limit each child is also joined (a process reaped, a thread
+        ended); with one, only its outcome is waited for.
+        """
         deadline = None if limit is None else time.monotonic() + limit
+        for child in self._every_child():
+            if deadline is None:
+                _wait_done(child.future, None)
+                child.join()
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not _wait_done(child.future, remaining):
+                    return
+
+    def _every_child(self) -> Iterator[Child]:
+        """The children, in the order they started, including those started meanwhile."""
         seen = 0
         while True:
             with self._lock:
@@ -310,14 +317,7 @@ class Scope:
                 seen = len(self._children)
             if not children:
                 return
-            for child in children:
-                if deadline is None:
-                    _wait_done(child.future, None)
-                    child.join()
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or not _wait_done(child.future, remaining):
-                        return
+            yield from children
 
     def _close(self) -> None:
         with self._lock:
