@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ._core._errors import CommandNotFoundError as CommandNotFoundError
     from ._core._errors import DeadlockError as DeadlockError
     from ._core._errors import InitializerError as InitializerError
+    from ._core._errors import LockOwnerDiedError as LockOwnerDiedError
     from ._core._errors import PoolClosedError as PoolClosedError
     from ._core._errors import RemoteTraceback as RemoteTraceback
     from ._core._errors import ScopeClosedError as ScopeClosedError
@@ -53,31 +54,50 @@ if TYPE_CHECKING:
     from ._scope._handles import Thread as Thread
     from ._scope._scope import Scope as Scope
     from ._scope._scope import scope as scope
+    from ._sync._barrier import Barrier as Barrier
+    from ._sync._barrier import BrokenBarrierError as BrokenBarrierError
+    from ._sync._condition import Condition as Condition
+    from ._sync._condition import Event as Event
+    from ._sync._lock import Lock as Lock
+    from ._sync._lock import RLock as RLock
+    from ._sync._semaphore import BoundedSemaphore as BoundedSemaphore
+    from ._sync._semaphore import Semaphore as Semaphore
+    from ._sync._value import Value as Value
 
 # public name -> the private module that defines it
 _HOMES = {
     "AsyncResult": "_pool._results",
     "BackendUnavailableError": "_core._errors",
+    "Barrier": "_sync._barrier",
     "BingfaError": "_core._errors",
+    "BoundedSemaphore": "_sync._semaphore",
+    "BrokenBarrierError": "_sync._barrier",
     "CommandError": "_core._errors",
     "CommandNotFoundError": "_core._errors",
     "CommandResult": "_commands._result",
     "CommandRun": "_commands._run_many",
     "CommandStream": "_commands._stream",
+    "Condition": "_sync._condition",
     "DeadlockError": "_core._errors",
+    "Event": "_sync._condition",
     "Future": "_core._futures",
     "InitializerError": "_core._errors",
+    "Lock": "_sync._lock",
+    "LockOwnerDiedError": "_core._errors",
     "OutputLine": "_commands._stream",
     "Pool": "_pool._pool",
-    "Process": "_scope._handles",
     "PoolClosedError": "_core._errors",
+    "Process": "_scope._handles",
+    "RLock": "_sync._lock",
     "RemoteTraceback": "_core._errors",
     "ResultTimeoutError": "_pool._errors",
     "Scope": "_scope._scope",
     "ScopeClosedError": "_core._errors",
+    "Semaphore": "_sync._semaphore",
     "SerializationError": "_core._errors",
     "TaskTimeoutError": "_core._errors",
     "Thread": "_scope._handles",
+    "Value": "_sync._value",
     "WorkerCrashedError": "_core._errors",
     "arun": "_commands._run",
     "cancelled": "_core._context",
@@ -108,8 +128,9 @@ def __getattr__(name: str) -> "Any":
         raise AttributeError(f"module 'bingfa' has no attribute {name!r}")
     __import__(f"{__name__}.{home}")
     obj = getattr(_sys.modules[f"{__name__}.{home}"], name)
-    if isinstance(obj, type) or callable(obj):
-        # Public objects live in private modules; show them where users import them.
+    if (isinstance(obj, type) or callable(obj)) and obj.__module__.startswith(f"{__name__}."):
+        # Public objects live in private modules; show them where users import
+        # them (but leave the standard library's, such as BrokenBarrierError, alone).
         try:
             obj.__module__ = "bingfa"
         except (AttributeError, TypeError):

@@ -130,12 +130,15 @@ def test_async_children_see_the_blocks_contextvars():
 
 
 @pytest.mark.timeout(30)
-def test_async_mode_needs_an_async_block_and_a_coroutine_function():
+def test_async_mode_needs_a_coroutine_function():
+    with bf.scope() as s:  # a plain block: on a loop of the scope's own
+        doubled = s.spawn(double, 1, mode="async")
+    assert doubled.result() == 2
     with pytest.raises(ExceptionGroup) as caught, bf.scope() as s:
-        s.spawn(double, 1, mode="async")
+        s.spawn(abs, -1, mode="async")
     (error,) = caught.value.exceptions
-    assert isinstance(error, ValueError)
-    assert "async with" in str(error)
+    assert isinstance(error, TypeError)
+    assert "coroutine function" in str(error)
 
     async def main():
         async with bf.scope() as s:

@@ -221,7 +221,7 @@ def test_bad_arguments_say_what_is_wrong():
     with bf.scope() as s:
         with pytest.raises(ValueError, match="mode must be"):
             s.spawn(print, mode="greenlet")
-        with pytest.raises(ValueError, match="async"):
+        with pytest.raises(TypeError, match="coroutine function"):
             s.spawn(print, mode="async")
         with pytest.raises(ValueError, match="start_method"):
             s.spawn(print, start_method="fork")
@@ -382,3 +382,44 @@ def test_a_scope_killed_with_sigkill_leaves_nothing_behind(tmp_path):
     for proc in left:
         proc.kill()
     assert not left, left
+
+
+async def tick_until_cancelled(ticks):
+    import asyncio
+
+    try:
+        while True:
+            ticks.append(1)
+            await asyncio.sleep(0.01)
+    except asyncio.CancelledError:
+        ticks.append("cancelled")
+        raise
+
+
+async def add_later(a, b):
+    import asyncio
+
+    await asyncio.sleep(0.01)
+    return a + b
+
+
+def fail_soon():
+    raise KeyError("stop")
+
+
+@pytest.mark.timeout(30)
+def test_a_plain_scope_runs_coroutines_on_a_loop_of_its_own():
+    with bf.scope() as s:
+        added = s.spawn(add_later, 2, 3, mode="async")
+        threaded = s.spawn(sum, [1, 2])
+    assert added.result() == 5
+    assert threaded.result() == 3
+    ticks: list[object] = []
+    with pytest.raises(ExceptionGroup) as caught, bf.scope() as s:
+        ticking = s.spawn(tick_until_cancelled, ticks, mode="async")
+        s.spawn(fail_soon)
+    assert [type(e) for e in caught.value.exceptions] == [KeyError]
+    assert ticking.cancelled()
+    assert ticks[-1] == "cancelled"
+    # The loop's thread ended with the block (the leak fixture checks it too).
+    assert not [t for t in threading.enumerate() if t.name == "bingfa-scope-loop"]

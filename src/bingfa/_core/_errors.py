@@ -15,6 +15,7 @@ timeout)::
           ├── PoolClosedError             (also RuntimeError and ValueError) submit after close()
           ├── InitializerError            (also RuntimeError) workers cannot start
           ├── DeadlockError               (also RuntimeError) a wait that could never end
+          ├── LockOwnerDiedError          (also RuntimeError) a lock's holder died holding it
           ├── SerializationError          (also TypeError) an object could not be (un)pickled
           ├── BackendUnavailableError     (also LookupError) an optional library is missing
           ├── CommandError                an external command failed (check=True)
@@ -43,6 +44,7 @@ __all__ = [
     "CommandNotFoundError",
     "DeadlockError",
     "InitializerError",
+    "LockOwnerDiedError",
     "PoolClosedError",
     "RemoteTraceback",
     "SerializationError",
@@ -154,6 +156,27 @@ class DeadlockError(BingfaError, RuntimeError):
     another result of the same pool (``pool.map``, ``future.result()``)
     would wait for itself. Submitting from a callback is fine; waiting is not.
     """
+
+
+class LockOwnerDiedError(BingfaError, RuntimeError):
+    """The process that held a :class:`bingfa.Lock` died holding it.
+
+    The lock was not lost: the acquire that raised this took it over from the
+    dead process and gave it back, so the next acquire takes it normally.
+    What the lock protected may be half-updated: repair it, under the lock.
+    Inside :meth:`bingfa.Condition.wait` the lock is held when this is raised
+    (the ``with`` block around the wait releases it).
+
+    Attributes:
+        pid: the process id of the holder that died.
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_with_kwargs, (type(self), self.args, {"pid": self.pid}))
 
 
 class SerializationError(BingfaError, TypeError):

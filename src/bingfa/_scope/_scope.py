@@ -39,6 +39,7 @@ from ._children import (
     is_cancellation,
 )
 from ._fork_child import process_child
+from ._loop_thread import LoopThread
 
 if TYPE_CHECKING:
     import asyncio
@@ -77,7 +78,9 @@ class Scope:
         self._timer: threading.Timer | None = None
         self._token: contextvars.Token[Scope | None] | None = None
         self._parent: Scope | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # an `async with` block's
+        # The loop of an `async with` block, or of the thread below.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: LoopThread | None = None  # made for a plain `with` block's coroutines
 
     # --- starting work ----------------------------------------------------------------
     def spawn(self, fn: Callable[..., Any], /, *args: Any,
@@ -91,9 +94,10 @@ class Scope:
         a process child may be a lambda or a closure, and is terminated with
         its whole process tree when the scope cancels it. ``start_method``
         applies to processes (``"forkserver"`` by default, ``"fork"``,
-        ``"spawn"``). ``mode="async"`` (in ``async with bf.scope()``) runs a
-        coroutine function as a task on the block's event loop, cancelled as a
-        task is.
+        ``"spawn"``). ``mode="async"`` runs a coroutine function as a task,
+        cancelled as a task is: on the block's event loop in ``async with
+        bf.scope()``, and in a plain ``with`` block on an event loop the scope
+        starts on a thread of its own (and closes at the block's end).
 
         Returns:
             a :class:`~bingfa.Future` of its result (awaitable).
@@ -116,11 +120,17 @@ class Scope:
         if mode == "async":
             if start_method is not None:
                 raise ValueError("start_method only applies to mode='process'")
-            if self._loop is None:
-                raise ValueError("mode='async' needs `async with bf.scope()`: the scope runs "
-                                 "coroutines on the event loop its block runs on")
-            return self._start(AsyncChild(name, fn, args, kwargs, self._loop))
+            return self._start(AsyncChild(name, fn, args, kwargs, self._event_loop()))
         raise ValueError(f"mode must be 'thread', 'process' or 'async', not {mode!r}")
+
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop coroutines run on: the ``async with`` block's, or one of the scope's own."""
+        with self._lock:
+            if self._loop is None:
+                self._check_open()
+                self._loop_thread = LoopThread("bingfa-scope-loop")
+                self._loop = self._loop_thread.loop
+            return self._loop
 
     def run(self, cmd: Any, /, **options: Any) -> Future[CommandResult]:
         """Run an external command; a :class:`~bingfa.Future` of its :class:`~bingfa.CommandResult`.
@@ -158,15 +168,16 @@ class Scope:
         with self._lock:
             self._check_open()
             self._children.append(child)
-        child.future.add_done_callback(lambda _: self._child_done(child))
         try:
             child.start()
         except BaseException as exc:
+            # Raised here, to the caller: not a child's failure that cancels the rest.
             with self._lock:
                 self._children.remove(child)
             if not child.future.done():
                 child.future.set_exception(exc)
             raise
+        child.future.add_done_callback(lambda _: self._child_done(child))
         return child.future
 
     def _check_open(self) -> None:
@@ -322,6 +333,8 @@ class Scope:
     def _close(self) -> None:
         with self._lock:
             self._closed = True
+        if self._loop_thread is not None:
+            self._loop_thread.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer.join()
