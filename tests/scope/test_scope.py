@@ -16,6 +16,7 @@ import time
 
 import psutil
 import pytest
+from conftest import wait_until
 
 import bingfa as bf
 
@@ -237,17 +238,40 @@ def test_bad_arguments_say_what_is_wrong():
 
 
 @pytest.mark.timeout(30)
-def test_a_pool_task_is_waited_for_and_a_queued_one_cancelled():
-    release = threading.Event()
+def test_a_running_thread_pool_task_is_told_and_a_queued_one_cancelled():
     with bf.Pool(1, mode="thread") as pool:
         with pytest.raises(ExceptionGroup) as caught, bf.scope() as s:
-            running = s.submit(pool, release.wait, 10)
+            running = s.submit(pool, wait_until_cancelled)
             queued = s.submit(pool, lambda: "never")
-            s.spawn(fail, "stop")
-            threading.Timer(0.3, release.set).start()
+            s.spawn(fail, "stop", 0.1)
         assert [str(e) for e in caught.value.exceptions] == ["stop"]
-        assert running.result() is True  # it ran to its end; the scope waited for it
+        assert running.cancelled()  # it saw bf.cancelled() and stopped; the scope waited
         assert queued.cancelled()
+        assert pool.submit(abs, -1).result(timeout=10) == 1
+
+
+def grandchild_gone(pid_file) -> bool:
+    grandchild = int(pid_file.read_text())
+    try:
+        return psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.timeout(30)
+def test_a_running_process_pool_task_is_killed_with_its_tree(tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    with bf.Pool(1, mode="process") as pool:
+        with pytest.raises(ExceptionGroup) as caught, bf.scope() as s:
+            running = s.submit(pool, start_grandchild, str(pid_file))
+            while not pid_file.exists() or not pid_file.read_text():
+                time.sleep(0.01)
+            s.spawn(fail, "stop")
+        assert [str(e) for e in caught.value.exceptions] == ["stop"]
+        assert running.cancelled()
+        assert wait_until(lambda: grandchild_gone(pid_file), timeout=10)
+        # The pool replaced the worker it killed and goes on.
+        assert pool.submit(abs, -2).result(timeout=20) == 2
 
 
 @pytest.mark.timeout(30)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import time
 import weakref
@@ -308,6 +309,28 @@ class Pool:
 
     def _submit_one(self, fn: Callable[..., Any], args: tuple[Any, ...],
                     kwargs: dict[str, Any], future: F) -> F:
+        self._submit_job(fn, args, kwargs, future)
+        return future
+
+    def _submit_stoppable(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                          kwargs: dict[str, Any]) -> tuple[Future[Any], Callable[[], None]]:
+        """``submit``, and a function that stops the task even once it runs (for scopes).
+
+        The stop fails the task with CancelledError: in process mode its
+        worker is killed with its process tree and replaced; in thread mode
+        the task's :func:`bingfa.cancelled` turns true.
+        """
+        future: Future[Any] = Future()
+        job = self._submit_job(fn, args, kwargs, future)
+        engine = self._engine
+
+        def stop() -> None:
+            if not future.cancel():
+                engine.stop_running(job, concurrent.futures.CancelledError())
+        return future, stop
+
+    def _submit_job(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any], future: Future[Any]) -> OneJob:
         if not callable(fn):
             raise TypeError(f"the task's function must be callable, not {fn!r}")
         future._waiter = self._waiter
@@ -318,14 +341,14 @@ class Pool:
             job.context = copy_context()
         self._check_open()
         if self._engine.hand_over(job):
-            return future
+            return job
         with self._scheduler.lock:
             self._check_open()
             self._scheduler.activate(job)
             then = self._engine.work_added()
         if then is not None:
             then()
-        return future
+        return job
 
     def _check_open(self) -> None:
         if self._engine.inherited:

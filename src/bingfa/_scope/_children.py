@@ -261,7 +261,7 @@ class PoolTaskChild(Child):
     def __init__(self, name: str, pool: Pool, fn: Callable[..., Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> None:
         super().__init__(name)
-        self.inner = pool.submit(fn, *args, **kwargs)
+        self.inner, self._stop_task = pool._submit_stoppable(fn, args, kwargs)
         self.future.set_running_or_notify_cancel()
         self.inner.add_done_callback(self._settle_like)
 
@@ -269,8 +269,9 @@ class PoolTaskChild(Child):
         pass  # submitted when made: a closed pool fails s.submit() itself
 
     def _stop(self) -> None:
-        if not self.inner.cancel():
-            self.cancel_requested = False  # it runs: the scope waits for its outcome
+        # Not started: cancelled. Running in a process: its worker is killed
+        # and replaced. Running in a thread: bf.cancelled() turns true in it.
+        self._stop_task()
 
     def join(self) -> None:
         with contextlib.suppress(BaseException):

@@ -84,6 +84,15 @@ class Engine(abc.ABC):
         """
         return False
 
+    def stop_running(self, job: OneJob, error: BaseException) -> None:  # noqa: B027 - optional
+        """Stop ``job``'s task though it runs, failing it with ``error``, where the mode can.
+
+        A process engine kills the worker running it (with its process tree)
+        and starts another; a thread engine can only raise the task's
+        :func:`bingfa.cancelled` flag. A task not yet running is stopped when it
+        starts; one that has finished is left alone.
+        """
+
     def drop_queued(self) -> list[Job]:
         """Take out the tasks the engine holds outside the scheduler (see ``hand_over``)."""
         return []

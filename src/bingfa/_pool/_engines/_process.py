@@ -57,7 +57,7 @@ from ..._core._serialization import (
     unpickling_error,
 )
 from .._batch import CALL_KW, CALL_STAR
-from .._jobs import Batch, Job
+from .._jobs import Batch, Job, OneJob
 from .._scheduler import Scheduler
 from ._base import Engine, EngineConfig, inherited_error, initializer_error
 from ._launcher import START_METHODS, WorkerProcess, launch
@@ -175,6 +175,8 @@ class ProcessEngine(Engine):
         # whose replacement waits for the rate limit: slot -> when to start.
         self._early_deaths: deque[float] = deque()
         self._pending_starts: dict[int, float] = {}
+        # Tasks to stop though they run (stop_running), until they start or end.
+        self._stops: list[tuple[OneJob, BaseException]] = []
         self._launch_failure: BaseException | None = None
         self._handlers: dict[int, tuple[int, _Proc | None]] = {}
         self._scratch = memoryview(bytearray(READ_SIZE))  # manager's read buffer
@@ -246,6 +248,48 @@ class ProcessEngine(Engine):
         self.abort_jobs(jobs, error)
         self._poke()
         self.join()
+
+    def stop_running(self, job: OneJob, error: BaseException) -> None:
+        """Kill (and replace) the worker running ``job``'s task; the manager does it."""
+        with self._lock:
+            self._stops.append((job, error))
+        self._poke()
+
+    def _carry_out_stops(self, now: float, posts: list[_Post]) -> None:
+        """Stop the tasks asked to stop that run now (lock held).
+
+        A request stays until its task runs (it may still wait in a worker's
+        queue) or its job is done.
+        """
+        waiting: list[tuple[OneJob, BaseException]] = []
+        for job, error in self._stops:
+            if job.future.done():
+                continue
+            for p in self._slots:
+                index = self._running_index_of(p, job)
+                if index is not None:
+                    assert p is not None
+                    self._lose_worker(p, head_index=index, error=error, posts=posts)
+                    self._kill(p, now)
+                    self._replace(p)
+                    break
+            else:
+                waiting.append((job, error))
+        self._stops = waiting
+
+    def _running_index_of(self, p: _Proc | None, job: OneJob) -> int | None:
+        """The index in ``p``'s head batch of ``job``'s task, if it runs now (lock held)."""
+        if p is None or p.gone or not p.inflight or p.progress is None:
+            return None
+        if self._task_started(p) is None:
+            return None
+        head = p.inflight[0]
+        index = max(0, p.progress[SLOT_INDEX])
+        if head.job is job:
+            return index
+        # Quick submits travel in groups (GroupJob): is the running member ours?
+        members: list[Job] = getattr(head.job, "members", [])
+        return index if index < len(members) and members[index] is job else None
 
     def join(self, timeout: float | None = None) -> bool:
         manager = self._manager
@@ -646,11 +690,12 @@ class ProcessEngine(Engine):
 
     def _poll_timeout(self) -> float:
         if (self.config.task_timeout is None and not self._dying and not self._stragglers
-                and not self._pending_starts):
+                and not self._pending_starts and not self._stops):
             return -1
         with self._lock:
             now = time.monotonic()
-            soonest: float | None = None
+            # A task to stop that has not started yet: look again soon.
+            soonest: float | None = now + _STOP_RECHECK if self._stops else None
             times = [p.kill_at for p in self._dying if p.kill_at is not None]
             times += [when for when, _ in self._stragglers]
             times += self._pending_starts.values()
@@ -685,6 +730,8 @@ class ProcessEngine(Engine):
 
     def _check_deadlines(self, posts: list[_Post]) -> None:
         now = time.monotonic()
+        if self._stops:
+            self._carry_out_stops(now, posts)
         for p in list(self._dying):
             if p.kill_at is not None and now >= p.kill_at:
                 end_tree(p.pid)
@@ -1011,6 +1058,8 @@ class ProcessEngine(Engine):
 
 
 _WAKE, _RESULT, _EXIT, _WRITE = range(4)
+# Seconds between looks at a task asked to stop that has not started yet.
+_STOP_RECHECK = 0.02
 _STOP_FRAME = FRAME.pack(1) + bytes([KIND_STOP])
 
 

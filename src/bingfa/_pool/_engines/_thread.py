@@ -439,6 +439,15 @@ class ThreadEngine(Engine):
                     timeout=timeout, task=batch.describe_task(0))
                 batch.job.fail(batch, 0, err)
 
+    def stop_running(self, job: OneJob, error: BaseException) -> None:
+        """A thread cannot be stopped: raise the flag its task reads with bf.cancelled()."""
+        with self._lock:
+            for w in self._slots:
+                if w is not None and w.batch is not None and w.batch.job is job:
+                    if w.ctx.cancel_flag is None:
+                        w.ctx.cancel_flag = CancelFlag()  # dropped when the task ends
+                    w.ctx.cancel_flag.set()
+
     def _abandon(self, w: _Worker) -> None:
         """Give up on a worker stuck in a task (lock held)."""
         if not w.replaced:
