@@ -63,6 +63,16 @@ class Child:
         """Wait until the work is over and everything it used is let go."""
         raise NotImplementedError
 
+    def watch(self) -> None:
+        """Make sure the future is settled as soon as the work ends, with nobody waiting.
+
+        Every kind does so from the start but a handle's forked process
+        (see ``_fork_child``), which otherwise waits to be asked.
+        """
+
+    def poll(self) -> None:
+        """Settle the future now if the work has ended (for kinds that wait to be asked)."""
+
     def _stop(self) -> None:
         raise NotImplementedError
 

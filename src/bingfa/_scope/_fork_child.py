@@ -3,10 +3,18 @@
 A forked child inherits the function and its arguments, so nothing is pickled
 on the way in, and it needs none of a pool's machinery (task pipe, progress
 slot, manager thread): it runs the function once, writes the pickled outcome
-to a pipe and exits. One thread in the parent waits for the outcome and the
-exit (a pidfd), and settles the future; a child that died without an outcome
-is a :class:`~bingfa.WorkerCrashedError` naming the signal or exit code.
-Stopping it ends its whole process tree, as a pool's worker is ended.
+to a pipe and exits. The parent reads the outcome until the pipe ends or the
+child has exited (a pidfd), reaps it and settles the future; a child that died
+without an outcome is a :class:`~bingfa.WorkerCrashedError` naming the signal
+or exit code. Stopping it ends its whole process tree, as a pool's worker is
+ended.
+
+Who reads: in a scope, a thread of the child's own, started with it, since the
+scope must hear of a failure while its block still runs. A ``bf.Process``
+handle starts that thread only when something needs the future settled on its
+own (``handle.future``: callbacks, ``await``); otherwise the thread that asks
+(``result()``, ``join()``, ``is_alive()``) reads and reaps itself, which
+spares starting a thread per child (on a busy machine, a scheduling delay).
 """
 
 from __future__ import annotations
@@ -17,10 +25,12 @@ import pickle
 import select
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from .._core._errors import WorkerCrashedError
+from .._core._futures import Future
 from .._core._interrupts import start_without_sigint
 from .._core._proctree import descendants, end_tree
 from .._core._remote_traceback import capture, rebuild
@@ -37,12 +47,18 @@ class ForkChild(Child):
     """A function in a child made by ``os.fork()``; see the module's docstring."""
 
     def __init__(self, name: str, fn: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> None:
+                 kwargs: dict[str, Any], watch: bool = True) -> None:
         super().__init__(name)
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.kill_grace = 0.2
+        self._watch_at_start = watch
         self._pid: int | None = None
         self._pidfd = -1
+        self._read_end = -1
+        self._poller: select.poll | None = None
+        self._chunks: list[bytes] = []
+        self._reading = threading.Lock()  # one reader at a time
+        self._watch_lock = threading.Lock()
         self._waiter: threading.Thread | None = None
         self._stopper: threading.Thread | None = None
 
@@ -78,40 +94,74 @@ class ForkChild(Child):
         del self.fn, self.args, self.kwargs  # the child has them; the parent lets go
         self._pid = pid
         self._pidfd = os.pidfd_open(pid)
-        # A daemon: the interpreter's exit must not wait for a child nobody
-        # waits for (the exit hook in _handles ends it, then joins this).
-        self._waiter = threading.Thread(target=self._wait, args=(read_end,),
-                                        name=f"{self.name}-wait", daemon=True)
-        start_without_sigint(self._waiter)
+        self._read_end = read_end
+        self._poller = select.poll()
+        self._poller.register(read_end, select.POLLIN)
+        self._poller.register(self._pidfd, select.POLLIN)
+        if self._watch_at_start:
+            self.watch()
+        else:
+            self.future._waiter = self._read_for
 
-    def _wait(self, read_end: int) -> None:
-        """Read the outcome until the pipe ends or the child has exited; reap; settle."""
-        chunks: list[bytes] = []
-        poller = select.poll()
-        poller.register(read_end, select.POLLIN)
-        poller.register(self._pidfd, select.POLLIN)
+    def watch(self) -> None:
+        """Settle the future as soon as the child ends, from a thread of its own."""
+        with self._watch_lock:
+            if self._waiter is not None or self._read_end < 0:
+                return
+            # A daemon: the interpreter's exit must not wait for a child nobody
+            # waits for (the exit hook in _handles ends it, then joins this).
+            self._waiter = threading.Thread(target=self._read, args=(None,),
+                                            name=f"{self.name}-wait", daemon=True)
+            start_without_sigint(self._waiter)
+
+    def poll(self) -> None:
+        """Settle the future now if the child has ended, without waiting."""
+        self._read(0.0)
+
+    def _read_for(self, future: Future[Any], timeout: float | None) -> None:
+        self._read(timeout)  # the future's _waiter: its caller reads in its own thread
+
+    def _read(self, timeout: float | None) -> bool:
+        """Read the outcome until the child ends (then reap and settle) or ``timeout``
+        passes; whether it has ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._reading.acquire(timeout=-1 if timeout is None else timeout):
+            return self._read_end < 0
         try:
-            while True:
-                events = dict(poller.poll())
-                if read_end in events:
-                    data = os.read(read_end, READ_SIZE)
-                    if not data:
-                        break
-                    chunks.append(data)
-                    continue
-                if self._pidfd in events:
+            while self._read_end >= 0:
+                assert self._poller is not None
+                if deadline is None:
+                    events = dict(self._poller.poll())
+                else:
+                    left_ms = max(0, int((deadline - time.monotonic()) * 1000 + 0.999))
+                    events = dict(self._poller.poll(left_ms))
+                    if not events:
+                        return False
+                if self._read_end in events:
+                    data = os.read(self._read_end, READ_SIZE)
+                    if data:
+                        self._chunks.append(data)
+                        continue
+                elif self._pidfd in events:
                     # Exited, but something it started may hold the pipe open:
                     # take what is there without waiting for an end that may not come.
-                    os.set_blocking(read_end, False)
+                    os.set_blocking(self._read_end, False)
                     with contextlib.suppress(BlockingIOError):
-                        while data := os.read(read_end, READ_SIZE):
-                            chunks.append(data)
-                    break
+                        while data := os.read(self._read_end, READ_SIZE):
+                            self._chunks.append(data)
+                self._reap()
+            return True
         finally:
-            os.close(read_end)
+            self._reading.release()
+
+    def _reap(self) -> None:
+        """The child has ended: close the pipe, reap it, settle (reading lock held)."""
+        os.close(self._read_end)
+        self._read_end = -1
         _, status = os.waitpid(self._pid or 0, 0)
         os.close(self._pidfd)
-        self._settle_from(b"".join(chunks), status)
+        data, self._chunks = b"".join(self._chunks), []
+        self._settle_from(data, status)
 
     def _settle_from(self, data: bytes, status: int) -> None:
         if data:
@@ -155,11 +205,10 @@ class ForkChild(Child):
         for member in tree:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(member, signum)
-        if self.kill_grace > 0 and self._waiter is not None:
-            self._waiter.join(self.kill_grace)
+        ended = self.kill_grace > 0 and self._read(self.kill_grace)
         for member in tree[1:]:
             end_tree(member)
-        if self._waiter is not None and self._waiter.is_alive():
+        if not ended:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -168,6 +217,8 @@ class ForkChild(Child):
             self._stopper.join()
         if self._waiter is not None:
             self._waiter.join()
+        else:
+            self._read(None)
 
 
 def _run_and_report(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
@@ -196,11 +247,16 @@ def _run_and_report(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
 
 
 def process_child(name: str, fn: Callable[..., Any], args: tuple[Any, ...],
-                  kwargs: dict[str, Any], start_method: str | None) -> Child:
+                  kwargs: dict[str, Any], start_method: str | None,
+                  watch: bool = True) -> Child:
     """The child for a function in a process: forked directly with ``fork``, else a
-    one-worker pool (``forkserver``, ``spawn``: the function travels by value)."""
+    one-worker pool (``forkserver``, ``spawn``: the function travels by value).
+
+    ``watch=False`` lets a forked child be read by whoever waits for it (see
+    the module's docstring).
+    """
     if start_method == "fork":
-        return ForkChild(name, fn, args, kwargs)
+        return ForkChild(name, fn, args, kwargs, watch)
     if start_method not in (None, "forkserver", "spawn"):
         raise ValueError("start_method must be 'forkserver', 'fork' or 'spawn', "
                          f"not {start_method!r}")

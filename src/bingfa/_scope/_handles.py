@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import signal
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any
@@ -66,7 +65,9 @@ class _Handle:
         Raises:
             RuntimeError: not started yet.
         """
-        return self._started().future
+        child = self._started()
+        child.watch()  # callbacks and awaits need it settled with nobody asking
+        return child.future
 
     def _started(self) -> Child:
         if self._child is None:
@@ -104,7 +105,10 @@ class _Handle:
 
     def is_alive(self) -> bool:
         """Whether it has started and not ended yet."""
-        return self._child is not None and not self._child.future.done()
+        if self._child is None:
+            return False
+        self._child.poll()
+        return not self._child.future.done()
 
     def __enter__(self) -> Any:
         if self._child is None:
@@ -199,7 +203,7 @@ class Process(_Handle):
 
     def _make(self) -> Child:
         child = process_child(self.name, self._target, self._args, self._kwargs,
-                              self.start_method)
+                              self.start_method, watch=False)
         _end_at_exit(child)
         return child
 
@@ -219,7 +223,10 @@ class Process(_Handle):
     def exitcode(self) -> int | None:
         """None while it runs; then 0 if it returned, 1 if it raised, ``n`` for
         ``sys.exit(n)``, and minus the signal that ended it (as multiprocessing)."""
-        if self._child is None or not self._child.future.done():
+        if self._child is None:
+            return None
+        self._child.poll()
+        if not self._child.future.done():
             return None
         if self._stopped_by is not None:
             return -self._stopped_by
@@ -258,7 +265,9 @@ class Process(_Handle):
         self.terminate(grace=0)
 
 
-_running: weakref.WeakSet[ProcessChild | ForkChild] = weakref.WeakSet()
+# Children of handles still running: held here (a forked one may wait to be
+# read and reaped) until they end, or the interpreter exits and ends them.
+_running: set[ProcessChild | ForkChild] = set()
 _exit_hook_installed = False
 
 
@@ -271,12 +280,15 @@ def _end_at_exit(child: Child) -> None:
     global _exit_hook_installed
     assert isinstance(child, (ProcessChild, ForkChild))
     _running.add(child)
+    child.future.add_done_callback(lambda _: _running.discard(child))
     if not _exit_hook_installed:
         atexit.register(_end_running)
         _exit_hook_installed = True
 
 
 def _end_running() -> None:
+    for child in list(_running):
+        child.poll()
     children = [child for child in list(_running) if not child.future.done()]
     for child in children:
         child.set_kill_grace(0.2)
