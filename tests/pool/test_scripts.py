@@ -351,8 +351,9 @@ def test_what_cannot_work_says_why_in_one_line(tmp_path, method):
 def test_the_zygote_starts_early_only_for_pools_that_use_it(tmp_path):
     """A forkserver pool starts its zygote before it loads its engine; a fork pool starts none.
 
-    Forked workers inherit the by-value pickler the parent loaded before forking
-    them, so their first task from ``__main__`` imports nothing.
+    A fork pool's workers have ``__main__`` as it was when they forked, so its
+    functions defined by then go by name: neither the pool's process nor its
+    workers load cloudpickle for them (a function defined later would).
     """
     script = tmp_path / "example.py"
     script.write_text(textwrap.dedent('''\
@@ -364,14 +365,17 @@ def test_the_zygote_starts_early_only_for_pools_that_use_it(tmp_path):
             return "cloudpickle" in sys.modules
 
         with bf.Pool(2, mode="process", start_method="fork") as pool:
-            print("fork", zygote_pid(), pool.submit(loaded, 0).result())
+            print("fork", zygote_pid(), pool.submit(loaded, 0).result(), loaded(0))
+            late = lambda x: x + 1
+            print("late", pool.submit(late, 1).result(), loaded(0))
         with bf.Pool(2, mode="process") as pool:
             print("forkserver", zygote_pid() is not None, pool.submit(loaded, 0).result())
     '''))
     done = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=50,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["fork None True", "forkserver True True"]
+    assert done.stdout.splitlines() == ["fork None False False", "late 2 True",
+                                        "forkserver True True"]
 
 
 @pytest.mark.timeout(60)
@@ -390,3 +394,28 @@ def test_a_zygote_that_cannot_boot_is_reported_after_an_early_start(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("bingfa.InitializerError: cannot start worker processes: "), last
     assert "could not be run" in last, last
+
+
+@pytest.mark.timeout(60)
+def test_a_fork_pool_runs_the_main_function_as_it_is_now(tmp_path):
+    """__main__'s functions go by name only while the workers' copy is the same object."""
+    script = tmp_path / "example.py"
+    script.write_text(textwrap.dedent('''\
+        import bingfa as bf
+
+        def f(x):
+            return "as defined before the pool"
+
+        with bf.Pool(1, mode="process", start_method="fork") as pool:
+            print(pool.submit(f, 0).result())
+
+            def f(x):
+                return "redefined after the workers forked"
+
+            print(pool.submit(f, 0).result())
+    '''))
+    done = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=50,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["as defined before the pool",
+                                        "redefined after the workers forked"]

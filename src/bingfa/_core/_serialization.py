@@ -22,7 +22,9 @@ import linecache
 import os
 import pickle
 import reprlib
+import sys
 import threading
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -110,13 +112,21 @@ def dumps_parts(obj: Any, main_by_value: bool = False) -> list[Part]:
     return frame_parts(dumps(obj, main_by_value, buffers), buffers)
 
 
-def dumps_function(fn: Any) -> bytes:
+def dumps_function(fn: Any, main_inherited: Callable[[Any], bool] | None = None) -> bytes:
     """Pickle a function (or a tuple holding functions) by value where it has to be.
 
     What :func:`loads_function` gets back is ``fn`` itself; along with it travel
     the source lines of code that has no file on disk (notebook cells,
     ``python -c``), where this process knows them, for the worker's tracebacks.
+
+    A module-level function of an importable module goes by name, with the C
+    pickler and without importing cloudpickle (as cloudpickle itself would
+    send it); so does one of ``__main__`` when ``main_inherited(fn)`` says
+    every worker has it (workers forked after it was defined).
     """
+    by_name = _by_name(fn, main_inherited)
+    if by_name is not None:
+        return by_name
     from . import _by_value
 
     pickled, filenames = _by_value.dumps_function(fn)
@@ -124,6 +134,33 @@ def dumps_function(fn: Any) -> bytes:
     if not sources:
         return pickled
     return pickle.dumps(_WithSources(pickled, sources), PROTOCOL)
+
+
+_PLAIN_FUNCTIONS = (types.FunctionType, types.BuiltinFunctionType)
+
+
+def _by_name(fn: Any, main_inherited: Callable[[Any], bool] | None) -> bytes | None:
+    """``fn`` pickled by reference, if a worker can find it by its module and name."""
+    if type(fn) not in _PLAIN_FUNCTIONS:
+        return None
+    module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or not name.isidentifier():  # nested ("f.<locals>.g"), lambdas, methods
+        return None
+    home = sys.modules.get(module)
+    if getattr(home, name, None) is not fn:
+        return None
+    if module == "__main__":
+        if main_inherited is None or not main_inherited(fn):
+            return None
+    elif getattr(home, "__spec__", None) is None and module not in sys.builtin_module_names:
+        return None  # made at run time (not importable elsewhere): cloudpickle sends it by value
+    registry = sys.modules.get("cloudpickle")
+    if registry is not None and module in registry.list_registry_pickle_by_value():
+        return None
+    try:
+        return pickle.dumps(fn, PROTOCOL)
+    except Exception:
+        return None
 
 
 class _WithSources:
@@ -248,7 +285,9 @@ class FunctionCache:
     function, or the object of a bound method, alive.
     """
 
-    def __init__(self, capacity: int = 128) -> None:
+    def __init__(self, capacity: int = 128,
+                 main_inherited: Callable[[Any], bool] | None = None) -> None:
+        self._main_inherited = main_inherited  # see dumps_function
         self._entries: WeakCallableMap[tuple[int, bytes]] = WeakCallableMap(capacity)
         self._next_id = 0
         self._lock = threading.Lock()
@@ -266,7 +305,7 @@ class FunctionCache:
         if entry is not None:
             return entry
         try:
-            data = dumps_function(fn)
+            data = dumps_function(fn, self._main_inherited)
         except Exception as exc:
             raise serialization_error("the task's function", fn, exc) from exc
         with self._lock:

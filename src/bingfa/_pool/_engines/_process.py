@@ -30,8 +30,11 @@ import os
 import pickle
 import select
 import signal
+import sys
 import threading
 import time
+import types
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
@@ -165,7 +168,11 @@ class ProcessEngine(Engine):
         self._method = self.start_method = method
         # Workers not forked from this process never see its __main__.
         self._main_by_value = method != "fork"
-        self._functions = FunctionCache()
+        # With fork, workers have this process's __main__ as it was when they
+        # forked: its functions that existed then go by name (see start()).
+        self._main_at_fork: dict[str, weakref.ref[Callable[..., Any]]] = {}
+        self._functions = FunctionCache(
+            main_inherited=self._inherited_from_main if method == "fork" else None)
         self._slots: list[_Proc | None] = [None] * config.workers
         self._dying: list[_Proc] = []  # terminated or retired, not reaped yet
         # Descendants of killed workers (what their tasks started), SIGTERMed
@@ -203,11 +210,15 @@ class ProcessEngine(Engine):
 
     # --- engine protocol -------------------------------------------------------
     def start(self) -> None:
-        # Every function a pool runs is pickled with cloudpickle (see
-        # _serialization.dumps_function), so load it now: forked workers then
-        # inherit it instead of each importing it for their first task, and
-        # with the zygote it loads while the zygote boots.
-        from ..._core import _by_value  # noqa: F401
+        if self._method == "fork":
+            main = sys.modules.get("__main__")
+            self._main_at_fork = {
+                name: weakref.ref(obj) for name, obj in vars(main).items()
+                if type(obj) is types.FunctionType} if main is not None else {}
+        else:
+            # Functions of __main__ are pickled by value, with cloudpickle (see
+            # _serialization.dumps_function): load it now, while the zygote boots.
+            from ..._core import _by_value  # noqa: F401
 
         with self._lock:
             for slot in range(self.workers):
@@ -248,6 +259,11 @@ class ProcessEngine(Engine):
         self.abort_jobs(jobs, error)
         self._poke()
         self.join()
+
+    def _inherited_from_main(self, fn: Callable[..., Any]) -> bool:
+        """Whether every worker (all forked since start()) has ``fn`` in its __main__."""
+        ref = self._main_at_fork.get(getattr(fn, "__name__", ""))
+        return ref is not None and ref() is fn
 
     def stop_running(self, job: OneJob, error: BaseException) -> None:
         """Kill (and replace) the worker running ``job``'s task; the manager does it."""
