@@ -205,7 +205,10 @@ def test_values_keep_their_type():
     with pytest.raises(TypeError, match="typecode"):
         bf.Value("z")
     with pytest.raises(TypeError, match="cannot store"):
+        bf.Value("i", "seven")
+    with pytest.raises(TypeError):
         bf.Value("i").value = "seven"
+    assert isinstance(bf.Value("d"), bf.Value)
     v = bf.Value("q", 0, lock=bf.Lock())
     assert isinstance(v.get_lock(), bf.Lock)
     with v:

@@ -54,7 +54,8 @@ class Barrier(Shared):
     ``parties``, ``n_waiting``, ``broken``.
     """
 
-    __slots__ = ("_action", "_block", "_cond", "_parties", "_timeout", "_words")
+    __slots__ = ("__weakref__", "_action", "_block", "_cond", "_key", "_parties", "_timeout",
+                 "_words")
 
     _cond: Condition
     _block: Block

@@ -73,7 +73,7 @@ class Condition(Shared):
     their wait (they then queue for the lock).
     """
 
-    __slots__ = ("_acks", "_block", "_lock", "_wakeups", "_words")
+    __slots__ = ("__weakref__", "_acks", "_block", "_key", "_lock", "_wakeups", "_words")
 
     _lock: Lock
     _wakeups: SemLock
@@ -232,7 +232,7 @@ _FLAG = 0
 class Event(Shared):
     """A flag that threads and processes wait for; like :class:`threading.Event`."""
 
-    __slots__ = ("_block", "_cond", "_words")
+    __slots__ = ("__weakref__", "_block", "_cond", "_key", "_words")
 
     _cond: Condition
     _block: Block

@@ -90,7 +90,7 @@ class Lock(Shared):
     creator still holds the object opens the same lock.
     """
 
-    __slots__ = ("_block", "_guard", "_sem", "_words")
+    __slots__ = ("__weakref__", "_block", "_guard", "_key", "_sem", "_words")
 
     _sem: SemLock
     _guard: SemLock

@@ -34,7 +34,7 @@ class Semaphore(Shared):
     initial value, timeout or ``n`` below 1 raises ValueError.
     """
 
-    __slots__ = ("_sem",)
+    __slots__ = ("__weakref__", "_key", "_sem")
 
     _sem: SemLock
     _max: int = SEM_VALUE_MAX

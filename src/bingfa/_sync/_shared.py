@@ -273,7 +273,8 @@ class Block:
         self.words = memoryview(self._array).cast("B").cast("q")
 
     def as_ctype(self, ctype: type[C]) -> C:
-        """The block's first bytes as a ``ctype`` object (reads and writes go to the block)."""
+        """The block's first bytes as an instance of ``ctype`` (a ctypes type, or a
+        subclass of one): its reads and writes go to the block."""
         # from_buffer keeps the array, and so the mapping, alive as long as the object.
         return ctype.from_buffer(self._array)  # type: ignore[attr-defined, no-any-return]
 
@@ -316,13 +317,15 @@ class Shared:
     ``_attach(*state)`` with what :meth:`_state` returned in the creator.
     """
 
-    __slots__ = ("__weakref__", "_key")
+    # No slots of its own (each subclass lists "__weakref__" and "_key"), so
+    # that Value can also derive from ctypes.Structure.
+    __slots__ = ()
 
     _key: str
 
     def _created(self, key: str, semaphores: tuple[str, ...], block: str | None) -> None:
         """Record a primitive this process made: it will unlink the names."""
-        self._key = key
+        self._key = key  # type: ignore[misc]  # a slot of each subclass
         weakref.finalize(self, _unlink_all, os.getpid(), semaphores, block)
         with _instances_lock:
             _instances[key] = self
@@ -330,6 +333,13 @@ class Shared:
     def _state(self) -> tuple[object, ...]:
         """What another process needs to open this primitive (names and parameters)."""
         raise NotImplementedError
+
+    @classmethod
+    def _opened(cls, *state: Any) -> Shared:
+        """The primitive :meth:`_state` describes, opened in this process."""
+        obj: Any = cls.__new__(cls)
+        obj._attach(*state)
+        return obj  # type: ignore[no-any-return]
 
     def __reduce__(self) -> tuple[Callable[..., Shared], tuple[object, ...]]:
         return _rebuild, (type(self), self._key, self._state())
@@ -340,8 +350,7 @@ def _rebuild(cls: type[Shared], key: str, state: tuple[object, ...]) -> Shared:
         known = _instances.get(key)
         if known is not None:
             return known
-        obj: Any = cls.__new__(cls)
-        obj._attach(*state)
-        obj._key = key
+        obj = cls._opened(*state)
+        obj._key = key  # type: ignore[misc]  # a slot of each subclass
         _instances[key] = obj
-        return obj  # type: ignore[no-any-return]
+        return obj

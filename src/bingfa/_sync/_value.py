@@ -1,15 +1,22 @@
-"""bf.Value: one number in shared memory, with a lock for compound updates."""
+"""bf.Value: one number in shared memory, with a lock for compound updates.
+
+A Value *is* a ctypes structure laid over its shared block, with one field,
+``value``: reading and writing it is ctypes' C code, with no Python frame in
+between, as fast as multiprocessing's unlocked ``RawValue``. Each letter gets
+a subclass of its own (the field's type differs), made once; ``bf.Value(...)``
+returns an instance of the right one, and ``isinstance(v, bf.Value)`` holds.
+"""
 
 from __future__ import annotations
 
 import ctypes
-import operator
 from typing import TYPE_CHECKING, Any
 
 from ._lock import Lock, RLock
 from ._shared import Block, Shared
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
 
 __all__ = ["Value"]
@@ -33,7 +40,7 @@ def _typecode_of(typecode_or_type: object) -> str:
     return code
 
 
-class Value(Shared):
+class Value(Shared, ctypes.Structure):
     """One shared number (or bool, or byte) that threads and processes read and write.
 
     ``Value("i", 0)``, ``Value("d", 1.5)``, ``Value(ctypes.c_long)``: the
@@ -44,46 +51,48 @@ class Value(Shared):
     by default).
     """
 
-    __slots__ = ("_block", "_cell", "_lock", "_typecode")
-
-    _block: Block
-    _cell: ctypes._SimpleCData[Any]  # the number, a ctypes object over the shared block
-    _lock: Lock
     _typecode: str
+    _lock: Lock
+    _block: Block
 
-    def __init__(self, typecode_or_type: object, value: Any = 0, *,
-                 lock: Lock | None = None) -> None:
-        self._typecode = _typecode_of(typecode_or_type)
+    if TYPE_CHECKING:
+        value: Any  # the field each letter's subclass declares
+
+    def __new__(cls, typecode_or_type: object, value: Any = 0, *,
+                lock: Lock | None = None) -> Value:
+        code = _typecode_of(typecode_or_type)
         if lock is None:
             lock = RLock()
         elif not isinstance(lock, Lock):
             raise TypeError("lock must be a bingfa.Lock or bingfa.RLock, "
                             f"not {type(lock).__name__}")
-        self._lock = lock
-        self._block = Block(1)
-        self._cell = self._block.as_ctype(_CTYPES[self._typecode])
-        self.value = value if self._typecode != "c" or value != 0 else b"\0"
-        self._created(self._block.name, (), self._block.name)
+        block = Block(1)
+        obj = _laid_over(block, code, lock)
+        obj._created(block.name, (), block.name)  # from here, dropping it removes the block
+        if code == "c" and value == 0:
+            value = b"\0"
+        try:
+            obj.value = value
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"cannot store {value!r} in a Value of typecode {code!r}: "
+                            f"{exc}") from None
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass  # __new__ did it all (ctypes' __init__ would take the arguments as fields)
 
     def _state(self) -> tuple[object, ...]:
         return (self._block.name, self._typecode, self._lock)
 
-    def _attach(self, block: str, typecode: str, lock: Lock) -> None:
-        self._block = Block(1, block)
-        self._cell = self._block.as_ctype(_CTYPES[typecode])
-        self._typecode = typecode
-        self._lock = lock
+    @classmethod
+    def _opened(cls, *state: Any) -> Value:
+        block, typecode, lock = state
+        return _laid_over(Block(1, block), typecode, lock)
 
-    def _set_value(self, new: Any) -> None:
-        try:
-            self._cell.value = new
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"cannot store {new!r} in a Value of typecode "
-                            f"{self._typecode!r}: {exc}") from None
-
-    # The getter is C (no Python frame): reading is what loops do most.
-    value = property(operator.attrgetter("_cell.value"), _set_value,
-                     doc="The number now.")
+    def __reduce__(self) -> tuple[Callable[..., Shared], tuple[object, ...]]:
+        # Rebuilt through this class: the letter's subclass is made at run time.
+        rebuild, (_, key, state) = super().__reduce__()
+        return rebuild, (Value, key, state)
 
     @property
     def typecode(self) -> str:
@@ -103,3 +112,19 @@ class Value(Shared):
 
     def __repr__(self) -> str:
         return f"<bingfa.Value({self._typecode!r}, {self.value!r})>"
+
+
+_LAYOUTS: dict[str, type[Value]] = {}
+
+
+def _laid_over(block: Block, typecode: str, lock: Lock) -> Value:
+    """A Value of ``typecode`` whose field is the first bytes of ``block``."""
+    layout = _LAYOUTS.get(typecode)
+    if layout is None:
+        layout = type("Value", (Value,), {"_fields_": [("value", _CTYPES[typecode])],
+                                          "__module__": Value.__module__,
+                                          "__doc__": Value.__doc__})
+        _LAYOUTS[typecode] = layout
+    obj = block.as_ctype(layout)
+    obj._block, obj._typecode, obj._lock = block, typecode, lock
+    return obj
