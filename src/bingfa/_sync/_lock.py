@@ -41,7 +41,7 @@ from ._shared import (
     ALIVE_CHECK_EVERY,
     Block,
     Shared,
-    check_timeout,
+    check_acquire_timeout,
     is_alive,
     make_semaphore,
     open_semaphore,
@@ -126,9 +126,7 @@ class Lock(Shared):
             ValueError: a negative timeout, or a timeout without blocking.
         """
         if timeout is not None:
-            if not blocking:
-                raise ValueError("can't specify a timeout for a non-blocking call")
-            timeout = check_timeout(timeout)
+            timeout = check_acquire_timeout(blocking, timeout)
         if self._sem.acquire(False):
             self._words[0] = _me
             return True
@@ -288,9 +286,7 @@ class RLock(Lock):
             self._depth += 1
             return True
         if timeout is not None:
-            if not blocking:
-                raise ValueError("can't specify a timeout for a non-blocking call")
-            timeout = check_timeout(timeout)
+            timeout = check_acquire_timeout(blocking, timeout)
         if self._sem.acquire(False):
             self._words[0] = _me
         elif not blocking or not self._acquire_slowly(timeout):

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 from ._shared import (
     SEM_VALUE_MAX,
     Shared,
+    check_acquire_timeout,
     check_count,
-    check_timeout,
     make_semaphore,
     open_semaphore,
 )
@@ -58,9 +58,7 @@ class Semaphore(Shared):
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         """Take one unit; False if ``blocking`` is false or ``timeout`` passes first."""
         if timeout is not None:
-            if not blocking:
-                raise ValueError("can't specify a timeout for a non-blocking call")
-            timeout = check_timeout(timeout)
+            timeout = check_acquire_timeout(blocking, timeout)
         return bool(self._sem.acquire(blocking, timeout))
 
     def release(self, n: int = 1) -> None:

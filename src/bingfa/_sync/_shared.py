@@ -56,6 +56,7 @@ __all__ = [
     "Block",
     "SemLock",
     "Shared",
+    "check_acquire_timeout",
     "check_count",
     "check_timeout",
     "is_alive",
@@ -84,6 +85,15 @@ def check_timeout(timeout: float | None) -> float | None:
     if not timeout >= 0:  # also refuses NaN
         raise ValueError(f"timeout must be a non-negative number or None, not {timeout!r}")
     return float(timeout)
+
+
+def check_acquire_timeout(blocking: bool, timeout: float) -> float:
+    """An acquire's ``timeout`` (not None), checked: ValueError if negative or not blocking."""
+    if not blocking:
+        raise ValueError("can't specify a timeout for a non-blocking call")
+    checked = check_timeout(timeout)
+    assert checked is not None
+    return checked
 
 
 def check_count(name: str, count: int, least: int = 0) -> int:
