@@ -150,3 +150,30 @@ def test_nothing_is_left_in_dev_shm(how, tmp_path):
     proc.stdout.close()
     # After SIGKILL, multiprocessing's resource tracker removes them.
     assert wait_until(lambda: not _ours(names), timeout=30), _ours(names)
+
+
+EXIT_SCRIPT = textwrap.dedent("""
+    import time
+    import bingfa as bf
+
+    def f(lock, i):
+        time.sleep(0.02)
+        with lock:
+            return i
+
+    pool = bf.Pool(2, mode="process")   # left open: its queued work runs at exit
+    lock = bf.Lock()
+    for i in range(4):
+        pool.apply_async(f, (lock, i), callback=print,
+                         error_callback=lambda e: print("error", e))
+""")
+
+
+@pytest.mark.timeout(60)
+def test_a_pool_left_open_at_exit_can_still_open_the_locks_its_tasks_name(tmp_path):
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.split()) == ["0", "1", "2", "3"]

@@ -16,7 +16,7 @@ import weakref
 from .._core._errors import PoolClosedError
 from ._engines._base import Engine
 
-__all__ = ["forget", "remember", "shutdown_quietly"]
+__all__ = ["finish_at_exit", "forget", "remember", "shutdown_quietly"]
 
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -51,7 +51,7 @@ os.register_at_fork(after_in_child=_mark_inherited)
 
 
 @atexit.register
-def _finish_at_exit() -> None:
+def finish_at_exit() -> None:
     """What becomes of pools still open when the interpreter exits.
 
     Their queued work runs, as with ``concurrent.futures`` executors: a

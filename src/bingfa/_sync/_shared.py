@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import _multiprocessing  # type: ignore[import-not-found]  # no stubs: see SemLock below
 import _posixshmem  # type: ignore[import-not-found]
+import atexit
 import ctypes
 import itertools
 import mmap
 import os
 import secrets
+import sys
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -175,7 +177,15 @@ def _new_name(kind: str) -> str:
     return f"/bf-{os.getpid()}-{kind}-{next(_serial)}-{secrets.token_hex(4)}"
 
 
-def _unlink_all(creator: int, semaphores: tuple[str, ...], block: str | None) -> None:
+# The names this process made and still has to unlink, by serial number:
+# each primitive's finalizer, run when it is collected or at exit.
+_to_unlink: dict[int, weakref.finalize[..., Any]] = {}
+_unlink_serial = itertools.count()
+
+
+def _unlink_all(serial: int, creator: int, semaphores: tuple[str, ...],
+                block: str | None) -> None:
+    _to_unlink.pop(serial, None)
     if os.getpid() != creator:  # a forked child exiting normally: not its to remove
         return
     from multiprocessing import resource_tracker
@@ -192,6 +202,21 @@ def _unlink_all(creator: int, semaphores: tuple[str, ...], block: str | None) ->
         except OSError:
             pass
         resource_tracker.unregister(block, "shared_memory")
+
+
+@atexit.register
+def _unlink_at_exit() -> None:
+    """At exit, unlink the names still in use here, once the pools have finished.
+
+    A pool left open runs its queued tasks at exit, and a task's arguments
+    may name a primitive its worker has still to open: that pool work comes
+    first, whichever exit handler was registered first.
+    """
+    lifetime = sys.modules.get("bingfa._pool._lifetime")
+    if lifetime is not None:
+        lifetime.finish_at_exit()
+    for unlink in list(_to_unlink.values()):
+        unlink()
 
 
 def _track(name: str, kind: str) -> None:
@@ -278,7 +303,9 @@ class Block:
         finally:
             os.close(fd)  # the mapping keeps the memory
         self._array = (ctypes.c_int64 * words).from_address(address)
-        weakref.finalize(self._array, _libc().munmap, address, size)
+        # Unmapped when the last view goes, never at interpreter exit (finalize's
+        # default): code running then may still touch it, and exit frees it anyway.
+        weakref.finalize(self._array, _libc().munmap, address, size).atexit = False
         #: The words, indexable like a list of ints.
         self.words = memoryview(self._array).cast("B").cast("q")
 
@@ -336,7 +363,10 @@ class Shared:
     def _created(self, key: str, semaphores: tuple[str, ...], block: str | None) -> None:
         """Record a primitive this process made: it will unlink the names."""
         self._key = key  # type: ignore[misc]  # a slot of each subclass
-        weakref.finalize(self, _unlink_all, os.getpid(), semaphores, block)
+        serial = next(_unlink_serial)
+        unlink = weakref.finalize(self, _unlink_all, serial, os.getpid(), semaphores, block)
+        unlink.atexit = False  # _unlink_at_exit does it, after the pools
+        _to_unlink[serial] = unlink
         with _instances_lock:
             _instances[key] = self
 
