@@ -106,6 +106,9 @@ def test_semaphores_count():
     assert sem.value == 0
     sem.release(2)
     assert sem.value == 2
+    empty = bf.BoundedSemaphore(0)
+    with pytest.raises(ValueError, match="too many"):
+        empty.release()
     bounded = bf.BoundedSemaphore(2)
     with bounded:
         assert bounded.value == 1

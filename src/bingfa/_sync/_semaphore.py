@@ -92,7 +92,7 @@ class BoundedSemaphore(Semaphore):
     __slots__ = ()
 
     def _limit(self, value: int) -> int:
-        return max(value, 1)
+        return value
 
     def release(self, n: int = 1) -> None:
         """Give back ``n`` units; ValueError if that would pass the initial value."""
