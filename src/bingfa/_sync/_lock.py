@@ -16,10 +16,15 @@ It then gives the lock back and raises :class:`~bingfa.LockOwnerDiedError`
 naming the dead pid; later acquires proceed as usual. Nothing of this touches
 the uncontended path, which is one semaphore operation and one write.
 
-A holder killed in the few instructions between taking the semaphore and
-writing the word (or between clearing it and releasing) leaves the word zero,
-and that death is not seen: those windows are a handful of machine
-instructions wide.
+The gap: a process killed while one of its threads has taken the semaphore
+but not yet written the word (or has cleared the word but not yet released)
+leaves the lock held with the word zero, and that death is not seen; waiters
+then wait as for a live holder (``timeout=`` bounds them). The window is a few
+bytecodes, but a thread may wait there for the GIL while its process's other
+threads run, so in a busy multi-threaded process it can last milliseconds.
+Closing it needs acquirers to announce themselves before they block (a slot
+each, as Condition's waiters have), which the uncontended path cannot afford
+in Python.
 
 Threads: as with :class:`threading.Lock`, a held ``Lock`` may be released by
 any thread or process; releasing one that is not held raises RuntimeError. An

@@ -177,15 +177,18 @@ def _new_name(kind: str) -> str:
     return f"/bf-{os.getpid()}-{kind}-{next(_serial)}-{secrets.token_hex(4)}"
 
 
-# The names this process made and still has to unlink, by serial number:
-# each primitive's finalizer, run when it is collected or at exit.
-_to_unlink: dict[int, weakref.finalize[..., Any]] = {}
+# The names this process made and has still to unlink, by serial number:
+# (creating pid, semaphores, block). Unlinked when the primitive is collected
+# (a finalizer) or at exit (_unlink_at_exit), whichever comes first.
+_to_unlink: dict[int, tuple[int, tuple[str, ...], str | None]] = {}
 _unlink_serial = itertools.count()
 
 
-def _unlink_all(serial: int, creator: int, semaphores: tuple[str, ...],
-                block: str | None) -> None:
-    _to_unlink.pop(serial, None)
+def _unlink_all(serial: int) -> None:
+    names = _to_unlink.pop(serial, None)
+    if names is None:
+        return  # done already
+    creator, semaphores, block = names
     if os.getpid() != creator:  # a forked child exiting normally: not its to remove
         return
     from multiprocessing import resource_tracker
@@ -215,8 +218,10 @@ def _unlink_at_exit() -> None:
     lifetime = sys.modules.get("bingfa._pool._lifetime")
     if lifetime is not None:
         lifetime.finish_at_exit()
-    for unlink in list(_to_unlink.values()):
-        unlink()
+    # Not through the finalizers: weakref's own exit handler, which may run
+    # before this one, turns every finalizer off.
+    for serial in list(_to_unlink):
+        _unlink_all(serial)
 
 
 def _track(name: str, kind: str) -> None:
@@ -364,9 +369,8 @@ class Shared:
         """Record a primitive this process made: it will unlink the names."""
         self._key = key  # type: ignore[misc]  # a slot of each subclass
         serial = next(_unlink_serial)
-        unlink = weakref.finalize(self, _unlink_all, serial, os.getpid(), semaphores, block)
-        unlink.atexit = False  # _unlink_at_exit does it, after the pools
-        _to_unlink[serial] = unlink
+        _to_unlink[serial] = (os.getpid(), semaphores, block)
+        weakref.finalize(self, _unlink_all, serial).atexit = False  # see _unlink_at_exit
         with _instances_lock:
             _instances[key] = self
 
