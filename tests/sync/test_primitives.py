@@ -69,11 +69,12 @@ def test_an_rlock_belongs_to_its_thread():
 @pytest.mark.parametrize("make", [bf.Lock, bf.RLock, bf.Semaphore, bf.BoundedSemaphore])
 def test_bad_timeouts_are_refused(make):
     obj = make()
-    for bad in (-1, -0.5, float("nan")):
+    for bad in (-1, -0.5, float("nan"), True, "1"):
         with pytest.raises(ValueError, match="timeout"):
             obj.acquire(timeout=bad)
     with pytest.raises(ValueError, match="non-blocking"):
         obj.acquire(False, timeout=1)
+    assert obj.acquire(timeout=float("inf"))  # bingfa's rule: no limit
 
 
 @pytest.mark.timeout(10)

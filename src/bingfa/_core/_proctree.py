@@ -17,7 +17,7 @@ import os
 
 from . import _signals as signals
 
-__all__ = ["descendants", "end_tree"]
+__all__ = ["descendants", "end_tree", "start_time"]
 
 
 def _parents() -> dict[int, list[int]]:
@@ -40,6 +40,32 @@ def _parents() -> dict[int, list[int]]:
         if len(fields) > 1:
             children.setdefault(int(fields[1]), []).append(int(entry))
     return children
+
+
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot); None if it is gone or a zombie.
+
+    With no ``/proc`` only "does it exist" can be answered: then -1 for a
+    process that exists.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return -1
+    # "pid (comm) state ppid ... starttime (22nd)": comm may hold spaces and ")".
+    fields = stat[stat.rfind(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
 
 
 def descendants(pid: int) -> list[int]:

@@ -20,9 +20,10 @@ import threading
 from typing import TYPE_CHECKING
 
 from .._core._errors import BingfaError
+from .._core._timeouts import limit_seconds
 from ._condition import Condition
 from ._lock import Lock
-from ._shared import Block, Shared, check_count, check_timeout
+from ._shared import Block, Shared, check_count
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,7 +71,7 @@ class Barrier(Shared):
         if action is not None and not callable(action):
             raise TypeError(f"action must be callable, not {type(action).__name__}")
         self._action = action
-        self._timeout = check_timeout(timeout)
+        self._timeout = limit_seconds(timeout)
         self._cond = Condition(Lock())
         self._block = Block(2)
         self._words = self._block.words
@@ -112,7 +113,7 @@ class Barrier(Shared):
                 is reset while this party waits, or ``timeout`` (else the
                 barrier's own) passes first, which breaks it for everyone.
         """
-        timeout = self._timeout if timeout is None else check_timeout(timeout)
+        timeout = self._timeout if timeout is None else limit_seconds(timeout)
         words = self._words
         with self._cond:
             # Wait for the previous round's parties to leave.

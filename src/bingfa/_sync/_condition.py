@@ -30,13 +30,13 @@ import time
 from typing import TYPE_CHECKING, TypeVar
 
 from .._core._errors import LockOwnerDiedError
+from .._core._timeouts import limit_seconds
 from ._lock import Lock, RLock
 from ._shared import (
     ALIVE_CHECK_EVERY,
     Block,
     Shared,
     check_count,
-    check_timeout,
     is_alive,
     make_semaphore,
     open_semaphore,
@@ -130,7 +130,7 @@ class Condition(Shared):
             LockOwnerDiedError: while waiting, a process died holding the lock
                 (the lock is held again when this is raised).
         """
-        timeout = check_timeout(timeout)
+        timeout = limit_seconds(timeout)
         if not self._lock._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
         words = self._words
@@ -161,7 +161,7 @@ class Condition(Shared):
 
     def wait_for(self, predicate: Callable[[], T], timeout: float | None = None) -> T:
         """Wait until ``predicate()`` is true or ``timeout`` passes; its last value."""
-        timeout = check_timeout(timeout)
+        timeout = limit_seconds(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         result = predicate()
         while not result:
@@ -269,7 +269,7 @@ class Event(Shared):
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the flag is set (True) or ``timeout`` passes (False)."""
-        timeout = check_timeout(timeout)
+        timeout = limit_seconds(timeout)
         if self._words[_FLAG]:
             return True
         with self._cond:

@@ -37,6 +37,9 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._core._proctree import start_time
+from .._core._timeouts import limit_seconds
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Protocol
@@ -60,7 +63,6 @@ __all__ = [
     "Shared",
     "check_acquire_timeout",
     "check_count",
-    "check_timeout",
     "is_alive",
     "make_semaphore",
     "open_semaphore",
@@ -80,22 +82,13 @@ ALIVE_CHECK_EVERY = 0.1
 _WORD = 8
 
 
-def check_timeout(timeout: float | None) -> float | None:
-    """``timeout`` if it is None or a non-negative number, else ValueError."""
-    if timeout is None:
-        return None
-    if not timeout >= 0:  # also refuses NaN
-        raise ValueError(f"timeout must be a non-negative number or None, not {timeout!r}")
-    return float(timeout)
-
-
-def check_acquire_timeout(blocking: bool, timeout: float) -> float:
-    """An acquire's ``timeout`` (not None), checked: ValueError if negative or not blocking."""
+def check_acquire_timeout(blocking: bool, timeout: float) -> float | None:
+    """An acquire's ``timeout`` (given), by bingfa's rule for limits (see
+    ``_core/_timeouts``): ValueError if it is negative or NaN, or without blocking;
+    ``inf`` means no limit."""
     if not blocking:
         raise ValueError("can't specify a timeout for a non-blocking call")
-    checked = check_timeout(timeout)
-    assert checked is not None
-    return checked
+    return limit_seconds(timeout)
 
 
 def check_count(name: str, count: int, least: int = 0) -> int:
@@ -108,28 +101,6 @@ def check_count(name: str, count: int, least: int = 0) -> int:
 
 
 # -- who is alive --------------------------------------------------------------
-
-def _start_time(pid: int) -> int | None:
-    """The start time of process ``pid`` (clock ticks after boot), None if gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return None
-    except OSError:  # no /proc: only "does it exist" can be answered
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return -1
-    # "pid (comm) state ppid ... starttime(22nd)": comm may hold spaces and ")".
-    fields = stat[stat.rfind(b")") + 2:].split()
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
-
 
 def _token_of(pid: int, start: int) -> int:
     # 31 bits of the start time above the pid: the token is a positive int64,
@@ -144,7 +115,7 @@ _own_token = 0
 def _make_own_token() -> None:
     global _own_token
     pid = os.getpid()
-    start = _start_time(pid)
+    start = start_time(pid)
     _own_token = _token_of(pid, start if start is not None and start >= 0 else 0)
 
 
@@ -160,7 +131,7 @@ def owner_token() -> int:
 def is_alive(token: int) -> bool:
     """Whether the process a token names still runs (a zombie does not)."""
     pid = token & 0xFFFF_FFFF
-    start = _start_time(pid)
+    start = start_time(pid)
     if start is None:
         return False
     return start < 0 or (start & 0x7FFF_FFFF) == token >> 32
