@@ -186,7 +186,7 @@ class Lock(Shared):
         """Block until the lock is this process's or ``timeout`` passes.
 
         Returns :data:`_TAKEN`, :data:`_DEAD_HOLDER` (taken over from a
-        process that died holding it; the dead token stays in ``_dead``) or
+        process that died holding it; its pid is in ``_last_dead.pid``) or
         None (timed out).
         """
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -37,12 +37,11 @@ class Semaphore(Shared):
     __slots__ = ("__weakref__", "_key", "_sem")
 
     _sem: SemLock
-    _max: int = SEM_VALUE_MAX
 
     def __init__(self, value: int = 1) -> None:
         check_count("value", value)
-        if value > self._max:
-            raise ValueError(f"value must be at most {self._max}, not {value}")
+        if value > SEM_VALUE_MAX:
+            raise ValueError(f"value must be at most {SEM_VALUE_MAX}, not {value}")
         name, self._sem = make_semaphore(value, self._limit(value))
         self._created(name, (name,), None)
 
