@@ -17,6 +17,16 @@ Two measurements, interleaved with their peers, medians of ``--repeats`` runs:
 
 Targets: balance at most 1.5x multiprocessing; uncontended at most 1.5x
 multiprocessing.Lock.
+
+Two floors are printed beside them, because neither target can be reached by
+a lock written in Python that records its holder:
+
+- **floor lock**: a Python class whose ``acquire`` and ``release`` do only
+  what any lock that survives a dead holder must do, one semaphore operation
+  and one write of the holder word each, with nothing else;
+- **serial**: one process making all 2 x ``--increments`` increments alone. On
+  a busy host the two balance processes rarely run at once (each holds a core
+  for whole time slices), so the balance time tends to this.
 """
 
 from __future__ import annotations
@@ -68,6 +78,46 @@ BALANCE = {
 }
 
 
+class FloorLock:
+    """The least a Python lock that records its holder can do per acquire and release."""
+
+    __slots__ = ("_keep", "_sem", "_words")
+
+    def __init__(self) -> None:
+        lock = bf.Lock()
+        self._sem, self._words = lock._sem, lock._words
+        self._keep = lock
+
+    def acquire(self) -> bool:
+        if self._sem.acquire(False):
+            self._words[0] = 1
+            return True
+        raise AssertionError("the floor lock is measured uncontended only")
+
+    def release(self) -> None:
+        self._words[0] = 0
+        self._sem.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def serial(make: Any, n: int) -> float:
+    """Seconds for one process alone making n locked increments."""
+    lock, value = make()
+    start = time.perf_counter()
+    for _ in range(n):
+        lock.acquire()
+        try:
+            value.value += 1
+        finally:
+            lock.release()
+    return time.perf_counter() - start
+
+
 def uncontended(lock: Any, with_statement: bool, number: int = 200_000) -> float:
     """Nanoseconds per acquire + release (best of 5 batches)."""
     stmt = "with lock: pass" if with_statement else "acquire(); release()"
@@ -81,6 +131,7 @@ LOCKS = {
     "bingfa RLock": bf.RLock,
     "mp RLock": FORK.RLock,
     "threading.Lock": threading.Lock,
+    "floor lock": FloorLock,
 }
 
 
@@ -91,12 +142,14 @@ def main() -> None:
     args = parser.parse_args()
 
     times: dict[str, list[float]] = {name: [] for name in BALANCE}
+    alone: dict[str, list[float]] = {name: [] for name in BALANCE}
     pairs: dict[str, list[float]] = {f"{name}, {form}": [] for name in LOCKS
                                      for form in ("acquire/release", "with")}
     locks = {name: make() for name, make in LOCKS.items()}
     for _ in range(args.repeats):
         for name, make in BALANCE.items():
             times[name].append(balance(make, args.increments))
+            alone[name].append(serial(make, 2 * args.increments))
         for name, lock in locks.items():
             pairs[f"{name}, acquire/release"].append(uncontended(lock, False))
             pairs[f"{name}, with"].append(uncontended(lock, True))
@@ -107,6 +160,11 @@ def main() -> None:
     best_mp = min(medians["mp Lock + Value"], medians["mp Lock + Value(lock=False)"])
     for name, median in medians.items():
         print(f"  {name:30s} {median * 1e3:8.1f} ms   {median / best_mp:5.2f}x best mp")
+    print("  serial (one process, all increments; the busy-host floor)")
+    serials = {name: statistics.median(ts) for name, ts in alone.items()}
+    best_serial = min(serials["mp Lock + Value"], serials["mp Lock + Value(lock=False)"])
+    for name, median in serials.items():
+        print(f"  {name:30s} {median * 1e3:8.1f} ms   {median / best_serial:5.2f}x best mp")
 
     print("uncontended acquire + release, one thread, ns per pair (best of 5 x 200k)")
     for form in ("acquire/release", "with"):
@@ -117,6 +175,10 @@ def main() -> None:
                   f"{ours / theirs:5.2f}x mp")
         plain = statistics.median(pairs[f"threading.Lock, {form}"])
         print(f"  threading.Lock {form:15s} {plain:6.0f} (for scale)")
+        floor = statistics.median(pairs[f"floor lock, {form}"])
+        mp_lock = statistics.median(pairs[f"mp Lock, {form}"])
+        print(f"  floor lock     {form:15s} {floor:6.0f}   {floor / mp_lock:5.2f}x mp "
+              "(semaphore + holder word, nothing else)")
 
 
 if __name__ == "__main__":
