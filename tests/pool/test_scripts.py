@@ -353,7 +353,8 @@ def test_the_zygote_starts_early_only_for_pools_that_use_it(tmp_path):
 
     A fork pool's workers have ``__main__`` as it was when they forked, so its
     functions defined by then go by name: neither the pool's process nor its
-    workers load cloudpickle for them (a function defined later would).
+    workers load cloudpickle for them. A plain function defined later goes by
+    value without it too; only a closure needs it.
     """
     script = tmp_path / "example.py"
     script.write_text(textwrap.dedent('''\
@@ -368,14 +369,17 @@ def test_the_zygote_starts_early_only_for_pools_that_use_it(tmp_path):
             print("fork", zygote_pid(), pool.submit(loaded, 0).result(), loaded(0))
             late = lambda x: x + 1
             print("late", pool.submit(late, 1).result(), loaded(0))
+            def adder(k):
+                return lambda x: x + k
+            print("closure", pool.submit(adder(2), 1).result(), loaded(0))
         with bf.Pool(2, mode="process") as pool:
-            print("forkserver", zygote_pid() is not None, pool.submit(loaded, 0).result())
+            print("forkserver", zygote_pid() is not None, pool.submit(abs, -1).result())
     '''))
     done = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=50,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["fork None False False", "late 2 True",
-                                        "forkserver True True"]
+    assert done.stdout.splitlines() == ["fork None False False", "late 2 False",
+                                        "closure 3 True", "forkserver True 1"]
 
 
 @pytest.mark.timeout(60)

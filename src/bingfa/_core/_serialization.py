@@ -1,7 +1,8 @@
 """Turning functions, arguments and results into bytes and back.
 
-Functions always go through cloudpickle, so lambdas, closures, nested
-functions and anything defined in ``__main__`` or a notebook travel by value.
+Functions that a worker cannot import travel by value: lambdas, closures,
+nested functions and anything defined in ``__main__`` or a notebook (the plain
+ones of ``__main__`` without cloudpickle, see ``_main_by_value``).
 A function is pickled once and cached (see :class:`FunctionCache`). Its code
 keeps the name of the file it came from, so a worker's traceback points at
 the user's real file and line; when that "file" exists only in this
@@ -28,6 +29,7 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from . import _main_by_value
 from ._errors import SerializationError
 from ._out_of_band import Part, collector, frame_parts
 from ._weakcallables import WeakCallableMap
@@ -96,7 +98,12 @@ def dumps(obj: Any, main_by_value: bool = False,
         if not (main_by_value and b"__main__" in data):
             return data
     if out_of_band:
-        out_of_band.clear()  # the second pickler hands them over again
+        out_of_band.clear()  # the next pickler hands them over again
+    plain = _main_by_value.dumps(obj, callback)
+    if plain is not None:
+        return plain[0]
+    if out_of_band:
+        out_of_band.clear()
     from . import _by_value  # cloudpickle: imported only when something needs it
 
     return _by_value.dumps(obj, callback)
@@ -122,14 +129,19 @@ def dumps_function(fn: Any, main_inherited: Callable[[Any], bool] | None = None)
     A module-level function of an importable module goes by name, with the C
     pickler and without importing cloudpickle (as cloudpickle itself would
     send it); so does one of ``__main__`` when ``main_inherited(fn)`` says
-    every worker has it (workers forked after it was defined).
+    every worker has it (workers forked after it was defined). Other plain
+    functions of ``__main__`` go by value, still without cloudpickle (see
+    ``_main_by_value``).
     """
     by_name = _by_name(fn, main_inherited)
     if by_name is not None:
         return by_name
-    from . import _by_value
+    snapshot = _main_by_value.dumps(fn)
+    if snapshot is None:
+        from . import _by_value
 
-    pickled, filenames = _by_value.dumps_function(fn)
+        snapshot = _by_value.dumps_function(fn)
+    pickled, filenames = snapshot
     sources = _sources_without_files(filenames)
     if not sources:
         return pickled

@@ -215,10 +215,9 @@ class ProcessEngine(Engine):
             self._main_at_fork = {
                 name: weakref.ref(obj) for name, obj in vars(main).items()
                 if type(obj) is types.FunctionType} if main is not None else {}
-        else:
-            # Functions of __main__ are pickled by value, with cloudpickle (see
-            # _serialization.dumps_function): load it now, while the zygote boots.
-            from ..._core import _by_value  # noqa: F401
+        # Otherwise functions of __main__ go by value: the plain ones with the
+        # C pickler, the rest with cloudpickle, imported when one comes (see
+        # _serialization.dumps_function).
 
         with self._lock:
             for slot in range(self.workers):

@@ -1,8 +1,8 @@
 """The zygote: the process behind ``start_method="forkserver"`` that forks workers.
 
 It is a fresh interpreter, started by ``_launcher`` with the parent's
-``sys.path``, that imports bingfa's worker code (and cloudpickle, which every
-worker needs) and nothing of the user's, then waits. Each request forks a
+``sys.path``, that imports bingfa's worker code and nothing of the user's, then
+waits (cloudpickle comes once it is idle, see :func:`_preload`). Each request forks a
 worker from it: no threads, no locks held, no ``__main__`` to run again.
 
 Protocol, on the SOCK_SEQPACKET unix socket the parent passes as ``fd``:
@@ -30,6 +30,8 @@ __all__ = ["main"]
 
 _PID = struct.Struct("<q")
 _STATUS = struct.Struct("<i")
+# How long the zygote waits for fork requests before it preloads cloudpickle.
+_PRELOAD_WHEN_IDLE_MS = 50
 
 
 def main(fd: int) -> None:
@@ -41,8 +43,6 @@ def main(fd: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         # Started from a thread that may block SIGINT: the mask survives exec.
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
-        import cloudpickle  # noqa: F401 - preloaded: workers unpickle functions with it
-
         from ._process_worker import serve_received  # what every worker runs
 
         parent = os.pidfd_open(os.getppid())
@@ -58,8 +58,13 @@ def _serve(sock: socket.socket, parent: int, serve: object) -> None:
     poller.register(sock, select.POLLIN)
     poller.register(parent, select.POLLIN)
     children: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, status pipe)
+    preloaded = False
     while True:
-        for fd, _ in poller.poll():
+        ready = poller.poll(None if preloaded else _PRELOAD_WHEN_IDLE_MS)
+        if not ready and not preloaded:
+            preloaded = True
+            _preload()
+        for fd, _ in ready:
             if fd == parent:
                 return
             if fd in children:
@@ -89,6 +94,21 @@ def _serve(sock: socket.socket, parent: int, serve: object) -> None:
                 sock.send(_PID.pack(pid))
             except OSError:
                 return
+
+
+def _preload() -> None:
+    """Import cloudpickle, so that the workers forked from now on have it.
+
+    Only closures, lambdas, classes of ``__main__`` and the like need it (plain
+    functions of ``__main__`` travel without it), and it costs a fresh
+    interpreter about 20 ms: the zygote imports it once it has nothing else
+    to do, rather than before its first workers, where it would delay a pool's
+    cold start. A worker forked before then imports it on first use.
+    """
+    try:
+        import cloudpickle  # noqa: F401
+    except ImportError:
+        pass  # the worker that needs it will say so
 
 
 def _fork(fds: list[int], sock: socket.socket, parent: int,
