@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from typing import Any
 
     from . import rpc as rpc
+    from ._channels._channel import Channel as Channel
+    from ._channels._channel import ChannelStatistics as ChannelStatistics
+    from ._channels._errors import ChannelClosedError as ChannelClosedError
+    from ._channels._errors import ChannelEmpty as ChannelEmpty
+    from ._channels._errors import ChannelFull as ChannelFull
     from ._commands._result import CommandResult as CommandResult
     from ._commands._run import arun as arun
     from ._commands._run import run as run
@@ -72,6 +77,11 @@ _HOMES = {
     "BingfaError": "_core._errors",
     "BoundedSemaphore": "_sync._semaphore",
     "BrokenBarrierError": "_sync._barrier",
+    "Channel": "_channels._channel",
+    "ChannelClosedError": "_channels._errors",
+    "ChannelEmpty": "_channels._errors",
+    "ChannelFull": "_channels._errors",
+    "ChannelStatistics": "_channels._channel",
     "CommandError": "_core._errors",
     "CommandNotFoundError": "_core._errors",
     "CommandResult": "_commands._result",

@@ -285,6 +285,10 @@ class Block:
         #: The words, indexable like a list of ints.
         self.words = memoryview(self._array).cast("B").cast("q")
 
+    def as_bytes(self) -> memoryview:
+        """The block as writable bytes (the view keeps the mapping alive)."""
+        return memoryview(self._array).cast("B")
+
     def as_ctype(self, ctype: type[C]) -> C:
         """The block's first bytes as an instance of ``ctype`` (a ctypes type, or a
         subclass of one): its reads and writes go to the block."""

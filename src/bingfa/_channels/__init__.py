@@ -1,0 +1,1 @@
+"""Channels: queues for threads or processes that end when closed and never hang."""

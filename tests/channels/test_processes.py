@@ -1,0 +1,267 @@
+"""Process channels between real processes: passing, killing, async, big arrays."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import wait_until
+
+import bingfa as bf
+
+
+def produce(ch, producer, count):
+    with ch.producer():
+        for i in range(count):
+            ch.put((producer, i))
+
+
+def consume_all(ch):
+    return list(ch)
+
+
+@pytest.mark.timeout(60)
+def test_a_channel_travels_to_pool_tasks_handles_and_scope_spawns():
+    ch = bf.Channel(maxsize=50, mode="process", producers=3)
+    with bf.Pool(2, mode="process") as pool:
+        in_pool = pool.submit(produce, ch, "pool", 100)
+        handle = bf.Process(produce, (ch, "handle", 100))
+        handle.start()
+        with bf.scope() as s:
+            s.spawn(produce, ch, "spawn", 100, mode="process")
+            got = list(ch)
+        in_pool.result(30)
+        handle.join(30)
+    for name in ("pool", "handle", "spawn"):
+        assert [i for who, i in got if who == name] == list(range(100))
+    assert len(got) == 300
+
+
+@pytest.mark.timeout(60)
+def test_several_producer_and_consumer_processes_get_each_item_exactly_once():
+    ch = bf.Channel(maxsize=8, mode="process", producers=3)
+    with bf.scope() as s:
+        for p in range(3):
+            s.spawn(produce, ch, p, 400, mode="process")
+        consumers = [s.spawn(consume_all, ch, mode="process") for _ in range(2)]
+        here = list(ch)
+    parts = [c.result() for c in consumers] + [here]
+    everything = [item for part in parts for item in part]
+    assert sorted(everything) == [(p, i) for p in range(3) for i in range(400)]
+    for part in parts:
+        for p in range(3):
+            mine = [i for q, i in part if q == p]
+            assert mine == sorted(mine)
+
+
+SEED = '''\
+import bingfa as bf
+
+def write(ch):
+    for value in ["A", "B", "C"]:
+        print("Put %s to channel..." % value, flush=True)
+        ch.put(value)
+    ch.close()
+
+def read(ch):
+    for value in ch:               # ends by itself once the writer closes
+        print("Get %s from channel." % value, flush=True)
+
+ch = bf.Channel(mode="process")
+with bf.scope() as s:
+    s.spawn(write, ch, mode="process")
+    s.spawn(read, ch, mode="process")
+print("both done")
+'''
+
+
+@pytest.mark.timeout(60)
+def test_the_seed_writer_and_reader_end_by_themselves(tmp_path):
+    script = tmp_path / "seed.py"
+    script.write_text(SEED)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=50, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line for line in lines if line.startswith("Get")] == [
+        "Get A from channel.", "Get B from channel.", "Get C from channel."]
+    assert lines[-1] == "both done"
+
+
+def produce_forever(ch, name):
+    with ch.producer():
+        i = 0
+        while True:
+            ch.put((name, i))
+            i += 1
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("round_", range(3))
+def test_a_producer_killed_mid_put_neither_corrupts_nor_hangs(round_):
+    ch = bf.Channel(maxsize=4, mode="process", producers=2)
+    doomed = bf.Process(produce_forever, (ch, "doomed"))
+    doomed.start()
+    got = []
+    while len(got) < 50 + 37 * round_:
+        got.append(ch.get(timeout=30))
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.join(30)
+    with bf.scope() as s:
+        s.spawn(produce, ch, "steady", 300, mode="process")
+        got += list(ch)  # ends: the dead producer counts as done
+    assert [i for who, i in got if who == "steady"] == list(range(300))
+    doomed_items = [i for who, i in got if who == "doomed"]
+    assert doomed_items == list(range(len(doomed_items)))  # a prefix, in order, once each
+
+
+def die_holding_the_put_lock(ch):
+    with ch.producer():
+        ch.put("before")
+        ch._put_lock.acquire()
+        os._exit(1)
+
+
+def die_holding_the_get_lock(ch):
+    ch._get_lock.acquire()
+    os._exit(1)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("dies", [die_holding_the_put_lock, die_holding_the_get_lock],
+                         ids=["producer", "consumer"])
+def test_a_process_that_dies_holding_a_lock_of_the_channel_blocks_nobody(dies):
+    ch = bf.Channel(mode="process", producers=2)
+    handle = bf.Process(dies, (ch,))
+    handle.start()
+    handle.join(30)
+    assert handle.exitcode == 1
+    with ch.producer():
+        ch.put("after")
+    if dies is die_holding_the_get_lock:
+        ch.close()  # the dead consumer was not a producer: this is the second
+    assert list(ch) == (["before", "after"] if dies is die_holding_the_put_lock else ["after"])
+
+
+def take_and_ack(ch, acks):
+    for item in ch:
+        acks.put(item)
+
+
+@pytest.mark.timeout(90)
+def test_a_consumer_killed_while_taking_loses_at_most_the_item_it_held():
+    ch = bf.Channel(maxsize=4, mode="process", producers=1)
+    acks = bf.Channel(maxsize=100_000, mode="process")
+    doomed = bf.Process(take_and_ack, (ch, acks))
+    doomed.start()
+    with bf.scope() as s:
+        s.spawn(produce, ch, "p", 3000, mode="process")
+        assert wait_until(lambda: acks.qsize() > 200, timeout=30)
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.join(30)
+        survivor = list(ch)
+    acked = []
+    while True:
+        try:
+            acked.append(acks.get_nowait())
+        except bf.ChannelEmpty:
+            break
+    delivered = acked + survivor
+    assert len(delivered) == len(set(delivered))  # never twice
+    assert len(delivered) >= 3000 - 1  # at most the one item the killed consumer held
+    assert [i for _, i in survivor] == sorted(i for _, i in survivor)
+
+
+async def _produce_async(ch, count):
+    for i in range(count):
+        await ch.aput(i)
+    ch.close()
+
+
+def produce_in_a_loop(ch, count):
+    asyncio.run(_produce_async(ch, count))
+
+
+@pytest.mark.timeout(60)
+def test_asyncio_code_in_two_processes_talks_through_a_channel():
+    ch = bf.Channel(maxsize=5, mode="process")
+
+    async def consume():
+        return [x async for x in ch]
+
+    with bf.scope() as s:
+        s.spawn(produce_in_a_loop, ch, 200, mode="process")
+        got = asyncio.run(consume())
+    assert got == list(range(200))
+
+
+def send_array(ch, size):
+    ch.put(np.arange(size, dtype=np.int64))
+    ch.put({"small": 1})
+    ch.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_big_array_arrives_on_shared_memory_not_a_copy():
+    ch = bf.Channel(mode="process")
+    size = 16 * 1024 * 1024  # 128 MiB
+    with bf.scope() as s:
+        s.spawn(send_array, ch, size, mode="process")
+        array = ch.get(timeout=30)
+        rest = list(ch)
+    assert rest == [{"small": 1}]
+    assert array.shape == (size,) and array[0] == 0 and array[-1] == size - 1
+    assert not array.flags.owndata  # built on the mapped segment
+    array[0] = 7  # and writable
+    del array
+
+
+@pytest.mark.timeout(60)
+def test_big_items_nobody_took_are_freed_with_the_channel():
+    ch = bf.Channel(mode="process")
+    ch.put(np.zeros(1 << 20))
+    ch.put(b"x" * (1 << 21))
+    names = {n for n in os.listdir("/dev/shm") if f"bf-{os.getpid()}-c-" in n}
+    assert len(names) == 2
+    del ch
+    assert not {n for n in os.listdir("/dev/shm") if n in names}
+
+
+@pytest.mark.timeout(60)
+def test_an_item_that_cannot_be_pickled_is_refused_at_the_put():
+    ch = bf.Channel(mode="process")
+    import threading
+
+    with pytest.raises(bf.SerializationError, match="the item put to the channel"):
+        ch.put(threading.Lock())
+    assert ch.qsize() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_script_on_stdin_passes_main_objects_through_a_channel(tmp_path):
+    script = textwrap.dedent('''\
+        import bingfa as bf
+
+        class Point:
+            def __init__(self, x):
+                self.x = x
+
+        def send(ch):
+            ch.put(Point(3))
+            ch.close()
+
+        ch = bf.Channel(mode="process")
+        with bf.scope() as s:
+            s.spawn(send, ch, mode="process")
+            print([p.x for p in ch])
+    ''')
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
+                          timeout=50, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[3]\n"
