@@ -49,31 +49,36 @@ except ImportError:  # pip install 'bingfa[bench]'
     faster_fifo = None
 
 FORK = multiprocessing.get_context("fork")
-SMALL = {"int": 12345, "tuple": ("a" * 40, 12345, 3.25, "b" * 30, (1, 2, 3))}
+# Each message a distinct object, made before the clock starts (a batch of one
+# object a hundred times would pickle as one object and ninety-nine references).
+SMALL: dict[str, Callable[[int], Any]] = {
+    "int": lambda i: i * 7919,
+    "tuple": lambda i: (f"{i:a>40}", i, i * 0.5, f"{i:b>30}", (i, i + 1, i + 2)),
+}
 BATCH = 100
 
 
 # -- process to process ---------------------------------------------------------
 
-def _produce(kind: str, q: Any, n: int, item: Any, go: Any) -> None:
+def _produce(kind: str, q: Any, n: int, shape: str, go: Any) -> None:
+    items = [SMALL[shape](i) for i in range(n)]
+    batches = [items[i:i + BATCH] for i in range(0, n, BATCH)]
     go.wait()
     if kind == "bingfa":
-        for _ in range(n):
+        for item in items:
             q.put(item)
         q.close()
     elif kind == "bingfa batches":
-        batch = [item] * BATCH
-        for _ in range(n // BATCH):
+        for batch in batches:
             q.put_many(batch)
         q.close()
     elif kind == "faster-fifo batches":
-        batch = [item] * BATCH
-        for _ in range(n // BATCH):
+        for batch in batches:
             q.put_many(batch, timeout=60)
         q.put(None, timeout=60)
     else:
         put = q.put
-        for _ in range(n):
+        for item in items:
             put(item)
         put(None)
 
@@ -124,11 +129,11 @@ def _make_queue(kind: str) -> Any:
     return FORK.Queue(1000)
 
 
-def between_processes(kind: str, n: int, item: Any) -> float:
+def between_processes(kind: str, n: int, shape: str) -> float:
     """Messages per second, one producer process to one consumer process."""
     q = _make_queue(kind)
     go, out = FORK.Event(), FORK.SimpleQueue()
-    procs = [FORK.Process(target=_produce, args=(kind, q, n, item, go)),
+    procs = [FORK.Process(target=_produce, args=(kind, q, n, shape, go)),
              FORK.Process(target=_consume, args=(kind, q, n, out))]
     for p in procs:
         p.start()
@@ -233,9 +238,9 @@ def main() -> None:
     batch_kinds = ["bingfa batches"] + (["faster-fifo batches"] if faster_fifo else [])
     rates: dict[str, list[float]] = {}
     for _ in range(args.repeats):
-        for shape, item in SMALL.items():
+        for shape in SMALL:
             for kind in process_kinds + batch_kinds:
-                rates.setdefault(f"{shape}|{kind}", []).append(between_processes(kind, n, item))
+                rates.setdefault(f"{shape}|{kind}", []).append(between_processes(kind, n, shape))
         rates.setdefault("thread|bingfa", []).append(
             between_threads(lambda: bf.Channel(maxsize=1000), n))
         rates.setdefault("thread|queue.Queue", []).append(

@@ -265,3 +265,32 @@ def test_a_script_on_stdin_passes_main_objects_through_a_channel(tmp_path):
                           timeout=50, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "[3]\n"
+
+
+class Exploding:
+    """Pickles fine; cannot be rebuilt."""
+
+    def __reduce__(self):
+        return (_explode, ())
+
+
+def _explode():
+    raise ValueError("cannot be rebuilt")
+
+
+@pytest.mark.timeout(60)
+def test_an_item_that_cannot_be_unpickled_fails_its_get_and_nothing_else():
+    ch = bf.Channel(mode="process")
+    ch.put("before")
+    ch.put(Exploding())
+    ch.put("after")
+    ch.put_many(["batch", Exploding()])  # one pickle: the batch fails as one
+    ch.put_many(["next", "batch"])
+    assert ch.get() == "before"
+    with pytest.raises(bf.SerializationError, match="cannot unpickle an item of the channel"):
+        ch.get()
+    assert ch.get() == "after"
+    with pytest.raises(bf.SerializationError, match="cannot be rebuilt"):
+        ch.get_many(10)
+    assert ch.get_many(10) == ["next", "batch"]
+    assert ch.qsize() == 0

@@ -1,60 +1,66 @@
 """Process mode: a channel in shared memory that any process it reaches can use.
 
-The items live in a ring of bytes in shared memory, after the state's 64-bit
-words in the same block:
-
-- ``TAIL`` and ``HEAD``: how many records were ever published and taken (24
-  bits, modulo) above their byte positions (40 bits, modulo; the ring's size
-  is a power of two that divides 2**40). Producers write ``TAIL`` only under
-  the put lock, consumers ``HEAD`` only under the get lock, each as one
-  aligned 8-byte store: a record is published, or taken, all at once. A
-  producer killed in the middle of writing a record has not published it;
-  one killed after has.
-- ``CLOSED``, ``PRODUCERS_LEFT`` (-1 when ``close()`` closes at once),
-  the ``PUTS`` and ``GETS`` totals, and a table of producer slots: the tokens
-  (see ``_sync._shared.owner_token``) of processes inside
-  ``with ch.producer():``.
-
-A record is an 8-byte header (payload length, kind) and the payload, padded
-to 8 bytes: ``INLINE`` (a pickle), ``SPILL`` (the name of a segment holding a
-big item, see ``_spill``) or ``WRAP`` (the ring's end is unused; go on at 0).
+One shared block holds the channel's state words, a table of producer slots
+and the ring of records (see ``_ring``, which owns the record format and the
+two words that publish and take records). The state words besides the ring's:
+``CLOSED``, ``PRODUCERS_LEFT`` (-1 when ``close()`` closes at once), the
+``PUTS`` and ``GETS`` totals; the slots hold the tokens (see
+``_sync._shared.owner_token``) of processes inside ``with ch.producer():``.
 
 The put and get locks are :class:`bingfa.Lock`\\ s, so a process killed while
-holding one does not block the others: the next one takes the lock over
-(a consumer killed after taking a record loses that record, nothing more).
-Waiting is done on two "bells", semaphores that a put (a get) rings when it
-finds them silent; a waiter looks again after each ring, and in slices of
-``ALIVE_CHECK_EVERY`` whatever happens, so a ring that went to someone else
-or a producer that died without ringing never leaves it waiting.
+holding one does not block the others: the next one takes the lock over.
+A producer killed in the middle of a put has published nothing (or all of
+its record); a consumer killed in the middle of a get has taken its items or
+not, and loses at most what it was taking. Waiting is done on two "bells",
+semaphores that a put (a get) rings when it finds them silent; a waiter
+looks again after each ring, and in slices of ``ALIVE_CHECK_EVERY`` whatever
+happens, so a ring that went to someone else, or a producer that died
+without ringing, never leaves it waiting.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 import time
 import weakref
+from pickle import dumps as _c_dumps
 from typing import TYPE_CHECKING, Any
 
 from .._core._errors import LockOwnerDiedError
-from .._core._out_of_band import frame_parts
-from .._core._serialization import dumps, serialization_error, unpickling_error
+from .._core._out_of_band import OUT_OF_BAND_MIN, frame_parts
+from .._core._serialization import (
+    PROTOCOL,
+    dumps,
+    loads,
+    serialization_error,
+    unpickling_error,
+)
 from .._sync._lock import Lock
 from .._sync._shared import (
     ALIVE_CHECK_EVERY,
     Block,
     Shared,
+    acquire_blocking,
     is_alive,
     make_semaphore,
     open_semaphore,
     owner_token,
 )
 from . import _spill
-from ._channel import Channel, ChannelStatistics, check_maxsize, check_producers, deadline_of
+from ._channel import (
+    Channel,
+    ChannelStatistics,
+    check_max_items,
+    check_maxsize,
+    check_producers,
+    deadline_of,
+)
 from ._errors import ChannelClosedError, ChannelEmpty, ChannelFull
+from ._ring import BATCH, COUNT_MASK, COUNT_SHIFT, HEAD, INLINE, MAX_BATCH, SPILL, TAIL, Ring
 
 if TYPE_CHECKING:
     import pickle
+    from collections.abc import Iterable
 
     from .._sync._shared import SemLock
 
@@ -67,20 +73,20 @@ _RING_MIN = 1 << 20
 _RING_MAX = 1 << 26
 # Items whose pickle is bigger than this part of the ring go through a segment.
 _INLINE_SHARE = 4
+# put_many packs up to this many items into one record.
+_BATCH_ITEMS = 128
 # How many looks a waiter makes before it sleeps on a bell (a few microseconds).
 _SPINS = 100
+# How long the nowait forms wait for the other side's lock, held for a moment.
+_NOWAIT_PATIENCE = 0.01
 
-_POS_BITS = 40
-_POS_MASK = (1 << _POS_BITS) - 1
-_COUNT_MASK = (1 << 24) - 1
-_HEADER = struct.Struct("<II")
-INLINE, SPILL, WRAP = 0, 1, 2
-
-# The words of the block: the state, the producer slots, then the ring.
-TAIL, HEAD, CLOSED, PRODUCERS_LEFT, PUTS, GETS = range(6)
+# The block's words: the state, the producer slots, then the ring.
+CLOSED, PRODUCERS_LEFT, PUTS, GETS = 2, 3, 4, 5  # 0 and 1 are the ring's TAIL and HEAD
 _SLOTS_AT = 8
 _SLOTS = 64
 _RING_AT = _SLOTS_AT + _SLOTS
+
+Record = tuple[int, bytes, int]  # kind, payload, items
 
 
 def _ring_size(maxsize: int) -> int:
@@ -97,9 +103,8 @@ class ProcessChannel(Channel, Shared):
     exits), unread big items are freed.
     """
 
-    __slots__ = ("__weakref__", "_block", "_capacity", "_get_lock", "_inline_max",
-                 "_items_bell", "_key", "_maxsize", "_put_lock", "_ring", "_room_bell",
-                 "_slot_lock", "_words")
+    __slots__ = ("__weakref__", "_block", "_get_lock", "_held", "_inline_max", "_items_bell",
+                 "_key", "_maxsize", "_put_lock", "_ring", "_room_bell", "_slot_lock", "_words")
 
     mode = "process"
 
@@ -112,97 +117,92 @@ class ProcessChannel(Channel, Shared):
         if maxsize == 0:
             raise ValueError("a process channel needs a bound: maxsize must be at least 1 "
                              f"(None gives {DEFAULT_MAXSIZE})")
-        if maxsize > _COUNT_MASK // 2:
-            raise ValueError(f"maxsize must be at most {_COUNT_MASK // 2}, not {maxsize}")
+        if maxsize > COUNT_MASK // 2:
+            raise ValueError(f"maxsize must be at most {COUNT_MASK // 2}, not {maxsize}")
         left = check_producers(producers)
         capacity = _ring_size(maxsize)
         items_name, items_bell = make_semaphore(0)
         room_name, room_bell = make_semaphore(0)
         block = Block(_RING_AT + capacity // 8)
-        self._setup(maxsize, capacity, block, items_bell, room_bell, Lock(), Lock(), Lock())
+        self._setup(maxsize, block, items_bell, room_bell, Lock(), Lock(), Lock())
         self._words[PRODUCERS_LEFT] = -1 if left is None else left
         self._created(block.name, (items_name, room_name), block.name)
         # Before the names go, the segments of big items nobody took.
-        weakref.finalize(self, _free_unread, os.getpid(), self._words, self._ring,
-                         capacity)
+        weakref.finalize(self, _free_unread, os.getpid(), self._ring)
 
-    def _setup(self, maxsize: int, capacity: int, block: Block, items_bell: SemLock,
-               room_bell: SemLock, put_lock: Lock, get_lock: Lock, slot_lock: Lock) -> None:
+    def _setup(self, maxsize: int, block: Block, items_bell: SemLock, room_bell: SemLock,
+               put_lock: Lock, get_lock: Lock, slot_lock: Lock) -> None:
         self._maxsize = maxsize
-        self._capacity = capacity
-        self._inline_max = capacity // _INLINE_SHARE
         self._block = block
         self._words = block.words
-        self._ring = block.as_bytes()[_RING_AT * 8:]
+        self._ring = Ring(block.words, block.as_bytes()[_RING_AT * 8:])
+        self._inline_max = self._ring.capacity // _INLINE_SHARE
         self._items_bell = items_bell
         self._room_bell = room_bell
         self._put_lock = put_lock
         self._get_lock = get_lock
         self._slot_lock = slot_lock
+        # Items taken from the ring behind one that failed to unpickle: they
+        # come out first at the next get, in order.
+        self._held: list[Any] = []
 
     def _state(self) -> tuple[object, ...]:
-        return (self._maxsize, self._capacity, self._block.name, self._items_bell.name,
+        return (self._maxsize, self._ring.capacity, self._block.name, self._items_bell.name,
                 self._room_bell.name, self._put_lock, self._get_lock, self._slot_lock)
 
     def _attach(self, maxsize: int, capacity: int, block: str, items_bell: str, room_bell: str,
                 put_lock: Lock, get_lock: Lock, slot_lock: Lock) -> None:
-        self._setup(maxsize, capacity, Block(_RING_AT + capacity // 8, block),
-                    open_semaphore(items_bell), open_semaphore(room_bell), put_lock, get_lock,
-                    slot_lock)
+        self._setup(maxsize, Block(_RING_AT + capacity // 8, block), open_semaphore(items_bell),
+                    open_semaphore(room_bell), put_lock, get_lock, slot_lock)
 
     # -- put ---------------------------------------------------------------------
 
     def put(self, item: Any, timeout: float | None = None) -> None:
-        deadline = deadline_of(timeout)
         record = self._record(item)
-        try:
-            if not self._take(self._put_lock, deadline):
-                raise ChannelFull("no room in the channel within the timeout")
+        # The common case first, in as few steps as possible: a small item,
+        # the put lock free, room in the ring.
+        if record[0] == INLINE and not self._words[CLOSED] and self._put_lock.acquire(False):
             try:
-                self._write_waiting(record, deadline)
+                written = self._ring.write(INLINE, record[1], 1, self._maxsize)
+                if written:
+                    self._words[PUTS] += 1
             finally:
                 self._put_lock.release()
-        except BaseException:
-            _discard(record)
-            raise
-        self._ring_bell(self._items_bell)
+            if written:
+                self._ring_bell(self._items_bell)
+                return
+        self._put_records([record], deadline_of(timeout), False)
 
     def put_nowait(self, item: Any) -> None:
-        record = self._record(item)
+        self._put_records([self._record(item)], None, True)
+
+    def put_many(self, items: Iterable[Any], timeout: float | None = None) -> None:
+        deadline = deadline_of(timeout)
+        chunk = max(1, min(_BATCH_ITEMS, self._maxsize, MAX_BATCH))
+        batch: list[Any] = []
+        for item in items:
+            batch.append(item)
+            if len(batch) == chunk:
+                self._put_records(self._batch_records(batch), deadline, False)
+                batch = []
+        if batch:
+            self._put_records(self._batch_records(batch), deadline, False)
+
+    def _put_records(self, records: list[Record], deadline: float | None, nowait: bool) -> None:
+        """Publish ``records`` in order; unpublished ones are freed if this raises."""
+        written = 0
         try:
             if self._words[CLOSED]:
                 raise ChannelClosedError("put to a closed channel")
-            # A producer waiting for room holds the put lock: then there is none.
-            if not self._take(self._put_lock, time.monotonic() + 0.01):
-                raise ChannelFull("the channel is full")
-            try:
-                if self._words[CLOSED]:
-                    raise ChannelClosedError("put to a closed channel")
-                if not self._write(*record):
-                    raise ChannelFull(f"the channel is full ({self._maxsize} items)")
-            finally:
-                self._put_lock.release()
-        except BaseException:
-            _discard(record)
-            raise
-        self._ring_bell(self._items_bell)
-
-    def put_many(self, items: Any, timeout: float | None = None) -> None:
-        deadline = deadline_of(timeout)
-        records = []
-        try:
-            records = [self._record(item) for item in items]
-        except BaseException:
-            for record in records:
-                _discard(record)
-            raise
-        written = 0
-        try:
-            if not self._take(self._put_lock, deadline):
+            if nowait:
+                # A producer waiting for room holds the put lock: then there is none.
+                if not self._take(self._put_lock, time.monotonic() + _NOWAIT_PATIENCE):
+                    raise ChannelFull("the channel is full")
+            elif not self._take(self._put_lock, deadline):
                 raise ChannelFull("no room in the channel within the timeout")
             try:
                 for record in records:
-                    self._write_waiting(record, deadline)
+                    self._write(record, None if nowait else deadline, nowait)
                     written += 1
             finally:
                 self._put_lock.release()
@@ -214,151 +214,152 @@ class ProcessChannel(Channel, Shared):
             if written:
                 self._ring_bell(self._items_bell)
 
-    def _record(self, item: Any) -> tuple[int, bytes]:
-        """``item`` as a record's kind and payload (a big one written to a segment)."""
+    def _record(self, item: Any) -> Record:
+        """``item`` as a record (a big one written to a segment)."""
+        try:
+            # The C pickler alone, the common case: nothing out of band (a
+            # big buffer stops it at once), nothing of __main__.
+            data = _c_dumps(item, PROTOCOL, buffer_callback=_small_buffers_only)
+        except Exception:
+            pass
+        else:
+            if len(data) <= self._inline_max and b"__main__" not in data:
+                return INLINE, data, 1
         buffers: list[pickle.PickleBuffer] = []
         try:
             data = dumps(item, main_by_value=True, out_of_band=buffers)
         except Exception as exc:
             raise serialization_error("the item put to the channel", item, exc) from exc
         if not buffers and len(data) <= self._inline_max:
-            return INLINE, data
-        return SPILL, _spill.write(frame_parts(data, buffers)).encode()
+            return INLINE, data, 1
+        return SPILL, _spill.write(frame_parts(data, buffers)).encode(), 1
 
-    def _write_waiting(self, record: tuple[int, bytes], deadline: float | None) -> None:
-        """Write a record, waiting for room (put lock held)."""
+    def _batch_records(self, items: list[Any]) -> list[Record]:
+        """``items`` as one batch record, or one record each if that cannot be."""
+        if len(items) > 1:
+            buffers: list[pickle.PickleBuffer] = []
+            try:
+                data = dumps(items, main_by_value=True, out_of_band=buffers)
+            except Exception:
+                data = None  # the item at fault is found below, one by one
+            if data is not None and not buffers and len(data) <= self._inline_max:
+                return [(BATCH, data, len(items))]
+        records: list[Record] = []
+        try:
+            for item in items:
+                records.append(self._record(item))
+        except BaseException:
+            for record in records:
+                _discard(record)
+            raise
+        return records
+
+    def _write(self, record: Record, deadline: float | None, nowait: bool) -> None:
+        """Publish a record, waiting for room unless ``nowait`` (put lock held)."""
+        kind, payload, items = record
         words = self._words
+        write = self._ring.write
+        maxsize = self._maxsize
         while True:
             if words[CLOSED]:
                 raise ChannelClosedError("put to a closed channel")
-            if self._write(*record):
+            if write(kind, payload, items, maxsize):
+                words[PUTS] += items
                 return
+            if nowait:
+                raise ChannelFull(f"the channel is full ({maxsize} items)")
             self._ring_bell(self._items_bell)  # let consumers make room
             if not self._wait_bell(self._room_bell, deadline):
-                raise ChannelFull(f"the channel stayed full ({self._maxsize} items)")
-
-    def _write(self, kind: int, payload: bytes) -> bool:
-        """Publish one record if it fits now (put lock held)."""
-        words = self._words
-        tail = words[TAIL]
-        head = words[HEAD]
-        count = ((tail >> _POS_BITS) - (head >> _POS_BITS)) & _COUNT_MASK
-        if count >= self._maxsize:
-            return False
-        position = tail & _POS_MASK
-        used = (position - (head & _POS_MASK)) & _POS_MASK
-        size = (_HEADER.size + len(payload) + 7) & ~7
-        capacity = self._capacity
-        index = position % capacity
-        waste = capacity - index if index + size > capacity else 0
-        if used + waste + size > capacity:
-            return False
-        ring = self._ring
-        if waste:
-            _HEADER.pack_into(ring, index, 0, WRAP)
-            index = 0
-        _HEADER.pack_into(ring, index, len(payload), kind)
-        start = index + _HEADER.size
-        ring[start:start + len(payload)] = payload
-        words[TAIL] = ((((tail >> _POS_BITS) + 1) & _COUNT_MASK) << _POS_BITS
-                       | ((position + waste + size) & _POS_MASK))
-        words[PUTS] += 1
-        return True
+                raise ChannelFull(f"the channel stayed full ({maxsize} items)")
 
     # -- get ---------------------------------------------------------------------
 
     def get(self, timeout: float | None = None) -> Any:
-        deadline = deadline_of(timeout)
-        while True:
-            if not self._take(self._get_lock, deadline):
-                raise ChannelEmpty("no item came within the timeout")
+        # The common case first: an item there, the get lock free.
+        if not self._held and self._get_lock.acquire(False):
             try:
-                found, item = self._read()
+                items = self._ring.read(1, _decode)
+                if items is not None:
+                    self._words[GETS] += 1
             finally:
                 self._get_lock.release()
-            if found:
+            if items is not None:
                 self._after_get()
-                return _item(item)
-            if self._words[CLOSED]:
-                self._ring_bell(self._items_bell)  # pass the end on to other consumers
-                raise ChannelClosedError("the channel is closed and drained")
-            if not self._wait_for_items(deadline):
-                raise ChannelEmpty("no item came within the timeout")
+                item = items[0]
+                if type(item) is _Failed:
+                    raise item.error
+                return item
+        return self._get(1, deadline_of(timeout), False)[0]
 
     def get_nowait(self) -> Any:
-        if not self._take(self._get_lock, time.monotonic() + 0.01):
-            raise ChannelEmpty("the channel is busy with another consumer")
-        try:
-            found, item = self._read()
-        finally:
-            self._get_lock.release()
-        if found:
-            self._after_get()
-            return _item(item)
-        if self._words[CLOSED]:
-            raise ChannelClosedError("the channel is closed and drained")
-        raise ChannelEmpty("the channel is empty")
+        return self._get(1, None, True)[0]
 
     def get_many(self, max_items: int, timeout: float | None = None) -> list[Any]:
-        from ._channel import check_max_items
-
         check_max_items(max_items)
-        deadline = deadline_of(timeout)
+        return self._get(max_items, deadline_of(timeout), False)
+
+    def _get(self, max_items: int, deadline: float | None, nowait: bool) -> list[Any]:
+        """Take between 1 and ``max_items`` items, waiting for the first unless ``nowait``."""
+        read = self._ring.read
+        words = self._words
         while True:
-            if not self._take(self._get_lock, deadline):
-                raise ChannelEmpty("no item came within the timeout")
+            lock_by = time.monotonic() + _NOWAIT_PATIENCE if nowait else deadline
+            if not self._take(self._get_lock, lock_by):
+                raise ChannelEmpty("the channel is busy with another consumer" if nowait
+                                   else "no item came within the timeout")
             taken: list[Any] = []
+            read_any = False
             try:
-                while len(taken) < max_items:
-                    found, item = self._read()
-                    if not found:
-                        break
-                    taken.append(item)
+                if self._held:
+                    taken = self._from_held(max_items)
+                else:
+                    while len(taken) < max_items:
+                        items = read(max_items - len(taken), _decode)
+                        if items is None:
+                            break
+                        read_any = True
+                        taken += items
+                        words[GETS] += len(items)
+                    if _Failed in map(type, taken):
+                        self._held += taken
+                        taken = self._from_held(max_items)
             finally:
                 self._get_lock.release()
+                if read_any:
+                    self._after_get()
             if taken:
-                self._after_get()
-                return [_item(item) for item in taken]
-            if self._words[CLOSED]:
-                self._ring_bell(self._items_bell)
+                return taken
+            if words[CLOSED]:
+                self._ring_bell(self._items_bell)  # pass the end on to other consumers
                 raise ChannelClosedError("the channel is closed and drained")
+            if nowait:
+                raise ChannelEmpty("the channel is empty")
             if not self._wait_for_items(deadline):
                 raise ChannelEmpty("no item came within the timeout")
 
-    def _read(self) -> tuple[bool, Any]:
-        """Take the first record (get lock held): (True, its item or its error) or (False, None)."""
-        words = self._words
-        head = words[HEAD]
-        tail = words[TAIL]
-        if (head >> _POS_BITS) == (tail >> _POS_BITS):
-            return False, None
-        ring = self._ring
-        capacity = self._capacity
-        position = head & _POS_MASK
-        index = position % capacity
-        length, kind = _HEADER.unpack_from(ring, index)
-        if kind == WRAP:
-            position += capacity - index
-            index = 0
-            length, kind = _HEADER.unpack_from(ring, 0)
-        start = index + _HEADER.size
-        payload = ring[start:start + length]
-        try:
-            if kind == INLINE:
-                item: Any = _loads(payload)
-            else:
-                item = _spill_item(bytes(payload).decode())
-        finally:
-            size = (_HEADER.size + length + 7) & ~7
-            words[HEAD] = ((((head >> _POS_BITS) + 1) & _COUNT_MASK) << _POS_BITS
-                           | ((position + size) & _POS_MASK))
-            words[GETS] += 1
-        return True, item
+    def _from_held(self, max_items: int) -> list[Any]:
+        """Items taken earlier, up to the next that failed; raises that one's error if first.
+
+        Get lock held: the list is this process's, shared by its threads.
+        """
+        held = self._held
+        first = held[0]
+        if type(first) is _Failed:
+            del held[0]
+            raise first.error
+        count = 1
+        while count < min(max_items, len(held)) and type(held[count]) is not _Failed:
+            count += 1
+        items = held[:count]
+        del held[:count]
+        return items
 
     def _after_get(self) -> None:
-        self._ring_bell(self._room_bell)
+        room = self._room_bell
+        if room._is_zero():
+            room.release()
         words = self._words
-        if (words[HEAD] >> _POS_BITS) != (words[TAIL] >> _POS_BITS):
+        if words[TAIL] >> COUNT_SHIFT != words[HEAD] >> COUNT_SHIFT:
             self._ring_bell(self._items_bell)  # more for whoever waits next
 
     def _wait_for_items(self, deadline: float | None) -> bool:
@@ -378,9 +379,11 @@ class ProcessChannel(Channel, Shared):
         """Acquire ``lock`` by ``deadline``; a dead holder's lock is taken over quietly.
 
         A holder killed in the middle of a put has published nothing, and one
-        killed in the middle of a get has taken its record or not: either way
+        killed in the middle of a get has taken its items or not: either way
         the ring is whole, so there is nothing to repair.
         """
+        if lock.acquire(False):
+            return True
         while True:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -397,12 +400,12 @@ class ProcessChannel(Channel, Shared):
     def _wait_bell(bell: SemLock, deadline: float | None) -> bool:
         """Wait for a ring, at most one slice; False only if ``deadline`` has passed."""
         if deadline is None:
-            bell.acquire(True, ALIVE_CHECK_EVERY)
+            acquire_blocking(bell, ALIVE_CHECK_EVERY)
             return True
         left = deadline - time.monotonic()
         if left <= 0:
             return False
-        bell.acquire(True, min(ALIVE_CHECK_EVERY, left))
+        acquire_blocking(bell, min(ALIVE_CHECK_EVERY, left))
         return True
 
     # -- closing, producers and counts -------------------------------------------------
@@ -471,8 +474,7 @@ class ProcessChannel(Channel, Shared):
         return bool(self._words[CLOSED])
 
     def qsize(self) -> int:
-        words = self._words
-        return ((words[TAIL] >> _POS_BITS) - (words[HEAD] >> _POS_BITS)) & _COUNT_MASK
+        return self._ring.pending()
 
     def statistics(self) -> ChannelStatistics:
         words = self._words
@@ -498,24 +500,18 @@ class ProcessChannel(Channel, Shared):
             self._producers_died()
 
 
-def _loads(payload: memoryview) -> Any:
-    from .._core._serialization import loads
-
-    try:
-        return loads(payload)
-    except Exception as exc:
-        return _Failed(unpickling_error("an item of the channel", exc))
+class _BigBuffer(Exception):
+    """A buffer worth sending out of band: pickle the item the long way."""
 
 
-def _spill_item(name: str) -> Any:
-    try:
-        return _spill.read(name)
-    except Exception as exc:
-        return _Failed(unpickling_error("a big item of the channel", exc))
+def _small_buffers_only(buffer: pickle.PickleBuffer) -> bool:
+    if buffer.raw().nbytes >= OUT_OF_BAND_MIN:
+        raise _BigBuffer
+    return True  # into the pickle
 
 
 class _Failed:
-    """An item that could not be unpickled: its error, raised to whoever took it."""
+    """What could not be unpickled: its error, raised to whoever took it."""
 
     __slots__ = ("error",)
 
@@ -523,33 +519,26 @@ class _Failed:
         self.error = error
 
 
-def _item(item: Any) -> Any:
-    if type(item) is _Failed:
-        raise item.error
-    return item
+def _decode(kind: int, payload: memoryview) -> Any:
+    """A record's item (a batch's list of items), or a _Failed; never raises."""
+    try:
+        if kind == SPILL:
+            return _spill.read(bytes(payload).decode())
+        return loads(payload)
+    except Exception as exc:
+        what = "a big item of the channel" if kind == SPILL else "an item of the channel"
+        return _Failed(unpickling_error(what, exc))
 
 
-def _discard(record: tuple[int, bytes]) -> None:
+def _discard(record: Record) -> None:
     """Free a record that was not published (its segment, if it has one)."""
-    kind, payload = record
+    kind, payload, _ = record
     if kind == SPILL:
         _spill.unlink(payload.decode())
 
 
-def _free_unread(creator: int, words: memoryview, ring: memoryview, capacity: int) -> None:
+def _free_unread(creator: int, ring: Ring) -> None:
     """Unlink the segments of big items still in the ring (in the creating process only)."""
-    if os.getpid() != creator:
-        return  # a forked child: the channel is not its to empty
-    head, tail = words[HEAD], words[TAIL]
-    position = head & _POS_MASK
-    for _ in range(((tail >> _POS_BITS) - (head >> _POS_BITS)) & _COUNT_MASK):
-        index = position % capacity
-        length, kind = _HEADER.unpack_from(ring, index)
-        if kind == WRAP:
-            position += capacity - index
-            index = 0
-            length, kind = _HEADER.unpack_from(ring, 0)
-        if kind == SPILL:
-            start = index + _HEADER.size
-            _spill.unlink(bytes(ring[start:start + length]).decode())
-        position += (_HEADER.size + length + 7) & ~7
+    if os.getpid() == creator:  # not a forked child: the channel is not its to empty
+        for name in ring.spilled_names():
+            _spill.unlink(name)

@@ -223,6 +223,44 @@ class ThreadChannel(Channel):
                 f"maxsize={self._maxsize}>")
 
     # -- async ---------------------------------------------------------------------
+    # The same steps as Channel's aget and aput, without an exception for
+    # "not now" and with _pop and _append inlined: asyncio.Queue, which needs
+    # no lock, is the yardstick here.
+
+    async def aget(self, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else deadline_of(timeout)
+        while True:
+            with self._lock:
+                if self._items:  # _pop, inlined
+                    item = self._items.popleft()
+                    self._gets += 1
+                    if self._maxsize and (self._putters or self._async_putters):
+                        self._room_made()
+                    return item
+                if self._closed:
+                    raise ChannelClosedError("the channel is closed and drained")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ChannelEmpty("no item came within the timeout")
+            await self._wait_async(True, deadline)
+
+    async def aput(self, item: Any, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else deadline_of(timeout)
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise ChannelClosedError("put to a closed channel")
+                if not self._maxsize or len(self._items) < self._maxsize:  # _append, inlined
+                    self._items.append(item)
+                    self._puts += 1
+                    if self._getters:
+                        self._not_empty.notify()
+                    if self._async_getters:
+                        _wake_one(self._async_getters)
+                    return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ChannelFull(f"the channel stayed full ({self._maxsize} items)")
+            await self._wait_async(False, deadline)
+
 
     def _wait_async(self, want_item: bool, deadline: float | None) -> Any:
         import asyncio  # loaded already: this runs in an event loop

@@ -36,6 +36,7 @@ from ._shared import (
     ALIVE_CHECK_EVERY,
     Block,
     Shared,
+    acquire_blocking,
     check_count,
     is_alive,
     make_semaphore,
@@ -139,7 +140,7 @@ class Condition(Shared):
         saved = self._lock._release_save()
         woken = False
         try:
-            woken = bool(self._wakeups.acquire(True, timeout))
+            woken = acquire_blocking(self._wakeups, timeout)
         finally:
             if slot:
                 words[slot] = 0
@@ -196,7 +197,7 @@ class Condition(Shared):
     def _await_acks(self, count: int) -> None:
         give_up = time.monotonic() + _ACK_PATIENCE
         while count > 0:
-            if self._acks.acquire(True, ALIVE_CHECK_EVERY):
+            if acquire_blocking(self._acks, ALIVE_CHECK_EVERY):
                 count -= 1
                 continue
             dead = self._clear_dead_slots()

@@ -46,6 +46,7 @@ from ._shared import (
     ALIVE_CHECK_EVERY,
     Block,
     Shared,
+    acquire_blocking,
     check_acquire_timeout,
     is_alive,
     make_semaphore,
@@ -197,7 +198,7 @@ class Lock(Shared):
                 wait = min(ALIVE_CHECK_EVERY, deadline - time.monotonic())
                 if wait <= 0:
                     return None
-            if self._sem.acquire(True, wait):
+            if acquire_blocking(self._sem, wait):
                 self._words[0] = _me
                 return _TAKEN
             if self._took_over():
@@ -208,7 +209,7 @@ class Lock(Shared):
         holder = self._words[0]
         if holder == 0 or is_alive(holder):
             return False
-        if not self._guard.acquire(True, _GUARD_WAIT):
+        if not acquire_blocking(self._guard, _GUARD_WAIT):
             return False
         try:
             # Another waiter may have taken over (and released) between the

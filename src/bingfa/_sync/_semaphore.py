@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from ._shared import (
     SEM_VALUE_MAX,
     Shared,
+    acquire_blocking,
     check_acquire_timeout,
     check_count,
     make_semaphore,
@@ -58,7 +59,9 @@ class Semaphore(Shared):
         """Take one unit; False if ``blocking`` is false or ``timeout`` passes first."""
         if timeout is not None:
             timeout = check_acquire_timeout(blocking, timeout)
-        return bool(self._sem.acquire(blocking, timeout))
+        if self._sem.acquire(False):
+            return True
+        return blocking and acquire_blocking(self._sem, timeout)
 
     def release(self, n: int = 1) -> None:
         """Give back ``n`` units, waking as many waiters."""

@@ -61,6 +61,7 @@ __all__ = [
     "Block",
     "SemLock",
     "Shared",
+    "acquire_blocking",
     "check_acquire_timeout",
     "check_count",
     "is_alive",
@@ -98,6 +99,23 @@ def check_count(name: str, count: int, least: int = 0) -> int:
     if count < least:
         raise ValueError(f"{name} must be at least {least}, not {count}")
     return count
+
+
+def acquire_blocking(sem: SemLock, timeout: float | None) -> bool:
+    """``sem.acquire(True, timeout)``, without stopping other greenlets under gevent.
+
+    A semaphore wait blocks its OS thread. Once gevent has patched threading,
+    that thread runs every greenlet of the process: blocking it would stop the
+    very greenlet that is to release the semaphore (gevent#936's hang, here).
+    Then the wait runs on a thread of gevent's pool, and only the calling
+    greenlet waits.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is None or not monkey.is_module_patched("threading"):
+        return bool(sem.acquire(True, timeout))
+    from gevent import get_hub  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    return bool(get_hub().threadpool.apply(sem.acquire, (True, timeout)))
 
 
 # -- who is alive --------------------------------------------------------------
@@ -312,8 +330,14 @@ def _libc() -> ctypes.CDLL:
     return _LIBC
 
 
-def _map_shared(fd: int, size: int) -> int:
-    address = _libc().mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
+def _map_shared(fd: int, size: int, populate: bool = False) -> int:
+    """Map ``size`` bytes of ``fd`` shared, read and write; the address.
+
+    ``populate`` maps every page at once (``MAP_POPULATE``), as one call
+    rather than one page fault per page on first touch.
+    """
+    flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
+    address = _libc().mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, 0)
     if address is None or address == ctypes.c_void_p(-1).value:
         errno = ctypes.get_errno()
         raise OSError(errno, f"mmap of a shared block failed: {os.strerror(errno)}")
