@@ -70,7 +70,7 @@ def read(name: str) -> object:
         size = os.fstat(fd).st_size
         if size == 0:
             raise ValueError(f"the channel's segment {name!r} is empty")
-        address = _map_shared(fd, size, populate=True)
+        address = _map_shared(fd, size)
     finally:
         os.close(fd)
     memory = (ctypes.c_char * size).from_address(address)

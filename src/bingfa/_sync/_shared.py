@@ -330,14 +330,9 @@ def _libc() -> ctypes.CDLL:
     return _LIBC
 
 
-def _map_shared(fd: int, size: int, populate: bool = False) -> int:
-    """Map ``size`` bytes of ``fd`` shared, read and write; the address.
-
-    ``populate`` maps every page at once (``MAP_POPULATE``), as one call
-    rather than one page fault per page on first touch.
-    """
-    flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
-    address = _libc().mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, flags, fd, 0)
+def _map_shared(fd: int, size: int) -> int:
+    """Map ``size`` bytes of ``fd`` shared, read and write; the address."""
+    address = _libc().mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
     if address is None or address == ctypes.c_void_p(-1).value:
         errno = ctypes.get_errno()
         raise OSError(errno, f"mmap of a shared block failed: {os.strerror(errno)}")
