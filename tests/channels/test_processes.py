@@ -216,7 +216,9 @@ def test_a_big_array_arrives_on_shared_memory_not_a_copy():
         array = ch.get(timeout=30)
         rest = list(ch)
     assert rest == [{"small": 1}]
-    assert array.shape == (size,) and array[0] == 0 and array[-1] == size - 1
+    assert array.shape == (size,)
+    assert array[0] == 0
+    assert array[-1] == size - 1
     assert not array.flags.owndata  # built on the mapped segment
     array[0] = 7  # and writable
     del array
@@ -227,7 +229,7 @@ def test_big_items_nobody_took_are_freed_with_the_channel():
     ch = bf.Channel(mode="process")
     ch.put(np.zeros(1 << 20))
     ch.put(b"x" * (1 << 21))
-    names = {n for n in os.listdir("/dev/shm") if f"bf-{os.getpid()}-c-" in n}
+    names = {n for n in os.listdir("/dev/shm") if f"bf-{os.getpid()}-o-" in n}
     assert len(names) == 2
     del ch
     assert not {n for n in os.listdir("/dev/shm") if n in names}

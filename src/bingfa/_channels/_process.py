@@ -27,7 +27,7 @@ from pickle import dumps as _c_dumps
 from typing import TYPE_CHECKING, Any
 
 from .._core._errors import LockOwnerDiedError
-from .._core._out_of_band import OUT_OF_BAND_MIN, frame_parts
+from .._core._out_of_band import OUT_OF_BAND_MIN, frame_parts, loads_body
 from .._core._serialization import (
     PROTOCOL,
     dumps,
@@ -35,6 +35,7 @@ from .._core._serialization import (
     serialization_error,
     unpickling_error,
 )
+from .._core._shm import read_segment, unlink, write_segment
 from .._sync._lock import Lock
 from .._sync._shared import (
     ALIVE_CHECK_EVERY,
@@ -46,7 +47,6 @@ from .._sync._shared import (
     open_semaphore,
     owner_token,
 )
-from . import _spill
 from ._channel import (
     Channel,
     ChannelStatistics,
@@ -232,7 +232,7 @@ class ProcessChannel(Channel, Shared):
             raise serialization_error("the item put to the channel", item, exc) from exc
         if not buffers and len(data) <= self._inline_max:
             return INLINE, data, 1
-        return SPILL, _spill.write(frame_parts(data, buffers)).encode(), 1
+        return SPILL, write_segment(frame_parts(data, buffers)).encode(), 1
 
     def _batch_records(self, items: list[Any]) -> list[Record]:
         """``items`` as one batch record, or one record each if that cannot be."""
@@ -523,7 +523,7 @@ def _decode(kind: int, payload: memoryview) -> Any:
     """A record's item (a batch's list of items), or a _Failed; never raises."""
     try:
         if kind == SPILL:
-            return _spill.read(bytes(payload).decode())
+            return loads_body(read_segment(bytes(payload).decode()))
         return loads(payload)
     except Exception as exc:
         what = "a big item of the channel" if kind == SPILL else "an item of the channel"
@@ -534,11 +534,11 @@ def _discard(record: Record) -> None:
     """Free a record that was not published (its segment, if it has one)."""
     kind, payload, _ = record
     if kind == SPILL:
-        _spill.unlink(payload.decode())
+        unlink(payload.decode())
 
 
 def _free_unread(creator: int, ring: Ring) -> None:
     """Unlink the segments of big items still in the ring (in the creating process only)."""
     if os.getpid() == creator:  # not a forked child: the channel is not its to empty
         for name in ring.spilled_names():
-            _spill.unlink(name)
+            unlink(name)

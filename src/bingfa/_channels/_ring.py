@@ -17,7 +17,7 @@ of the first record, a batch, consumers have taken already.
 A record is a 16-byte header (payload length, kind, items) and the payload,
 padded to 16 bytes. Kinds: ``INLINE``, one item's pickle; ``BATCH``, the pickle
 of a list of items (``put_many``), which consumers may take part of;
-``SPILL``, the name of a segment holding one big item (see ``_spill``);
+``SPILL``, the name of a segment holding one big item (see ``_core._shm``);
 ``WRAP``, the ring's end is unused, go on at 0.
 """
 

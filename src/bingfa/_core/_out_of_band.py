@@ -1,18 +1,27 @@
-"""Big buffers beside the pickle, not inside it: one copy fewer at each end.
+"""Big buffers beside the pickle, not inside it: one copy fewer at each end, or none.
 
 A plain pickle copies a numpy array's 8 MiB into the pickle's bytes, and
 unpickling copies them out again. With pickle protocol 5, objects that support
 it (numpy arrays, ``pickle.PickleBuffer``) hand their memory over as buffers
-instead: the sender writes that memory to the pipe as it is, and the receiver
-builds the objects straight on the bytes it read. Buffers under
-``OUT_OF_BAND_MIN`` stay in the pickle: a batch of ten thousand small arrays
-is one pickle, and none of them keeps another's memory alive.
+instead. Buffers under ``OUT_OF_BAND_MIN`` stay in the pickle: a batch of ten
+thousand small arrays is one pickle, and none of them keeps another's memory
+alive. The others go one of two ways:
+
+- beside the pickle in the same stream (the sender writes the memory to the
+  pipe as it is; the receiver builds the objects on the bytes it read);
+- with ``shared=True``, those of ``SHARED_MIN`` bytes or more through a shared
+  memory segment each (see ``_shm``): the sender writes the memory once, and
+  the receiver maps it and builds the objects on the mapping, copying nothing.
+  Below that size a segment's set-up costs more than the pipe's copies.
 
 A body starts with pickle's PROTO opcode (``0x80``) when nothing travelled out
-of band; otherwise with ``OUT_OF_BAND`` and a table of lengths:
+of band; otherwise with ``OUT_OF_BAND`` and a table:
 
     b"B" | count (u32) | pickle length (u64) | each buffer's length (u64) ...
-    | pickle | buffer | buffer ...
+    | each segment's name (u16 length, bytes) ... | pickle | buffer | buffer ...
+
+A length with its top bit set is a buffer in a segment (named after the
+lengths, in order); the others follow the pickle, in order.
 """
 
 from __future__ import annotations
@@ -22,12 +31,19 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["OUT_OF_BAND_MIN", "collector", "frame_parts", "loads_body", "parts_size"]
+__all__ = ["OUT_OF_BAND_MIN", "SHARED_MIN", "collector", "frame_parts", "loads_body",
+           "parts_size", "segment_names", "shared_bytes"]
 
 OUT_OF_BAND_MIN = 1 << 16  # smaller buffers are copied into the pickle
+# Buffers this big go through shared memory where the caller allows it: from
+# 256 KiB on, a segment beats the pipe's two copies by a fifth or more; at 128
+# KiB it loses by half (benchmarks/shared_threshold.py, docs/benchmarks.md).
+SHARED_MIN = 1 << 18
 OUT_OF_BAND = ord("B")
 _COUNT = struct.Struct("<BI")
 _LENGTH = struct.Struct("<Q")
+_NAME = struct.Struct("<H")
+_IN_SEGMENT = 1 << 63
 
 Part = bytes | memoryview
 
@@ -44,14 +60,38 @@ def collector(buffers: list[pickle.PickleBuffer]) -> Callable[[pickle.PickleBuff
     return keep_in_band
 
 
-def frame_parts(data: bytes, buffers: list[pickle.PickleBuffer]) -> list[Part]:
-    """A pickle and its out-of-band buffers as parts to write one after the other."""
+def frame_parts(data: bytes, buffers: list[pickle.PickleBuffer],
+                shared: bool = False) -> list[Part]:
+    """A pickle and its out-of-band buffers as parts to write one after the other.
+
+    With ``shared``, buffers of ``SHARED_MIN`` bytes or more are written to
+    segments instead, which the receiver's :func:`loads_body` maps and
+    unlinks; :func:`segment_names` lists them, for a sender whose receiver may
+    never read the parts.
+    """
     if not buffers:
         return [data]
     views = [buffer.raw() for buffer in buffers]
+    lengths: list[int] = []
+    names: list[bytes] = []
+    inline: list[memoryview] = []
+    try:
+        for view in views:
+            if shared and view.nbytes >= SHARED_MIN:
+                from ._shm import write_segment
+
+                names.append(write_segment([view]).encode())
+                lengths.append(view.nbytes | _IN_SEGMENT)
+            else:
+                lengths.append(view.nbytes)
+                inline.append(view)
+    except BaseException:
+        _unlink_all(names)
+        raise
     table = [_COUNT.pack(OUT_OF_BAND, len(views)), _LENGTH.pack(len(data)),
-             *(_LENGTH.pack(view.nbytes) for view in views)]
-    return [b"".join(table), data, *views]
+             *(_LENGTH.pack(length) for length in lengths),
+             *(_NAME.pack(len(name)) + name for name in names)]
+    return [b"".join(table), data, *inline]
 
 
 def parts_size(parts: list[Part]) -> int:
@@ -59,25 +99,77 @@ def parts_size(parts: list[Part]) -> int:
     return sum(map(len, parts))  # a part's memoryview has format B: its len is its bytes
 
 
-def loads_body(body: memoryview) -> Any:
-    """What :func:`dumps_parts` pickled, from its parts written back to back.
-
-    Objects that travelled out of band are built on ``body``'s memory when it is
-    writable (arrays the receiver may change), else on a copy of theirs.
-    """
-    if not body.nbytes or body[0] != OUT_OF_BAND:
-        return pickle.loads(body)
+def _read_table(body: bytes | memoryview) -> tuple[int, list[int], list[str]]:
+    """A body's table: where the pickle starts, every buffer's length (flag and all), the names."""
     _, count = _COUNT.unpack_from(body)
     pos = _COUNT.size
     lengths = [_LENGTH.unpack_from(body, pos + i * _LENGTH.size)[0] for i in range(count + 1)]
     pos += (count + 1) * _LENGTH.size
+    names = []
+    for length in lengths[1:]:
+        if length & _IN_SEGMENT:
+            (size,) = _NAME.unpack_from(body, pos)
+            pos += _NAME.size
+            names.append(bytes(body[pos:pos + size]).decode())
+            pos += size
+    return pos, lengths, names
+
+
+def segment_names(parts: list[Part]) -> list[str]:
+    """The segments :func:`frame_parts` wrote for these parts (none if it wrote none)."""
+    first = parts[0]
+    if not first or first[0] != OUT_OF_BAND:
+        return []
+    return _read_table(first)[2]
+
+
+def shared_bytes(first: Part) -> int:
+    """How many bytes a body (or its first part) carries in segments, besides itself."""
+    if not first or first[0] != OUT_OF_BAND:
+        return 0
+    lengths = _read_table(first)[1][1:]
+    return sum(length & ~_IN_SEGMENT for length in lengths if length & _IN_SEGMENT)
+
+
+def loads_body(body: memoryview) -> Any:
+    """What :func:`frame_parts` framed, from its parts written back to back.
+
+    Objects that travelled out of band are built on ``body``'s memory when it is
+    writable (arrays the receiver may change), else on a copy of theirs; those
+    that came through segments, on the segments' mappings. Every segment's
+    name is unlinked, whatever happens.
+    """
+    if not body.nbytes or body[0] != OUT_OF_BAND:
+        return pickle.loads(body)
+    pos, lengths, names = _read_table(body)
     data = body[pos:pos + lengths[0]]
     pos += lengths[0]
     buffers: list[Any] = []
-    for size in lengths[1:]:
-        view = body[pos:pos + size]
-        buffers.append(bytearray(view) if body.readonly else view)
-        pos += size
+    mapped = iter(names)
+    try:
+        for length in lengths[1:]:
+            if length & _IN_SEGMENT:
+                from ._shm import read_segment
+
+                segment = read_segment(next(mapped))
+                if segment.nbytes != length & ~_IN_SEGMENT:
+                    raise ValueError(f"a segment of {segment.nbytes} bytes whose table says "
+                                     f"{length & ~_IN_SEGMENT}")
+                buffers.append(segment)
+            else:
+                view = body[pos:pos + length]
+                buffers.append(bytearray(view) if body.readonly else view)
+                pos += length
+    finally:
+        _unlink_all([name.encode() for name in mapped])  # those not reached
     if pos != body.nbytes:
         raise ValueError(f"a body of {body.nbytes} bytes whose table says {pos}")
     return pickle.loads(data, buffers=buffers)
+
+
+def _unlink_all(names: list[bytes]) -> None:
+    if names:
+        from ._shm import unlink
+
+        for name in names:
+            unlink(name.decode())

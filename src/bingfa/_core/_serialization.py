@@ -109,14 +109,15 @@ def dumps(obj: Any, main_by_value: bool = False,
     return _by_value.dumps(obj, callback)
 
 
-def dumps_parts(obj: Any, main_by_value: bool = False) -> list[Part]:
+def dumps_parts(obj: Any, main_by_value: bool = False, shared: bool = False) -> list[Part]:
     """:func:`dumps`, with big buffers beside the pickle: parts to write back to back.
 
     The receiver reads them into one buffer and decodes it with
-    :func:`~bingfa._core._out_of_band.loads_body`.
+    :func:`~bingfa._core._out_of_band.loads_body`. ``shared``: the biggest
+    buffers go through shared memory (see ``_out_of_band``).
     """
     buffers: list[pickle.PickleBuffer] = []
-    return frame_parts(dumps(obj, main_by_value, buffers), buffers)
+    return frame_parts(dumps(obj, main_by_value, buffers), buffers, shared)
 
 
 def dumps_function(fn: Any, main_inherited: Callable[[Any], bool] | None = None) -> bytes:

@@ -71,7 +71,7 @@ Chunk = tuple[list[Any], "dict[int, BaseException] | None"]
 class Batch:
     """Tasks of one job that travel to one worker together."""
 
-    __slots__ = ("attempts", "indices", "items", "job", "seq", "track")
+    __slots__ = ("attempts", "indices", "items", "job", "segments", "seq", "track")
 
     def __init__(self, job: Job, items: list[Any], indices: Sequence[int],
                  attempts: int = 0) -> None:
@@ -85,6 +85,9 @@ class Batch:
         # task for a crash or a timeout); the engine may force it on.
         self.track = job.per_task is None or job.per_task >= TRACK_THRESHOLD_SECONDS
         self.seq = 0  # set by the engine that sends it
+        # Shared memory its items went through, for the engine to free if the
+        # worker never reads them (see _core/_out_of_band).
+        self.segments: list[str] = []
 
     @classmethod
     def single(cls, job: Job, item: Any, index: int, attempts: int = 0) -> Batch:

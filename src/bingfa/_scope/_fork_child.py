@@ -32,9 +32,10 @@ from typing import Any
 from .._core._errors import WorkerCrashedError
 from .._core._futures import Future
 from .._core._interrupts import start_without_sigint
+from .._core._out_of_band import loads_body
 from .._core._proctree import descendants, end_tree
 from .._core._remote_traceback import capture, rebuild
-from .._core._serialization import serialization_error
+from .._core._serialization import dumps_parts, serialization_error
 from ._children import Child
 
 __all__ = ["ForkChild", "process_child"]
@@ -166,7 +167,7 @@ class ForkChild(Child):
     def _settle_from(self, data: bytes, status: int) -> None:
         if data:
             try:
-                kind, payload = pickle.loads(data)
+                kind, payload = loads_body(memoryview(data))
             except BaseException as exc:
                 self._settle(error=exc)
                 return
@@ -234,14 +235,17 @@ def _run_and_report(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
         outcome = (_ERROR, capture(exc))
         code = 1
     try:
-        data = pickle.dumps(outcome, pickle.HIGHEST_PROTOCOL)
+        # Big buffers (a numpy result) go through shared memory: the parent
+        # maps them instead of reading them through the pipe.
+        parts = dumps_parts(outcome, shared=True)
     except Exception as exc:
         error = serialization_error("the result of the process's function", outcome[1], exc)
-        data = pickle.dumps((_ERROR, capture(error)), pickle.HIGHEST_PROTOCOL)
+        parts = [pickle.dumps((_ERROR, capture(error)), pickle.HIGHEST_PROTOCOL)]
         code = 1
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    for part in parts:
+        view = memoryview(part).cast("B")
+        while view:
+            view = view[os.write(fd, view):]
     os.close(fd)
     return code
 

@@ -29,15 +29,14 @@ import _posixshmem  # type: ignore[import-not-found]
 import atexit
 import ctypes
 import itertools
-import mmap
 import os
-import secrets
 import sys
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._core._proctree import start_time
+from .._core._shm import map_shared, new_name, unmap
 from .._core._timeouts import limit_seconds
 
 if TYPE_CHECKING:
@@ -157,15 +156,6 @@ def is_alive(token: int) -> bool:
 
 # -- names ---------------------------------------------------------------------
 
-_serial = itertools.count()
-
-
-def _new_name(kind: str) -> str:
-    # The pid lets anyone tell whose a leftover is; the random part keeps
-    # names unguessable (a name is all it takes to open the primitive).
-    return f"/bf-{os.getpid()}-{kind}-{next(_serial)}-{secrets.token_hex(4)}"
-
-
 # The names this process made and has still to unlink, by serial number:
 # (creating pid, semaphores, block). Unlinked when the primitive is collected
 # (a finalizer) or at exit (_unlink_at_exit), whichever comes first.
@@ -226,7 +216,7 @@ def make_semaphore(value: int,
                    maxvalue: int = SEM_VALUE_MAX) -> tuple[str, SemLock]:
     """A new named counting semaphore, tracked for unlinking: (name, semaphore)."""
     while True:
-        name = _new_name("s")
+        name = new_name("s")
         try:
             sem = _multiprocessing.SemLock(_SEMAPHORE, value, maxvalue, name, False)
         except FileExistsError:
@@ -246,7 +236,7 @@ def open_semaphore(name: str, maxvalue: int = SEM_VALUE_MAX) -> SemLock:
 def _create_block(size: int) -> tuple[int, str]:
     """A new shared memory object of ``size`` bytes, tracked: (descriptor, name)."""
     while True:
-        name = _new_name("m")
+        name = new_name("m")
         try:
             fd: int = _posixshmem.shm_open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -293,13 +283,13 @@ class Block:
         size = words * _WORD
         fd, self.name = _create_block(size) if name is None else (_open_block(name), name)
         try:
-            address = _map_shared(fd, size)
+            address = map_shared(fd, size)
         finally:
             os.close(fd)  # the mapping keeps the memory
         self._array = (ctypes.c_int64 * words).from_address(address)
         # Unmapped when the last view goes, never at interpreter exit (finalize's
         # default): code running then may still touch it, and exit frees it anyway.
-        weakref.finalize(self._array, _libc().munmap, address, size).atexit = False
+        weakref.finalize(self._array, unmap, address, size).atexit = False
         #: The words, indexable like a list of ints.
         self.words = memoryview(self._array).cast("B").cast("q")
 
@@ -312,31 +302,6 @@ class Block:
         subclass of one): its reads and writes go to the block."""
         # from_buffer keeps the array, and so the mapping, alive as long as the object.
         return ctype.from_buffer(self._array)  # type: ignore[attr-defined, no-any-return]
-
-
-_LIBC: ctypes.CDLL | None = None
-
-
-def _libc() -> ctypes.CDLL:
-    global _LIBC
-    if _LIBC is None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                              ctypes.c_int, ctypes.c_long]
-        libc.munmap.restype = ctypes.c_int
-        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        _LIBC = libc
-    return _LIBC
-
-
-def _map_shared(fd: int, size: int) -> int:
-    """Map ``size`` bytes of ``fd`` shared, read and write; the address."""
-    address = _libc().mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, fd, 0)
-    if address is None or address == ctypes.c_void_p(-1).value:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"mmap of a shared block failed: {os.strerror(errno)}")
-    return int(address)
 
 
 # -- one object per primitive per process ----------------------------------------

@@ -36,7 +36,7 @@ import time
 import types
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..._core._errors import (
@@ -48,7 +48,13 @@ from ..._core._errors import (
 )
 from ..._core._futures import Future
 from ..._core._interrupts import deferred_sigint, start_without_sigint
-from ..._core._out_of_band import Part, loads_body, parts_size
+from ..._core._out_of_band import (
+    Part,
+    loads_body,
+    parts_size,
+    segment_names,
+    shared_bytes,
+)
 from ..._core._proctree import descendants, end_tree
 from ..._core._remote_traceback import rebuild
 from ..._core._serialization import (
@@ -59,6 +65,7 @@ from ..._core._serialization import (
     serialization_error,
     unpickling_error,
 )
+from ..._core._shm import unlink, unlink_left_by
 from .._batch import CALL_KW, CALL_STAR
 from .._jobs import Batch, Job, OneJob
 from .._scheduler import Scheduler
@@ -251,13 +258,19 @@ class ProcessEngine(Engine):
                 # now) fail at once instead of waiting in a dead pool.
                 self.scheduler.broken = error
             jobs = self.scheduler.cancel_all()
+            workers = []
             for p in self._slots:
                 if p is not None:
                     jobs.extend(b.job for b in p.inflight)
+                    _free_segments(p.inflight)
                     p.inflight.clear()
+                    workers.append(p.pid)
         self.abort_jobs(jobs, error)
         self._poke()
         self.join()
+        for pid in workers:  # results they were writing when they were killed
+            if pid:
+                unlink_left_by(pid)
 
     def _inherited_from_main(self, fn: Callable[..., Any]) -> bool:
         """Whether every worker (all forked since start()) has ``fn`` in its __main__."""
@@ -527,12 +540,14 @@ class ProcessEngine(Engine):
             posts.append(_fail_batch(batch, exc))
             return
         try:
-            items = dumps_parts(batch.items, self._main_by_value)
+            items = dumps_parts(batch.items, self._main_by_value, shared=True)
         except Exception as exc:
             posts.append(self._unpicklable(batch, exc))
             return
+        batch.segments = segment_names(items)
         items_size = parts_size(items)
-        job.note_bytes(len(batch.items), items_size, results=False)
+        # What the batch carries, in the pipe and beside it: batches are sized by it.
+        job.note_bytes(len(batch.items), items_size + shared_bytes(items[0]), results=False)
         known = p.known
         parts: list[Part] = []
         if fn_id in known:
@@ -649,6 +664,7 @@ class ProcessEngine(Engine):
             for p in [*self._slots, *self._dying]:
                 if p is not None:
                     running += [b.job for b in p.inflight]
+                    _free_segments(p.inflight)
                     p.inflight.clear()
                     if p.pid:
                         with contextlib.suppress(ProcessLookupError):
@@ -788,6 +804,9 @@ class ProcessEngine(Engine):
         """
         batches = list(p.inflight)
         p.inflight.clear()
+        _free_segments(batches)
+        if p.pid:
+            unlink_left_by(p.pid)  # results it was writing when it died
         if not batches:
             return
         head = batches.pop(0)
@@ -978,7 +997,8 @@ class ProcessEngine(Engine):
             if batch is None:
                 return
             body = memoryview(payload)[DONE.size:]
-            batch.job.note_bytes(len(batch.items), body.nbytes, results=True)
+            batch.job.note_bytes(len(batch.items), body.nbytes + shared_bytes(body),
+                                 results=True)
             posts.append(_delivery(batch, body, elapsed))
             self._retire_if_spent(p)
         elif kind == KIND_LOAD_FAILED:
@@ -1081,6 +1101,14 @@ _STOP_FRAME = FRAME.pack(1) + bytes([KIND_STOP])
 def _run_posts(posts: list[_Post]) -> None:
     for post in posts:
         post()
+
+
+def _free_segments(batches: Iterable[Batch]) -> None:
+    """Unlink the shared memory of batches a worker may not have read (read ones are gone)."""
+    for batch in batches:
+        for name in batch.segments:
+            unlink(name)
+        batch.segments = []
 
 
 def _requeue_all(batch: Batch) -> _Post:

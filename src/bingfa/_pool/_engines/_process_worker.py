@@ -114,9 +114,20 @@ def _multiprocessing_authkey() -> bytes | None:
     return bytes(process.current_process().authkey)
 
 
-def _leave() -> NoReturn:
-    """The pool's process is gone: end what this worker's task started, then exit."""
+def _leave(dead_parent: int | None = None) -> NoReturn:
+    """The pool's process is gone or gave up on this worker: end what its task started, exit.
+
+    Results this worker wrote to shared memory (see ``_core/_out_of_band``)
+    will not be read: they go. So do the pool's, given ``dead_parent``, the
+    pid of a pool process known to be dead (only then: a live pool's other
+    workers may still be reading theirs).
+    """
     end_tree(os.getpid(), include_root=False)
+    from ..._core._shm import unlink_left_by
+
+    unlink_left_by(os.getpid())
+    if dead_parent is not None:
+        unlink_left_by(dead_parent)
     os._exit(70)
 
 
@@ -125,7 +136,7 @@ def _exit_when_parent_dies(parent_pid: int) -> None:
     try:
         pidfd = os.pidfd_open(parent_pid)
     except ProcessLookupError:
-        _leave()
+        _leave(parent_pid)
     except (AttributeError, OSError):
         # No pidfd (old kernel, not Linux): poll the parent instead.
         def poll() -> None:
@@ -134,7 +145,7 @@ def _exit_when_parent_dies(parent_pid: int) -> None:
                 try:
                     os.kill(parent_pid, 0)
                 except ProcessLookupError:
-                    _leave()
+                    _leave(parent_pid)
                 except PermissionError:
                     pass
 
@@ -143,7 +154,7 @@ def _exit_when_parent_dies(parent_pid: int) -> None:
 
     def wait() -> None:
         select.select([pidfd], [], [])
-        _leave()
+        _leave(parent_pid)
 
     # A bare thread: threading.Thread.start() waits until the new thread has
     # run, a round trip through the scheduler that costs a forked bf.Process
@@ -176,7 +187,7 @@ def _encode_results(fn: Callable[..., Any], items: list[Any], call: int, values:
                     errors: list[tuple[int, Any]] | None) -> list[Part]:
     """Pickle a batch's outcomes; results that cannot be pickled become errors."""
     try:
-        return dumps_parts((values, errors))
+        return dumps_parts((values, errors), shared=True)
     except Exception:
         pass
     # Find the culprits one by one and report them as that task's error.
@@ -194,7 +205,7 @@ def _encode_results(fn: Callable[..., Any], items: list[Any], call: int, values:
             errors.append((i, capture(err)))
             values[i] = None
     errors.sort(key=lambda e: e[0])
-    return dumps_parts((values, errors))
+    return dumps_parts((values, errors), shared=True)
 
 
 def serve_inherited(boot: WorkerBoot, task_fd: int, result_fd: int, progress_fd: int) -> None:

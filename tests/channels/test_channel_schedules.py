@@ -80,4 +80,5 @@ def test_every_item_arrives_exactly_once_in_order_per_producer(mode, maxsize, pr
         for n in range(len(producers)):
             mine = [i for p, i in out if p == n]
             assert mine == sorted(mine)
-    assert ch.closed and ch.qsize() == 0
+    assert ch.closed
+    assert ch.qsize() == 0
