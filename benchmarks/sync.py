@@ -44,15 +44,20 @@ import bingfa as bf
 FORK = multiprocessing.get_context("fork")
 
 
-def increments(lock: Any, value: Any, n: int, go: Any, out: Any) -> None:
-    go.wait()
-    start = time.perf_counter()
+def locked_increments(lock: Any, value: Any, n: int) -> None:
+    """The seed's loop: n increments of a shared integer, each under the lock."""
     for _ in range(n):
         lock.acquire()
         try:
             value.value += 1
         finally:
             lock.release()
+
+
+def increments(lock: Any, value: Any, n: int, go: Any, out: Any) -> None:
+    go.wait()
+    start = time.perf_counter()
+    locked_increments(lock, value, n)
     out.put((start, time.perf_counter()))
 
 
@@ -109,12 +114,7 @@ def serial(make: Any, n: int) -> float:
     """Seconds for one process alone making n locked increments."""
     lock, value = make()
     start = time.perf_counter()
-    for _ in range(n):
-        lock.acquire()
-        try:
-            value.value += 1
-        finally:
-            lock.release()
+    locked_increments(lock, value, n)
     return time.perf_counter() - start
 
 
