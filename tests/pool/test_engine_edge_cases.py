@@ -276,7 +276,10 @@ def test_a_failing_manager_fails_the_tasks_in_flight(tmp_path):
         import resource, signal
         d = {str(tmp_path)!r}
         def task(i):
-            open(os.path.join(d, f"{{i}}.pid"), "w").write(str(os.getpid()))
+            # Written whole, then renamed: the parent never reads a half-made file.
+            with open(os.path.join(d, f"{{i}}.tmp"), "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(os.path.join(d, f"{{i}}.tmp"), os.path.join(d, f"{{i}}.pid"))
             time.sleep(3)
             return i
         if __name__ == "__main__":
@@ -285,7 +288,7 @@ def test_a_failing_manager_fails_the_tasks_in_flight(tmp_path):
             th = threading.Thread(target=lambda: out.append(pool.map(task, [0, 1], chunksize=1)),
                                   daemon=True)
             th.start()
-            while len(os.listdir(d)) < 2: time.sleep(0.01)
+            while len([n for n in os.listdir(d) if n.endswith(".pid")]) < 2: time.sleep(0.01)
             victim = int(open(os.path.join(d, "0.pid")).read())
             resource.setrlimit(resource.RLIMIT_NOFILE,
                                (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
