@@ -141,3 +141,41 @@ def test_a_gib_through_a_channel_is_not_copied_again_in_the_receiver():
 def _segments_of(*pids: int) -> list[str]:
     prefixes = tuple(f"bf-{pid}-o-" for pid in pids)
     return [n for n in os.listdir("/dev/shm") if n.startswith(prefixes)]
+
+
+def noop(a):
+    return a
+
+
+@pytest.mark.timeout(60)
+def test_the_segments_of_arguments_are_written_again_once_the_worker_lets_go():
+    arrays = [np.full(SHARED_MIN // 8 * 2, float(i)) for i in range(16)]
+    with bf.Pool(2, mode="process") as pool:
+        first = pool.map(noop, arrays, chunksize=1)
+        made = pool._engine._segments.created
+        second = pool.map(noop, arrays, chunksize=1)
+        assert pool._engine._segments.created == made  # all written into kept segments
+    assert made <= 8  # a few per worker, not one per array
+    for i, (a, b) in enumerate(zip(first, second, strict=True)):
+        assert float(a[0]) == float(b[-1]) == float(i)
+
+
+KEPT = []
+
+
+def keep(a):
+    KEPT.append(a)  # the task holds on to its argument: its segment must not be written again
+    return float(a[0])
+
+
+def kept_firsts(_):
+    return [float(a[0]) for a in KEPT]
+
+
+@pytest.mark.timeout(60)
+def test_a_segment_a_task_keeps_is_never_written_again():
+    with bf.Pool(1, mode="process") as pool:
+        firsts = [pool.submit(keep, np.full(SHARED_MIN // 8 * 2, float(i))).result(30)
+                  for i in range(6)]
+        assert firsts == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+        assert pool.submit(kept_firsts, 0).result(30) == firsts  # nothing overwritten

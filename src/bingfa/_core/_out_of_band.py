@@ -21,18 +21,24 @@ of band; otherwise with ``OUT_OF_BAND`` and a table:
     | each segment's name (u16 length, bytes) ... | pickle | buffer | buffer ...
 
 A length with its top bit set is a buffer in a segment (named after the
-lengths, in order); the others follow the pickle, in order.
+lengths, in order); the others follow the pickle, in order. With the next bit
+set too, the segment is lent (see ``_segment_cache``): the receiver keeps its
+name, and reports when it has let go of it.
 """
 
 from __future__ import annotations
 
 import pickle
 import struct
+import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["OUT_OF_BAND_MIN", "SHARED_MIN", "collector", "frame_parts", "loads_body",
-           "parts_size", "segment_names", "shared_bytes"]
+if TYPE_CHECKING:
+    from ._segment_cache import SegmentCache
+
+__all__ = ["OUT_OF_BAND_MIN", "SHARED_MIN", "collector", "frame_parts", "let_go",
+           "loads_body", "parts_size", "segment_names", "shared_bytes"]
 
 OUT_OF_BAND_MIN = 1 << 16  # smaller buffers are copied into the pickle
 # Buffers this big go through shared memory where the caller allows it: from
@@ -44,6 +50,8 @@ _COUNT = struct.Struct("<BI")
 _LENGTH = struct.Struct("<Q")
 _NAME = struct.Struct("<H")
 _IN_SEGMENT = 1 << 63
+_LENT = 1 << 62
+_FLAGS = _IN_SEGMENT | _LENT
 
 Part = bytes | memoryview
 
@@ -60,14 +68,14 @@ def collector(buffers: list[pickle.PickleBuffer]) -> Callable[[pickle.PickleBuff
     return keep_in_band
 
 
-def frame_parts(data: bytes, buffers: list[pickle.PickleBuffer],
-                shared: bool = False) -> list[Part]:
+def frame_parts(data: bytes, buffers: list[pickle.PickleBuffer], shared: bool = False,
+                cache: SegmentCache | None = None) -> list[Part]:
     """A pickle and its out-of-band buffers as parts to write one after the other.
 
     With ``shared``, buffers of ``SHARED_MIN`` bytes or more are written to
-    segments instead, which the receiver's :func:`loads_body` maps and
-    unlinks; :func:`segment_names` lists them, for a sender whose receiver may
-    never read the parts.
+    segments instead (lent from ``cache`` where it has room), which the
+    receiver's :func:`loads_body` maps; :func:`segment_names` lists them, for
+    a sender whose receiver may never read the parts.
     """
     if not buffers:
         return [data]
@@ -78,15 +86,23 @@ def frame_parts(data: bytes, buffers: list[pickle.PickleBuffer],
     try:
         for view in views:
             if shared and view.nbytes >= SHARED_MIN:
-                from ._shm import write_segment
+                if cache is not None:
+                    name, lent = cache.write(view)
+                else:
+                    from ._shm import write_segment
 
-                names.append(write_segment([view]).encode())
-                lengths.append(view.nbytes | _IN_SEGMENT)
+                    name, lent = write_segment([view]), False
+                names.append(name.encode())
+                lengths.append(view.nbytes | _IN_SEGMENT | (_LENT if lent else 0))
             else:
                 lengths.append(view.nbytes)
                 inline.append(view)
     except BaseException:
-        _unlink_all(names)
+        for written in names:
+            if cache is not None:
+                cache.abandon(written.decode())
+            else:
+                _unlink_all([written])
         raise
     table = [_COUNT.pack(OUT_OF_BAND, len(views)), _LENGTH.pack(len(data)),
              *(_LENGTH.pack(length) for length in lengths),
@@ -128,16 +144,18 @@ def shared_bytes(first: Part) -> int:
     if not first or first[0] != OUT_OF_BAND:
         return 0
     lengths = _read_table(first)[1][1:]
-    return sum(length & ~_IN_SEGMENT for length in lengths if length & _IN_SEGMENT)
+    return sum(length & ~_FLAGS for length in lengths if length & _IN_SEGMENT)
 
 
-def loads_body(body: memoryview) -> Any:
+def loads_body(body: memoryview, lent: list[tuple[str, weakref.ref[Any]]] | None = None) -> Any:
     """What :func:`frame_parts` framed, from its parts written back to back.
 
     Objects that travelled out of band are built on ``body``'s memory when it is
     writable (arrays the receiver may change), else on a copy of theirs; those
-    that came through segments, on the segments' mappings. Every segment's
-    name is unlinked, whatever happens.
+    that came through segments, on the segments' mappings. Every given
+    segment's name is unlinked, whatever happens; each lent one goes into
+    ``lent`` with a weak reference to its mapping, dead once nothing built on
+    it is alive (see :func:`let_go`).
     """
     if not body.nbytes or body[0] != OUT_OF_BAND:
         return pickle.loads(body)
@@ -145,26 +163,42 @@ def loads_body(body: memoryview) -> Any:
     data = body[pos:pos + lengths[0]]
     pos += lengths[0]
     buffers: list[Any] = []
-    mapped = iter(names)
+    # (name, flagged length) of each segment, in order; those not reached
+    # when something fails are unlinked if given (lent ones are the sender's).
+    segments = list(zip(names, [n for n in lengths[1:] if n & _IN_SEGMENT], strict=True))
+    reached = 0
     try:
         for length in lengths[1:]:
             if length & _IN_SEGMENT:
                 from ._shm import read_segment
 
-                segment = read_segment(next(mapped))
-                if segment.nbytes != length & ~_IN_SEGMENT:
+                name = segments[reached][0]
+                reached += 1
+                segment = read_segment(name, given=not length & _LENT)
+                if length & _LENT and lent is not None:
+                    lent.append((name, weakref.ref(segment.obj)))
+                size = length & ~_FLAGS
+                if segment.nbytes < size:
                     raise ValueError(f"a segment of {segment.nbytes} bytes whose table says "
-                                     f"{length & ~_IN_SEGMENT}")
-                buffers.append(segment)
+                                     f"{size}")
+                buffers.append(segment[:size])
             else:
                 view = body[pos:pos + length]
                 buffers.append(bytearray(view) if body.readonly else view)
                 pos += length
     finally:
-        _unlink_all([name.encode() for name in mapped])  # those not reached
+        _unlink_all([name.encode() for name, length in segments[reached:]
+                     if not length & _LENT])
     if pos != body.nbytes:
         raise ValueError(f"a body of {body.nbytes} bytes whose table says {pos}")
     return pickle.loads(data, buffers=buffers)
+
+
+def let_go(lent: list[tuple[str, weakref.ref[Any]]]) -> tuple[list[str], list[str]]:
+    """Lent segments, split: (those nothing here uses any more, those still in use)."""
+    free = [name for name, mapping in lent if mapping() is None]
+    kept = [name for name, mapping in lent if mapping() is not None]
+    return free, kept
 
 
 def _unlink_all(names: list[bytes]) -> None:

@@ -27,12 +27,15 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _main_by_value
 from ._errors import SerializationError
 from ._out_of_band import Part, collector, frame_parts
 from ._weakcallables import WeakCallableMap
+
+if TYPE_CHECKING:
+    from ._segment_cache import SegmentCache
 
 __all__ = [
     "FunctionCache",
@@ -109,15 +112,17 @@ def dumps(obj: Any, main_by_value: bool = False,
     return _by_value.dumps(obj, callback)
 
 
-def dumps_parts(obj: Any, main_by_value: bool = False, shared: bool = False) -> list[Part]:
+def dumps_parts(obj: Any, main_by_value: bool = False, shared: bool = False,
+                cache: SegmentCache | None = None) -> list[Part]:
     """:func:`dumps`, with big buffers beside the pickle: parts to write back to back.
 
     The receiver reads them into one buffer and decodes it with
     :func:`~bingfa._core._out_of_band.loads_body`. ``shared``: the biggest
-    buffers go through shared memory (see ``_out_of_band``).
+    buffers go through shared memory, lent from ``cache`` where it has room
+    (see ``_out_of_band``).
     """
     buffers: list[pickle.PickleBuffer] = []
-    return frame_parts(dumps(obj, main_by_value, buffers), buffers, shared)
+    return frame_parts(dumps(obj, main_by_value, buffers), buffers, shared, cache)
 
 
 def dumps_function(fn: Any, main_inherited: Callable[[Any], bool] | None = None) -> bytes:

@@ -117,11 +117,16 @@ def _after(views: list[memoryview], done: int) -> list[memoryview]:
     return views
 
 
-def read_segment(name: str) -> memoryview:
-    """Segment ``name``, mapped (a writable view); its name is unlinked."""
+def read_segment(name: str, given: bool = True) -> memoryview:
+    """Segment ``name``, mapped (a writable view); its name is unlinked if ``given``.
+
+    A segment that is only lent (see ``_segment_cache``) keeps its name: its
+    sender writes it again once the view, and all built on it, are gone.
+    """
     fd = _posixshmem.shm_open(name, os.O_RDWR, 0o600)
     try:
-        unlink(name)
+        if given:
+            unlink(name)
         size = os.fstat(fd).st_size
         if size == 0:
             return memoryview(b"")

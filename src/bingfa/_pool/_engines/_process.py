@@ -57,6 +57,7 @@ from ..._core._out_of_band import (
 )
 from ..._core._proctree import descendants, end_tree
 from ..._core._remote_traceback import rebuild
+from ..._core._segment_cache import SegmentCache
 from ..._core._serialization import (
     FunctionCache,
     dumps_function,
@@ -65,7 +66,7 @@ from ..._core._serialization import (
     serialization_error,
     unpickling_error,
 )
-from ..._core._shm import unlink, unlink_left_by
+from ..._core._shm import unlink_left_by
 from .._batch import CALL_KW, CALL_STAR
 from .._jobs import Batch, Job, OneJob
 from .._scheduler import Scheduler
@@ -91,6 +92,7 @@ from ._wire import (
     SLOT_SEQ,
     SLOT_STARTED,
     WRITEV_MAX,
+    unpack_names,
 )
 
 __all__ = ["ProcessEngine", "default_start_method"]
@@ -175,6 +177,9 @@ class ProcessEngine(Engine):
         self._method = self.start_method = method
         # Workers not forked from this process never see its __main__.
         self._main_by_value = method != "fork"
+        # Segments the batches' big buffers are written into, lent to workers
+        # and written again once given back (see _core/_segment_cache).
+        self._segments = SegmentCache()
         # With fork, workers have this process's __main__ as it was when they
         # forked: its functions that existed then go by name (see start()).
         self._main_at_fork: dict[str, weakref.ref[Callable[..., Any]]] = {}
@@ -262,7 +267,7 @@ class ProcessEngine(Engine):
             for p in self._slots:
                 if p is not None:
                     jobs.extend(b.job for b in p.inflight)
-                    _free_segments(p.inflight)
+                    self._free_segments(p.inflight)
                     p.inflight.clear()
                     workers.append(p.pid)
         self.abort_jobs(jobs, error)
@@ -540,7 +545,8 @@ class ProcessEngine(Engine):
             posts.append(_fail_batch(batch, exc))
             return
         try:
-            items = dumps_parts(batch.items, self._main_by_value, shared=True)
+            items = dumps_parts(batch.items, self._main_by_value, shared=True,
+                                cache=self._segments)
         except Exception as exc:
             posts.append(self._unpicklable(batch, exc))
             return
@@ -664,7 +670,7 @@ class ProcessEngine(Engine):
             for p in [*self._slots, *self._dying]:
                 if p is not None:
                     running += [b.job for b in p.inflight]
-                    _free_segments(p.inflight)
+                    self._free_segments(p.inflight)
                     p.inflight.clear()
                     if p.pid:
                         with contextlib.suppress(ProcessLookupError):
@@ -804,7 +810,7 @@ class ProcessEngine(Engine):
         """
         batches = list(p.inflight)
         p.inflight.clear()
-        _free_segments(batches)
+        self._free_segments(batches)
         if p.pid:
             unlink_left_by(p.pid)  # results it was writing when it died
         if not batches:
@@ -992,11 +998,17 @@ class ProcessEngine(Engine):
         """One frame from a worker (lock held)."""
         kind = payload[0]
         if kind == KIND_DONE:
-            _, seq, elapsed = DONE.unpack_from(payload)
+            _, seq, elapsed, released = DONE.unpack_from(payload)
+            free, offset = unpack_names(payload, DONE.size, released)
+            for name in free:
+                self._segments.given_back(name)
             batch = self._pop(p, seq)
             if batch is None:
                 return
-            body = memoryview(payload)[DONE.size:]
+            # Those the worker did not give back go.
+            batch.segments = [name for name in batch.segments if name not in free]
+            self._free_segments([batch])
+            body = memoryview(payload)[offset:]
             batch.job.note_bytes(len(batch.items), body.nbytes + shared_bytes(body),
                                  results=True)
             posts.append(_delivery(batch, body, elapsed))
@@ -1006,6 +1018,7 @@ class ProcessEngine(Engine):
             batch = self._pop(p, seq)
             if batch is None:
                 return
+            self._free_segments([batch])
             cause = rebuild(pickle.loads(memoryview(payload)[LOAD_FAILED.size:]))
             if fn_failed:
                 p.known.clear()  # it kept none of the function: send it again next time
@@ -1053,6 +1066,17 @@ class ProcessEngine(Engine):
         self._pending_starts.clear()
         return not self._dying and not self._stragglers
 
+    def _free_segments(self, batches: Iterable[Batch]) -> None:
+        """Give up the shared memory of batches a worker is done with or lost (lock held).
+
+        A segment the worker gave back was made free already; every other one
+        (kept by a task, never read, given rather than lent) is unlinked.
+        """
+        for batch in batches:
+            for name in batch.segments:
+                self._segments.abandon(name)
+            batch.segments = []
+
     def _close_everything(self) -> None:
         with self._lock:
             leftovers = [p for p in [*self._slots, *self._dying] if p is not None]
@@ -1067,6 +1091,7 @@ class ProcessEngine(Engine):
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._poller.close()
+            self._segments.close()
 
     # --- small helpers -------------------------------------------------------------------
     def _register(self, fd: int, kind: int, p: _Proc | None) -> None:
@@ -1101,14 +1126,6 @@ _STOP_FRAME = FRAME.pack(1) + bytes([KIND_STOP])
 def _run_posts(posts: list[_Post]) -> None:
     for post in posts:
         post()
-
-
-def _free_segments(batches: Iterable[Batch]) -> None:
-    """Unlink the shared memory of batches a worker may not have read (read ones are gone)."""
-    for batch in batches:
-        for name in batch.segments:
-            unlink(name)
-        batch.segments = []
 
 
 def _requeue_all(batch: Batch) -> _Post:

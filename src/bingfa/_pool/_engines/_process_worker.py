@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ..._core._context import WorkerContext, set_process_context
-from ..._core._out_of_band import Part, loads_body
+from ..._core._out_of_band import Part, let_go, loads_body
 from ..._core._proctree import end_tree
 from ..._core._remote_traceback import capture
 from ..._core._serialization import dumps, dumps_parts, loads_function, serialization_error
@@ -46,6 +46,7 @@ from ._wire import (
     SLOT_SEQ,
     SLOT_STARTED,
     WRITEV_MAX,
+    pack_names,
 )
 
 __all__ = ["WorkerBoot", "serve_inherited", "serve_received"]
@@ -340,8 +341,9 @@ def _serve(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: i
         except BaseException as exc:
             writer.send(LOAD_FAILED.pack(KIND_LOAD_FAILED, seq, 1), dumps(capture(exc)))
             continue
+        lent: list[tuple[str, Any]] = []  # segments the parent lent this batch
         try:
-            items = loads_body(frame[fn_len:])
+            items = loads_body(frame[fn_len:], lent)
         except BaseException as exc:
             writer.send(LOAD_FAILED.pack(KIND_LOAD_FAILED, seq, 0), dumps(capture(exc)))
             continue
@@ -360,5 +362,9 @@ def _serve(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: i
         # worker (they may be large, or hold resources the caller expects
         # freed): only the bytes are left when the frame goes out.
         del values, errors
-        writer.send(DONE.pack(KIND_DONE, seq, elapsed), *result)
+        # The lent segments nothing here uses any more may be written again;
+        # one a task kept something of is the parent's to give up.
+        free = let_go(lent)[0]
+        del lent
+        writer.send(DONE.pack(KIND_DONE, seq, elapsed, len(free)), pack_names(free), *result)
         del result

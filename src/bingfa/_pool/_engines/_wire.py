@@ -26,6 +26,8 @@ __all__ = [
     "KIND_STOP",
     "LOAD_FAILED",
     "READY",
+    "pack_names",
+    "unpack_names",
 ]
 
 FRAME = struct.Struct("<Q")
@@ -44,7 +46,9 @@ KIND_FORGET = 2
 KIND_STOP = 3
 
 # worker -> parent
-DONE = struct.Struct("<BQd")  # kind, seq, seconds spent; then pickled (values, errors)
+# kind, seq, seconds spent, how many lent segments the worker let go of; then
+# their names (see pack_names), then pickled (values, errors)
+DONE = struct.Struct("<BQdH")
 LOAD_FAILED = struct.Struct("<BQB")  # kind, seq, 1 if the function failed else 0; then error
 READY = 3
 INIT_FAILED = 4
@@ -60,3 +64,23 @@ SLOT_BYTES = 64
 # worker's (a crash now is blamed on it), but no task has started, so no
 # task's time runs yet (a large argument does not count against task_timeout).
 LOADING = -2
+
+
+_NAME = struct.Struct("<H")
+
+
+def pack_names(names: list[str]) -> bytes:
+    """Names one after the other, each after its length (u16)."""
+    return b"".join(_NAME.pack(len(encoded)) + encoded
+                    for encoded in (name.encode() for name in names))
+
+
+def unpack_names(data: bytes | memoryview, offset: int, count: int) -> tuple[list[str], int]:
+    """``count`` names that :func:`pack_names` wrote at ``offset``; and the offset after them."""
+    names = []
+    for _ in range(count):
+        (size,) = _NAME.unpack_from(data, offset)
+        offset += _NAME.size
+        names.append(bytes(data[offset:offset + size]).decode())
+        offset += size
+    return names, offset
