@@ -26,7 +26,8 @@ from typing import Any, NamedTuple
 from .._core._timeouts import limit_seconds
 from ._errors import ChannelClosedError, ChannelEmpty, ChannelFull
 
-__all__ = ["Channel", "ChannelStatistics", "check_maxsize", "check_producers", "deadline_of"]
+__all__ = ["Channel", "ChannelStatistics", "check_max_items", "check_maxsize", "check_producers",
+           "deadline_of"]
 
 MODES = ("thread", "process")
 
@@ -162,9 +163,7 @@ class Channel:
         ``timeout`` bounds the whole call; on ChannelFull the items before
         the one that did not fit are in the channel.
         """
-        deadline = deadline_of(timeout)
-        for item in items:
-            self.put(item, remaining(deadline))
+        raise NotImplementedError
 
     def get_many(self, max_items: int, timeout: float | None = None) -> list[Any]:
         """Take up to ``max_items`` items: waits for the first, then takes what is there.
@@ -173,14 +172,7 @@ class Channel:
             ChannelClosedError: the channel is closed and drained.
             ChannelEmpty: ``timeout`` passed before the first item came.
         """
-        check_max_items(max_items)
-        items = [self.get(timeout)]
-        while len(items) < max_items:
-            try:
-                items.append(self.get_nowait())
-            except (ChannelEmpty, ChannelClosedError):
-                break
-        return items
+        raise NotImplementedError
 
     def __iter__(self) -> Iterator[Any]:
         """Each item in turn, until the channel is closed and drained."""
@@ -252,13 +244,6 @@ def deadline_of(timeout: float | None) -> float | None:
     return None if seconds is None else time.monotonic() + seconds
 
 
-def remaining(deadline: float | None) -> float | None:
-    """Seconds left until ``deadline`` (never below 0), or None."""
-    if deadline is None:
-        return None
-    return max(0.0, deadline - time.monotonic())
-
-
 def check_maxsize(maxsize: int | None, default: int) -> int:
     """``maxsize`` as a count (0: no limit), ``default`` for None; TypeError or ValueError."""
     if maxsize is None:
@@ -287,11 +272,3 @@ def check_max_items(max_items: int) -> None:
         raise TypeError(f"max_items must be an int, not {type(max_items).__name__}")
     if max_items < 1:
         raise ValueError(f"max_items must be at least 1, not {max_items}")
-
-
-async def sleep_until(deadline: float | None, longest: float) -> None:
-    """Sleep ``longest`` seconds at most, and not past ``deadline``."""
-    import asyncio  # loaded already: this runs in an event loop
-
-    wait = longest if deadline is None else min(longest, max(0.0, deadline - time.monotonic()))
-    await asyncio.sleep(wait)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ._channel import (
     Channel,
     ChannelStatistics,
+    check_max_items,
     check_maxsize,
     check_producers,
     deadline_of,
@@ -144,8 +145,6 @@ class ThreadChannel(Channel):
             return self._pop()
 
     def get_many(self, max_items: int, timeout: float | None = None) -> list[Any]:
-        from ._channel import check_max_items
-
         check_max_items(max_items)
         with self._lock:
             if not self._items:
