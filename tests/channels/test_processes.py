@@ -296,3 +296,48 @@ def test_an_item_that_cannot_be_unpickled_fails_its_get_and_nothing_else():
         ch.get_many(10)
     assert ch.get_many(10) == ["next", "batch"]
     assert ch.qsize() == 0
+
+
+KILLED_CREATOR = textwrap.dedent('''\
+    import time
+    import numpy as np
+    import bingfa as bf
+
+    def produce(ch):
+        for i in range(3):
+            ch.put(np.full(1 << 18, i))      # 2 MiB each, unread
+        # this producer has exited when its creator is killed
+
+    ch = bf.Channel(mode="process")
+    with bf.scope() as s:
+        s.spawn(produce, ch, mode="process")
+    waiter = bf.Process(time.sleep, (60,))   # a child of this process, as a consumer would be
+    waiter.start()
+    print("holding", flush=True)
+    time.sleep(60)
+''')
+
+
+@pytest.mark.timeout(60)
+def test_a_creator_killed_with_big_items_unread_leaves_nothing_within_2_seconds(tmp_path):
+    import psutil
+
+    script = tmp_path / "killed_creator.py"
+    script.write_text(KILLED_CREATOR)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "holding\n"
+        family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        mine = [n for n in os.listdir("/dev/shm") if n.startswith(f"bf-{proc.pid}-o-")]
+        assert len(mine) == 3
+        proc.kill()
+        proc.wait(10)
+        assert wait_until(lambda: not any(os.path.exists(f"/dev/shm/{n}") for n in mine),
+                          timeout=2.0)
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+    for pid in family[1:]:
+        assert wait_until(lambda pid=pid: not psutil.pid_exists(pid)
+                          or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=10)

@@ -4,7 +4,7 @@ One shared block holds the channel's state words, a table of producer slots
 and the ring of records (see ``_ring``, which owns the record format and the
 two words that publish and take records). The state words besides the ring's:
 ``CLOSED``, ``PRODUCERS_LEFT`` (-1 when ``close()`` closes at once), the
-``PUTS`` and ``GETS`` totals; the slots hold the tokens (see
+``PUTS`` and ``GETS`` totals, the ``CREATOR``'s pid; the slots hold the tokens (see
 ``_sync._shared.owner_token``) of processes inside ``with ch.producer():``.
 
 The put and get locks are :class:`bingfa.Lock`\\ s, so a process killed while
@@ -81,7 +81,7 @@ _SPINS = 100
 _NOWAIT_PATIENCE = 0.01
 
 # The block's words: the state, the producer slots, then the ring.
-CLOSED, PRODUCERS_LEFT, PUTS, GETS = 2, 3, 4, 5  # 0 and 1 are the ring's TAIL and HEAD
+CLOSED, PRODUCERS_LEFT, PUTS, GETS, CREATOR = 2, 3, 4, 5, 6  # 0, 1: the ring's TAIL, HEAD
 _SLOTS_AT = 8
 _SLOTS = 64
 _RING_AT = _SLOTS_AT + _SLOTS
@@ -126,6 +126,7 @@ class ProcessChannel(Channel, Shared):
         block = Block(_RING_AT + capacity // 8)
         self._setup(maxsize, block, items_bell, room_bell, Lock(), Lock(), Lock())
         self._words[PRODUCERS_LEFT] = -1 if left is None else left
+        self._words[CREATOR] = os.getpid()
         self._created(block.name, (items_name, room_name), block.name)
         # Before the names go, the segments of big items nobody took.
         weakref.finalize(self, _free_unread, os.getpid(), self._ring)
@@ -232,7 +233,10 @@ class ProcessChannel(Channel, Shared):
             raise serialization_error("the item put to the channel", item, exc) from exc
         if not buffers and len(data) <= self._inline_max:
             return INLINE, data, 1
-        return SPILL, write_segment(frame_parts(data, buffers)).encode(), 1
+        # Named for the channel's creator: if it is killed, its bingfa workers
+        # and children remove what is left as they exit (see _core/_shm).
+        parts = frame_parts(data, buffers)
+        return SPILL, write_segment(parts, owner=self._words[CREATOR]).encode(), 1
 
     def _batch_records(self, items: list[Any]) -> list[Record]:
         """``items`` as one batch record, or one record each if that cannot be."""

@@ -36,9 +36,14 @@ SEGMENT = "o"  # the kind letter of a big buffer's segment
 _serial = itertools.count()
 
 
-def new_name(kind: str) -> str:
-    """A fresh shared memory name for this process (see the module's docstring)."""
-    return f"/bf-{os.getpid()}-{kind}-{next(_serial)}-{secrets.token_hex(4)}"
+def new_name(kind: str, owner: int | None = None) -> str:
+    """A fresh shared memory name (see the module's docstring).
+
+    It carries ``owner``'s pid (this process's by default): the process whose
+    death makes the segment an orphan, for :func:`unlink_left_by`.
+    """
+    pid = os.getpid() if owner is None else owner
+    return f"/bf-{pid}-{kind}-{next(_serial)}-{secrets.token_hex(4)}"
 
 
 _LIBC: ctypes.CDLL | None = None
@@ -81,12 +86,12 @@ def mapped_bytes(fd: int, size: int) -> memoryview:
     return memoryview(memory).cast("B")
 
 
-def write_segment(parts: Iterable[bytes | memoryview]) -> str:
-    """A new segment holding ``parts`` back to back; its name."""
+def write_segment(parts: Iterable[bytes | memoryview], owner: int | None = None) -> str:
+    """A new segment holding ``parts`` back to back; its name (see :func:`new_name`)."""
     views = [memoryview(part).cast("B") for part in parts]
     size = sum(view.nbytes for view in views)
     while True:
-        name = new_name(SEGMENT)
+        name = new_name(SEGMENT, owner)
         try:
             fd = _posixshmem.shm_open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
