@@ -133,9 +133,17 @@ def die_holding_the_get_lock(ch):
     os._exit(1)
 
 
+def die_taking_the_get_lock(ch):
+    # Killed between taking the lock's semaphore and writing its token: the
+    # lock is held, and nothing says by whom.
+    ch._get_lock._sem.acquire()
+    os._exit(1)
+
+
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("dies", [die_holding_the_put_lock, die_holding_the_get_lock],
-                         ids=["producer", "consumer"])
+@pytest.mark.parametrize("dies", [die_holding_the_put_lock, die_holding_the_get_lock,
+                                  die_taking_the_get_lock],
+                         ids=["producer", "consumer", "consumer-without-token"])
 def test_a_process_that_dies_holding_a_lock_of_the_channel_blocks_nobody(dies):
     ch = bf.Channel(mode="process", producers=2)
     handle = bf.Process(dies, (ch,))
@@ -144,7 +152,7 @@ def test_a_process_that_dies_holding_a_lock_of_the_channel_blocks_nobody(dies):
     assert handle.exitcode == 1
     with ch.producer():
         ch.put("after")
-    if dies is die_holding_the_get_lock:
+    if dies is not die_holding_the_put_lock:
         ch.close()  # the dead consumer was not a producer: this is the second
     assert list(ch) == (["before", "after"] if dies is die_holding_the_put_lock else ["after"])
 

@@ -187,3 +187,34 @@ def test_a_pool_left_open_at_exit_can_still_open_the_locks_its_tasks_name(tmp_pa
                           timeout=50)
     assert done.returncode == 0, done.stderr
     assert sorted(done.stdout.split()) == ["0", "1", "2", "3"]
+
+
+def take_the_semaphore_and_die(lock):
+    """Die between taking the lock's semaphore and writing the holder's token (the gap)."""
+    lock._sem.acquire()
+    os._exit(1)
+
+
+@pytest.mark.timeout(60)
+def test_a_holder_killed_before_its_token_is_written_is_the_documented_gap():
+    lock = bf.Lock()
+    child = bf.Process(take_the_semaphore_and_die, (lock,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 1
+    # Nothing names the holder: a waiter waits as for a live one; timeout= bounds it.
+    assert lock.acquire(timeout=0.3) is False
+
+
+@pytest.mark.timeout(60)
+def test_a_lock_told_its_holders_are_never_silent_takes_a_silent_one_over():
+    lock = bf.Lock()
+    lock._give_up_on_silent_holders(0.3)  # what a channel's locks are told
+    child = bf.Process(take_the_semaphore_and_die, (lock,))
+    child.start()
+    child.join(30)
+    with pytest.raises(bf.LockOwnerDiedError, match="could not be named") as died:
+        lock.acquire(timeout=10)
+    assert died.value.pid is None
+    assert lock.acquire(timeout=1)  # free again
+    lock.release()

@@ -79,6 +79,9 @@ _BATCH_ITEMS = 128
 _SPINS = 100
 # How long the nowait forms wait for the other side's lock, held for a moment.
 _NOWAIT_PATIENCE = 0.01
+# Seconds one of the channel's locks may stay held with no holder's token
+# before it is taken over (see Lock._give_up_on_silent_holders).
+_SILENT_HOLDER_LIMIT = 1.0
 
 # The block's words: the state, the producer slots, then the ring.
 CLOSED, PRODUCERS_LEFT, PUTS, GETS, CREATOR = 2, 3, 4, 5, 6  # 0, 1: the ring's TAIL, HEAD
@@ -124,7 +127,12 @@ class ProcessChannel(Channel, Shared):
         items_name, items_bell = make_semaphore(0)
         room_name, room_bell = make_semaphore(0)
         block = Block(_RING_AT + capacity // 8)
-        self._setup(maxsize, block, items_bell, room_bell, Lock(), Lock(), Lock())
+        locks = Lock(), Lock(), Lock()
+        for lock in locks:
+            # Held for microseconds at a time: one held a second with no
+            # holder's token belongs to a process killed as it took it.
+            lock._give_up_on_silent_holders(_SILENT_HOLDER_LIMIT)
+        self._setup(maxsize, block, items_bell, room_bell, *locks)
         self._words[PRODUCERS_LEFT] = -1 if left is None else left
         self._words[CREATOR] = os.getpid()
         self._created(block.name, (items_name, room_name), block.name)

@@ -82,6 +82,11 @@ _DEAD_HOLDER = object()
 _last_dead = threading.local()
 # How long a waiter waits for the guard before trying again at its next slice.
 _GUARD_WAIT = 1.0
+# The block's words: the holder's token, and how long (ms) the lock may be
+# held with no token before a waiter takes it over (0: never; see
+# Lock._give_up_on_silent_holders).
+_HOLDER, _SILENT_LIMIT_MS = 0, 1
+_WORDS = 2
 
 
 class Lock(Shared):
@@ -106,7 +111,7 @@ class Lock(Shared):
     def __init__(self) -> None:
         name, self._sem = make_semaphore(1, 1)
         guard_name, self._guard = make_semaphore(1, 1)
-        self._block = Block(1)
+        self._block = Block(_WORDS)
         self._words = self._block.words
         self._created(name, (name, guard_name), self._block.name)
 
@@ -116,7 +121,7 @@ class Lock(Shared):
     def _attach(self, sem: str, guard: str, block: str) -> None:
         self._sem = open_semaphore(sem, 1)
         self._guard = open_semaphore(guard, 1)
-        self._block = Block(1, block)
+        self._block = Block(_WORDS, block)
         self._words = self._block.words
 
     # -- the public face ------------------------------------------------------
@@ -191,6 +196,7 @@ class Lock(Shared):
         None (timed out).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        silent_since: float | None = None  # when the lock was first seen held with no token
         while True:
             if deadline is None:
                 wait = ALIVE_CHECK_EVERY
@@ -202,6 +208,13 @@ class Lock(Shared):
                 self._words[0] = _me
                 return _TAKEN
             if self._took_over():
+                return _DEAD_HOLDER
+            limit = self._words[_SILENT_LIMIT_MS]
+            if not limit or self._words[_HOLDER]:
+                silent_since = None
+            elif silent_since is None:
+                silent_since = time.monotonic()
+            elif (time.monotonic() - silent_since) * 1000 >= limit and self._took_silent_over():
                 return _DEAD_HOLDER
 
     def _took_over(self) -> bool:
@@ -222,11 +235,41 @@ class Lock(Shared):
         finally:
             self._guard.release()
 
+    def _give_up_on_silent_holders(self, seconds: float) -> None:
+        """Take the lock over once it has been held ``seconds`` with no holder's token.
+
+        That is the gap of the module's docstring: a process killed between
+        taking the semaphore and writing its token. For a lock whose holders
+        never stop between the two for anything like ``seconds`` (a channel's,
+        whose critical sections take microseconds), a lock that stays held
+        with no token that long was taken by a process that died; a live one
+        would have written its token. Only for such locks: in general a
+        thread may wait for the GIL there.
+        """
+        self._words[_SILENT_LIMIT_MS] = max(1, round(seconds * 1000))
+
+    def _took_silent_over(self) -> bool:
+        """Take a lock held with no token (see _give_up_on_silent_holders)."""
+        if not acquire_blocking(self._guard, _GUARD_WAIT):
+            return False
+        try:
+            if self._words[_HOLDER] != 0:
+                return False  # its holder spoke up meanwhile
+            if self._sem.acquire(False):
+                self._sem.release()  # it was given back meanwhile: take it the usual way
+                return False
+            self._words[_HOLDER] = _me
+            _last_dead.pid = None
+            return True
+        finally:
+            self._guard.release()
+
     def _owner_died(self) -> None:
         self.release()
         pid = _last_dead.pid
+        who = "a process that could not be named" if pid is None else f"process {pid}"
         raise LockOwnerDiedError(
-            f"process {pid} died holding the lock {self._key}; it is free again, but what "
+            f"{who} died holding the lock {self._key}; it is free again, but what "
             "it protected may be half-updated", pid=pid)
 
     # -- what Condition needs ---------------------------------------------------
@@ -243,7 +286,7 @@ class Lock(Shared):
         if self._sem.acquire(False):
             self._words[0] = _me
             return 0
-        return int(_last_dead.pid) if self._wait(None) is _DEAD_HOLDER else 0
+        return int(_last_dead.pid or 0) if self._wait(None) is _DEAD_HOLDER else 0
 
 
 _rlocks: weakref.WeakSet[RLock] = weakref.WeakSet()
