@@ -168,7 +168,9 @@ class LockOwnerDiedError(BingfaError, RuntimeError):
     (the ``with`` block around the wait releases it).
 
     Attributes:
-        pid: the process id of the holder that died.
+        pid: the process id of the holder that died; None when it died as it
+            took the lock, before it could record itself (only a channel's
+            locks notice that case).
     """
 
     def __init__(self, message: str, *, pid: int | None = None) -> None:
