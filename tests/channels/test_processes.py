@@ -316,11 +316,16 @@ KILLED_CREATOR = textwrap.dedent('''\
             ch.put(np.full(1 << 18, i))      # 2 MiB each, unread
         # this producer has exited when its creator is killed
 
-    ch = bf.Channel(mode="process")
+    def wait(ready):
+        ready.put("up")
+        time.sleep(60)
+
+    ch, ready = bf.Channel(mode="process"), bf.Channel(mode="process")
     with bf.scope() as s:
         s.spawn(produce, ch, mode="process")
-    waiter = bf.Process(time.sleep, (60,))   # a child of this process, as a consumer would be
+    waiter = bf.Process(wait, (ready,))   # a child of this process, as a consumer would be
     waiter.start()
+    ready.get()
     print("holding", flush=True)
     time.sleep(60)
 ''')

@@ -45,12 +45,20 @@ def main(fd: int) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         from ._process_worker import serve_received  # what every worker runs
 
-        parent = os.pidfd_open(os.getppid())
+        parent_pid = os.getppid()
+        parent = os.pidfd_open(parent_pid)
     except BaseException as exc:
         sock.send(b"E" + f"{type(exc).__name__}: {exc}".encode())
         raise SystemExit(1) from None
     sock.send(b"R")
     _serve(sock, parent, serve_received)
+    if select.select([parent], [], [], 0)[0]:  # its pidfd is readable: it has exited
+        # The parent died (SIGKILL, most likely), perhaps before any worker of
+        # this zygote could clean up after it: the big buffers it left in
+        # shared memory for workers, or in channels, go now (see _core/_shm).
+        from ..._core._shm import unlink_left_by
+
+        unlink_left_by(parent_pid)
 
 
 def _serve(sock: socket.socket, parent: int, serve: object) -> None:
