@@ -20,10 +20,9 @@ unlinks, as without a cache.
 
 from __future__ import annotations
 
-import _posixshmem  # type: ignore[import-not-found]
 import os
 
-from ._shm import SEGMENT, new_name, unlink, write_segment
+from ._shm import create_segment, unlink, write_segment
 
 __all__ = ["SegmentCache"]
 
@@ -76,19 +75,7 @@ class SegmentCache:
         return None
 
     def _make(self, size: int) -> _Segment:
-        while True:
-            name = new_name(SEGMENT)
-            try:
-                fd = _posixshmem.shm_open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                continue
-            break
-        try:
-            os.ftruncate(fd, size)
-        except BaseException:
-            os.close(fd)
-            unlink(name)
-            raise
+        name, fd = create_segment(size)
         self.created += 1
         self._kept_bytes += size
         return _Segment(name, fd, size)

@@ -28,8 +28,8 @@ import secrets
 import weakref
 from collections.abc import Iterable
 
-__all__ = ["map_shared", "new_name", "read_segment", "unlink", "unlink_left_by", "unmap",
-           "write_segment"]
+__all__ = ["create_segment", "map_shared", "new_name", "read_segment", "unlink",
+           "unlink_left_by", "unmap", "write_segment"]
 
 SEGMENT = "o"  # the kind letter of a big buffer's segment
 
@@ -86,10 +86,8 @@ def mapped_bytes(fd: int, size: int) -> memoryview:
     return memoryview(memory).cast("B")
 
 
-def write_segment(parts: Iterable[bytes | memoryview], owner: int | None = None) -> str:
-    """A new segment holding ``parts`` back to back; its name (see :func:`new_name`)."""
-    views = [memoryview(part).cast("B") for part in parts]
-    size = sum(view.nbytes for view in views)
+def create_segment(size: int, owner: int | None = None) -> tuple[str, int]:
+    """A new segment of ``size`` bytes: its name (see :func:`new_name`) and an open descriptor."""
     while True:
         name = new_name(SEGMENT, owner)
         try:
@@ -99,6 +97,18 @@ def write_segment(parts: Iterable[bytes | memoryview], owner: int | None = None)
         break
     try:
         os.ftruncate(fd, size)
+    except BaseException:
+        os.close(fd)
+        unlink(name)
+        raise
+    return name, fd
+
+
+def write_segment(parts: Iterable[bytes | memoryview], owner: int | None = None) -> str:
+    """A new segment holding ``parts`` back to back; its name (see :func:`new_name`)."""
+    views = [memoryview(part).cast("B") for part in parts]
+    name, fd = create_segment(sum(view.nbytes for view in views), owner)
+    try:
         written = 0
         while views:
             done = os.pwritev(fd, views, written)
