@@ -87,7 +87,7 @@ class Batch:
         self.seq = 0  # set by the engine that sends it
         # Shared memory its items went through, for the engine to free if the
         # worker never reads them (see _core/_out_of_band).
-        self.segments: list[str] = []
+        self.segments: Sequence[str] = ()
 
     @classmethod
     def single(cls, job: Job, item: Any, index: int, attempts: int = 0) -> Batch:

@@ -1005,9 +1005,9 @@ class ProcessEngine(Engine):
             batch = self._pop(p, seq)
             if batch is None:
                 return
-            # Those the worker did not give back go.
-            batch.segments = [name for name in batch.segments if name not in free]
-            self._free_segments([batch])
+            if batch.segments:  # those the worker did not give back go
+                batch.segments = [name for name in batch.segments if name not in free]
+                self._free_segments([batch])
             body = memoryview(payload)[offset:]
             batch.job.note_bytes(len(batch.items), body.nbytes + shared_bytes(body),
                                  results=True)
@@ -1075,7 +1075,7 @@ class ProcessEngine(Engine):
         for batch in batches:
             for name in batch.segments:
                 self._segments.abandon(name)
-            batch.segments = []
+            batch.segments = ()
 
     def _close_everything(self) -> None:
         with self._lock:

@@ -364,7 +364,8 @@ def _serve(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: i
         del values, errors
         # The lent segments nothing here uses any more may be written again;
         # one a task kept something of is the parent's to give up.
-        free = let_go(lent)[0]
+        free = let_go(lent)[0] if lent else []
         del lent
-        writer.send(DONE.pack(KIND_DONE, seq, elapsed, len(free)), pack_names(free), *result)
+        writer.send(DONE.pack(KIND_DONE, seq, elapsed, len(free)),
+                    pack_names(free) if free else b"", *result)
         del result
