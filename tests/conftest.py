@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import os
 import re
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +36,9 @@ from dataclasses import dataclass
 import psutil
 import pytest
 
-MODES = ["thread", "process"]
+# BINGFA_TEST_MODES=gevent (comma-separated) runs the contract suite on other modes:
+# tests/contracts/test_gevent_contract.py sets it in a monkey-patched interpreter.
+MODES = os.environ.get("BINGFA_TEST_MODES", "thread,process").split(",")
 
 # How long things may take to settle after a test before they count as leaked.
 GRACE_SECONDS = 3.0
@@ -157,12 +161,19 @@ class Gate:
 
 def wait_at_gate(path: str) -> bool:
     """Block until the gate at ``path`` lets this caller through; whether it was opened."""
-    # Opening without blocking, then reading with blocking: a gate already
-    # closed lets the caller through at once instead of stalling the open.
+    # Opening and reading without blocking: a gate already closed lets the
+    # caller through at once (end of file) instead of stalling the open.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        os.set_blocking(fd, True)
-        return os.read(fd, 1) == b"x"
+        while True:
+            try:
+                return os.read(fd, 1) == b"x"
+            except BlockingIOError:
+                # Nothing yet: wait in select, not in a blocking read. Under
+                # gevent's monkey-patching select waits in the hub, where a
+                # blocking read would stall every greenlet (and the test that
+                # opens the gate). Another waiter may take the byte first.
+                select.select([fd], [], [])
     finally:
         os.close(fd)
 
@@ -246,6 +257,10 @@ class _Snapshot:
 # tqdm versions installed here) keeps it for the life of the process: a
 # process-wide helper, like the forkserver, not something a pool owns.
 _IGNORED_THREADS = ("tqdm_monitor",)
+# distributed (mode="dask") runs blocking work through one process-wide thread
+# pool, made when distributed is imported and never shut down; its thread
+# starts on first use and lives as long as the process.
+_IGNORED_THREADS += ("Dask-Offload_0",)
 
 
 def _leaks(before: _Snapshot) -> list[str]:
@@ -355,3 +370,55 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def mode(request: pytest.FixtureRequest) -> str:
     """Every pool mode the contract suite runs on."""
     return str(request.param)
+
+
+# --- a stalled event loop fails the test (as anyio's tests do with blockbuster) --------
+# Every event loop made while the fixture is on runs in asyncio's debug mode
+# (PYTHONASYNCIODEBUG is read when a loop is made), which logs each callback or
+# task step that holds its loop longer than slow_callback_duration (100 ms). The
+# fixture collects those reports, from any thread's loop, and fails the test:
+# bingfa's async faces must never block the loop they run on.
+#
+# A loop thread that is merely waiting for a CPU looks the same as one that
+# blocks. On an overloaded machine (a load average above its cores, say two
+# busy loops beside the tests on two cores) a thread can wait that long for
+# its turn, so there the limit grows with the load: 100 ms per core's worth of
+# runnable work. A blocking call (a sleep, a lock held across an await) still
+# shows: it lasts whatever the load.
+STALL_SECONDS = 0.1
+_TOOK = re.compile(r" took (?P<seconds>[0-9.]+) seconds")
+
+
+def _stall_limit() -> float:
+    """The longest step a loop may take now without counting as a stall."""
+    cores = len(os.sched_getaffinity(0))
+    return STALL_SECONDS * max(1.0, os.getloadavg()[0] / cores)
+
+
+class _StallReports(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.stalls: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        took = _TOOK.search(message)
+        if message.startswith("Executing ") and took is not None:
+            limit = _stall_limit()
+            if float(took["seconds"]) > limit:
+                self.stalls.append(f"{message} (limit now {limit:.2f} s)")
+
+
+@pytest.fixture
+def no_stalled_loop(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fail the test if any event loop it ran stalled (see ``_stall_limit``)."""
+    monkeypatch.setenv("PYTHONASYNCIODEBUG", "1")
+    reports = _StallReports()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(reports)
+    try:
+        yield
+    finally:
+        logger.removeHandler(reports)
+    if reports.stalls:
+        pytest.fail("an event loop stalled:\n" + "\n".join(reports.stalls), pytrace=False)

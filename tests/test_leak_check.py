@@ -34,3 +34,33 @@ def test_only_our_shared_memory_counts():
         for path in paths:
             if os.path.exists(path):
                 os.unlink(path)
+
+
+@pytest.mark.timeout(30)
+def test_the_stall_check_hears_a_blocked_loop_on_any_thread():
+    import asyncio
+    import logging
+    import threading
+    import time
+
+    from conftest import _stall_limit, _StallReports
+
+    async def blocks():
+        time.sleep(_stall_limit() + 0.2)  # what no coroutine may do
+
+    async def yields():
+        await asyncio.sleep(0.3)
+
+    reports = _StallReports()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(reports)
+    try:
+        asyncio.run(yields(), debug=True)
+        assert reports.stalls == []
+        worker = threading.Thread(target=asyncio.run, args=(blocks(),), kwargs={"debug": True})
+        worker.start()
+        worker.join()
+    finally:
+        logger.removeHandler(reports)
+    assert len(reports.stalls) == 1
+    assert "blocks()" in reports.stalls[0]

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from typing import Any
 
     from . import rpc as rpc
+    from ._async._bridges import from_thread as from_thread
+    from ._async._bridges import run_async as run_async
+    from ._async._bridges import to_process as to_process
+    from ._async._bridges import to_thread as to_thread
     from ._channels._channel import Channel as Channel
     from ._channels._channel import ChannelStatistics as ChannelStatistics
     from ._channels._errors import ChannelClosedError as ChannelClosedError
@@ -111,14 +115,18 @@ _HOMES = {
     "WorkerCrashedError": "_core._errors",
     "arun": "_commands._run",
     "cancelled": "_core._context",
+    "from_thread": "_async._bridges",
     "check_cancelled": "_core._context",
     "imap": "_pool._oneshot",
     "map": "_pool._oneshot",
     "propagate": "_core._propagate",
     "run": "_commands._run",
+    "run_async": "_async._bridges",
     "run_many": "_commands._run_many",
     "scope": "_scope._scope",
     "stream": "_commands._stream",
+    "to_process": "_async._bridges",
+    "to_thread": "_async._bridges",
     "worker_id": "_core._context",
     "worker_state": "_core._context",
 }

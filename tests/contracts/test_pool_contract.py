@@ -29,6 +29,12 @@ from hypothesis import strategies as st
 
 import bingfa as bf
 
+# Modes whose tasks run in another process: a task's error arrives rebuilt, with the
+# worker's traceback attached as a RemoteTraceback.
+REMOTE_MODES = ("process", "dask", "ray")
+# Modes that run on a cluster (Dask, Ray), whose worker processes bingfa does not own.
+CLUSTER_MODES = ("dask", "ray")
+
 # --- task functions (module level: importable by reference in workers) ---------------
 
 
@@ -402,7 +408,7 @@ def test_task_exception_keeps_type_and_traceback(mode):
             fut.result()
     exc = info.value
     assert type(exc) is Boom
-    if mode == "process":
+    if mode in REMOTE_MODES:
         cause = exc.__cause__
         assert isinstance(cause, bf.RemoteTraceback)
         assert "raise_it" in cause.text
@@ -418,7 +424,7 @@ def test_task_exception_keeps_type_and_traceback(mode):
 def test_task_exception_in_map_keeps_type(mode):
     with bf.Pool(2, mode=mode) as pool, pytest.raises(Boom, match="bad item 4") as info:
         pool.map(lambda x: fail_on(x, {4}), range(10))
-    if mode == "process":
+    if mode in REMOTE_MODES:
         assert isinstance(info.value.__cause__, bf.RemoteTraceback)
         assert "fail_on" in info.value.__cause__.text
 
@@ -572,6 +578,9 @@ def record_thread(x):
 
 
 def test_max_tasks_per_worker_replaces_workers(mode):
+    if mode in CLUSTER_MODES:
+        pytest.skip("a cluster's worker processes are the cluster's: bingfa does not replace "
+                    "them, and refuses max_tasks_per_worker with a ValueError")
     _seen_threads.clear()
     with bf.Pool(1, mode=mode, max_tasks_per_worker=2) as pool:
         results = pool.map(record_thread, range(6), chunksize=1)
@@ -1357,6 +1366,11 @@ def test_map_family_agrees_with_builtin_map(pools, items, chunksize, workers):
         2 * x for x in items]
 
 
+def prelude(mode):
+    """What a script of the suite starts with: gevent mode needs a monkey-patched interpreter."""
+    return "from gevent import monkey\nmonkey.patch_all()\n" if mode == "gevent" else ""
+
+
 _CTRL_C_SCRIPT = """
 import os, sys, threading
 from pathlib import Path
@@ -1403,7 +1417,7 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("call", ["map", "imap", "submit"])
 def test_ctrl_c_stops_a_map(mode, call, block, tmp_path):
     script = tmp_path / "ctrl_c.py"
-    script.write_text(_CTRL_C_SCRIPT)
+    script.write_text(prelude(mode) + _CTRL_C_SCRIPT)
     started = tmp_path / "started"
     started.mkdir()
     proc = subprocess.Popen([sys.executable, str(script), mode, call, str(started), block],

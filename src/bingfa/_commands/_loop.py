@@ -117,6 +117,23 @@ class Running:
         return -self.returncode if self.returncode < 0 else None
 
 
+def _epoll() -> tuple[select.epoll, bool]:
+    """A new epoll object, and whether waits on it must go through gevent's hub.
+
+    ``gevent.monkey.patch_all()`` takes ``select.epoll`` away, since blocking
+    in it would block every greenlet. The original still watches the
+    commands: the loop waits for its fd with gevent's ``select`` first, then
+    collects the events without blocking (see :meth:`CommandLoop.poll`).
+    """
+    epoll = getattr(select, "epoll", None)
+    if epoll is not None:
+        return epoll(), False
+    import sys
+
+    original: type[select.epoll] = sys.modules["gevent.monkey"].get_original("select", "epoll")
+    return original(), True
+
+
 class CommandLoop:
     """Runs commands concurrently from the calling thread; see the module docstring.
 
@@ -124,7 +141,7 @@ class CommandLoop:
     """
 
     def __init__(self) -> None:
-        self._epoll = select.epoll()
+        self._epoll, self._cooperative = _epoll()
         self._environ: dict[str, str] | None = None
         self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)  # stdin without input
         self._fds: dict[int, tuple[Running, int]] = {}
@@ -256,7 +273,13 @@ class CommandLoop:
             wait = until_reaper if wait < 0 else min(wait, until_reaper)
         # epoll takes at most 2**31 - 1 ms (24.8 days) and timeouts go to 30
         # days: a longer wait returns early with nothing, and the caller polls again.
-        for fd, _ in self._epoll.poll(min(wait, _LONGEST_WAIT)):
+        wait = min(wait, _LONGEST_WAIT)
+        if self._cooperative and wait != 0:
+            # gevent: wait in the hub (its select) for the epoll fd, then
+            # collect the events without blocking.
+            select.select([self._epoll.fileno()], [], [], None if wait < 0 else wait)
+            wait = 0
+        for fd, _ in self._epoll.poll(wait):
             entry = self._fds.get(fd)
             if entry is not None:
                 self._handle(fd, entry[0], entry[1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -69,7 +70,15 @@ def start_without_sigint(thread: threading.Thread) -> None:
     the signal came to it: one that came to another thread waits there until
     the main thread next runs Python code, which may be never. A thread
     inherits its creator's signal mask, so it is blocked around the start.
+
+    Once gevent has monkey-patched threading, a "thread" is a greenlet of the
+    calling OS thread: there is no mask to give it, and ``start()`` yields to
+    the hub, where another start would interleave and restore a blocked mask.
     """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        thread.start()
+        return
     try:
         before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     except (AttributeError, OSError, ValueError):  # no pthreads here

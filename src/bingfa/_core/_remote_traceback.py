@@ -74,4 +74,9 @@ def rebuild(payload: ErrorPayload) -> BaseException:
             SerializationError(f"the task raised {type_name}, which unpickled as {type(exc)!r}"),
             text,
         )
+    if isinstance(exc, SystemExit) and exc.code is None and exc.args:
+        # Once distributed is imported, tblib's exception pickling rebuilds
+        # an exception without its __init__: a SystemExit keeps its args but
+        # loses its code, and sys.exit(3) would end the caller with 0.
+        exc.code = exc.args[0] if len(exc.args) == 1 else exc.args  # type: ignore[assignment]
     return with_remote_traceback(exc, text)

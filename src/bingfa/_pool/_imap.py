@@ -82,19 +82,22 @@ class ResultIterator(Iterator[Any]):
 
     def _next_slowly(self) -> Any:
         while True:
-            pos = self._pos
-            if pos < len(self._values):
-                self._pos = pos + 1
+            if self._pos < len(self._values):
+                self._pos += 1
                 if self._yielded() >= self._feed_at:
                     self._feed_if_open()
-                if self._reporting:
-                    self._report.update(self._job.completed)
-                self._stop = self._fast_until()
-                failed = self._failed
-                if failed is not None and pos in failed:
-                    raise failed[pos]  # a task's own error, even SystemExit: only its turn
-                return self._values[pos]
+                return self._hand_out(self._pos - 1)
             self._refill()
+
+    def _hand_out(self, pos: int) -> Any:
+        """The outcome at ``pos`` of the chunk in hand (already counted as handed out)."""
+        if self._reporting:
+            self._report.update(self._job.completed)
+        self._stop = self._fast_until()
+        failed = self._failed
+        if failed is not None and pos in failed:
+            raise failed[pos]  # a task's own error, even SystemExit: only its turn
+        return self._values[pos]
 
     def _fast_until(self) -> int:
         """Where the fast path must stop in the chunk in hand, for the slow one to look."""
@@ -123,30 +126,43 @@ class ResultIterator(Iterator[Any]):
             while True:
                 self._feed_if_open()
                 with job.cond:
-                    while True:
-                        chunk = self._take_chunk()
-                        if chunk is not None:
-                            self._values, self._failed = chunk
-                            self._pos = 0
-                            self._taken += len(self._values)
-                            self._stop = self._fast_until()
-                            return
-                        if job.aborted is not None:
-                            raise job.aborted
-                        if job.input_done and self._taken >= job.submitted:
-                            if job.input_error is not None:
-                                raise job.input_error
-                            raise StopIteration
+                    while not self._look():
                         if not job.input_done and self._yielded() >= self._feed_at:
                             break  # room for more input: feed, outside the lock
                         engine.check_can_wait()
                         job.cond.wait()
+                    else:
+                        return
         except StopIteration:
             self._finish()
             raise
         except BaseException:
             self._finish()  # Ctrl-C, or the whole job failed: iteration is over
             raise
+
+    def _look(self) -> bool:
+        """Take the next chunk into hand if it is there (lock held); whether it was.
+
+        Raises:
+            StopIteration: every result has been handed out.
+            BaseException: the job failed as a whole (the pool stopped), or
+                the input broke after its last result.
+        """
+        job = self._job
+        chunk = self._take_chunk()
+        if chunk is not None:
+            self._values, self._failed = chunk
+            self._pos = 0
+            self._taken += len(self._values)
+            self._stop = self._fast_until()
+            return True
+        if job.aborted is not None:
+            raise job.aborted
+        if job.input_done and self._taken >= job.submitted:
+            if job.input_error is not None:
+                raise job.input_error
+            raise StopIteration
+        return False
 
     def _take_chunk(self) -> Chunk | None:
         """The next chunk of outcomes to hand out, if it is there (lock held)."""
@@ -172,11 +188,7 @@ class ResultIterator(Iterator[Any]):
 
     def _feed(self) -> None:
         """Read input until ``window`` items are out, counting those not yet yielded."""
-        job = self._job
-        window = self._window()
-        room = window - (job.submitted - self._yielded())
-        # Next time: once the items out are down to half the window.
-        self._feed_at = job.submitted + max(room, 0) - window // 2
+        room = self._room()
         if room <= 0:
             return
         block: list[Any] = []
@@ -191,6 +203,20 @@ class ResultIterator(Iterator[Any]):
         except BaseException:
             self._finish()
             raise
+        self._accept(block, failure, room)
+
+    def _room(self) -> int:
+        """How many more items may be read now; notes when to feed again."""
+        job = self._job
+        window = self._window()
+        room = window - (job.submitted - self._yielded())
+        # Next time: once the items out are down to half the window.
+        self._feed_at = job.submitted + max(room, 0) - window // 2
+        return room
+
+    def _accept(self, block: list[Any], failure: Exception | None, room: int) -> None:
+        """Queue a block of input read for ``room``; a short block ends the input."""
+        job = self._job
         with job.cond:
             if job.cancelled:
                 return

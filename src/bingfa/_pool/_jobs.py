@@ -407,6 +407,16 @@ class ManyJob(Job):
         # an error, or the job stopped. ``map_async`` settles its result with
         # it, having no thread of its own that waits.
         self.on_end: Callable[[], None] | None = None
+        # Called (lock held, any thread) whenever ``cond`` is notified: a
+        # consumer in a coroutine cannot wait on a threading.Condition, so it
+        # has this set its asyncio event instead (see _aimap.LoopWaker).
+        self.on_notify: Callable[[], None] | None = None
+
+    def _notify(self) -> None:
+        """Wake whoever waits for this job's outcomes (lock held)."""
+        self.cond.notify_all()
+        if self.on_notify is not None:
+            self.on_notify()
 
     # --- feeding (caller thread, lock held) ----------------------------------
     def add(self, items: list[Any]) -> None:
@@ -420,7 +430,7 @@ class ManyJob(Job):
         """No more items will be added (lock held)."""
         self.input_done = True
         self._close_input()
-        self.cond.notify_all()
+        self._notify()
 
     def _close_input(self) -> None:
         self.scheduler.open_jobs.discard(self)
@@ -572,7 +582,7 @@ class ManyJob(Job):
         """
         if (self.wake_each or self.first_error is not None
                 or (self.input_done and self.completed >= self.submitted)):
-            self.cond.notify_all()
+            self._notify()
 
     def cancel(self) -> None:
         """Stop handing out this job's tasks; results still in flight are dropped."""
@@ -605,4 +615,4 @@ class ManyJob(Job):
         self._segments.clear()
         self._again = _NO_BATCHES
         self._close_input()
-        self.cond.notify_all()
+        self._notify()

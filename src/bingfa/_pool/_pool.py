@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
+import sys
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextvars import copy_context
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from .._core._errors import PoolClosedError
@@ -37,15 +39,36 @@ T2 = TypeVar("T2")
 R = TypeVar("R")
 F = TypeVar("F", bound=Future[Any])
 
-Mode = Literal["thread", "process"]
+Mode = Literal["thread", "process", "async", "gevent", "dask", "ray"]
 # None is multiprocessing's spelling of "choose for me".
 ChunkSize = int | Literal["auto"] | None
 
 
 
 def _default_workers(mode: str) -> int:
+    if mode in ("async", "gevent"):
+        return 100  # coroutines and greenlets wait, they do not compute: many at once
+    if mode in ("dask", "ray"):
+        # Tasks in flight on the cluster: enough to keep a few machines busy;
+        # the cluster decides where each runs.
+        return max(8, 2 * usable_cores())
     cpus = usable_cores()
     return min(32, cpus + 4) if mode == "thread" else cpus
+
+
+def _submitters_context() -> Context:
+    """A copy of the caller's contextvars for tasks run in this process.
+
+    Submitted from a coroutine, it also names the coroutine's loop, so a
+    task in a worker thread can call back into it with ``bf.from_thread``.
+    """
+    context = copy_context()
+    asyncio = sys.modules.get("asyncio")  # no loop can run without it imported
+    if asyncio is not None and asyncio._get_running_loop() is not None:
+        from .._async._bridges import remember_calling_loop
+
+        remember_calling_loop(context)
+    return context
 
 
 def _positive(name: str, value: Any, *, allow_none: bool = True) -> None:
@@ -117,7 +140,7 @@ def _map_inputs(iterables: tuple[Any, ...], chunksize: Any,
 
 
 class Pool:
-    """A pool of workers that runs tasks in one mode: threads or processes.
+    """Workers that run tasks in one mode: threads, processes, coroutines, greenlets, a cluster.
 
     The positional parameters are ``multiprocessing.Pool``'s, in its order, and
     the spellings of ``multiprocessing`` and ``concurrent.futures`` are
@@ -125,8 +148,10 @@ class Pool:
     constructor's name only (see "Drop-in use" in ``docs/pools.md``).
 
     Args:
-        workers: how many workers; default: the CPUs this process may use in
-            process mode, and that plus four (at most 32) in thread mode. Also
+        workers: how many workers (tasks at once); default: the CPUs this
+            process may use in process mode, that plus four (at most 32) in
+            thread mode, 100 in async and gevent modes, and ``max(8, 2 * cores)``
+            batches in flight on a cluster. Also
             spelled ``processes`` (``multiprocessing``) or ``max_workers``
             (``concurrent.futures``).
         initializer: called once in each worker before its first task, with
@@ -139,7 +164,11 @@ class Pool:
         context: a :mod:`multiprocessing` context (also spelled
             ``mp_context``); only its start method is used. Implies process
             mode.
-        mode: ``"thread"`` or ``"process"``. Without it the pool runs threads,
+        mode: ``"thread"``, ``"process"``, ``"async"`` (coroutine functions,
+            on the running event loop or on one the pool runs; see
+            ``docs/async.md``) or ``"gevent"`` (greenlets, after
+            ``gevent.monkey.patch_all()``), ``"dask"`` or ``"ray"`` (a
+            cluster; see ``docs/clusters.md``). Without it the pool runs threads,
             unless ``processes=``, a context or a ``start_method`` is given:
             those ask for processes (``bf.Pool(processes=4)`` stands in for
             ``multiprocessing.Pool(processes=4)``). ``max_workers=`` and a
@@ -148,7 +177,8 @@ class Pool:
             leaves a task no time: it fails unless it is over before the pool
             looks). A task that overruns fails with
             :class:`~bingfa.TaskTimeoutError`; in process mode its worker is
-            terminated (killed after a short grace period) and replaced.
+            terminated (killed after a short grace period) and replaced; in
+            async mode its coroutine is cancelled.
         retries: how many times a task that crashed its worker or timed out is
             run again before its error is reported.
         start_method: ``"forkserver"`` (the default on Linux), ``"spawn"`` or
@@ -163,9 +193,13 @@ class Pool:
         mp_context: ``context``, as ``ProcessPoolExecutor`` spells it.
         thread_name_prefix: names the worker threads ``<prefix>_0``,
             ``<prefix>_1``, ... (thread mode), as ``ThreadPoolExecutor`` does.
+        address: the cluster to join (``mode="dask"``: a scheduler's
+            ``tcp://host:port``; ``mode="ray"``: ``"auto"`` or ``host:port``).
+        client: an existing ``distributed.Client`` to run on (``mode="dask"``);
+            the pool never closes it.
 
     Attributes:
-        mode: ``"thread"`` or ``"process"``.
+        mode: the mode the pool runs in.
         workers: how many workers.
         start_method: how process workers start, ``None`` in thread mode:
             the one asked for, or the default, or ``"fork"`` when
@@ -209,6 +243,8 @@ class Pool:
         max_tasks_per_child: int | None = None,
         mp_context: BaseContext | None = None,
         thread_name_prefix: str | None = None,
+        address: str | None = None,
+        client: Any = None,
     ) -> None:
         workers_name, workers = _one_setting(workers=workers, processes=processes,
                                              max_workers=max_workers)
@@ -248,6 +284,18 @@ class Pool:
                                  f"got {method!r}")
             if mode != "process":
                 raise ValueError(f"{method_name} only applies to mode='process'")
+        options: dict[str, Any] = {}
+        if address is not None:
+            if mode not in ("dask", "ray"):
+                raise ValueError("address= only applies to mode='dask' or mode='ray'")
+            options["address"] = address
+        if client is not None:
+            if mode != "dask":
+                raise ValueError("client= only applies to mode='dask'")
+            if address is not None:
+                raise ValueError("give address= or client=, not both: a client has its "
+                                 "scheduler's address already")
+            options["client"] = client
         self.mode = mode
         self.workers = workers if workers is not None else _default_workers(mode)
         self.retries = retries
@@ -255,12 +303,14 @@ class Pool:
         config = EngineConfig(
             workers=self.workers, initializer=initializer, initargs=tuple(initargs),
             max_tasks_per_worker=max_tasks_per_worker, task_timeout=timeout,
-            start_method=method, thread_name_prefix=thread_name_prefix)
+            start_method=method, thread_name_prefix=thread_name_prefix, options=options)
         self._engine: Engine = create_engine(mode, self._scheduler, config)
         self.start_method: str | None = getattr(self._engine, "start_method", None)
         # Tasks in threads of this process see the submitter's contextvars (a
         # copy each), as asyncio.to_thread's do; ThreadPoolExecutor's do not.
-        self._copies_context = mode == "thread"
+        self._copies_context = mode in ("thread", "async", "gevent")
+        # Async mode runs coroutine functions only: refuse a plain one at once.
+        self._wants_coroutines = mode == "async"
         # Process-mode tasks carry the variables registered with bf.propagate.
         self._carries_context = mode == "process"
         self._waiter = getattr(self._engine, "wait_for", None)
@@ -331,14 +381,13 @@ class Pool:
 
     def _submit_job(self, fn: Callable[..., Any], args: tuple[Any, ...],
                     kwargs: dict[str, Any], future: Future[Any]) -> OneJob:
-        if not callable(fn):
-            raise TypeError(f"the task's function must be callable, not {fn!r}")
+        self._check_function(fn)
         future._waiter = self._waiter
         if self._carries_context:
             fn = carried(fn)
         job = OneJob(self._scheduler, fn, CALL_KW, self.retries, (args, kwargs), future)
         if self._copies_context:
-            job.context = copy_context()
+            job.context = _submitters_context()
         self._check_open()
         if self._engine.hand_over(job):
             return job
@@ -349,6 +398,19 @@ class Pool:
         if then is not None:
             then()
         return job
+
+    def _check_function(self, fn: Any) -> None:
+        if not callable(fn):
+            raise TypeError(f"the task's function must be callable, not {fn!r}")
+        if self._wants_coroutines:
+            from ._engines._async import is_coroutine_function
+
+            if not is_coroutine_function(fn):
+                name = getattr(fn, "__qualname__", None) or repr(fn)
+                raise TypeError(
+                    f"mode='async' runs coroutine functions (async def), and {name} is a "
+                    "plain function; run it with mode='thread' or mode='process', or from "
+                    "a coroutine with await bf.to_thread(...)")
 
     def _check_open(self) -> None:
         if self._engine.inherited:
@@ -469,11 +531,14 @@ class Pool:
 
     def _queue_map(self, fn: Callable[..., Any], items: list[Any], call: int,
                    chunksize: int | str, wake_each: bool,
-                   on_end: Callable[[ManyJob], None] | None = None) -> ManyJob | None:
+                   on_end: Callable[[ManyJob], None] | None = None,
+                   on_notify: Callable[[], None] | None = None) -> ManyJob | None:
         """Queue a map's tasks; its job, or ``None`` for no items.
 
-        ``on_end(job)`` is called once when the job ends (see ``ManyJob.on_end``).
+        ``on_end(job)`` is called once when the job ends (see ``ManyJob.on_end``),
+        ``on_notify()`` whenever its waiters are woken (``ManyJob.on_notify``).
         """
+        self._check_function(fn)
         with self._scheduler.lock:
             self._check_open()
             if not items:
@@ -482,12 +547,13 @@ class Pool:
                           self.retries, chunksize, ordered=True, size_hint=len(items),
                           dense=True)
             if self._copies_context:
-                job.context = copy_context()
+                job.context = _submitters_context()
             # Whether the caller wants to hear of every finished chunk, for
             # its progress display, or only of the end.
             job.wake_each = wake_each
             if on_end is not None:
                 job.on_end = functools.partial(on_end, job)
+            job.on_notify = on_notify
             job.add(items)
             job.finish_input()
         self._engine.wake()
@@ -557,11 +623,17 @@ class Pool:
 
     def _imap(self, fn: Callable[..., Any], iterable: Iterable[Any], call: int,
               chunksize: ChunkSize, ordered: bool, progress: ProgressArg) -> Iterator[Any]:
-        if not callable(fn):
-            raise TypeError(f"the task's function must be callable, not {fn!r}")
+        job, total = self._imap_job(fn, iterable, call, chunksize, ordered)
+        return ResultIterator(self._engine, self.workers, job, iter(iterable),
+                              reporter(progress, total, getattr(fn, "__name__", "imap")))
+
+    def _imap_job(self, fn: Callable[..., Any], iterable: Any, call: int,
+                  chunksize: ChunkSize, ordered: bool) -> tuple[ManyJob, int | None]:
+        """The job of an imap family call, and its input's length if it has one."""
+        self._check_function(fn)
         size = _chunksize(chunksize)
         try:
-            total: int | None = len(iterable)  # type: ignore[arg-type]
+            total: int | None = len(iterable)
         except TypeError:
             total = None
         with self._scheduler.lock:
@@ -569,9 +641,141 @@ class Pool:
             job = ManyJob(self._scheduler, carried(fn) if self._carries_context else fn, call,
                           self.retries, size, ordered=ordered, size_hint=total)
             if self._copies_context:
-                job.context = copy_context()
-        return ResultIterator(self._engine, self.workers, job, iter(iterable),
-                              reporter(progress, total, getattr(fn, "__name__", "imap")))
+                job.context = _submitters_context()
+        return job, total
+
+    def share(self, obj: T) -> T:
+        """Put a large object where every task can reach it cheaply; pass what this returns.
+
+        On a cluster (``mode="dask"`` or ``"ray"``) the object travels to the
+        cluster once (``scatter`` / ``ray.put``), and each task that gets the
+        returned handle as an argument receives the object itself, instead of
+        a copy pickled into every task. In the other modes it returns ``obj``:
+        threads and coroutines share memory, and process mode sends big
+        buffers through shared memory already.
+
+        Example::
+
+            with bf.Pool(mode="dask") as pool:
+                table = pool.share(big_lookup_table)
+                hits = pool.map(lookup, keys, [table] * len(keys))
+        """
+        self._check_open()
+        shared: T = self._engine.share(obj)
+        return shared
+
+    # --- asyncio faces (every mode) ----------------------------------------------------
+    async def amap(self, fn: Callable[..., R], /, *iterables: Any,
+                   timeout: float | None = None, chunksize: ChunkSize = AUTO,
+                   progress: ProgressArg = False) -> list[R]:
+        """:meth:`map` for coroutines: awaits the results without blocking the event loop.
+
+        Works on a pool of any mode (threads and processes run the tasks
+        while the loop goes on). Cancelling the awaiting coroutine cancels
+        the tasks that have not started.
+
+        Example::
+
+            async with bf.Pool(100, mode="async") as pool:
+                pages = await pool.amap(fetch, urls, progress=True)
+        """
+        started = time.monotonic()
+        wait = wait_seconds(timeout)
+        items, call, size = _map_inputs(iterables, chunksize)
+        return await self._amap(fn, items, call, size, progress, started, wait)
+
+    async def astarmap(self, fn: Callable[..., R], iterable: Iterable[Iterable[Any]],
+                       chunksize: ChunkSize = AUTO, progress: ProgressArg = False, *,
+                       timeout: float | None = None) -> list[R]:
+        """:meth:`starmap` for coroutines: ``fn(*item)`` for each item, awaited."""
+        started = time.monotonic()
+        wait = wait_seconds(timeout)
+        return await self._amap(fn, iterable, CALL_STAR, chunksize, progress, started, wait)
+
+    async def _amap(self, fn: Callable[..., Any], iterable: Iterable[Any], call: int,
+                    chunksize: ChunkSize, progress: ProgressArg, started: float,
+                    wait: float | None) -> list[Any]:
+        from ._aimap import LoopWaker, wait_for_map
+
+        items, size = _map_items(fn, iterable, chunksize)
+        report = reporter(progress, len(items), getattr(fn, "__name__", "amap"))
+        try:
+            job = self._queue_map(fn, items, call, size, wake_each=progress not in (None, False),
+                                  on_notify=LoopWaker())
+        except BaseException:
+            report.close()
+            raise
+        if job is None:
+            report.close()
+            return []
+        deadline = None if wait is None else started + wait
+        return await wait_for_map(job, len(items), report, deadline, wait)
+
+    def aimap(self, fn: Callable[..., R], iterable: Iterable[Any] | AsyncIterable[Any],
+              chunksize: ChunkSize = AUTO, progress: ProgressArg = False) -> AsyncIterator[R]:
+        """:meth:`imap` for coroutines: ``async for`` over the results, in input order.
+
+        The input may be an async iterable (an async generator, say) as well
+        as a plain one; it is read as room opens, so an endless one is fine.
+        Leaving the loop early (``break``) cancels what has not run.
+        """
+        return self._aimap(fn, iterable, CALL_ONE, chunksize, True, progress)
+
+    def aimap_unordered(self, fn: Callable[..., R],
+                        iterable: Iterable[Any] | AsyncIterable[Any],
+                        chunksize: ChunkSize = AUTO,
+                        progress: ProgressArg = False) -> AsyncIterator[R]:
+        """Like :meth:`aimap`, but results come as soon as they are ready, in any order."""
+        return self._aimap(fn, iterable, CALL_ONE, chunksize, False, progress)
+
+    def aistarmap(self, fn: Callable[..., R],
+                  iterable: Iterable[Iterable[Any]] | AsyncIterable[Iterable[Any]],
+                  chunksize: ChunkSize = AUTO, progress: ProgressArg = False) -> AsyncIterator[R]:
+        """Like :meth:`aimap`, but each item is unpacked: ``fn(*item)``."""
+        return self._aimap(fn, iterable, CALL_STAR, chunksize, True, progress)
+
+    def _aimap(self, fn: Callable[..., Any], iterable: Any, call: int, chunksize: ChunkSize,
+               ordered: bool, progress: ProgressArg) -> AsyncIterator[Any]:
+        from ._aimap import AsyncResultIterator, async_source
+
+        job, total = self._imap_job(fn, iterable, call, chunksize, ordered)
+        return AsyncResultIterator(self._engine, self.workers, job, async_source(iterable),
+                                   reporter(progress, total, getattr(fn, "__name__", "aimap")))
+
+    async def aclose(self) -> None:
+        """:meth:`shutdown` for coroutines: close, and await every task without blocking."""
+        import asyncio
+
+        engine = self._engine
+        if getattr(engine, "loop", None) is asyncio.get_running_loop():
+            # The tasks run on this very loop: wait by awaiting, not by blocking.
+            self._closed = True
+            if self._terminated or engine.inherited:
+                return
+            self._cut_open_inputs()
+            engine.shutdown(wait=False)
+            await engine.wait_stopped()  # type: ignore[attr-defined]
+            self._forget()
+            return
+        await asyncio.to_thread(self.shutdown, True)
+
+    async def __aenter__(self) -> Pool:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+        if exc_type is None:
+            await self.aclose()
+            return
+        import asyncio
+
+        engine = self._engine
+        if getattr(engine, "loop", None) is asyncio.get_running_loop():
+            self.terminate()  # cancels the coroutines; give them a moment to unwind
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(engine.config.kill_grace):
+                    await engine.wait_stopped()  # type: ignore[attr-defined]
+        else:
+            await asyncio.to_thread(self.terminate)
 
     # --- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:

@@ -18,14 +18,21 @@ _CLOSE_WAIT = 5.0
 
 
 class LoopThread:
-    """A new event loop, running on a daemon thread (SIGINT blocked) until :meth:`close`."""
+    """An event loop (new unless given) run on a daemon thread (SIGINT blocked) until closed."""
 
-    def __init__(self, name: str) -> None:
-        import asyncio
+    def __init__(self, name: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if loop is None:
+            import asyncio
 
-        self.loop: asyncio.AbstractEventLoop = asyncio.new_event_loop()
+            loop = asyncio.new_event_loop()
+        self.loop: asyncio.AbstractEventLoop = loop
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         start_without_sigint(self._thread)
+
+    @property
+    def ident(self) -> int | None:
+        """The thread's identifier (``threading.get_ident()`` there)."""
+        return self._thread.ident
 
     def _run(self) -> None:
         import asyncio
@@ -46,5 +53,8 @@ class LoopThread:
     def close(self) -> None:
         """Stop the loop, cancel what it still runs, and join its thread."""
         if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
+            try:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+            except RuntimeError:
+                pass  # stopped and closed already, by its owner: the thread is on its way out
             self._thread.join()

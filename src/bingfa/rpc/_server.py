@@ -38,6 +38,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
+from .._async._loops import new_event_loop
 from .._core._context import CancelFlag, WorkerContext, current, set_thread_context
 from .._core._errors import SerializationError
 from .._core._interrupts import start_without_sigint
@@ -1691,20 +1692,6 @@ class Server:
     def _call_on_loop(self, fn: Callable[[], Any]) -> None:
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(fn)
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """The loop a server runs its own thread on: uvloop's when it is installed.
-
-    uvloop (``pip install bingfa[uvloop]``) takes a few microseconds off every
-    call; the standard loop serves just the same without it.
-    """
-    try:
-        import uvloop  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
 
 
 def warn_if_exposed(address: str, secret: bytes | None, tls: ssl.SSLContext | None) -> bool:

@@ -20,6 +20,10 @@ __all__ = ["create_engine", "mode_names"]
 _ENGINES = {
     "thread": ("._thread", "ThreadEngine"),
     "process": ("._process", "ProcessEngine"),
+    "async": ("._async", "AsyncEngine"),
+    "gevent": ("._gevent", "GeventEngine"),
+    "dask": ("._dask", "DaskEngine"),
+    "ray": ("._ray", "RayEngine"),
 }
 
 

@@ -27,13 +27,14 @@ class EngineConfig:
     ``inspect``, which would cost every pool's import a few milliseconds.
     """
 
-    __slots__ = ("initargs", "initializer", "kill_grace", "max_tasks_per_worker",
+    __slots__ = ("initargs", "initializer", "kill_grace", "max_tasks_per_worker", "options",
                  "start_method", "task_timeout", "thread_name_prefix", "workers")
 
     def __init__(self, workers: int, initializer: Callable[..., Any] | None = None,
                  initargs: tuple[Any, ...] = (), max_tasks_per_worker: int | None = None,
                  task_timeout: float | None = None, start_method: str | None = None,
-                 thread_name_prefix: str | None = None, kill_grace: float = 0.2) -> None:
+                 thread_name_prefix: str | None = None, kill_grace: float = 0.2,
+                 options: dict[str, Any] | None = None) -> None:
         self.workers = workers
         self.initializer = initializer
         self.initargs = initargs
@@ -43,6 +44,8 @@ class EngineConfig:
         self.thread_name_prefix = thread_name_prefix
         # How long a terminated process gets to exit before it is killed.
         self.kill_grace = kill_grace
+        # What only one mode understands (a cluster's address= or client=).
+        self.options: dict[str, Any] = options or {}
 
 
 class Engine(abc.ABC):
@@ -92,6 +95,15 @@ class Engine(abc.ABC):
         :func:`bingfa.cancelled` flag. A task not yet running is stopped when it
         starts; one that has finished is left alone.
         """
+
+    def share(self, obj: Any) -> Any:
+        """``obj`` placed where every task can reach it cheaply; what to pass to tasks.
+
+        A cluster puts it on the cluster once (Dask's ``scatter``, Ray's
+        ``put``) and returns a handle that tasks receive as the object itself.
+        Here (threads, processes, coroutines) tasks reach it as it is.
+        """
+        return obj
 
     def drop_queued(self) -> list[Job]:
         """Take out the tasks the engine holds outside the scheduler (see ``hand_over``)."""

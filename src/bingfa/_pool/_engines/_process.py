@@ -199,7 +199,7 @@ class ProcessEngine(Engine):
         self._launch_failure: BaseException | None = None
         self._handlers: dict[int, tuple[int, _Proc | None]] = {}
         self._scratch = memoryview(bytearray(READ_SIZE))  # manager's read buffer
-        self._poller = select.epoll()
+        self._poller, self._cooperative = _epoll()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -687,6 +687,11 @@ class ProcessEngine(Engine):
         timeout = self._poll_timeout()
         if max_wait is not None and (timeout < 0 or timeout > max_wait):
             timeout = max_wait
+        if self._cooperative and timeout != 0:
+            # gevent: wait in the hub (its select) for the epoll fd to turn
+            # readable, then collect the events without blocking.
+            select.select([self._poller.fileno()], [], [], None if timeout < 0 else timeout)
+            timeout = 0
         events = self._poller.poll(timeout)
         posts: list[_Post] = []
         exits: list[_Proc] = []
@@ -1121,6 +1126,22 @@ _WAKE, _RESULT, _EXIT, _WRITE = range(4)
 # Seconds between looks at a task asked to stop that has not started yet.
 _STOP_RECHECK = 0.02
 _STOP_FRAME = FRAME.pack(1) + bytes([KIND_STOP])
+
+
+def _epoll() -> tuple[select.epoll, bool]:
+    """A new epoll object, and whether waits on it must go through gevent's hub.
+
+    ``gevent.monkey.patch_all()`` takes ``select.epoll`` away, since a thread
+    blocked in it (a greenlet, once patched) would block every greenlet. The
+    original is still the best way to watch the workers: it is used without
+    blocking, after gevent's ``select`` has waited for its fd (see ``_step``).
+    """
+    epoll = getattr(select, "epoll", None)
+    if epoll is not None:
+        return epoll(), False
+    monkey = sys.modules["gevent.monkey"]
+    original: type[select.epoll] = monkey.get_original("select", "epoll")
+    return original(), True
 
 
 def _run_posts(posts: list[_Post]) -> None:

@@ -1,0 +1,136 @@
+"""The Ray section of benchmarks/clusters.py: bingfa mode="ray" against Ray's own APIs.
+
+    python benchmarks/clusters.py --only ray          # from clusters.py
+    python benchmarks/_clusters_ray.py [--repeat 5] [--busy 2] [--ray-cpus N]
+
+One local Ray (``ray.init``, usage statistics off, no dashboard) serves every
+contender; a bingfa pool made while Ray is initialised uses that Ray. The
+contenders run interleaved (A, B, C, then A, B, C again...) and each one's
+median is printed with its ratio to the reference:
+
+  * 2,000 tasks of 10 ms (they sleep: the figure measures dispatch, not the
+    CPU share the benchmark takes): ``f.remote`` per task + ``ray.get``
+    (reference), bingfa ``Pool(mode="ray").map``, ``ray.util.multiprocessing.Pool.map``;
+  * 20,000 trivial tasks: ``f.remote`` per task + ``ray.get`` (reference),
+    bingfa's auto batching, ``ray.util.multiprocessing.Pool.map``.
+
+``--busy N`` runs N busy loops (``while True: pass``) beside the section,
+ended by their process ids afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import bingfa as bf
+
+
+def ten_ms(x: int) -> int:
+    time.sleep(0.01)
+    return x
+
+
+def trivial(x: int) -> int:
+    return x + 1
+
+
+def _medians(contenders: dict[str, Callable[[], object]], repeat: int,
+             check: Callable[[object], bool]) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeat):
+        for name, run in contenders.items():  # interleaved
+            started = time.perf_counter()
+            result = run()
+            times[name].append(time.perf_counter() - started)
+            assert check(result), name
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _print_table(title: str, medians: dict[str, float], reference: str) -> None:
+    print(f"\n{title}")
+    base = medians[reference]
+    for name, seconds in medians.items():
+        print(f"  {name:<44} {seconds:8.3f} s   {seconds / base:5.2f}x of {reference}",
+              flush=True)
+
+
+@contextlib.contextmanager
+def busy_loops(n: int) -> Iterator[None]:
+    """``n`` processes spinning ``while True: pass`` beside the block, killed by pid after."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def ray_section(args: argparse.Namespace) -> None:
+    """bingfa mode="ray" against f.remote + ray.get and ray.util.multiprocessing.Pool."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray.util.multiprocessing import Pool as RayPool
+
+    repeat = getattr(args, "repeat", 3)
+    cpus = getattr(args, "ray_cpus", None) or len(os.sched_getaffinity(0))
+    busy = getattr(args, "busy", 0) or 0
+    temp_dir = tempfile.mkdtemp(prefix="bench-ray-")
+    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR",
+             _temp_dir=temp_dir)
+    remote_ten_ms = ray.remote(max_retries=0)(ten_ms)
+    remote_trivial = ray.remote(max_retries=0)(trivial)
+    try:
+        with bf.Pool(mode="ray") as pool, RayPool(cpus) as ray_pool, busy_loops(busy):
+            print(f"ray {ray.__version__}: local, {cpus} CPUs, bingfa workers={pool.workers}, "
+                  f"repeat={repeat}, busy loops beside: {busy}")
+            # warm up every contender's code path once
+            pool.map(trivial, range(100))
+            ray.get([remote_trivial.remote(x) for x in range(100)])
+            ray_pool.map(trivial, range(100))
+            ray.get([remote_ten_ms.remote(x) for x in range(20)])
+
+            n = 2_000
+            slow = list(range(n))
+            _print_table(f"{n:,} tasks of 10 ms", _medians({
+                "f.remote per task + ray.get": lambda: ray.get(
+                    [remote_ten_ms.remote(x) for x in slow]),
+                "bingfa Pool(mode='ray').map": lambda: pool.map(ten_ms, slow),
+                "ray.util.multiprocessing.Pool.map": lambda: ray_pool.map(ten_ms, slow),
+            }, repeat, lambda r: r == slow), "f.remote per task + ray.get")
+
+            m = 20_000
+            tiny = list(range(m))
+            expected = [x + 1 for x in tiny]
+            _print_table(f"{m:,} trivial tasks", _medians({
+                "f.remote per task + ray.get": lambda: ray.get(
+                    [remote_trivial.remote(x) for x in tiny]),
+                "bingfa Pool(mode='ray').map": lambda: pool.map(trivial, tiny),
+                "ray.util.multiprocessing.Pool.map": lambda: ray_pool.map(trivial, tiny),
+            }, repeat, lambda r: r == expected), "f.remote per task + ray.get")
+    finally:
+        ray.shutdown()
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _arguments(argv: list[str] | None = None) -> Any:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender (median)")
+    parser.add_argument("--busy", type=int, default=0, help="busy loops beside the run")
+    parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    ray_section(_arguments())

@@ -1,0 +1,1 @@
+"""Coroutines and the other ways Python waits: bridges between loops, threads and processes."""

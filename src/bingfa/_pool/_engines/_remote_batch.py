@@ -1,0 +1,41 @@
+"""Running a batch on a machine bingfa does not manage (a Dask or Ray worker).
+
+The cluster ships this module's :func:`run_remote_batch` with the batch: it
+applies the function to every item and sends back the values and, for each
+failed task, its exception and traceback text as an
+:data:`~bingfa._core._remote_traceback.ErrorPayload` (a traceback object
+cannot travel; an exception may not pickle). The caller turns the payloads
+back into exceptions with :func:`outcomes`, each with the remote traceback as
+its ``__cause__``, exactly as process mode does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..._core._remote_traceback import ErrorPayload, capture, rebuild
+from .._batch import run_batch
+
+__all__ = ["RemoteOutcome", "outcomes", "run_remote_batch"]
+
+# (values, [(index in the batch, payload)] or None, seconds the batch ran)
+RemoteOutcome = tuple[list[Any], list[tuple[int, ErrorPayload]] | None, float]
+
+
+def run_remote_batch(fn: Callable[..., Any], items: Sequence[Any], call: int) -> RemoteOutcome:
+    """Run ``fn`` over ``items`` on a cluster worker; what :func:`outcomes` reads."""
+    started = time.perf_counter()
+    values, errors = run_batch(fn, items, call)
+    elapsed = time.perf_counter() - started
+    packed = None if errors is None else [(i, capture(exc)) for i, exc in errors]
+    return values, packed, elapsed
+
+
+def outcomes(outcome: RemoteOutcome,
+             ) -> tuple[list[Any], list[tuple[int, BaseException]] | None, float]:
+    """A remote batch's values, its errors rebuilt (remote traceback as cause), its time."""
+    values, packed, elapsed = outcome
+    errors = None if packed is None else [(i, rebuild(payload)) for i, payload in packed]
+    return values, errors, elapsed
