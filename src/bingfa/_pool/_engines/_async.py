@@ -106,12 +106,6 @@ class AsyncEngine(Engine):
                 "async faces: await pool.amap(...), async for ... in pool.aimap(...), "
                 "await pool.submit(...), async with bf.Pool(...)")
 
-    def wait_for(self, future: Any, timeout: float | None) -> None:
-        """Refuse a blocking wait on the loop that would have to deliver the result."""
-        super().wait_for(future, timeout)
-        if not future.done():
-            self.check_can_wait()  # fails it at once if the loop has closed
-
     def wake(self) -> None:
         if self._fill_scheduled:
             return  # a fill is due and will see this work: it takes under the lock

@@ -68,9 +68,13 @@ class Engine(abc.ABC):
 
         Raises:
             PoolClosedError: in a child forked from the pool's process.
+            DeadlockError: from :meth:`check_can_wait`, where waiting here
+                could never end.
         """
         if self.inherited:
             raise inherited_error()
+        if not future.done():
+            self.check_can_wait()
 
     @abc.abstractmethod
     def start(self) -> None:

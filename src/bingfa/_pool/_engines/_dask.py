@@ -363,11 +363,6 @@ class DaskEngine(Engine):
                 "waiting here for a result of the same pool would wait for itself; "
                 "submit from the callback, and wait elsewhere")
 
-    def wait_for(self, future: Any, timeout: float | None) -> None:
-        super().wait_for(future, timeout)
-        if not future.done():
-            self.check_can_wait()
-
     def wake(self) -> None:
         self._fill()
 

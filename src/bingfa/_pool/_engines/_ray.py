@@ -371,11 +371,6 @@ class RayEngine(Engine):
                 "on the thread that delivers the pool's results, so that wait could never end; "
                 "submit from the callback, or chain with add_done_callback")
 
-    def wait_for(self, future: Any, timeout: float | None) -> None:
-        super().wait_for(future, timeout)
-        if not future.done():
-            self.check_can_wait()
-
     def wake(self) -> None:
         self._fill()
 
