@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -88,16 +89,30 @@ def test_contract_suite_passes_in_ray_mode(tmp_path_factory):
         env["PYTHONPATH"] = os.pathsep.join(
             [str(folder), str(TESTS), *(p for p in sys.path if p and os.path.isdir(p))])
         deselect = " and ".join(f"not {name}" for name in SKIPS)
-        args = [sys.executable, "-m", "pytest", str(HERE), f"--ignore={__file__}",
-                "-p", "bingfa_ray_session",
+        # -v: if the run dies, its last line names the test it died in.
+        args = [sys.executable, "-X", "faulthandler", "-m", "pytest", str(HERE),
+                f"--ignore={__file__}", "-p", "bingfa_ray_session",
                 "-k", f"ray and {deselect}",  # the cases parametrised over modes
-                "-p", "no:cacheprovider", "-q", "-rfEs", "--tb=short", "--timeout", "60",
+                "-p", "no:cacheprovider", "-v", "-rfEs", "--tb=short", "--timeout", "60",
                 f"--rootdir={TESTS.parent}", "--basetemp", str(folder / "basetemp")]
-        done = subprocess.run(args, capture_output=True, text=True, timeout=580, env=env,
-                              cwd=TESTS.parent)
+        died = None
+        for _ in range(2):
+            done = subprocess.run(args, capture_output=True, text=True, timeout=280, env=env,
+                                  cwd=TESTS.parent)
+            summary = done.stdout.rstrip().rsplit("\n", 1)[-1]
+            if done.returncode == 0 or " in " in summary:
+                break  # passed, or a test failed: the run's own verdict stands
+            # The run died without a verdict: seen once in CI, where the pytest
+            # process ended (exit status 1, no output) in the middle of a test.
+            # Ray's driver leaves the process when it loses its cluster; run
+            # the suite once more, and say so.
+            died = f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     finally:
         head.stop()
     report = f"{done.stdout[-20000:]}\n{done.stderr[-5000:]}"
     assert done.returncode == 0, f"the contract suite failed in ray mode:\n{report}"
+    if died is not None:
+        warnings.warn(f"the ray-mode contract run died once, then passed:\n{died}",
+                      stacklevel=1)
     assert " passed" in done.stdout, report
     assert not head.processes()
