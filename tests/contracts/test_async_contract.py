@@ -426,6 +426,10 @@ def test_a_pool_left_open_when_its_loop_ends_fails_its_waiters_instead_of_hangin
         pool = bf.Pool(2, mode="async")
         return pool, pool.submit(forever)
 
+    closed_pool = run(main())[0]  # a submit straight after: no wait has noticed the close yet
+    with pytest.raises(bf.PoolClosedError, match="event loop"):
+        closed_pool.submit(square, 1).result(timeout=10)
+    closed_pool.shutdown()
     pool, fut = run(main())  # asyncio.run cancels the task as the loop ends
     with pytest.raises(bf.PoolClosedError, match="event loop"):
         fut.result(timeout=10)

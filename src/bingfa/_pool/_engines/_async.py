@@ -112,11 +112,6 @@ class AsyncEngine(Engine):
         self._fill_scheduled = True
         self._call_on_loop(self._fill)
 
-    def work_added(self) -> None:
-        # Called with the lock held: only schedule the fill, which takes the lock.
-        self.wake()
-        return None
-
     def shutdown(self, wait: bool) -> None:
         self._draining = True
         if wait:
