@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -96,23 +97,27 @@ def test_contract_suite_passes_in_ray_mode(tmp_path_factory):
                 "-p", "no:cacheprovider", "-v", "-rfEs", "--tb=short", "--timeout", "60",
                 f"--rootdir={TESTS.parent}", "--basetemp", str(folder / "basetemp")]
         died = None
-        for _ in range(2):
-            done = subprocess.run(args, capture_output=True, text=True, timeout=280, env=env,
-                                  cwd=TESTS.parent)
+        deadline = time.monotonic() + 540
+        for _ in range(3):
+            left = deadline - time.monotonic()
+            if died is not None and left < 120:
+                break  # no time for another whole run: report the death
+            done = subprocess.run(args, capture_output=True, text=True, timeout=left,
+                                  env=env, cwd=TESTS.parent)
             summary = done.stdout.rstrip().rsplit("\n", 1)[-1]
             if done.returncode == 0 or " in " in summary:
                 break  # passed, or a test failed: the run's own verdict stands
-            # The run died without a verdict: seen once in CI, where the pytest
+            # The run died without a verdict: seen in CI, where the pytest
             # process ended (exit status 1, no output) in the middle of a test.
             # Ray's driver leaves the process when it loses its cluster; run
-            # the suite once more, and say so.
+            # the suite again (at most three runs in all), and say so.
             died = f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     finally:
         head.stop()
     report = f"{done.stdout[-20000:]}\n{done.stderr[-5000:]}"
     assert done.returncode == 0, f"the contract suite failed in ray mode:\n{report}"
     if died is not None:
-        warnings.warn(f"the ray-mode contract run died once, then passed:\n{died}",
+        warnings.warn(f"a ray-mode contract run died, then one passed:\n{died}",
                       stacklevel=1)
     assert " passed" in done.stdout, report
     assert not head.processes()
