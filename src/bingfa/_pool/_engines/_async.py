@@ -121,12 +121,9 @@ class AsyncEngine(Engine):
             self.join()
 
     def terminate(self) -> None:
-        error = PoolClosedError("the pool was terminated before the task finished")
         with self._lock:
             self._terminated = self._draining = True
-            if self.scheduler.broken is None:
-                self.scheduler.broken = error  # late retries fail at once
-            jobs: list[Job] = self.scheduler.cancel_all()
+            error, jobs = self.refuse_work()
         jobs.extend(batch.job for batch in list(self._running.values()))
         self.abort_jobs(jobs, error)
         if threading.get_ident() == self._loop_ident:

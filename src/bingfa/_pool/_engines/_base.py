@@ -150,6 +150,17 @@ class Engine(abc.ABC):
         for job in jobs:
             job.abort(error)
 
+    def refuse_work(self) -> tuple[PoolClosedError, list[Job]]:
+        """For ``terminate`` (scheduler lock held): take every queued job, refuse the rest.
+
+        Returns the error the taken jobs (and the running ones) are to fail
+        with; retries that come back later fail with it at once.
+        """
+        error = PoolClosedError("the pool was terminated before the task finished")
+        if self.scheduler.broken is None:
+            self.scheduler.broken = error
+        return error, self.scheduler.cancel_all()
+
     def abort_jobs(self, jobs: list[Job], error: BaseException) -> None:
         """Fail ``jobs`` (their unfinished tasks) with ``error``."""
         for job in jobs:

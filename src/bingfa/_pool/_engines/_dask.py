@@ -71,14 +71,13 @@ from ..._core._context import CancelFlag, WorkerContext, set_thread_context
 from ..._core._errors import (
     BackendUnavailableError,
     DeadlockError,
-    PoolClosedError,
     SerializationError,
     TaskTimeoutError,
     WorkerCrashedError,
 )
 from ..._core._machine import usable_cores
 from ..._core._remote_traceback import capture
-from .._jobs import Batch, Job, OneJob
+from .._jobs import Batch, OneJob
 from .._scheduler import Scheduler
 from ._base import Engine, EngineConfig, initializer_error
 from ._remote_batch import RemoteOutcome, outcomes, run_remote_batch
@@ -375,12 +374,9 @@ class DaskEngine(Engine):
             self.join()
 
     def terminate(self) -> None:
-        error = PoolClosedError("the pool was terminated before the task finished")
         with self._lock:
             self._terminated = self._draining = True
-            if self.scheduler.broken is None:
-                self.scheduler.broken = error  # late retries fail at once
-            jobs: list[Job] = self.scheduler.cancel_all()
+            error, jobs = self.refuse_work()
             flights = list(self._flights.values())
             for flight in flights:
                 if flight.stop is None:

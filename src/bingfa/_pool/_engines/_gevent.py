@@ -34,7 +34,6 @@ from ..._core._context import CancelFlag, WorkerContext, set_thread_context
 from ..._core._errors import (
     BackendUnavailableError,
     DeadlockError,
-    PoolClosedError,
     TaskTimeoutError,
 )
 from .._batch import run_batch
@@ -155,12 +154,9 @@ class GeventEngine(Engine):
             self.join()
 
     def terminate(self) -> None:
-        error = PoolClosedError("the pool was terminated before the task finished")
         with self._lock:
             self._terminated = self._draining = True
-            if self.scheduler.broken is None:
-                self.scheduler.broken = error  # late retries fail at once
-            jobs = self.scheduler.cancel_all()
+            error, jobs = self.refuse_work()
             running: list[Job] = []
             for w in self._slots:
                 if w is not None and w.batch is not None:

@@ -59,13 +59,12 @@ from ..._core._context import WorkerContext, set_thread_context
 from ..._core._errors import (
     BackendUnavailableError,
     DeadlockError,
-    PoolClosedError,
     TaskTimeoutError,
     WorkerCrashedError,
 )
 from ..._core._remote_traceback import ErrorPayload, capture, rebuild
 from .._batch import CALL_KW, CALL_ONE, CALL_STAR
-from .._jobs import Batch, Job, OneJob
+from .._jobs import Batch, OneJob
 from .._scheduler import Scheduler
 from ._base import Engine, EngineConfig, initializer_error
 from ._remote_batch import RemoteOutcome, outcomes, run_remote_batch
@@ -398,12 +397,9 @@ class RayEngine(Engine):
     def terminate(self) -> None:
         if self.inherited:
             return
-        error = PoolClosedError("the pool was terminated before the task finished")
         with self._lock:
             self._terminated = self._draining = True
-            if self.scheduler.broken is None:
-                self.scheduler.broken = error  # late retries fail at once
-            jobs: list[Job] = self.scheduler.cancel_all()
+            error, jobs = self.refuse_work()
             runs = list(self._running.values())
             for run in runs:
                 if run.stop is None:

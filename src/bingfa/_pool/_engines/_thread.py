@@ -102,12 +102,9 @@ class ThreadEngine(Engine):
             self.join()
 
     def terminate(self) -> None:
-        error = PoolClosedError("the pool was terminated before the task finished")
         with self._lock:
             self._terminated = self._draining = True
-            if self.scheduler.broken is None:
-                self.scheduler.broken = error  # late retries fail at once
-            jobs = self.scheduler.cancel_all()
+            error, jobs = self.refuse_work()
             jobs.extend(self._take_direct())
             running: list[Job] = []
             for w in self._slots:
