@@ -17,8 +17,13 @@ interleaved, and prints medians and ratios:
 - **big array**: one 256 MiB numpy array from one process to another, from the
   put to the consumer having touched every page of it; against
   ``multiprocessing.Queue``. GB/s.
+- **stream of arrays**: ``--stream`` arrays of 8 MiB one after another from
+  one process to another, the consumer touching every page of each and
+  letting it go; against ``multiprocessing.Queue``, and the floor: the same
+  bytes written into shared memory that is already there (bingfa writes each
+  array into a segment a consumer has let go of).
 
-    python benchmarks/channels.py [--messages N] [--repeats N] [--big-mib N]
+    python benchmarks/channels.py [--messages N] [--repeats N] [--big-mib N] [--stream N]
 
 Targets (issue #9): small messages at least 2x multiprocessing.Queue and at
 least faster-fifo; batches at least 10x multiprocessing.Queue's single
@@ -223,6 +228,64 @@ def big_array(kind: str, mib: int) -> float:
     return end - begin
 
 
+# -- a stream of arrays ---------------------------------------------------------------
+
+STREAM_MIB = 8
+
+
+def _send_stream(kind: str, q: Any, count: int, go: Any, started: Any) -> None:
+    # Eight arrays in turn: multiprocessing.Queue pickles in a thread of its
+    # own after put() returns, so one array changed at once would be sent
+    # changed (four in the queue, as many in its feeder's hands at most).
+    arrays = [np.ones(STREAM_MIB * 1024 * 1024 // 8) for _ in range(8)]
+    go.wait()
+    started.put(time.perf_counter())
+    for i in range(count):
+        array = arrays[i % len(arrays)]
+        array[0] = i  # each one its own
+        q.put(array)
+    if kind == "bingfa":
+        q.close()
+
+
+def stream_of_arrays(kind: str, count: int) -> float:
+    """Seconds from the first put of ``count`` 8 MiB arrays to the consumer touching the last."""
+    q = bf.Channel(maxsize=4, mode="process") if kind == "bingfa" else FORK.Queue(4)
+    go, started = FORK.Event(), FORK.SimpleQueue()
+    p = FORK.Process(target=_send_stream, args=(kind, q, count, go, started))
+    p.start()
+    go.set()
+    for i in range(count):
+        array = q.get()
+        assert array[0] == i
+        float(array[::512].sum())  # one read per 4 KiB page
+        del array
+    end = time.perf_counter()
+    begin = started.get()
+    p.join()
+    return end - begin
+
+
+def warm_shared_copies(count: int) -> float:
+    """Seconds to write ``count`` 8 MiB arrays into existing shared memory: the stream's floor."""
+    array = np.ones(STREAM_MIB * 1024 * 1024 // 8)
+    path = f"/dev/shm/bingfa-bench-warm-{os.getpid()}"
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, array.nbytes)
+        view = memoryview(array).cast("B")
+        os.pwritev(fd, [view], 0)  # the pages exist before the clock starts
+        start = time.perf_counter()
+        for _ in range(count):
+            done = 0
+            while done < array.nbytes:
+                done += os.pwritev(fd, [view[done:]], done)
+        return time.perf_counter() - start
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
 def fresh_shared_copy(mib: int) -> float:
     """Seconds to write a ``mib`` MiB array into new shared memory: the floor for one transfer.
 
@@ -253,6 +316,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--big-mib", type=int, default=256)
+    parser.add_argument("--stream", type=int, default=64, help="8 MiB arrays in the stream")
     args = parser.parse_args()
     n = args.messages - args.messages % BATCH
 
@@ -277,6 +341,9 @@ def main() -> None:
         rates.setdefault("big|multiprocessing", []).append(
             big_array("multiprocessing", args.big_mib))
         rates.setdefault("big|floor", []).append(fresh_shared_copy(args.big_mib))
+        for kind in ("bingfa", "multiprocessing"):
+            rates.setdefault(f"stream|{kind}", []).append(stream_of_arrays(kind, args.stream))
+        rates.setdefault("stream|floor", []).append(warm_shared_copies(args.stream))
 
     med = {key: statistics.median(values) for key, values in rates.items()}
     print(f"median of {args.repeats} interleaved runs; {n:,} messages each")
@@ -305,6 +372,13 @@ def main() -> None:
     print(f"  floor, one write into fresh shared memory: {floor * 1e3:.1f} ms "
           f"({gb / floor:.2f} GB/s), so at best {theirs / floor:.1f}x multiprocessing.Queue; "
           f"bingfa takes {ours / floor:.2f}x the floor")
+    ours, theirs, floor = med["stream|bingfa"], med["stream|multiprocessing"], med["stream|floor"]
+    gb = args.stream * STREAM_MIB / 1024 * 1.073741824
+    print(f"{args.stream} arrays of {STREAM_MIB} MiB: bingfa {ours * 1e3:.1f} ms "
+          f"({gb / ours:.2f} GB/s), multiprocessing.Queue {theirs * 1e3:.1f} ms "
+          f"({gb / theirs:.2f} GB/s): {theirs / ours:.1f}x faster")
+    print(f"  floor, the same bytes into shared memory that exists: {floor * 1e3:.1f} ms "
+          f"({gb / floor:.2f} GB/s): bingfa takes {ours / floor:.2f}x the floor")
 
 
 if __name__ == "__main__":

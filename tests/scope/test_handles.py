@@ -97,9 +97,12 @@ def test_terminate_and_kill_end_the_whole_tree(tmp_path, stop, method):
     while not pid_file.exists() or not pid_file.read_text():
         time.sleep(0.01)  # the child writes it once its grandchild runs
     grandchild = psutil.Process(int(pid_file.read_text()))
+    child = psutil.Process(p.pid)
     getattr(p, stop)()
     p.join(timeout=20)
     assert p.future.cancelled()
+    # join waited for the child itself to be gone, not only for its outcome
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
     assert p.exitcode == (-signal.SIGTERM if stop == "terminate" else -signal.SIGKILL)
     _, alive = psutil.wait_procs([grandchild], timeout=5)
     assert not alive

@@ -21,13 +21,14 @@ without ringing, never leaves it waiting.
 from __future__ import annotations
 
 import os
+import struct
 import time
 import weakref
 from pickle import dumps as _c_dumps
 from typing import TYPE_CHECKING, Any
 
 from .._core._errors import LockOwnerDiedError
-from .._core._out_of_band import OUT_OF_BAND_MIN, frame_parts, loads_body
+from .._core._out_of_band import OUT_OF_BAND_MIN, frame_parts, loads_body, parts_size
 from .._core._serialization import (
     PROTOCOL,
     dumps,
@@ -56,7 +57,20 @@ from ._channel import (
     deadline_of,
 )
 from ._errors import ChannelClosedError, ChannelEmpty, ChannelFull
-from ._ring import BATCH, COUNT_MASK, COUNT_SHIFT, HEAD, INLINE, MAX_BATCH, SPILL, TAIL, Ring
+from ._ring import (
+    BATCH,
+    COUNT_MASK,
+    COUNT_SHIFT,
+    HEAD,
+    IN_SLOT,
+    INLINE,
+    MAX_BATCH,
+    SPILL,
+    TAIL,
+    Ring,
+)
+from ._segments import WORDS as _SEGMENT_WORDS
+from ._segments import SegmentSlots
 
 if TYPE_CHECKING:
     import pickle
@@ -87,7 +101,10 @@ _SILENT_HOLDER_LIMIT = 1.0
 CLOSED, PRODUCERS_LEFT, PUTS, GETS, CREATOR = 2, 3, 4, 5, 6  # 0, 1: the ring's TAIL, HEAD
 _SLOTS_AT = 8
 _SLOTS = 64
-_RING_AT = _SLOTS_AT + _SLOTS
+_SEGMENTS_AT = _SLOTS_AT + _SLOTS
+_RING_AT = _SEGMENTS_AT + _SEGMENT_WORDS
+# An IN_SLOT record's payload: the slot, the item's length in it.
+_IN_SLOT = struct.Struct("<IQ")
 
 Record = tuple[int, bytes, int]  # kind, payload, items
 
@@ -107,7 +124,8 @@ class ProcessChannel(Channel, Shared):
     """
 
     __slots__ = ("__weakref__", "_block", "_get_lock", "_held", "_inline_max", "_items_bell",
-                 "_key", "_maxsize", "_put_lock", "_ring", "_room_bell", "_slot_lock", "_words")
+                 "_key", "_maxsize", "_put_lock", "_ring", "_room_bell", "_segments",
+                 "_slot_lock", "_words")
 
     mode = "process"
 
@@ -132,12 +150,13 @@ class ProcessChannel(Channel, Shared):
             # Held for microseconds at a time: one held a second with no
             # holder's token belongs to a process killed as it took it.
             lock._give_up_on_silent_holders(_SILENT_HOLDER_LIMIT)
+        block.words[CREATOR] = os.getpid()
         self._setup(maxsize, block, items_bell, room_bell, *locks)
         self._words[PRODUCERS_LEFT] = -1 if left is None else left
-        self._words[CREATOR] = os.getpid()
         self._created(block.name, (items_name, room_name), block.name)
-        # Before the names go, the segments of big items nobody took.
-        weakref.finalize(self, _free_unread, os.getpid(), self._ring)
+        # Before the names go, the segments of big items nobody took, and the
+        # kept ones (whoever maps one still keeps its memory).
+        weakref.finalize(self, _free_unread, os.getpid(), self._ring, self._segments)
 
     def _setup(self, maxsize: int, block: Block, items_bell: SemLock, room_bell: SemLock,
                put_lock: Lock, get_lock: Lock, slot_lock: Lock) -> None:
@@ -145,6 +164,7 @@ class ProcessChannel(Channel, Shared):
         self._block = block
         self._words = block.words
         self._ring = Ring(block.words, block.as_bytes()[_RING_AT * 8:])
+        self._segments = SegmentSlots(block.words, _SEGMENTS_AT, block.name, block.words[CREATOR])
         self._inline_max = self._ring.capacity // _INLINE_SHARE
         self._items_bell = items_bell
         self._room_bell = room_bell
@@ -217,7 +237,7 @@ class ProcessChannel(Channel, Shared):
                 self._put_lock.release()
         except BaseException:
             for record in records[written:]:
-                _discard(record)
+                self._discard(record)
             raise
         finally:
             if written:
@@ -241,10 +261,40 @@ class ProcessChannel(Channel, Shared):
             raise serialization_error("the item put to the channel", item, exc) from exc
         if not buffers and len(data) <= self._inline_max:
             return INLINE, data, 1
+        parts = frame_parts(data, buffers)
+        size = parts_size(parts)
+        self._take(self._slot_lock, None)
+        try:
+            slot = self._segments.claim(size)
+        finally:
+            self._slot_lock.release()
+        if slot is not None:
+            self._segments.fill(slot, parts)
+            return IN_SLOT, _IN_SLOT.pack(slot, size), 1
         # Named for the channel's creator: if it is killed, its bingfa workers
         # and children remove what is left as they exit (see _core/_shm).
-        parts = frame_parts(data, buffers)
         return SPILL, write_segment(parts, owner=self._words[CREATOR]).encode(), 1
+
+    def _discard(self, record: Record) -> None:
+        """Free a record that was not published (its segment, if it has one)."""
+        kind, payload, _ = record
+        if kind == SPILL:
+            unlink(payload.decode())
+        elif kind == IN_SLOT:
+            self._segments.free(_IN_SLOT.unpack(payload)[0])
+
+    def _decode(self, kind: int, payload: memoryview) -> Any:
+        """A record's item (a batch's list of items), or a _Failed; never raises."""
+        try:
+            if kind == IN_SLOT:
+                return loads_body(self._segments.read(*_IN_SLOT.unpack(payload)))
+            if kind == SPILL:
+                return loads_body(read_segment(bytes(payload).decode()))
+            return loads(payload)
+        except Exception as exc:
+            big = kind not in (INLINE, BATCH)
+            what = "a big item of the channel" if big else "an item of the channel"
+            return _Failed(unpickling_error(what, exc))
 
     def _batch_records(self, items: list[Any]) -> list[Record]:
         """``items`` as one batch record, or one record each if that cannot be."""
@@ -262,7 +312,7 @@ class ProcessChannel(Channel, Shared):
                 records.append(self._record(item))
         except BaseException:
             for record in records:
-                _discard(record)
+                self._discard(record)
             raise
         return records
 
@@ -290,7 +340,7 @@ class ProcessChannel(Channel, Shared):
         # The common case first: an item there, the get lock free.
         if not self._held and self._get_lock.acquire(False):
             try:
-                items = self._ring.read(1, _decode)
+                items = self._ring.read(1, self._decode)
                 if items is not None:
                     self._words[GETS] += 1
             finally:
@@ -313,6 +363,7 @@ class ProcessChannel(Channel, Shared):
     def _get(self, max_items: int, deadline: float | None, nowait: bool) -> list[Any]:
         """Take between 1 and ``max_items`` items, waiting for the first unless ``nowait``."""
         read = self._ring.read
+        decode = self._decode
         words = self._words
         while True:
             lock_by = time.monotonic() + _NOWAIT_PATIENCE if nowait else deadline
@@ -326,7 +377,7 @@ class ProcessChannel(Channel, Shared):
                     taken = self._from_held(max_items)
                 else:
                     while len(taken) < max_items:
-                        items = read(max_items - len(taken), _decode)
+                        items = read(max_items - len(taken), decode)
                         if items is None:
                             break
                         read_any = True
@@ -531,26 +582,9 @@ class _Failed:
         self.error = error
 
 
-def _decode(kind: int, payload: memoryview) -> Any:
-    """A record's item (a batch's list of items), or a _Failed; never raises."""
-    try:
-        if kind == SPILL:
-            return loads_body(read_segment(bytes(payload).decode()))
-        return loads(payload)
-    except Exception as exc:
-        what = "a big item of the channel" if kind == SPILL else "an item of the channel"
-        return _Failed(unpickling_error(what, exc))
-
-
-def _discard(record: Record) -> None:
-    """Free a record that was not published (its segment, if it has one)."""
-    kind, payload, _ = record
-    if kind == SPILL:
-        unlink(payload.decode())
-
-
-def _free_unread(creator: int, ring: Ring) -> None:
-    """Unlink the segments of big items still in the ring (in the creating process only)."""
+def _free_unread(creator: int, ring: Ring, segments: SegmentSlots) -> None:
+    """Unlink the segments of big items still in the ring, and the kept ones (creator only)."""
     if os.getpid() == creator:  # not a forked child: the channel is not its to empty
         for name in ring.spilled_names():
             unlink(name)
+        segments.unlink_all()

@@ -18,6 +18,8 @@ A record is a 16-byte header (payload length, kind, items) and the payload,
 padded to 16 bytes. Kinds: ``INLINE``, one item's pickle; ``BATCH``, the pickle
 of a list of items (``put_many``), which consumers may take part of;
 ``SPILL``, the name of a segment holding one big item (see ``_core._shm``);
+``IN_SLOT``, where in the channel's kept segments one big item is (see
+``_segments``);
 ``WRAP``, the ring's end is unused, go on at 0.
 """
 
@@ -26,11 +28,11 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-__all__ = ["BATCH", "COUNT_MASK", "COUNT_SHIFT", "HEAD", "INLINE", "MAX_BATCH", "SPILL", "TAIL",
-           "Ring"]
+__all__ = ["BATCH", "COUNT_MASK", "COUNT_SHIFT", "HEAD", "INLINE", "IN_SLOT", "MAX_BATCH", "SPILL",
+           "TAIL", "Ring"]
 
 TAIL, HEAD = 0, 1
-INLINE, BATCH, SPILL, WRAP = 0, 1, 2, 3
+INLINE, BATCH, SPILL, WRAP, IN_SLOT = 0, 1, 2, 3, 4
 
 _POS_BITS = 32
 _OFFSET_BITS = 12

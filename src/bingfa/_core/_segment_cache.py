@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-from ._shm import create_segment, unlink, write_segment
+from ._shm import create_segment, unlink, write_parts, write_segment
 
 __all__ = ["SegmentCache"]
 
@@ -60,7 +60,7 @@ class SegmentCache:
                 return write_segment([view]), False
             segment = self._make(size)
         try:
-            _write_at_start(segment.fd, view)
+            write_parts(segment.fd, [view])
         except BaseException:
             self._drop(segment)
             raise
@@ -106,9 +106,3 @@ class SegmentCache:
         unlink(segment.name)
         self._kept_bytes -= segment.size
 
-
-def _write_at_start(fd: int, view: memoryview) -> None:
-    view = view.cast("B")
-    done = 0
-    while done < view.nbytes:
-        done += os.pwritev(fd, [view[done:]], done)

@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Iterable
 
 __all__ = ["create_segment", "map_shared", "new_name", "read_segment", "unlink",
-           "unlink_left_by", "unmap", "write_segment"]
+           "unlink_left_by", "unmap", "write_parts", "write_segment"]
 
 SEGMENT = "o"  # the kind letter of a big buffer's segment
 
@@ -109,17 +109,23 @@ def write_segment(parts: Iterable[bytes | memoryview], owner: int | None = None)
     views = [memoryview(part).cast("B") for part in parts]
     name, fd = create_segment(sum(view.nbytes for view in views), owner)
     try:
-        written = 0
-        while views:
-            done = os.pwritev(fd, views, written)
-            written += done
-            views = _after(views, done)
+        write_parts(fd, views)
     except BaseException:
         unlink(name)
         raise
     finally:
         os.close(fd)
     return name
+
+
+def write_parts(fd: int, parts: Iterable[bytes | memoryview]) -> None:
+    """Write ``parts`` back to back from the start of segment ``fd`` (which must be big enough)."""
+    views = [memoryview(part).cast("B") for part in parts]
+    written = 0
+    while views:
+        done = os.pwritev(fd, views, written)
+        written += done
+        views = _after(views, done)
 
 
 def _after(views: list[memoryview], done: int) -> list[memoryview]:

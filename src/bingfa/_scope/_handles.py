@@ -75,12 +75,18 @@ class _Handle:
         return self._child
 
     def join(self, timeout: float | None = None) -> None:
-        """Wait until it has ended, or ``timeout`` seconds; never raises its error."""
+        """Wait until it has ended, or ``timeout`` seconds; never raises its error.
+
+        After ``terminate()`` or ``kill()`` it waits for the process to be
+        gone (a SIGTERM's grace at most), not only for the outcome.
+        """
         child = self._started()
         try:
             child.future.exception(wait_seconds(timeout))
-        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+        except concurrent.futures.TimeoutError:
             return
+        except concurrent.futures.CancelledError:
+            pass  # stopped: its process may still be on its way out
         child.join()
 
     def result(self, timeout: float | None = None) -> Any:
