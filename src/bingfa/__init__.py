@@ -17,6 +17,7 @@ TYPE_CHECKING = False  # not from typing: its import alone costs more than the r
 if TYPE_CHECKING:
     from typing import Any
 
+    from . import bench as bench
     from . import rpc as rpc
     from ._async._bridges import from_thread as from_thread
     from ._async._bridges import run_async as run_async
@@ -131,8 +132,8 @@ _HOMES = {
     "worker_state": "_core._context",
 }
 
-# public subpackages, also loaded on first use: bf.rpc
-_SUBPACKAGES = ("rpc",)
+# public subpackages, also loaded on first use: bf.rpc, bf.bench
+_SUBPACKAGES = ("bench", "rpc")
 
 __all__ = sorted([*_HOMES, *_SUBPACKAGES, "__version__"])
 

@@ -132,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
                    "(GNU parallel's core; see bingfa run --help)", add_help=False)
     sub.add_parser("info", help="show Python, cores, start methods and installed extras")
     _add_rpc_parser(sub)
+    bench = sub.add_parser("bench", help="time serial, threads, processes, coroutines and "
+                           "greenlets on this machine, and say which to use for what")
+    from .bench._cli import add_arguments
+
+    add_arguments(bench)
     demo_p = sub.add_parser("demo", help="run a small parallel map and check its result")
     demo_p.add_argument("-n", type=int, default=100_000, help="items to map (default 100000)")
     demo_p.add_argument("--mode", default="process", choices=["thread", "process"])
@@ -160,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--workers must be a positive integer")
         print(demo(args.n, args.mode, args.workers))
         return 0
+    if args.command == "bench":
+        from .bench._cli import main as run_bench
+
+        return run_bench(args, parser)
     if args.command == "rpc":
         from .rpc._cli import run as run_rpc
 

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["Interrupted", "deferred_sigint", "start_without_sigint"]
+__all__ = ["Interrupted", "deferred_sigint", "sigint_blocked", "start_without_sigint"]
 
 
 class Interrupted:
@@ -70,21 +70,32 @@ def start_without_sigint(thread: threading.Thread) -> None:
     the signal came to it: one that came to another thread waits there until
     the main thread next runs Python code, which may be never. A thread
     inherits its creator's signal mask, so it is blocked around the start.
+    """
+    with sigint_blocked():
+        thread.start()
+
+
+@contextlib.contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread (and what it starts: threads, and programs it execs).
+
+    A SIGINT that comes meanwhile waits, and is delivered when the block ends.
 
     Once gevent has monkey-patched threading, a "thread" is a greenlet of the
-    calling OS thread: there is no mask to give it, and ``start()`` yields to
-    the hub, where another start would interleave and restore a blocked mask.
+    calling OS thread: there is no mask of its own to give it, and starting
+    one yields to the hub, where another block would interleave and restore a
+    blocked mask; then nothing is blocked.
     """
     monkey = sys.modules.get("gevent.monkey")
     if monkey is not None and monkey.is_module_patched("threading"):
-        thread.start()
+        yield
         return
     try:
         before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     except (AttributeError, OSError, ValueError):  # no pthreads here
-        thread.start()
+        yield
         return
     try:
-        thread.start()
+        yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)

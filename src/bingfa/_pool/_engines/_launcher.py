@@ -270,10 +270,16 @@ class _Zygote:
         import subprocess
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        from ..._core._interrupts import sigint_blocked
+
         code = _ZYGOTE_CODE.format(path=_bingfa_path(), fd=theirs.fileno())
         try:
-            self._process = subprocess.Popen(
-                _interpreter(code), pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+            # Started with SIGINT blocked, which it keeps until it ignores it:
+            # a Ctrl-C while it boots (it reaches the whole foreground group)
+            # is for the parent to handle, not a traceback in the zygote.
+            with sigint_blocked():
+                self._process = subprocess.Popen(
+                    _interpreter(code), pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         except OSError as exc:
             ours.close()
             raise InitializerError(f"cannot start worker processes: {sys.executable} "

@@ -48,9 +48,12 @@ def main(fd: int) -> None:
         parent_pid = os.getppid()
         parent = os.pidfd_open(parent_pid)
     except BaseException as exc:
-        sock.send(b"E" + f"{type(exc).__name__}: {exc}".encode())
+        _tell(sock, b"E" + f"{type(exc).__name__}: {exc}".encode())
         raise SystemExit(1) from None
-    sock.send(b"R")
+    if not _tell(sock, b"R"):
+        # The parent stopped waiting for this zygote (Ctrl-C as it booted):
+        # nothing to serve, nothing to say.
+        raise SystemExit(0)
     _serve(sock, parent, serve_received)
     if select.select([parent], [], [], 0)[0]:  # its pidfd is readable: it has exited
         # The parent died (SIGKILL, most likely), perhaps before any worker of
@@ -59,6 +62,15 @@ def main(fd: int) -> None:
         from ..._core._shm import unlink_left_by
 
         unlink_left_by(parent_pid)
+
+
+def _tell(sock: socket.socket, message: bytes) -> bool:
+    """Send ``message`` to the parent; False if it has closed its end."""
+    try:
+        sock.send(message)
+    except OSError:
+        return False
+    return True
 
 
 def _serve(sock: socket.socket, parent: int, serve: object) -> None:

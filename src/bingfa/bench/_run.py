@@ -1,0 +1,107 @@
+"""Running the workloads: one (workload, mode) step at a time, into a Report."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ._measure import calibrate, measure
+from ._report import Report, WorkloadResult, gil_enabled, machine
+from ._workloads import WORKLOADS, Workload
+
+__all__ = ["SETTINGS", "plan", "run"]
+
+# (serial seconds each measurement aims at, repeats) for --quick and the default run
+SETTINGS = {True: (0.25, 2), False: (0.6, 3)}
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def plan(only: list[str] | None) -> list[tuple[Workload, list[str], dict[str, str]]]:
+    """The workloads to run, each with the modes to time and those skipped (and why)."""
+    chosen = []
+    for workload in WORKLOADS:
+        if only and workload.name not in only:
+            continue
+        if workload.needs and not _installed(workload.needs):
+            continue
+        modes, skipped = [], {}
+        for mode in workload.modes:
+            if mode == "gevent" and not _installed("gevent"):
+                skipped[mode] = "not installed (pip install 'bingfa[gevent]')"
+            else:
+                modes.append(mode)
+        if workload.kind == "throughput" and not workload.waits:
+            skipped["async"] = "one thread, as serial: coroutines only help with waiting"
+        chosen.append((workload, modes, skipped))
+    return chosen
+
+
+@contextmanager
+def _late_server() -> Iterator[int]:
+    """The socket workload's server, in a process of its own: its port."""
+    server = subprocess.Popen([sys.executable, "-m", "bingfa.bench._server"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        if not line.strip():
+            raise RuntimeError("the socket workload's server did not start")
+        yield int(line)
+    finally:
+        server.kill()
+        server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+def run(report: Report, only: list[str] | None = None,
+        step: Callable[[str], Any] | None = None,
+        done: Callable[[], Any] | None = None) -> None:
+    """Measure into ``report`` (it holds what was measured, should this be interrupted).
+
+    ``step(description)`` is called as each measurement starts, ``done()`` as
+    it ends.
+    """
+    budget, repeats = SETTINGS[report.quick]
+    chosen = plan(only)
+    with _maybe_server(any(w.name == "socket" for w, _, _ in chosen)) as port:
+        for workload, modes, skipped in chosen:
+            arg = port if workload.name == "socket" else workload.size
+            tasks = calibrate(workload, arg, budget)
+            result = WorkloadResult(workload, tasks, skipped=dict(skipped))
+            report.results.append(result)
+            for mode in modes:
+                if step is not None:
+                    step(f"{workload.name}: {mode}")
+                result.times[mode] = measure(workload, mode, arg, tasks, repeats)
+                if done is not None:
+                    done()
+    report.complete = True
+
+
+@contextmanager
+def _maybe_server(wanted: bool) -> Iterator[int]:
+    if not wanted:
+        yield 0
+        return
+    with _late_server() as port:
+        yield port
+
+
+def steps(only: list[str] | None) -> int:
+    """How many measurements a run makes (for the progress bar)."""
+    return sum(len(modes) for _, modes, _ in plan(only))
+
+
+def new_report(quick: bool) -> Report:
+    """An empty report for this machine."""
+    info = machine()
+    info["gil"] = gil_enabled()
+    return Report(quick=quick, machine=info)

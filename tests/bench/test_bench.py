@@ -1,0 +1,141 @@
+"""`bingfa bench`: real runs of the command, its verdicts, files, cache and Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from bingfa.bench._report import Report, WorkloadResult, machine
+from bingfa.bench._workloads import WORKLOADS
+
+BY_NAME = {w.name: w for w in WORKLOADS}
+
+
+def bench(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+          **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bingfa", "bench", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})},
+                          **kwargs)
+
+
+@pytest.mark.timeout(180)
+def test_a_quick_run_times_every_mode_and_says_which_to_use(tmp_path):
+    out = tmp_path / "bench.json"
+    done = bench("--quick", "--only", "sleep,switch", "--json", str(out),
+                 env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    assert "GIL" in done.stdout
+    assert "cores" in done.stdout
+    results = json.loads(out.read_text())
+    assert results["complete"] is True
+    assert set(results["workloads"]) == {"sleep", "switch"}
+    sleep = results["workloads"]["sleep"]
+    assert set(sleep["modes"]) == {"serial", "thread", "process", "async", "gevent"}
+    for mode in sleep["modes"].values():
+        assert len(mode["runs"]) == 2
+        assert mode["median"] > 0
+        assert mode["speedup"] > 0
+    assert sleep["verdict"].startswith("I/O-bound, sleeping (10 ms): ")
+    assert sleep["verdict"] in done.stdout
+    switch = results["workloads"]["switch"]
+    assert set(switch["modes"]) == {"serial", "thread", "process", "async", "gevent", "rpc"}
+    assert "µs" in switch["verdict"]
+    # kept for mode="auto", the same results
+    kept = json.loads((tmp_path / "cache" / "bingfa" / "bench.json").read_text())
+    assert kept["workloads"]["sleep"]["modes"] == sleep["modes"]
+
+
+def result(name: str, **medians: float) -> WorkloadResult:
+    r = WorkloadResult(BY_NAME[name], tasks=10)
+    r.times = {mode: [seconds] for mode, seconds in medians.items()}
+    return r
+
+
+def test_verdicts_name_the_fastest_mode_the_ties_and_the_gil():
+    cpu = result("cpu", serial=2.0, thread=2.1, process=1.0)
+    assert cpu.verdict() == ("CPU-bound, pure Python: processes, 2.0x; "
+                             "threads 0.95x because of the GIL")
+    zlib = result("zlib", serial=2.0, thread=1.02, process=1.0)
+    assert zlib.verdict() == ("CPU-bound in C, GIL released (zlib): processes, 2.0x "
+                              "(as good: threads 1.96x)")
+    assert zlib.as_json()["as_good"] == ["thread"]
+    slow = result("hashlib", serial=1.0, thread=1.5, process=1.8)
+    assert slow.verdict().startswith("CPU-bound in C, GIL released (hashlib): serial; nothing")
+    switch = result("switch", serial=1e-7, thread=5e-5, process=1.5e-4)
+    assert switch.verdict() == ("switch cost (one round trip): plain call 0.10 µs, "
+                                "threads 50.0 µs, processes 150.0 µs")
+
+
+def test_the_report_states_the_machine_and_marks_an_interrupted_run():
+    report = Report(quick=True, machine=machine())
+    report.results.append(result("cpu", serial=2.0, thread=2.0, process=1.0))
+    text = report.text()
+    assert f"{os.cpu_count()} cores" in text
+    assert "CPython" in text or "PyPy" in text
+    assert "(interrupted" in text
+    report.complete = True
+    assert "(interrupted" not in report.text()
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_at_once_with_what_was_measured(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "bingfa", "bench", "--only", "cpu",
+                             "--no-save"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        me = psutil.Process(proc.pid)
+        # serial and threads are measured before the process pool starts its workers
+        deadline = time.monotonic() + 90
+        while not any("bingfa" in " ".join(c.cmdline()) or c.name().startswith("python")
+                      for c in me.children()):
+            assert time.monotonic() < deadline, "no worker process ever started"
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "serial" in out
+    assert "threads" in out
+    assert "(interrupted: only what was measured so far)" in out
+    assert "Traceback" not in err
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("suffix", "magic"), [(".png", b"\x89PNG"), (".svg", b"<?xml")])
+def test_plot_draws_the_speedups(tmp_path, suffix, magic):
+    picture = tmp_path / f"bench{suffix}"
+    done = bench("--quick", "--only", "zlib", "--plot", str(picture), "--no-save")
+    assert done.returncode == 0, done.stderr
+    assert picture.read_bytes().startswith(magic)
+
+
+def test_plot_without_matplotlib_says_what_to_install(tmp_path):
+    fake = tmp_path / "no_matplotlib"
+    fake.mkdir()
+    (fake / "matplotlib.py").write_text("raise ImportError('not here')\n")
+    done = bench("--quick", "--plot", str(tmp_path / "b.png"),
+                 env={"PYTHONPATH": f"{fake}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert done.returncode == 2
+    assert "pip install 'bingfa[plot]'" in done.stderr
+    assert not (tmp_path / "b.png").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--only", "cpu,bogus"], "unknown workload(s) bogus"),
+    (["--plot", "bench.pdf"], "PNG or SVG"),
+])
+def test_bad_options_are_refused_before_anything_runs(tmp_path, args, message):
+    done = bench(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr
