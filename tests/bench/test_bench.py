@@ -52,6 +52,14 @@ def test_a_quick_run_times_every_mode_and_says_which_to_use(tmp_path):
     assert kept["workloads"]["sleep"]["modes"] == sleep["modes"]
 
 
+def cmdline(proc: psutil.Process) -> str:
+    """A process's command line; empty once it has gone."""
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def result(name: str, **medians: float) -> WorkloadResult:
     r = WorkloadResult(BY_NAME[name], tasks=10)
     r.times = {mode: [seconds] for mode, seconds in medians.items()}
@@ -93,8 +101,7 @@ def test_ctrl_c_stops_at_once_with_what_was_measured(tmp_path):
         me = psutil.Process(proc.pid)
         # serial and threads are measured before the process pool starts its workers
         deadline = time.monotonic() + 90
-        while not any("bingfa" in " ".join(c.cmdline()) or c.name().startswith("python")
-                      for c in me.children()):
+        while not any("python" in cmdline(c) for c in me.children()):
             assert time.monotonic() < deadline, "no worker process ever started"
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.05)
@@ -139,3 +146,22 @@ def test_bad_options_are_refused_before_anything_runs(tmp_path, args, message):
     done = bench(*args, cwd=tmp_path)
     assert done.returncode == 2
     assert message in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_the_socket_server_goes_when_the_bench_is_killed():
+    proc = subprocess.Popen([sys.executable, "-m", "bingfa", "bench", "--only", "socket",
+                             "--no-save"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        me = psutil.Process(proc.pid)
+        server = None
+        while server is None:
+            assert proc.poll() is None, "the bench ended before its server was seen"
+            server = next((c for c in me.children()
+                           if "bingfa.bench._server" in cmdline(c)), None)
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    _, alive = psutil.wait_procs([server], timeout=5)
+    assert not alive
