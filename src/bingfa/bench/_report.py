@@ -65,6 +65,7 @@ class WorkloadResult:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def median(self, mode: str) -> float:
+        """The median of ``mode``'s runs, in seconds."""
         return statistics.median(self.times[mode])
 
     def speedup(self, mode: str) -> float:
@@ -72,6 +73,7 @@ class WorkloadResult:
         return self.median("serial") / self.median(mode)
 
     def best(self) -> str | None:
+        """The fastest mode measured (not the plain call, for round trips)."""
         timed = [mode for mode in self.times if mode != "serial" or self.workload.kind != "latency"]
         return min(timed, key=self.median) if timed else None
 
@@ -113,6 +115,7 @@ class WorkloadResult:
         return head + ("; " + ", ".join(others) if others else "")
 
     def as_json(self) -> dict[str, Any]:
+        """What ``--json`` and the cache keep of this workload."""
         modes: dict[str, Any] = {}
         for mode, runs in self.times.items():
             entry: dict[str, Any] = {"runs": runs, "median": self.median(mode)}
@@ -135,6 +138,7 @@ class Report:
     complete: bool = False
 
     def machine_line(self) -> str:
+        """The machine in one line, to head the report and the plot."""
         m = self.machine
         gil = "GIL" if m["gil"] else "free-threaded (no GIL)"
         return (f"{m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable); {m['python']}, "
@@ -142,6 +146,7 @@ class Report:
                 f"(default {m['default_start_method']}); {m['platform']}")
 
     def text(self) -> str:
+        """The tables and verdicts, as printed."""
         lines = [f"bingfa bench{' --quick' if self.quick else ''} on {self.machine_line()}", ""]
         for result in self.results:
             if not result.times:
@@ -155,6 +160,7 @@ class Report:
         return "\n".join(lines)
 
     def as_json(self) -> dict[str, Any]:
+        """The whole report as JSON-ready data (``--json``, the cache)."""
         return {"quick": self.quick, "complete": self.complete, "machine": self.machine,
                 "workloads": {r.workload.name: r.as_json() for r in self.results}}
 

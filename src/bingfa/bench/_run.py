@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from ._measure import calibrate, measure
-from ._report import Report, WorkloadResult, gil_enabled, machine
+from ._report import Report, WorkloadResult, machine
 from ._workloads import WORKLOADS, Workload
 
-__all__ = ["SETTINGS", "plan", "run"]
+__all__ = ["SETTINGS", "new_report", "plan", "run", "steps"]
 
 # (serial seconds each measurement aims at, repeats) for --quick and the default run
 SETTINGS = {True: (0.25, 2), False: (0.6, 3)}
@@ -102,6 +102,4 @@ def steps(only: list[str] | None) -> int:
 
 def new_report(quick: bool) -> Report:
     """An empty report for this machine."""
-    info = machine()
-    info["gil"] = gil_enabled()
-    return Report(quick=quick, machine=info)
+    return Report(quick=quick, machine=machine())
