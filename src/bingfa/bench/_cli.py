@@ -43,7 +43,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from tqdm import tqdm
 
     # On stderr, and only on a terminal: the report on stdout stays clean.
-    bar = tqdm(total=steps(only), desc="bingfa bench", unit="run", file=sys.stderr,
+    bar = tqdm(total=steps(only, args.quick), desc="bingfa bench", unit="run", file=sys.stderr,
                leave=False, disable=None)
     try:
         run(report, only, step=bar.set_postfix_str, done=lambda: bar.update(1))

@@ -13,14 +13,16 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .._core._machine import usable_cores
 from ._workloads import Workload, noop, noop_async
 
-__all__ = ["IO_WORKERS", "calibrate", "measure", "workers_for"]
+__all__ = ["IO_WORKERS", "calibrate", "runner", "workers_for"]
 
 # Workers for waiting work: enough that the waits overlap; processes cost
 # memory each, so fewer of them.
@@ -51,15 +53,27 @@ def calibrate(workload: Workload, arg: Any, budget: float) -> int:
     return max(least, min(2000, round(budget / one)))
 
 
-def measure(workload: Workload, mode: str, arg: Any, tasks: int, repeats: int) -> list[float]:
-    """Seconds for ``tasks`` tasks (or per round trip, for latency), once per repeat."""
+@contextmanager
+def runner(workload: Workload, mode: str, arg: Any, tasks: int) -> Iterator[Callable[[], float]]:
+    """``mode`` ready to run ``workload`` (its pool started and warm): a function that
+    times one run, in seconds for ``tasks`` tasks (or per round trip, for latency).
+
+    Runners of every mode stay open together, so that their runs can take
+    turns: on a machine whose load changes, each mode then sees the same.
+    """
     if mode == "gevent":
-        return _in_gevent_child(workload, arg, tasks, repeats)
-    if workload.kind == "latency":
-        return [_round_trip(mode, tasks) for _ in range(repeats)]
-    if mode == "serial":
-        return [_serial(workload.fn, arg, tasks) for _ in range(repeats)]
-    return _pooled(workload, mode, arg, tasks, repeats)
+        with _in_gevent_child(workload, arg, tasks) as run_in_child:
+            yield run_in_child
+    elif workload.kind == "latency" and mode == "async":
+        yield lambda: asyncio.run(_async_round_trips(tasks))
+    elif workload.kind == "latency":
+        with _round_trips(mode) as one_trip:
+            yield lambda: _time_trips(one_trip, tasks)
+    elif mode == "serial":
+        yield lambda: _serial(workload.fn, arg, tasks)
+    else:
+        with _pooled(workload, mode, arg) as run:
+            yield lambda: run(tasks)
 
 
 def _serial(fn: Callable[[Any], Any], arg: Any, tasks: int) -> float:
@@ -69,44 +83,55 @@ def _serial(fn: Callable[[Any], Any], arg: Any, tasks: int) -> float:
     return time.perf_counter() - start
 
 
-def _pooled(workload: Workload, mode: str, arg: Any, tasks: int, repeats: int) -> list[float]:
+@contextmanager
+def _pooled(workload: Workload, mode: str, arg: Any) -> Iterator[Callable[[int], float]]:
     from .._pool._pool import Pool
 
     fn = workload.async_fn if mode == "async" else workload.fn
     workers = workers_for(workload, mode)
     chunksize = 1 if workload.waits else None
-    times = []
+
     with Pool(workers, mode=mode) as pool:
         pool.map(fn, [arg] * workers, chunksize=1)  # every worker started and warm
-        for _ in range(repeats):
+
+        def run(tasks: int) -> float:
             start = time.perf_counter()
             pool.map(fn, [arg] * tasks, chunksize=chunksize)
-            times.append(time.perf_counter() - start)
-    return times
+            return time.perf_counter() - start
+
+        yield run
 
 
-def _round_trip(mode: str, count: int) -> float:
-    """Seconds per round trip of a call that does nothing, in ``mode``."""
+def _time_trips(one_trip: Callable[[int], Any], count: int) -> float:
+    """Seconds per call of ``one_trip``, over ``count`` calls."""
+    start = time.perf_counter()
+    for i in range(count):
+        one_trip(i)
+    return (time.perf_counter() - start) / count
+
+
+@contextmanager
+def _round_trips(mode: str) -> Iterator[Callable[[int], Any]]:
+    """A call that makes one round trip to a worker of ``mode`` and back."""
     if mode == "serial":
-        start = time.perf_counter()
-        for i in range(count):
-            noop(i)
-        return (time.perf_counter() - start) / count
-    if mode == "async":
-        return asyncio.run(_async_round_trips(count))
-    if mode == "rpc":
-        return _rpc_round_trips(count)
-    from .._pool._pool import Pool
+        yield noop
+    elif mode == "rpc":
+        from ..rpc import connect, serve
 
-    with Pool(1, mode=mode) as pool:
-        pool.submit(noop, 0).result()
-        start = time.perf_counter()
-        for i in range(count):
-            pool.submit(noop, i).result()
-        return (time.perf_counter() - start) / count
+        with serve({"noop": noop}, "tcp://127.0.0.1:0") as server, \
+                connect(server.address) as client:
+            client.noop(0)
+            yield client.noop
+    else:
+        from .._pool._pool import Pool
+
+        with Pool(1, mode=mode) as pool:
+            pool.submit(noop, 0).result()
+            yield lambda i: pool.submit(noop, i).result()
 
 
 async def _async_round_trips(count: int) -> float:
+    """Seconds per round trip to a new task on the running loop (one loop for all)."""
     loop = asyncio.get_running_loop()
     await loop.create_task(noop_async(0))
     start = time.perf_counter()
@@ -115,25 +140,42 @@ async def _async_round_trips(count: int) -> float:
     return (time.perf_counter() - start) / count
 
 
-def _rpc_round_trips(count: int) -> float:
-    from ..rpc import connect, serve
-
-    with serve({"noop": noop}, "tcp://127.0.0.1:0") as server, \
-            connect(server.address) as client:
-        client.noop(0)
-        start = time.perf_counter()
-        for i in range(count):
-            client.noop(i)
-        return (time.perf_counter() - start) / count
-
-
-def _in_gevent_child(workload: Workload, arg: Any, tasks: int, repeats: int) -> list[float]:
-    spec = {"workload": workload.name, "arg": arg, "tasks": tasks, "repeats": repeats,
+@contextmanager
+def _in_gevent_child(workload: Workload, arg: Any, tasks: int) -> Iterator[Callable[[], float]]:
+    """A child interpreter, patched by gevent, that times a run each time it is asked."""
+    spec = {"workload": workload.name, "arg": arg, "tasks": tasks,
             "workers": workers_for(workload, "gevent")}
-    done = subprocess.run([sys.executable, "-m", "bingfa.bench._gevent_child", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    if done.returncode != 0:
-        raise RuntimeError(f"the gevent measurement failed: {done.stderr.strip()[-500:]}")
-    times: list[float] = json.loads(done.stdout.strip().splitlines()[-1])
-    return times
+    # Its errors go to a file: a pipe nobody reads while it runs could fill and stop it.
+    with tempfile.TemporaryFile("w+") as errors, subprocess.Popen(
+            [sys.executable, "-m", "bingfa.bench._gevent_child", json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"}) as child:
+        to_child, from_child = child.stdin, child.stdout
+        if to_child is None or from_child is None:  # never: both are pipes
+            raise RuntimeError("the gevent child has no pipes")
+
+        def failed() -> RuntimeError:
+            child.kill()
+            child.wait()
+            errors.seek(0)
+            return RuntimeError(f"the gevent measurement failed: {errors.read().strip()[-500:]}")
+
+        def run() -> float:
+            to_child.write("run\n")
+            to_child.flush()
+            line = from_child.readline()
+            if not line:
+                raise failed()
+            return float(json.loads(line))
+
+        try:
+            if from_child.readline().strip() != "ready":
+                raise failed()
+            yield run
+        finally:
+            if child.poll() is None:
+                to_child.close()  # it ends when its input does
+                try:
+                    child.wait(10)
+                except subprocess.TimeoutExpired:
+                    child.kill()

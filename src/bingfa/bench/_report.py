@@ -63,6 +63,7 @@ class WorkloadResult:
     tasks: int
     times: dict[str, list[float]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    planned: tuple[str, ...] = ()  # the modes to be timed (an interrupted run has fewer)
 
     def median(self, mode: str) -> float:
         """The median of ``mode``'s runs, in seconds."""
@@ -87,6 +88,12 @@ class WorkloadResult:
 
     def verdict(self) -> str:
         """One line: the mode to use, and what the others gave."""
+        missing = [m for m in self.planned if m not in self.times]
+        if missing:
+            return self._verdict() + f" (not measured: {', '.join(LABELS[m] for m in missing)})"
+        return self._verdict()
+
+    def _verdict(self) -> str:
         title = self.workload.title
         if self.workload.kind == "latency":
             parts = [f"{_latency_label(m)} {_micro(self.median(m))} µs" for m in

@@ -6,10 +6,10 @@ import importlib.util
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from ._measure import calibrate, measure
+from ._measure import calibrate, runner
 from ._report import Report, WorkloadResult, machine
 from ._workloads import WORKLOADS, Workload
 
@@ -75,14 +75,24 @@ def run(report: Report, only: list[str] | None = None,
         for workload, modes, skipped in chosen:
             arg = port if workload.name == "socket" else workload.size
             tasks = calibrate(workload, arg, budget)
-            result = WorkloadResult(workload, tasks, skipped=dict(skipped))
+            result = WorkloadResult(workload, tasks, skipped=dict(skipped), planned=tuple(modes))
             report.results.append(result)
-            for mode in modes:
-                if step is not None:
-                    step(f"{workload.name}: {mode}")
-                result.times[mode] = measure(workload, mode, arg, tasks, repeats)
-                if done is not None:
-                    done()
+            with ExitStack() as stack:
+                runs = {}
+                for mode in modes:
+                    if step is not None:
+                        step(f"{workload.name}: starting {mode}")
+                    runs[mode] = stack.enter_context(runner(workload, mode, arg, tasks))
+                # The modes take turns, once per repeat: a change in the
+                # machine's load then falls on all of them alike.
+                for _ in range(repeats):
+                    for mode in modes:
+                        if step is not None:
+                            step(f"{workload.name}: {mode}")
+                        seconds = runs[mode]()  # interrupted: no entry, not an empty one
+                        result.times.setdefault(mode, []).append(seconds)
+                        if done is not None:
+                            done()
     report.complete = True
 
 
@@ -95,9 +105,10 @@ def _maybe_server(wanted: bool) -> Iterator[int]:
         yield port
 
 
-def steps(only: list[str] | None) -> int:
+def steps(only: list[str] | None, quick: bool) -> int:
     """How many measurements a run makes (for the progress bar)."""
-    return sum(len(modes) for _, modes, _ in plan(only))
+    repeats = SETTINGS[quick][1]
+    return sum(len(modes) * repeats for _, modes, _ in plan(only))
 
 
 def new_report(quick: bool) -> Report:
