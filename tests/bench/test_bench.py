@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from bingfa.bench._report import Report, WorkloadResult, machine
+from bingfa.bench._run import SETTINGS
 from bingfa.bench._workloads import WORKLOADS
 
 BY_NAME = {w.name: w for w in WORKLOADS}
@@ -111,11 +112,13 @@ def test_ctrl_c_stops_at_once_with_what_was_measured(tmp_path):
                             text=True, start_new_session=True)
     try:
         me = psutil.Process(proc.pid)
-        # The modes take turns: serial, threads, then processes. Once the
-        # process workers have computed for a while, serial and threads have
-        # had their first run.
+        # The modes take turns: serial, threads, then processes. Each pool
+        # first runs half a map untimed (half the work budget); once the
+        # process workers have computed a whole budget's worth, they are in
+        # their first timed run, after serial's and threads'.
+        budget = SETTINGS[False][0]
         deadline = time.monotonic() + 90
-        while worker_cpu(me) < 0.3:
+        while worker_cpu(me) < budget:
             assert time.monotonic() < deadline, "the process workers never computed"
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.05)

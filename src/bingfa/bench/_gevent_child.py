@@ -44,6 +44,7 @@ def main() -> None:
         return
     with Pool(spec["workers"], mode="gevent") as pool:
         pool.map(workload.fn, [arg] * spec["workers"], chunksize=1)
+        pool.map(workload.fn, [arg] * max(spec["workers"], tasks // 2), chunksize=1)
 
         def run() -> float:
             start = time.perf_counter()

@@ -72,7 +72,7 @@ def runner(workload: Workload, mode: str, arg: Any, tasks: int) -> Iterator[Call
     elif mode == "serial":
         yield lambda: _serial(workload.fn, arg, tasks)
     else:
-        with _pooled(workload, mode, arg) as run:
+        with _pooled(workload, mode, arg, tasks) as run:
             yield lambda: run(tasks)
 
 
@@ -84,7 +84,8 @@ def _serial(fn: Callable[[Any], Any], arg: Any, tasks: int) -> float:
 
 
 @contextmanager
-def _pooled(workload: Workload, mode: str, arg: Any) -> Iterator[Callable[[int], float]]:
+def _pooled(workload: Workload, mode: str, arg: Any,
+            tasks: int) -> Iterator[Callable[[int], float]]:
     from .._pool._pool import Pool
 
     fn = workload.async_fn if mode == "async" else workload.fn
@@ -92,7 +93,10 @@ def _pooled(workload: Workload, mode: str, arg: Any) -> Iterator[Callable[[int],
     chunksize = 1 if workload.waits else None
 
     with Pool(workers, mode=mode) as pool:
-        pool.map(fn, [arg] * workers, chunksize=1)  # every worker started and warm
+        pool.map(fn, [arg] * workers, chunksize=1)  # every worker started
+        # ... and a map of half the size first: a pool's first map of a function
+        # sizes its chunks while it learns the task's time, and runs slower.
+        pool.map(fn, [arg] * max(workers, tasks // 2), chunksize=chunksize)
 
         def run(tasks: int) -> float:
             start = time.perf_counter()
