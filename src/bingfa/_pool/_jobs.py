@@ -448,7 +448,8 @@ class ManyJob(Job):
         else:
             # Guided self-scheduling: never more than a share of what is left
             # (so the tail shrinks and workers finish together), and about
-            # TARGET_BATCH_SECONDS of work once the task time is known.
+            # TARGET_BATCH_SECONDS of work (the engine's batch_seconds) once the
+            # task time is known.
             remaining = self.submitted - self.dispatched
             if self.size_hint is not None:
                 remaining = self.size_hint - self.dispatched
@@ -462,7 +463,8 @@ class ManyJob(Job):
                 # ... but not below MIN_BATCH_SECONDS of work, where a batch
                 # would cost more to send than to run.
                 floor = int(MIN_BATCH_SECONDS / per_task)
-                size = min(max(share, floor), max(1, int(TARGET_BATCH_SECONDS / per_task)))
+                target = self.scheduler.batch_seconds
+                size = min(max(share, floor), max(1, int(target / per_task)))
             carried = self.bytes_per_task()
             if carried:
                 size = min(size, max(1, int(TARGET_BATCH_BYTES / carried)))

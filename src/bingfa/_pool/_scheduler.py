@@ -16,6 +16,7 @@ from .._core._weakcallables import WeakCallableMap
 from ._jobs import (
     GROUP_SECONDS,
     MAX_GROUP,
+    TARGET_BATCH_SECONDS,
     TRACK_THRESHOLD_SECONDS,
     Batch,
     GroupJob,
@@ -84,6 +85,10 @@ class Scheduler:
         # Whether the engine sends queued single tasks of a quick function
         # together (process mode: it saves a pipe round trip each).
         self.groups_singles = True
+        # About how much work a map's chunk holds once its task time is known
+        # (see ManyJob._size): an engine whose batches cost more to send (a
+        # cluster's scheduling, a millisecond or more each) asks for more.
+        self.batch_seconds = TARGET_BATCH_SECONDS
         # Jobs whose input may still grow (an imap being consumed): an engine
         # that is draining must not stop while there are any.
         self.open_jobs: set[ManyJob] = set()

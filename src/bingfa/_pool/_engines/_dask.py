@@ -80,7 +80,7 @@ from ..._core._remote_traceback import capture
 from .._jobs import Batch, OneJob
 from .._scheduler import Scheduler
 from ._base import Engine, EngineConfig, initializer_error
-from ._remote_batch import RemoteOutcome, outcomes, run_remote_batch
+from ._remote_batch import CLUSTER_BATCH_SECONDS, RemoteOutcome, outcomes, run_remote_batch
 
 __all__ = ["DaskEngine", "SharedObject"]
 
@@ -321,6 +321,7 @@ class DaskEngine(Engine):
         scheduler.wake = self.wake
         # Queued quick submits leave together: each batch costs a scheduler round trip.
         scheduler.groups_singles = True
+        scheduler.batch_seconds = CLUSTER_BATCH_SECONDS
 
     # --- engine protocol ---------------------------------------------------------------
     def start(self) -> None:

@@ -67,7 +67,7 @@ from .._batch import CALL_KW, CALL_ONE, CALL_STAR
 from .._jobs import Batch, OneJob
 from .._scheduler import Scheduler
 from ._base import Engine, EngineConfig, initializer_error
-from ._remote_batch import RemoteOutcome, outcomes, run_remote_batch
+from ._remote_batch import CLUSTER_BATCH_SECONDS, RemoteOutcome, outcomes, run_remote_batch
 
 __all__ = ["RayEngine"]
 
@@ -342,6 +342,7 @@ class RayEngine(Engine):
         self._ref_type: type = self._ray.ObjectRef
         self._remote_fn, self._remote_timed = _remote_functions(self._ray)
         scheduler.wake = self.wake
+        scheduler.batch_seconds = CLUSTER_BATCH_SECONDS
 
     # --- engine protocol ---------------------------------------------------------------
     def start(self) -> None:
