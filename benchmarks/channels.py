@@ -286,7 +286,7 @@ def warm_shared_copies(count: int) -> float:
         os.unlink(path)
 
 
-def fresh_shared_copy(mib: int) -> float:
+def fresh_shared_copy(mib: int, read: bool = False) -> float:
     """Seconds to write a ``mib`` MiB array into new shared memory: the floor for one transfer.
 
     An array in a process's own memory reaches another process only by being
@@ -294,7 +294,14 @@ def fresh_shared_copy(mib: int) -> float:
     they are written. The fastest way here is ``pwritev`` into a new tmpfs
     file (a memcpy into a fresh mapping is slower: a page fault per page). No
     receiver is counted, so no implementation can take less.
+
+    With ``read``, the floor with a reader: the memory is also mapped and
+    every page touched, all in one process with nothing sent at all. What the
+    big-array workload times (from the put to the consumer having read every
+    page) cannot take less than this here.
     """
+    import mmap
+
     array = np.ones(mib * 1024 * 1024 // 8)
     path = f"/dev/shm/bingfa-bench-floor-{os.getpid()}"
     start = time.perf_counter()
@@ -304,37 +311,14 @@ def fresh_shared_copy(mib: int) -> float:
         view, done = memoryview(array).cast("B"), 0
         while done < array.nbytes:
             done += os.pwritev(fd, [view[done:]], done)
+        if read:
+            mapping = mmap.mmap(fd, array.nbytes)
+            mapped = np.frombuffer(mapping, dtype=np.float64)
+            float(mapped[::512].sum())  # one read per 4 KiB page
         seconds = time.perf_counter() - start
-    finally:
-        os.close(fd)
-        os.unlink(path)
-    return seconds
-
-
-def fresh_shared_copy_touched(mib: int) -> float:
-    """The floor with a reader: write into new shared memory, map it, touch every page.
-
-    All in one process, so nothing is sent at all: what the big-array
-    workload times (from the put to the consumer having read every page)
-    cannot take less than this here.
-    """
-    import mmap
-
-    array = np.ones(mib * 1024 * 1024 // 8)
-    path = f"/dev/shm/bingfa-bench-floor-read-{os.getpid()}"
-    start = time.perf_counter()
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-    try:
-        os.ftruncate(fd, array.nbytes)
-        view, done = memoryview(array).cast("B"), 0
-        while done < array.nbytes:
-            done += os.pwritev(fd, [view[done:]], done)
-        mapping = mmap.mmap(fd, array.nbytes)
-        mapped = np.frombuffer(mapping, dtype=np.float64)
-        float(mapped[::512].sum())  # one read per 4 KiB page
-        seconds = time.perf_counter() - start
-        del mapped
-        mapping.close()
+        if read:
+            del mapped
+            mapping.close()
     finally:
         os.close(fd)
         os.unlink(path)
@@ -371,7 +355,7 @@ def main() -> None:
         rates.setdefault("big|multiprocessing", []).append(
             big_array("multiprocessing", args.big_mib))
         rates.setdefault("big|floor", []).append(fresh_shared_copy(args.big_mib))
-        rates.setdefault("big|floor read", []).append(fresh_shared_copy_touched(args.big_mib))
+        rates.setdefault("big|floor read", []).append(fresh_shared_copy(args.big_mib, read=True))
         for kind in ("bingfa", "multiprocessing"):
             rates.setdefault(f"stream|{kind}", []).append(stream_of_arrays(kind, args.stream))
         rates.setdefault("stream|floor", []).append(warm_shared_copies(args.stream))
