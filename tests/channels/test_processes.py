@@ -242,7 +242,8 @@ def test_big_items_nobody_took_are_freed_with_the_channel():
     ch.put(np.zeros(1 << 20))
     ch.put(b"x" * (1 << 21))
     names = {n for n in os.listdir("/dev/shm") if f"bf-{os.getpid()}-o-" in n}
-    assert len(names) == 2
+    holding = {n for n in names if os.path.getsize(f"/dev/shm/{n}") > 0}
+    assert len(holding) == 2  # in two of the kept segments, named from the start
     del ch
     assert not {n for n in os.listdir("/dev/shm") if n in names}
 
@@ -346,7 +347,7 @@ def test_a_creator_killed_with_big_items_unread_leaves_nothing_within_2_seconds(
         assert proc.stdout.readline() == "holding\n"
         family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
         mine = [n for n in os.listdir("/dev/shm") if n.startswith(f"bf-{proc.pid}-o-")]
-        assert len(mine) == 3
+        assert len([n for n in mine if os.path.getsize(f"/dev/shm/{n}") > 0]) == 3
         proc.kill()
         proc.wait(10)
         assert wait_until(lambda: not any(os.path.exists(f"/dev/shm/{n}") for n in mine),
@@ -358,3 +359,38 @@ def test_a_creator_killed_with_big_items_unread_leaves_nothing_within_2_seconds(
     for pid in family[1:]:
         assert wait_until(lambda pid=pid: not psutil.pid_exists(pid)
                           or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=10)
+
+
+ALONE_CREATOR = textwrap.dedent('''\
+    import time
+    import numpy as np
+    import bingfa as bf
+
+    ch = bf.Channel(mode="process")
+    ch.put(np.ones(1 << 17))                 # 1 MiB, into a kept segment
+    kept = ch.get()                          # taken, and held
+    ch.put(np.full(1 << 17, 2.0))            # another, unread
+    print("holding", flush=True)
+    time.sleep(60)
+''')
+
+
+@pytest.mark.timeout(60)
+def test_a_creator_killed_with_no_bingfa_process_left_leaves_nothing_within_2_seconds(tmp_path):
+    script = tmp_path / "alone.py"
+    script.write_text(ALONE_CREATOR)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline() == "holding\n"
+        mine = [n for n in os.listdir("/dev/shm") if n.startswith(f"bf-{proc.pid}-")]
+        assert len([n for n in mine if os.path.getsize(f"/dev/shm/{n}") > 0]) >= 2
+        proc.kill()
+        proc.wait(10)
+        # multiprocessing's resource tracker, the creator's only survivor, unlinks them
+        assert wait_until(lambda: not any(os.path.exists(f"/dev/shm/{n}") for n in mine),
+                          timeout=2.0)
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()

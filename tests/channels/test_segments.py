@@ -17,9 +17,10 @@ MiB = 1 << 20
 
 
 def kept_segments(ch) -> set[str]:
-    """The channel's kept segment names now in /dev/shm."""
+    """The channel's kept segments in /dev/shm that hold memory (all are named from the start)."""
     prefix = ch._segments.name(0)[1:-1]
-    return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)}
+    return {n for n in os.listdir("/dev/shm")
+            if n.startswith(prefix) and os.path.getsize(f"/dev/shm/{n}") > 0}
 
 
 def one_off_segments() -> set[str]:

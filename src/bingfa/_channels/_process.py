@@ -153,10 +153,10 @@ class ProcessChannel(Channel, Shared):
         block.words[CREATOR] = os.getpid()
         self._setup(maxsize, block, items_bell, room_bell, *locks)
         self._words[PRODUCERS_LEFT] = -1 if left is None else left
-        self._created(block.name, (items_name, room_name), block.name)
-        # Before the names go, the segments of big items nobody took, and the
-        # kept ones (whoever maps one still keeps its memory).
-        weakref.finalize(self, _free_unread, os.getpid(), self._ring, self._segments)
+        self._created(block.name, (items_name, room_name), block.name,
+                      self._segments.make_names())
+        # Before the names go, the segments of big items nobody took.
+        weakref.finalize(self, _free_unread, os.getpid(), self._ring)
 
     def _setup(self, maxsize: int, block: Block, items_bell: SemLock, room_bell: SemLock,
                put_lock: Lock, get_lock: Lock, slot_lock: Lock) -> None:
@@ -582,9 +582,8 @@ class _Failed:
         self.error = error
 
 
-def _free_unread(creator: int, ring: Ring, segments: SegmentSlots) -> None:
-    """Unlink the segments of big items still in the ring, and the kept ones (creator only)."""
+def _free_unread(creator: int, ring: Ring) -> None:
+    """Unlink the segments of big items still in the ring (in the creating process only)."""
     if os.getpid() == creator:  # not a forked child: the channel is not its to empty
         for name in ring.spilled_names():
             unlink(name)
-        segments.unlink_all()

@@ -23,8 +23,11 @@ consumer that never let go) leaves ``HOLDER`` naming a dead process: the next
 claim that finds no free slot takes such slots back. A consumer that keeps
 what it took keeps its slot; when no slot is free, or the kept bytes would
 pass ``BUDGET``, items go through one-off segments as before. Segment names
-are the channel's (its creator's pid and block key, then the slot), so the
-creator's finalizer, or whoever outlives a killed creator, unlinks them.
+are the channel's (its creator's pid and block key, then the slot). The
+creator makes every slot's name at once, empty (no memory until a slot is
+written), and has multiprocessing's resource tracker watch them as it does
+the channel's block: when the channel goes they are unlinked, and if the
+creator is killed the tracker unlinks them.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ import os
 import weakref
 from collections.abc import Sequence
 
-from .._core._shm import SEGMENT, read_segment, unlink, write_parts
-from .._sync._shared import is_alive, owner_token
+from .._core._shm import SEGMENT, read_segment, write_parts
+from .._sync._shared import is_alive, owner_token, track_memory
 
 __all__ = ["BUDGET", "SLOTS", "WORDS", "SegmentSlots"]
 
@@ -62,6 +65,14 @@ class SegmentSlots:
     def name(self, slot: int) -> str:
         """The segment name of ``slot``."""
         return f"{self._prefix}{slot}"
+
+    def make_names(self) -> tuple[str, ...]:
+        """Create every slot's segment, empty, and have it tracked (the creator, once)."""
+        names = tuple(self.name(slot) for slot in range(SLOTS))
+        for name in names:
+            os.close(_posixshmem.shm_open(name, os.O_RDWR | os.O_CREAT, 0o600))
+            track_memory(name)
+        return names
 
     def _word(self, slot: int, field: int) -> int:
         return self._at + 3 * slot + field
@@ -153,8 +164,3 @@ class SegmentSlots:
         """Let producers write ``slot`` again (one store: safe from any thread, any time)."""
         self._words[self._word(slot, _STATE)] = FREE
 
-    def unlink_all(self) -> None:
-        """Remove every slot's segment name (the creator, as the channel goes)."""
-        for slot in range(SLOTS):
-            if self._words[self._word(slot, _STATE)] != EMPTY:
-                unlink(self.name(slot))

@@ -67,6 +67,7 @@ __all__ = [
     "make_semaphore",
     "open_semaphore",
     "owner_token",
+    "track_memory",
 ]
 
 C = TypeVar("C")
@@ -157,9 +158,10 @@ def is_alive(token: int) -> bool:
 # -- names ---------------------------------------------------------------------
 
 # The names this process made and has still to unlink, by serial number:
-# (creating pid, semaphores, block). Unlinked when the primitive is collected
-# (a finalizer) or at exit (_unlink_at_exit), whichever comes first.
-_to_unlink: dict[int, tuple[int, tuple[str, ...], str | None]] = {}
+# (creating pid, semaphores, block, other shared memory names). Unlinked when
+# the primitive is collected (a finalizer) or at exit (_unlink_at_exit),
+# whichever comes first.
+_to_unlink: dict[int, tuple[int, tuple[str, ...], str | None, tuple[str, ...]]] = {}
 _unlink_serial = itertools.count()
 
 
@@ -167,7 +169,7 @@ def _unlink_all(serial: int) -> None:
     names = _to_unlink.pop(serial, None)
     if names is None:
         return  # done already
-    creator, semaphores, block = names
+    creator, semaphores, block, memory = names
     if os.getpid() != creator:  # a forked child exiting normally: not its to remove
         return
     from multiprocessing import resource_tracker
@@ -178,12 +180,12 @@ def _unlink_all(serial: int) -> None:
         except OSError:
             pass
         resource_tracker.unregister(name, "semaphore")
-    if block is not None:
+    for name in (*memory, *([] if block is None else [block])):
         try:
-            _posixshmem.shm_unlink(block)
+            _posixshmem.shm_unlink(name)
         except OSError:
             pass
-        resource_tracker.unregister(block, "shared_memory")
+        resource_tracker.unregister(name, "shared_memory")
 
 
 @atexit.register
@@ -210,6 +212,11 @@ def _track(name: str, kind: str) -> None:
     from multiprocessing import resource_tracker
 
     resource_tracker.register(name, kind)
+
+
+def track_memory(name: str) -> None:
+    """Have shared memory ``name`` unlinked should this process die without running Python."""
+    _track(name, "shared_memory")
 
 
 def make_semaphore(value: int,
@@ -324,11 +331,16 @@ class Shared:
 
     _key: str
 
-    def _created(self, key: str, semaphores: tuple[str, ...], block: str | None) -> None:
-        """Record a primitive this process made: it will unlink the names."""
+    def _created(self, key: str, semaphores: tuple[str, ...], block: str | None,
+                 memory: tuple[str, ...] = ()) -> None:
+        """Record a primitive this process made: it will unlink the names.
+
+        ``memory`` names more shared memory the primitive uses; like the
+        block's, they are tracked (see :func:`track_memory`).
+        """
         self._key = key  # type: ignore[misc]  # a slot of each subclass
         serial = next(_unlink_serial)
-        _to_unlink[serial] = (os.getpid(), semaphores, block)
+        _to_unlink[serial] = (os.getpid(), semaphores, block, memory)
         weakref.finalize(self, _unlink_all, serial).atexit = False  # see _unlink_at_exit
         with _instances_lock:
             _instances[key] = self
