@@ -238,7 +238,8 @@ def test_imap_on_endless_input_reads_a_bounded_window():
         it.close()
 
 
-def test_terminate_cancels_running_coroutines():
+def waits_until_cancelled():
+    """Two events and a coroutine function that sets the first, then the second when cancelled."""
     started = threading.Event()
     cancelled = threading.Event()
 
@@ -249,6 +250,12 @@ def test_terminate_cancels_running_coroutines():
         except asyncio.CancelledError:
             cancelled.set()
             raise
+
+    return started, cancelled, forever
+
+
+def test_terminate_cancels_running_coroutines():
+    started, cancelled, forever = waits_until_cancelled()
 
     pool = bf.Pool(2, mode="async")
     fut = pool.submit(forever)
@@ -260,16 +267,7 @@ def test_terminate_cancels_running_coroutines():
 
 
 def test_a_stop_from_a_scope_cancels_a_running_coroutine():
-    started = threading.Event()
-    cancelled = threading.Event()
-
-    async def forever():
-        started.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
+    started, cancelled, forever = waits_until_cancelled()
 
     with bf.Pool(2, mode="async") as pool:
         fut, stop = pool._submit_stoppable(forever, (), {})

@@ -285,15 +285,15 @@ class ProcessChannel(Channel, Shared):
 
     def _decode(self, kind: int, payload: memoryview) -> Any:
         """A record's item (a batch's list of items), or a _Failed; never raises."""
+        small = kind == INLINE or kind == BATCH  # the common case, tested first
         try:
+            if small:
+                return loads(payload)
             if kind == IN_SLOT:
                 return loads_body(self._segments.read(*_IN_SLOT.unpack(payload)))
-            if kind == SPILL:
-                return loads_body(read_segment(bytes(payload).decode()))
-            return loads(payload)
+            return loads_body(read_segment(bytes(payload).decode()))  # SPILL
         except Exception as exc:
-            big = kind not in (INLINE, BATCH)
-            what = "a big item of the channel" if big else "an item of the channel"
+            what = "an item of the channel" if small else "a big item of the channel"
             return _Failed(unpickling_error(what, exc))
 
     def _batch_records(self, items: list[Any]) -> list[Record]:
