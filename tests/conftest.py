@@ -38,7 +38,7 @@ import pytest
 
 # BINGFA_TEST_MODES=gevent (comma-separated) runs the contract suite on other modes:
 # tests/contracts/test_gevent_contract.py sets it in a monkey-patched interpreter.
-MODES = os.environ.get("BINGFA_TEST_MODES", "thread,process").split(",")
+MODES = os.environ.get("BINGFA_TEST_MODES", "thread,process,auto").split(",")
 
 # How long things may take to settle after a test before they count as leaked.
 GRACE_SECONDS = 3.0

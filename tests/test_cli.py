@@ -26,7 +26,7 @@ def test_version_and_info():
     info = bingfa("info")
     assert info.returncode == 0
     assert "start methods:" in info.stdout
-    assert "modes: thread, process" in info.stdout
+    assert "modes: auto, thread, process" in info.stdout
 
 
 @pytest.mark.timeout(90)

@@ -70,7 +70,7 @@ def info() -> str:
         f"cores: {os.cpu_count()} (usable by this process: {usable})",
         f"start methods: {', '.join(START_METHODS)} "
         f"(default: {default_start_method()})",
-        f"modes: {', '.join(mode_names())}",
+        f"modes: {', '.join(('auto', *mode_names()))}",
         "optional extras:",
     ]
     for extra, module in EXTRAS:
@@ -94,10 +94,11 @@ def demo(n: int, mode: str, workers: int | None) -> str:
         start = time.perf_counter()
         results = pool.map(_square, range(n))
         elapsed = time.perf_counter() - start
-        workers = pool.workers
+        workers, ran_in = pool.workers, pool.mode
     expected = sum(x * x for x in range(n))
     status = "ok" if sum(results) == expected else "WRONG"
-    return (f"map(x*x) over {n:,} items on {workers} {mode} workers: "
+    how = f"{ran_in} (chosen by mode='auto')" if mode == "auto" else mode
+    return (f"map(x*x) over {n:,} items on {workers} {how} workers: "
             f"{elapsed * 1e3:.1f} ms, sum {sum(results):,} ({status})")
 
 
@@ -139,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(bench)
     demo_p = sub.add_parser("demo", help="run a small parallel map and check its result")
     demo_p.add_argument("-n", type=int, default=100_000, help="items to map (default 100000)")
-    demo_p.add_argument("--mode", default="process", choices=["thread", "process"])
+    demo_p.add_argument("--mode", default="process", choices=["auto", "thread", "process"])
     demo_p.add_argument("-j", "--workers", type=int, default=None, help="workers (default: cores)")
     return parser
 

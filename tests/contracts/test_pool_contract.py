@@ -34,6 +34,10 @@ import bingfa as bf
 REMOTE_MODES = ("process", "dask", "ray")
 # Modes that run on a cluster (Dask, Ray), whose worker processes bingfa does not own.
 CLUSTER_MODES = ("dask", "ray")
+# Modes whose tasks here run in threads of the test's process: a thread-only Event
+# can unblock them. Auto mode measures the tasks these tests block on as
+# waiting, and waiting work runs in threads.
+THREADED = ("thread", "auto")
 
 # --- task functions (module level: importable by reference in workers) ---------------
 
@@ -240,7 +244,7 @@ def test_map_async_stops_with_its_result_or_its_pool(mode, gate, tmp_path, how):
 
 def test_async_result_successful_before_ready_raises(mode, tmp_path):
     marker = tmp_path / "started"
-    gate = threading.Event() if mode == "thread" else None
+    gate = threading.Event() if mode in THREADED else None
     try:
         with bf.Pool(1, mode=mode) as pool:
             res = pool.apply_async(first_attempt_blocks, (str(marker), gate))
@@ -703,7 +707,7 @@ def test_task_timeout(mode):
         finished.set()
         return "too late"
 
-    task = stuck if mode == "thread" else block_forever
+    task = stuck if mode in THREADED else block_forever
     with bf.Pool(2, mode=mode, task_timeout=1.0) as pool:
         fut = pool.submit(task)
         try:
@@ -716,7 +720,7 @@ def test_task_timeout(mode):
             assert pool.map(square, range(10)) == [i * i for i in range(10)]
         finally:
             gate.set()
-    if mode == "thread":
+    if mode in THREADED:
         assert finished.wait(30)
         assert seen == [True]
 
@@ -740,12 +744,12 @@ def test_a_timed_out_task_can_see_it_and_stop(mode, gate):
         results.put(rounds)
         return rounds
 
-    fn = task if mode == "thread" else poll_until_cancelled
+    fn = task if mode in THREADED else poll_until_cancelled
     with bf.Pool(1, mode=mode, task_timeout=1.0) as pool:
         with pytest.raises(bf.TaskTimeoutError):
             pool.submit(fn, gate.path).result(timeout=30)
         gate.release()
-        if mode == "thread":
+        if mode in THREADED:
             # the abandoned thread saw bf.cancelled() and returned by itself
             assert results.get(timeout=30) > 0
         assert pool.submit(square, 6).result(timeout=30) == 36
@@ -754,7 +758,7 @@ def test_a_timed_out_task_can_see_it_and_stop(mode, gate):
 @pytest.mark.timeout(30)
 def test_task_timeout_fails_only_that_task(mode):
     gate = threading.Event()
-    maybe_block = _block_on_three(gate if mode == "thread" else None)
+    maybe_block = _block_on_three(gate if mode in THREADED else None)
 
     with bf.Pool(2, mode=mode, task_timeout=1.0) as pool:
         outcomes = {}
@@ -774,7 +778,7 @@ def test_task_timeout_fails_only_that_task(mode):
 @pytest.mark.timeout(30)
 def test_retries_rerun_a_timed_out_task(mode, tmp_path):
     marker = tmp_path / "attempted"
-    gate = threading.Event() if mode == "thread" else None
+    gate = threading.Event() if mode in THREADED else None
     with bf.Pool(1, mode=mode, task_timeout=1.0, retries=1) as pool:
         try:
             fut = pool.submit(first_attempt_blocks, str(marker), gate)
@@ -788,7 +792,7 @@ def test_retries_rerun_a_timed_out_task(mode, tmp_path):
 @pytest.mark.timeout(30)
 def test_without_retries_a_timed_out_task_fails(mode, tmp_path):
     marker = tmp_path / "attempted"
-    gate = threading.Event() if mode == "thread" else None
+    gate = threading.Event() if mode in THREADED else None
     with bf.Pool(1, mode=mode, task_timeout=1.0) as pool:
         try:
             with pytest.raises(bf.TaskTimeoutError):
@@ -981,7 +985,7 @@ def test_with_block_exit_waits_for_submitted_work(mode):
 @pytest.mark.timeout(30)
 def test_with_block_exit_on_exception_terminates(mode, tmp_path):
     marker = tmp_path / "started"
-    gate = threading.Event() if mode == "thread" else None
+    gate = threading.Event() if mode in THREADED else None
     futures = []
 
     def leave_with_an_error():
@@ -1010,7 +1014,7 @@ def test_with_block_exit_on_exception_terminates(mode, tmp_path):
 def test_terminate_then_leaving_the_block_does_not_wait(mode, tmp_path):
     """After terminate() the stuck task is abandoned (thread) or killed (process)."""
     marker = tmp_path / "started"
-    gate = threading.Event() if mode == "thread" else None
+    gate = threading.Event() if mode in THREADED else None
 
     def terminate_then_leave():
         with bf.Pool(1, mode=mode) as pool:

@@ -39,7 +39,7 @@ T2 = TypeVar("T2")
 R = TypeVar("R")
 F = TypeVar("F", bound=Future[Any])
 
-Mode = Literal["thread", "process", "async", "gevent", "dask", "ray"]
+Mode = Literal["auto", "thread", "process", "async", "gevent", "dask", "ray"]
 # None is multiprocessing's spelling of "choose for me".
 ChunkSize = int | Literal["auto"] | None
 
@@ -225,6 +225,14 @@ class Pool:
     exception (Ctrl-C included) terminates the workers at once.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Pool:
+        if cls is Pool and kwargs.get("mode") == "auto":
+            # Measures each function, then runs it in threads or processes.
+            from ._auto._pool import AutoPool
+
+            return super().__new__(AutoPool)
+        return super().__new__(cls)
+
     def __init__(
         self,
         workers: int | None = None,
@@ -258,8 +266,8 @@ class Pool:
             # process pool; a bare count or max_workers= keeps bingfa's default.
             mode = "process" if processes is not None or method is not None else "thread"
         if mode not in mode_names():
-            raise ValueError(f"mode must be one of {', '.join(map(repr, mode_names()))}; "
-                             f"got {mode!r}")
+            names = ", ".join(map(repr, ("auto", *mode_names())))
+            raise ValueError(f"mode must be one of {names}; got {mode!r}")
         _positive(workers_name, workers)
         _positive(limit_name, max_tasks_per_worker)
         timeout = limit_seconds(task_timeout, "task_timeout")

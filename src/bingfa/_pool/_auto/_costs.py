@@ -1,0 +1,37 @@
+"""This machine's costs of running a task in a process, from ``bingfa bench`` when it has run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._decide import Costs
+
+__all__ = ["machine_costs"]
+
+
+# The process round trip where the default costs were measured.
+REFERENCE_ROUND_TRIP = 200e-6
+
+
+def machine_costs() -> Costs:
+    """:class:`Costs` for this machine: scaled by ``bingfa bench``'s round trip, if saved.
+
+    A machine whose processes answer twice as slowly hands work over about
+    twice as slowly too: every cost of handing over scales with it (within
+    4x either way; beyond that the figure is more likely a bad day).
+    """
+    from ...bench._cache import load
+
+    round_trip = _process_round_trip(load())
+    if round_trip is None:
+        return Costs()
+    return Costs().scaled(min(4.0, max(0.25, round_trip / REFERENCE_ROUND_TRIP)))
+
+
+def _process_round_trip(results: dict[str, Any] | None) -> float | None:
+    try:
+        seconds = float(results["workloads"]["switch"]["modes"]["process"]["median"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return None
+    # A figure outside any machine's range is a damaged file, not a measurement.
+    return seconds if 1e-6 <= seconds <= 0.05 else None

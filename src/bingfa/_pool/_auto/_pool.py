@@ -1,0 +1,854 @@
+"""``bf.Pool(mode="auto")``: the same Pool, choosing threads or processes per function.
+
+An :class:`AutoPool` keeps a pool of each mode it has needed, made on first
+use, and a decision per function. A coroutine function goes to async mode at
+once. The first tasks of any other function run in threads while a
+:class:`~._probe.Probe` measures them; :func:`~._decide.decide` then says
+where it and everything after it runs. A map splits: its first few items are
+the probe's, the rest go to the chosen pool as one map (chunked as usual),
+and the results are put back in order.
+
+A decision holds for ``DECISION_SECONDS``; the next call after that measures
+again, so a function whose work changes (bigger inputs, a cache warmed up)
+can move.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextvars import copy_context
+from typing import Any, TypeVar
+
+from ..._core._errors import PoolClosedError
+from ..._core._futures import Future
+from ..._core._machine import usable_cores
+from ..._core._progress import ProgressArg, Reporter, reporter
+from ..._core._timeouts import limit_seconds
+from .._batch import CALL_STAR
+from .._engines._base import inherited_error
+from .._errors import result_timeout_error
+from .._jobs import OneJob
+from .._pool import (
+    ChunkSize,
+    Pool,
+    _default_workers,
+    _is_context,
+    _map_items,
+    _one_setting,
+    _positive,
+)
+from ._costs import machine_costs
+from ._decide import Decision, Measurement, decide
+from ._probe import HeldTask, Probe, Window
+from ._sizes import function_bytes, pickled_bytes
+
+__all__ = ["AutoPool"]
+
+logger = logging.getLogger("bingfa.auto")
+
+F = TypeVar("F", bound=Future[Any])
+
+# A map's first items that the probe may take; the rest go out as one map.
+PROBE_ITEMS = 12
+DECISION_SECONDS = 60.0  # measure a function again after this long
+_DECISIONS_KEPT = 256
+
+
+def _function_key(fn: Any) -> Any:
+    """What identifies "the same function" across calls: its code, not the object.
+
+    A lambda or closure made anew for each call is still the same work;
+    a bound method is its function; a partial is its function.
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    fn = getattr(fn, "__func__", fn)
+    code = getattr(fn, "__code__", None)
+    return code if code is not None else (type(fn) if not callable(type(fn)) else fn)
+
+
+def _is_coroutine_function(fn: Any) -> bool:
+    if "asyncio" not in sys.modules and "inspect" not in sys.modules:
+        return False
+    from .._engines._async import is_coroutine_function
+
+    return is_coroutine_function(fn)
+
+
+def _zygote_running() -> bool:
+    launcher = sys.modules.get("bingfa._pool._engines._launcher")
+    return launcher is not None and launcher.zygote_pid() is not None
+
+
+def _free_threaded() -> bool:
+    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
+    return is_gil_enabled is not None and not is_gil_enabled()
+
+
+class _Choice:
+    __slots__ = ("decision", "made")
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        self.made = time.monotonic()
+
+
+class AutoPool(Pool):
+    """A Pool that measures each function's first tasks and runs it in threads or processes.
+
+    Made by ``bf.Pool(mode="auto")``; see :class:`~bingfa.Pool` for the
+    arguments (the process settings apply when it chooses processes) and
+    ``docs/pools.md`` ("Choosing a mode: auto") for how it decides.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        initializer: Callable[..., Any] | None = None,
+        initargs: Iterable[Any] = (),
+        max_tasks_per_worker: int | None = None,
+        context: Any = None,
+        *,
+        mode: str | None = "auto",
+        task_timeout: float | None = None,
+        retries: int = 0,
+        start_method: str | None = None,
+        processes: int | None = None,
+        max_workers: int | None = None,
+        maxtasksperchild: int | None = None,
+        max_tasks_per_child: int | None = None,
+        mp_context: Any = None,
+        thread_name_prefix: str | None = None,
+        address: str | None = None,
+        client: Any = None,
+    ) -> None:
+        workers_name, workers = _one_setting(workers=workers, processes=processes,
+                                             max_workers=max_workers)
+        _positive(workers_name, workers)
+        _, max_tasks_per_worker = _one_setting(
+            max_tasks_per_worker=max_tasks_per_worker, maxtasksperchild=maxtasksperchild,
+            max_tasks_per_child=max_tasks_per_child)
+        method_name, method = _one_setting(start_method=start_method, context=context,
+                                           mp_context=mp_context)
+        if address is not None or client is not None:
+            raise ValueError("address= and client= only apply to mode='dask' or mode='ray'")
+        limit_seconds(task_timeout, "task_timeout")
+        self._workers_given = workers
+        self.retries = retries
+        self._common: dict[str, Any] = dict(
+            initializer=initializer, initargs=tuple(initargs),
+            max_tasks_per_worker=max_tasks_per_worker, task_timeout=task_timeout,
+            retries=retries)
+        if method is not None:
+            # Checked now, as a process pool would, though none may ever start.
+            if method_name != "start_method":
+                if not _is_context(method):
+                    raise TypeError(f"{method_name} must be a multiprocessing context, "
+                                    f"not {method!r}")
+                method = method.get_start_method()
+            from .._engines._launcher import START_METHODS
+
+            if method not in START_METHODS:
+                raise ValueError(f"start_method must be one of {list(START_METHODS)}, "
+                                 f"got {method!r}")
+        self._per_mode: dict[str, dict[str, Any]] = {
+            "thread": {"thread_name_prefix": thread_name_prefix},
+            "process": {"start_method": method},
+            "async": {},
+        }
+        self._lock = threading.RLock()
+        self._pools: dict[str, Pool] = {}
+        self._choices: dict[Any, _Choice] = {}
+        self._probes: dict[Any, Probe] = {}
+        self._last: Decision | None = None
+        self._closed = False
+        self._terminated = False
+        self._pid = os.getpid()  # a forked child's copy is its parent's: see _inherited
+        # The thread pool is made now: it checks the settings, and the first
+        # tasks of every function run there. Its threads start as work comes.
+        self._pool_for("thread")
+        self._costs = machine_costs()
+
+    # --- what it chose -------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        """The mode of the last decision: ``"thread"``, ``"process"`` or ``"async"``.
+
+        ``"auto"`` until the first function has been measured.
+        """
+        last = self._last
+        return "auto" if last is None else last.mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        raise AttributeError("an auto pool's mode is what it chose; it cannot be set")
+
+    @property
+    def why(self) -> str | None:
+        """Why the last decision was made (the debug log's reason); None before any."""
+        last = self._last
+        return None if last is None else last.reason
+
+    @property
+    def workers(self) -> int:
+        """Workers of the mode chosen last (the thread pool's before any choice)."""
+        return self._workers_of(self.mode if self._last is not None else "thread")
+
+    @workers.setter
+    def workers(self, value: int) -> None:
+        raise AttributeError("an auto pool's workers are set when it is made")
+
+    @property
+    def start_method(self) -> str | None:
+        """How its process workers start, once it has made them; else None."""
+        pool = self._pools.get("process")
+        return None if pool is None else pool.start_method
+
+    @start_method.setter
+    def start_method(self, value: str | None) -> None:
+        raise AttributeError("an auto pool's start method is set when it is made")
+
+    def _workers_of(self, mode: str) -> int:
+        given = self._workers_given
+        return given if given is not None else _default_workers(mode)
+
+    def _pool_for(self, mode: str) -> Pool:
+        pool = self._pools.get(mode)
+        if pool is not None:
+            return pool
+        with self._lock:
+            pool = self._pools.get(mode)
+            if pool is None:
+                if self._terminated:
+                    raise PoolClosedError("the pool was terminated")
+                pool = Pool(self._workers_of(mode), mode=mode, **self._common,
+                            **{k: v for k, v in self._per_mode[mode].items() if v is not None})
+                self._pools[mode] = pool
+            return pool
+
+    def _known(self, fn: Callable[..., Any]) -> str | None:
+        """The mode decided for ``fn``, if it holds; None: it must be measured."""
+        choice = self._choices.get(_function_key(fn))
+        if choice is not None and time.monotonic() - choice.made < DECISION_SECONDS:
+            return choice.decision.mode
+        if _is_coroutine_function(fn):
+            self._record(fn, Decision("async", "a coroutine function runs on an event loop"))
+            return "async"
+        return None
+
+    def _record(self, fn: Callable[..., Any], decision: Decision) -> None:
+        with self._lock:
+            if len(self._choices) >= _DECISIONS_KEPT:
+                self._choices.pop(next(iter(self._choices)))
+            self._choices[_function_key(fn)] = _Choice(decision)
+            self._last = decision
+        logger.debug("mode='auto' runs %s in mode=%r: %s",
+                     getattr(fn, "__qualname__", None) or repr(fn), decision.mode,
+                     decision.reason)
+
+    def _inherited(self) -> bool:
+        return os.getpid() != self._pid
+
+    def _check_open(self) -> None:
+        if self._inherited():
+            raise inherited_error()
+        if self._closed:
+            raise PoolClosedError("cannot submit work to a pool that has been closed")
+
+    def _check_function(self, fn: Any) -> None:
+        if not callable(fn):
+            raise TypeError(f"the task's function must be callable, not {fn!r}")
+
+    # --- measuring -----------------------------------------------------------------
+    def _probe(self, fn: Callable[..., Any], tasks: list[HeldTask], more: int | None,
+               batched: bool) -> Probe | None:
+        """Hand ``tasks`` to ``fn``'s probe, starting one if none runs.
+
+        ``more``: how many tasks will follow (None: unknown); ``batched``: they
+        are a map's. Returns the probe that holds them, or None if a decision
+        came first (send them yourself).
+        """
+        key = _function_key(fn)
+        with self._lock:
+            self._check_open()
+            probe = self._probes.get(key)
+            fresh = probe is None or probe.mode is not None
+            if fresh:
+                probe = Probe(fn, self._run_measured,
+                              functools.partial(self._decide, more=more, batched=batched),
+                              self._send, lanes=min(2, self._workers_of("thread")))
+                self._probes[key] = probe
+        assert probe is not None
+        for task in tasks:
+            if not probe.hold(task):
+                return None
+        if fresh:
+            probe.thread.start()
+        return probe
+
+    def _run_measured(self, task: HeldTask, measured: Callable[..., Any]) -> None:
+        self._hand(task, self._pool_for("thread"), measured)
+
+    def _send(self, task: HeldTask, mode: str) -> None:
+        try:
+            pool = self._pool_for(mode)
+        except PoolClosedError as error:
+            if task.future.set_running_or_notify_cancel():
+                task.future.set_exception(error)
+            return
+        self._hand(task, pool, task.fn)
+
+    @staticmethod
+    def _hand(task: HeldTask, pool: Pool, fn: Callable[..., Any]) -> None:
+        """Submit ``task`` to ``pool`` in its caller's context, keeping its job to stop it."""
+        if task.future.done():
+            return  # cancelled while held
+        try:
+            # A copy: the tasks of one map share a context, and two threads
+            # may hand two of them over at once (a context is entered by one).
+            task.job = task.context.copy().run(pool._submit_job, fn, task.args, task.kwargs,
+                                               task.future)
+            task.pool = pool
+        except BaseException as error:  # a pool broken meanwhile: the task hears of it
+            if not task.future.done() and task.future.set_running_or_notify_cancel():
+                task.future.set_exception(error)
+
+    def _decide(self, probe: Probe, more: int | None, batched: bool) -> str:
+        """Where ``probe``'s function runs, from what the probe saw (on its thread)."""
+        with probe.cond:
+            held = len(probe.held)
+        measured = _replace(self._measurement(probe, None if more is None else more + held),
+                            batched=batched)
+        decision = decide(measured, self._costs)
+        if decision.mode == "process":
+            # Only now pay for pickling to size the data: processes must carry it.
+            decision = decide(self._with_sizes(probe, measured), self._costs)
+        self._record(probe.fn, decision)
+        return decision.mode
+
+    def _measurement(self, probe: Probe, remaining: int | None) -> Measurement:
+        solo, pair = probe.solo, probe.pair
+        cpu_ratio = min(1.0, solo.cpu_ratio) if solo is not None else 0.0
+        gain = share = None
+        one_at_a_time = pair is not None and pair.offered < 2
+        if pair is not None and solo is not None:
+            views = _gil_views(solo, pair)
+            if views is not None:
+                gain, share = views
+        return Measurement(
+            picklable=True, cpu_ratio=cpu_ratio, gil_gain=gain, gil_share=share,
+            one_at_a_time=one_at_a_time,
+            task_seconds=probe.task_seconds(), payload_bytes=0, function_bytes=0,
+            remaining=remaining, workers=self._workers_of("process"), cores=usable_cores(),
+            free_threaded=_free_threaded(), processes_running="process" in self._pools,
+            processes_warm=_zygote_running())
+
+    def _with_sizes(self, probe: Probe, measured: Measurement) -> Measurement:
+        """``measured`` with what the function, its arguments and results pickle to."""
+        fn_size = function_bytes(probe.fn)
+        sizes = []
+        for task in probe.measured_tasks[:4]:
+            size = pickled_bytes((task.args, task.kwargs))
+            if size is None or fn_size is None:
+                return _replace(measured, picklable=False)
+            future = task.future
+            if future.done() and not future.cancelled() and future.exception() is None:
+                result_size = pickled_bytes(future.result())
+                if result_size is None:
+                    return _replace(measured, picklable=False)
+                size += result_size
+            sizes.append(size)
+        payload = sum(sizes) // len(sizes) if sizes else 0
+        return _replace(measured, payload_bytes=payload, function_bytes=fn_size or 0)
+
+    # --- one task ----------------------------------------------------------------------
+    def _submit_one(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                    kwargs: dict[str, Any], future: F) -> F:
+        self._route(fn, args, kwargs, future)
+        return future
+
+    def _route(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+               future: Future[Any]) -> OneJob | HeldTask:
+        """Send a task where ``fn`` runs, or hold it while ``fn`` is measured."""
+        self._check_function(fn)
+        self._check_open()
+        mode = self._known(fn)
+        if mode is not None:
+            return self._pool_for(mode)._submit_job(fn, args, kwargs, future)
+        task = HeldTask(fn, args, kwargs, future, copy_context())
+        if self._probe(fn, [task], more=0, batched=False) is None:
+            self._send(task, self._known(fn) or "thread")
+        return task
+
+    def _submit_stoppable(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                          kwargs: dict[str, Any]) -> tuple[Future[Any], Callable[[], None]]:
+        future: Future[Any] = Future()
+        sent = self._route(fn, args, kwargs, future)
+
+        def stop() -> None:
+            if future.cancel():
+                return
+            if isinstance(sent, HeldTask):
+                job, pool = sent.job, sent.pool
+            else:
+                job, pool = sent, self._pool_for(self._known(fn) or "thread")
+            if job is not None and pool is not None:
+                pool._engine.stop_running(job, concurrent.futures.CancelledError())
+        return future, stop
+
+    # --- maps ----------------------------------------------------------------------------
+    def _measure_first(self, fn: Callable[..., Any], head: list[Any], call: int,
+                       more: int | None, deadline: float | None = None,
+                       ) -> tuple[str, list[Future[Any]]]:
+        """Run a map's first items while ``fn`` is measured: the mode, and their futures.
+
+        ``more``: how many items follow (None: unknown). Returns once decided;
+        the items keep running where they were sent.
+
+        Raises:
+            ResultTimeoutError: ``deadline`` (time.monotonic) passed first.
+        """
+        context = copy_context()
+        tasks = [HeldTask(fn, tuple(item) if call == CALL_STAR else (item,), {}, Future(),
+                          context) for item in head]
+        probe = self._probe(fn, tasks, more, batched=True)
+        if probe is None:  # decided meanwhile
+            mode = self._known(fn) or "thread"
+            for task in tasks:
+                self._send(task, mode)
+            return mode, [t.future for t in tasks]
+        try:
+            if not probe.done.wait(None if deadline is None
+                                   else max(0.0, deadline - time.monotonic())):
+                raise result_timeout_error(
+                    f"map() did not finish within its timeout: none of its first {len(tasks)} "
+                    "tasks had finished; those not started were cancelled")
+        except BaseException:
+            for task in tasks:
+                task.future.cancel()
+            raise
+        return probe.mode or "thread", [t.future for t in tasks]
+
+    def _map(self, fn: Callable[..., Any], iterable: Iterable[Any], call: int,
+             chunksize: ChunkSize, progress: ProgressArg, started: float,
+             wait: float | None) -> list[Any]:
+        items, _ = _map_items(fn, iterable, chunksize)
+        self._check_open()
+        mode = self._known(fn)
+        if mode is not None:
+            return self._pool_for(mode)._map(fn, items, call, chunksize, progress, started,
+                                             wait)
+        rest = items[PROBE_ITEMS:]
+        mode, heads = self._measure_first(fn, items[:PROBE_ITEMS], call, len(rest),
+                                          None if wait is None else started + wait)
+        pool = self._pool_for(mode)
+        report = reporter(progress, len(items), getattr(fn, "__name__", "map"))
+        deadline = None if wait is None else started + wait
+        try:
+            _raise_failed(heads)
+            try:
+                tail = pool._map(fn, rest, call, chunksize, _after(heads, report), started,
+                                 wait) if rest else []
+            except Exception:
+                # An error of an earlier item comes first: the measured ones are.
+                concurrent.futures.wait(heads, _left(deadline))
+                _raise_failed(heads)
+                raise
+            results = [_result(head, deadline, wait, len(items)) for head in heads]
+            report.update(len(items))
+            return results + tail
+        except BaseException:
+            for head in heads:
+                head.cancel()
+            raise
+        finally:
+            report.close()
+
+    def _map_async(self, fn: Callable[..., Any], iterable: Iterable[Any], call: int,
+                   chunksize: ChunkSize, callback: Callable[[Any], Any] | None,
+                   error_callback: Callable[[BaseException], Any] | None) -> Any:
+        items, _ = _map_items(fn, iterable, chunksize)
+        self._check_open()
+        mode = self._known(fn)
+        if mode is not None or not items:
+            return self._pool_for(mode or "thread")._map_async(fn, items, call, chunksize,
+                                                               callback, error_callback)
+        rest = items[PROBE_ITEMS:]
+        mode, heads = self._measure_first(fn, items[:PROBE_ITEMS], call, len(rest))
+        pool = self._pool_for(mode)
+        from .._results import AsyncResult, callbacks
+
+        result: AsyncResult[list[Any]] = AsyncResult()
+        if callback is not None or error_callback is not None:
+            result.add_done_callback(callbacks(callback, error_callback))
+        tail = pool._map_async(fn, rest, call, chunksize, None, None)
+        _join_results(result, heads, tail)
+        return result
+
+    def _imap(self, fn: Callable[..., Any], iterable: Iterable[Any], call: int,
+              chunksize: ChunkSize, ordered: bool, progress: ProgressArg) -> Iterator[Any]:
+        self._check_function(fn)
+        self._check_open()
+        mode = self._known(fn)
+        if mode is not None:
+            return self._pool_for(mode)._imap(fn, iterable, call, chunksize, ordered, progress)
+        try:
+            total: int | None = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+        source, head = _first_items(iter(iterable))
+        more = None if total is None else max(0, total - len(head))
+        if not head:
+            return self._pool_for("thread")._imap(fn, source, call, chunksize, ordered,
+                                                   progress)
+        mode, heads = self._measure_first(fn, head, call, more)
+        chained = _Chained(heads, ordered, reporter(progress, total,
+                                                    getattr(fn, "__name__", "imap")))
+        chained.tail = self._pool_for(mode)._imap(fn, source, call, chunksize, ordered,
+                                                   chained.tail_progress())
+        return chained
+
+    # --- asyncio faces -----------------------------------------------------------------
+    async def _amap(self, fn: Callable[..., Any], iterable: Iterable[Any], call: int,
+                    chunksize: ChunkSize, progress: ProgressArg, started: float,
+                    wait: float | None) -> list[Any]:
+        import asyncio
+
+        items, _ = _map_items(fn, iterable, chunksize)
+        self._check_open()
+        mode = self._known(fn)
+        if mode is None and not items:
+            mode = "thread"
+        if mode is not None:
+            return await self._pool_for(mode)._amap(fn, items, call, chunksize, progress,
+                                                    started, wait)
+        rest = items[PROBE_ITEMS:]
+        chosen, heads = await asyncio.to_thread(self._measure_first, fn, items[:PROBE_ITEMS],
+                                                call, len(rest))
+        pool = self._pool_for(chosen)
+        report = reporter(progress, len(items), getattr(fn, "__name__", "amap"))
+        try:
+            _raise_failed(heads)
+            tail = await pool._amap(fn, rest, call, chunksize, _after(heads, report), started,
+                                    wait) if rest else []
+            left = None if wait is None else max(0.0, started + wait - time.monotonic())
+            try:
+                results = await asyncio.wait_for(asyncio.gather(*heads), left)
+            except TimeoutError:
+                raise result_timeout_error(
+                    f"map() did not finish within {wait:g} s") from None
+            report.update(len(items))
+            return list(results) + tail
+        except BaseException:
+            for head in heads:
+                head.cancel()
+            raise
+        finally:
+            report.close()
+
+    def _aimap(self, fn: Callable[..., Any], iterable: Any, call: int, chunksize: ChunkSize,
+               ordered: bool, progress: ProgressArg) -> AsyncIterator[Any]:
+        self._check_function(fn)
+        self._check_open()
+        mode = self._known(fn)
+        if mode is not None:
+            return self._pool_for(mode)._aimap(fn, iterable, call, chunksize, ordered, progress)
+        return self._aimap_measured(fn, iterable, call, chunksize, ordered, progress)
+
+    async def _aimap_measured(self, fn: Callable[..., Any], iterable: Any, call: int,
+                              chunksize: ChunkSize, ordered: bool,
+                              progress: ProgressArg) -> AsyncIterator[Any]:
+        import asyncio
+
+        from .._aimap import async_source
+
+        source = async_source(iterable)
+        head: list[Any] = []
+        if isinstance(source, AsyncIterator):
+            async for item in source:
+                head.append(item)
+                if len(head) == PROBE_ITEMS:
+                    break
+        else:
+            source, head = _first_items(source)
+        if not head:
+            return
+        mode, heads = await asyncio.to_thread(self._measure_first, fn, head, call, None)
+        tail = self._pool_for(mode)._aimap(fn, source, call, chunksize, ordered, progress)
+        try:
+            if ordered:
+                for future in heads:
+                    yield await future
+            else:
+                for done in asyncio.as_completed([asyncio.wrap_future(f) for f in heads]):
+                    yield await done
+            async for value in tail:
+                yield value
+        finally:
+            for future in heads:
+                future.cancel()
+            closing = getattr(tail, "aclose", None)
+            if closing is not None:
+                await closing()
+
+    # --- everything else ----------------------------------------------------------------
+    def share(self, obj: Any) -> Any:
+        """Return ``obj``: threads share memory, processes get big buffers through shared memory."""
+        self._check_open()
+        return obj
+
+    def _probes_running(self) -> list[Probe]:
+        with self._lock:
+            return [p for p in self._probes.values() if not p.done.is_set()]
+
+    def _every_pool(self) -> list[Pool]:
+        with self._lock:
+            return list(self._pools.values())
+
+    def close(self) -> None:
+        """Accept no more work; what was submitted still runs."""
+        self._closed = True
+
+    def join(self) -> None:
+        """Wait for all submitted work to finish and the workers to exit (after close)."""
+        if not self._closed:
+            raise ValueError("join() needs close() first: the pool is still open")
+        self.shutdown(wait=True)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False,
+                 cancel_pending: bool | None = None) -> None:
+        """Close, and stop every pool it made once its work is done (see :meth:`Pool.shutdown`)."""
+        if cancel_pending is not None:
+            if cancel_futures:
+                raise TypeError("cancel_pending is the older name of cancel_futures; "
+                                "give only one of them")
+            cancel_futures = cancel_pending
+        self._closed = True
+        if self._inherited():
+            return  # the parent's to stop: its probes' threads are not here
+        if cancel_futures:
+            error = PoolClosedError("the pool was shut down (cancel_futures=True) before "
+                                    "these tasks ran")
+            for probe in self._probes_running():
+                for task in probe.abort():
+                    _fail(task, error)
+        if wait:
+            for probe in self._probes_running():
+                if probe.thread.ident != threading.get_ident():
+                    probe.done.wait()
+                    probe.thread.join()
+        for pool in self._every_pool():
+            pool.shutdown(wait, cancel_futures=cancel_futures)
+
+    def terminate(self) -> None:
+        """Stop now: tasks held or pending are cancelled, running ones fail, workers are killed."""
+        self._closed = self._terminated = True
+        if self._inherited():
+            return
+        error = PoolClosedError("the pool was terminated before this task ran")
+        for probe in self._probes_running():
+            for task in probe.abort():
+                _fail(task, error)
+        for pool in self._every_pool():
+            pool.terminate()
+        for probe in self._probes_running():
+            if probe.thread.ident != threading.get_ident():
+                probe.thread.join()
+
+    async def aclose(self) -> None:
+        """:meth:`shutdown` for coroutines: close, and await every task without blocking."""
+        import asyncio
+
+        self._closed = True
+        for pool in self._every_pool():
+            await pool.aclose()
+        await asyncio.to_thread(self.shutdown, True)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+        if exc_type is None:
+            await self.aclose()
+            return
+        for pool in self._every_pool():
+            await pool.__aexit__(exc_type, None, None)
+        self.terminate()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<bingfa.Pool mode='auto' (now {self.mode!r}) workers={self.workers} {state}>"
+
+
+def _gil_views(solo: Window, pair: Window) -> tuple[float, float] | None:
+    """Two views of threads side by side against one alone; None: none ran together.
+
+    All the CPU the threads got per second, against one thread's: about 1
+    when they take turns (the GIL), up to 2 when they run side by side, less
+    on a busy host, where the second thread shares the cores with
+    everything else. And the share of its running time each thread spent on
+    a CPU, times the threads at once, leaving out time queued for a core:
+    a busy host does not change it for work that runs side by side, but it
+    counts a thread woken for the GIL and left queued as if it had not been
+    waiting. See ``_decide`` for how they are weighed.
+    """
+    if pair.offered < 2:
+        return None  # the caller gave one task at a time
+    at_once = pair.busy / pair.seconds if pair.seconds > 0 else 0.0
+    alone = solo.cpu / solo.busy if solo.busy > 0 else 0.0
+    # Threads that take turns for the GIL leave gaps between their tasks
+    # (each hand-over waits for a switch interval, longer on a busy host), so
+    # any overlap will do; none at all says nothing.
+    if at_once < 1.05 or alone <= 0 or solo.cpu_ratio <= 0:
+        return None
+    return pair.cpu / pair.seconds / alone, at_once * pair.cpu_ratio / solo.cpu_ratio
+
+
+def _replace(measured: Measurement, **changes: Any) -> Measurement:
+    import dataclasses
+
+    return dataclasses.replace(measured, **changes)
+
+
+def _fail(task: HeldTask, error: BaseException) -> None:
+    if task.future.set_running_or_notify_cancel():
+        task.future.set_exception(error)
+
+
+def _raise_failed(heads: list[Future[Any]]) -> None:
+    """Raise the first error among the measured items that have ended already."""
+    for head in heads:
+        if head.done() and not head.cancelled() and head.exception() is not None:
+            head.result()
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _result(head: Future[Any], deadline: float | None, wait: float | None, n: int) -> Any:
+    try:
+        return head.result(_left(deadline))
+    except concurrent.futures.TimeoutError:
+        raise result_timeout_error(
+            f"map() did not finish within {wait:g} s: some of its {n} tasks had not "
+            "finished; those not started were cancelled") from None
+
+
+def _after(heads: list[Future[Any]], report: Reporter) -> ProgressArg:
+    """A progress callable for the rest of a map: counts the measured items as well."""
+    if report.quiet:
+        return False
+
+    def update(done: int, _total: int | None) -> None:
+        report.update(sum(1 for head in heads if head.done()) + done)
+    return update
+
+
+def _join_results(result: Any, heads: list[Future[Any]], tail: Any) -> None:
+    """Settle ``result`` with the heads' results then the tail's, or the first error."""
+    parts: list[Any] = [*heads, tail]
+    left = [len(parts)]
+    lock = threading.Lock()
+
+    def one_done(_: Any) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        failed = next((p for p in parts if p.done() and not p.cancelled()
+                       and p.exception() is not None), None)
+        if failed is not None and not result.done():
+            for part in parts:
+                part.cancel()
+            if result.set_running_or_notify_cancel():
+                result.set_exception(failed.exception())
+            return
+        if last and not result.done() and result.set_running_or_notify_cancel():
+            result.set_result([h.result() for h in heads] + tail.result())
+
+    def stop_parts(_: Any) -> None:
+        if result.cancelled():
+            for part in parts:
+                part.cancel()
+
+    result.add_done_callback(stop_parts)
+    for part in parts:
+        part.add_done_callback(one_done)
+
+
+def _first_items(source: Iterator[Any]) -> tuple[Iterator[Any], list[Any]]:
+    """The first ``PROBE_ITEMS`` items of ``source``, and an iterator of the rest.
+
+    An input that fails among them fails in the rest instead, at its turn.
+    """
+    head: list[Any] = []
+    try:
+        for item in source:
+            head.append(item)
+            if len(head) == PROBE_ITEMS:
+                break
+    except Exception as error:
+        return _raising(error), head
+    return source, head
+
+
+def _raising(error: Exception) -> Iterator[Any]:
+    raise error
+    yield  # a generator, so that it raises when read
+
+
+class _Chained(Iterator[Any]):
+    """The measured items' results, then the rest's: one imap's iterator.
+
+    Progress counts the results handed out, then the rest's finished tasks.
+    """
+
+    def __init__(self, heads: list[Future[Any]], ordered: bool, report: Reporter) -> None:
+        self._heads = list(heads)
+        self._given = 0  # heads handed out
+        self.tail: Iterator[Any] = iter(())
+        self._ordered = ordered
+        self._report = report
+
+    def tail_progress(self) -> ProgressArg:
+        """The rest's ``progress=``: told after the measured items."""
+        if self._report.quiet:
+            return False
+        heads = len(self._heads)
+        return lambda done, _total: self._report.update(heads + done)
+
+    def __iter__(self) -> _Chained:
+        return self
+
+    def __next__(self) -> Any:
+        if self._heads:
+            if self._ordered:
+                head = self._heads.pop(0)
+                head.result()  # wait, then report before handing out
+            else:
+                done, _ = concurrent.futures.wait(
+                    self._heads, return_when=concurrent.futures.FIRST_COMPLETED)
+                head = next(h for h in self._heads if h in done)
+                self._heads.remove(head)
+            self._given += 1
+            self._report.update(self._given)
+            return head.result()
+        try:
+            return next(self.tail)
+        except StopIteration:
+            self._report.close()
+            raise
+
+    def close(self) -> None:
+        """Stop: cancel the tasks that have not run."""
+        for head in self._heads:
+            head.cancel()
+        self._heads = []
+        closing = getattr(self.tail, "close", None)
+        if closing is not None:
+            closing()
+        self._report.close()

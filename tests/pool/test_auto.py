@@ -1,0 +1,206 @@
+"""mode="auto" measuring real tasks: where each kind of work ends up, and that nothing is lost.
+
+The contract suite runs on auto mode as well (tests/contracts); these check the
+choice itself. Each workload is far from the line between threads and
+processes, so the choice does not depend on how busy the machine is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import threading
+import time
+
+import pytest
+from conftest import wait_at_gate
+
+import bingfa as bf
+
+
+def spin(n):
+    """Pure-Python work: holds the GIL."""
+    total = 0
+    for i in range(n):
+        total += i % 7
+    return total
+
+
+def spin_where(n):
+    return spin(n), os.getpid()
+
+
+def sleep_where(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def hash_where(data):
+    for _ in range(4):
+        hashlib.sha256(data).digest()
+    return os.getpid()
+
+
+def spin_with_lock(n, lock):
+    with lock:
+        pass
+    return spin(n)
+
+
+async def fetch(x):
+    await asyncio.sleep(0)
+    return x + 1
+
+
+SPIN = 300_000  # about 10-20 ms here
+
+
+def test_nothing_is_chosen_before_work_comes():
+    with bf.Pool(mode="auto") as pool:
+        assert pool.mode == "auto"
+        assert pool.why is None
+        assert "auto" in repr(pool)
+
+
+def test_pure_python_cpu_work_goes_to_processes():
+    with bf.Pool(2, mode="auto") as pool:
+        results = pool.map(spin_where, [SPIN] * 40)
+        assert [r for r, _ in results] == [spin(SPIN)] * 40
+        assert pool.mode == "process"
+        assert "holds the GIL" in pool.why
+        assert pool.start_method is not None
+        pids = [pid for _, pid in results]
+        # The first tasks ran in threads while measured; the rest in processes.
+        assert os.getpid() in pids[:12]
+        assert all(pid != os.getpid() for pid in pids[12:])
+        # Decided once: the next map goes straight to the processes.
+        again = pool.map(spin_where, [1000] * 10)
+        assert all(pid != os.getpid() for _, pid in again)
+
+
+def test_work_that_waits_stays_in_threads():
+    with bf.Pool(4, mode="auto") as pool:
+        pids = pool.map(sleep_where, [0.02] * 30)
+        assert pids == [os.getpid()] * 30
+        assert pool.mode == "thread"
+        assert pool.why.startswith("it waits")
+
+
+def test_work_that_releases_the_gil_on_its_data_stays_in_threads():
+    # hashlib lets the GIL go while it hashes: threads hash side by side, on
+    # data they share, where processes would need a copy each.
+    data = os.urandom(4 << 20)
+    with bf.Pool(2, mode="auto") as pool:
+        pids = pool.map(hash_where, [data] * 30)
+        assert pids == [os.getpid()] * 30
+        assert pool.mode == "thread"
+        assert "releases the GIL" in pool.why or "copying its arguments" in pool.why
+
+
+def test_arguments_that_cannot_be_pickled_keep_cpu_work_in_threads():
+    lock = threading.Lock()
+    with bf.Pool(2, mode="auto") as pool:
+        assert pool.starmap(spin_with_lock, [(SPIN, lock)] * 80) == [spin(SPIN)] * 80
+        assert pool.mode == "thread"
+        assert "cannot be pickled" in pool.why
+
+
+def test_a_coroutine_function_runs_in_async_mode():
+    with bf.Pool(mode="auto") as pool:
+        assert pool.map(fetch, range(5)) == [1, 2, 3, 4, 5]
+        assert pool.mode == "async"
+
+
+def test_submitted_cpu_work_moves_to_processes_and_every_future_settles():
+    with bf.Pool(2, mode="auto") as pool:
+        futures = [pool.submit(spin_where, SPIN) for _ in range(40)]
+        results = [f.result(timeout=60) for f in futures]
+        assert [r for r, _ in results] == [spin(SPIN)] * 40
+        assert pool.mode == "process"
+        assert any(pid != os.getpid() for _, pid in results)
+
+
+def test_a_task_at_a_time_stays_in_threads():
+    # A caller that waits for each result before the next gives nothing to
+    # run side by side: processes would only add their round trip.
+    with bf.Pool(2, mode="auto") as pool:
+        pids = [pool.submit(spin_where, SPIN).result(timeout=30)[1] for _ in range(6)]
+        assert pids == [os.getpid()] * 6
+        assert pool.mode == "thread"
+        assert "one at a time" in pool.why
+
+
+def test_imap_measures_the_first_items_then_goes_on():
+    with bf.Pool(2, mode="auto") as pool:
+        got = list(pool.imap(spin_where, (SPIN for _ in range(30))))
+        assert [r for r, _ in got] == [spin(SPIN)] * 30
+        assert pool.mode == "process"
+        unordered = sorted(r for r, _ in pool.imap_unordered(spin_where, [10, 20, 30]))
+        assert unordered == sorted([spin(10), spin(20), spin(30)])
+
+
+def test_each_function_is_decided_on_its_own():
+    with bf.Pool(2, mode="auto") as pool:
+        pool.map(sleep_where, [0.02] * 20)
+        assert pool.mode == "thread"
+        pool.map(spin_where, [SPIN] * 40)
+        assert pool.mode == "process"
+        # the sleeper still runs in threads
+        assert pool.map(sleep_where, [0.001] * 4) == [os.getpid()] * 4
+
+
+def test_the_debug_log_says_why(caplog):
+    caplog.set_level(logging.DEBUG, logger="bingfa.auto")
+    with bf.Pool(2, mode="auto") as pool:
+        pool.map(sleep_where, [0.02] * 10)
+    lines = [r.getMessage() for r in caplog.records if r.name == "bingfa.auto"]
+    assert lines == ["mode='auto' runs sleep_where in mode='thread': " + pool.why]
+
+
+def test_amap_measures_without_blocking_the_loop():
+    async def main():
+        async with bf.Pool(2, mode="auto") as pool:
+            results = await pool.amap(spin_where, [SPIN] * 60)
+            return results, pool.mode
+
+    results, mode = asyncio.run(main())
+    assert [r for r, _ in results] == [spin(SPIN)] * 60
+    assert mode == "process"
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_waits_for_tasks_held_while_measuring(gate):
+    pool = bf.Pool(1, mode="auto")
+    first = pool.submit(wait_at_gate, gate.path)  # measured, and blocks the only thread
+    later = [pool.submit(spin, 1000) for _ in range(5)]
+    gate.release()
+    pool.shutdown(wait=True)
+    assert first.exception(timeout=0) is None
+    assert [f.result(timeout=0) for f in later] == [spin(1000)] * 5
+
+
+@pytest.mark.timeout(60)
+def test_terminate_fails_the_tasks_it_held(gate):
+    pool = bf.Pool(1, mode="auto")
+    first = pool.submit(wait_at_gate, gate.path)
+    held = [pool.submit(spin, 1000) for _ in range(3)]
+    pool.terminate()
+    gate.release()
+    for future in held:
+        assert isinstance(future.exception(timeout=30), bf.PoolClosedError)
+    first.exception(timeout=30)
+
+
+def test_settings_are_checked_when_the_pool_is_made():
+    with pytest.raises(ValueError, match="address"):
+        bf.Pool(mode="auto", address="tcp://127.0.0.1:1")
+    with pytest.raises(ValueError, match="workers"):
+        bf.Pool(0, mode="auto")
+    with pytest.raises(ValueError, match="start_method"):
+        bf.Pool(mode="auto", start_method="teleport")
+    with bf.Pool(2, mode="auto", start_method="spawn") as pool:
+        assert pool.start_method is None  # no process started yet
+        pool.map(spin_where, [SPIN] * 40)
+        assert pool.start_method == "spawn"
