@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -80,6 +81,18 @@ def test_pure_python_cpu_work_goes_to_processes():
         assert all(pid != os.getpid() for _, pid in again)
 
 
+def test_a_free_threaded_python_keeps_cpu_work_in_threads(monkeypatch):
+    # No free-threaded build can be installed here: what is injected is the
+    # interpreter's own answer (sys._is_gil_enabled, Python 3.13+); the
+    # measuring is real.
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
+    with bf.Pool(2, mode="auto") as pool:
+        results = pool.map(spin_where, [SPIN] * 40)
+        assert [pid for _, pid in results] == [os.getpid()] * 40
+        assert pool.mode == "thread"
+        assert "free-threaded" in pool.why
+
+
 def test_work_that_waits_stays_in_threads():
     with bf.Pool(4, mode="auto") as pool:
         pids = pool.map(sleep_where, [0.02] * 30)
@@ -139,6 +152,43 @@ def test_imap_measures_the_first_items_then_goes_on():
         assert pool.mode == "process"
         unordered = sorted(r for r, _ in pool.imap_unordered(spin_where, [10, 20, 30]))
         assert unordered == sorted([spin(10), spin(20), spin(30)])
+
+
+def fail_on_three(x):
+    if x == 3:
+        raise ValueError("three")
+    return x * 10
+
+
+def test_lazy_maps_raise_each_error_at_its_turn_and_go_on():
+    # The first items are the probe's; their errors keep their places too.
+    expected = [0, 10, 20, "three", *(x * 10 for x in range(4, 20))]
+    told = []
+    with bf.Pool(2, mode="auto") as pool:
+        got = []
+        it = pool.imap(fail_on_three, range(20), progress=lambda done, total: told.append(done))
+        for _ in range(20):
+            try:
+                got.append(next(it))
+            except ValueError as error:
+                got.append(str(error))
+        assert got == expected
+        assert told == list(range(1, 21))
+
+    async def main():
+        async with bf.Pool(2, mode="auto") as pool:
+            got = []
+            it = pool.aimap(fail_on_three, range(20))
+            for _ in range(20):
+                try:
+                    got.append(await it.__anext__())
+                except ValueError as error:
+                    got.append(str(error))
+            with pytest.raises(StopAsyncIteration):
+                await it.__anext__()
+            return got
+
+    assert asyncio.run(main()) == expected
 
 
 def test_each_function_is_decided_on_its_own():

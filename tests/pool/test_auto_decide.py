@@ -134,6 +134,16 @@ def test_processes_already_running_need_fewer_tasks_to_pay():
     assert given(**few, processes_running=True).mode == "process"
 
 
+def test_a_busy_host_gives_processes_a_share_of_the_cores_not_the_cores():
+    # One thread alone got two thirds of a core: two other busy programs share
+    # the two cores. Two processes would get one core between them, not two.
+    edge = {"remaining": 15, "task_seconds": 0.01}
+    assert given(**edge).mode == "process"
+    assert given(**edge, alone_share=0.67).mode == "thread"
+    # Many tasks still repay the start: half a core more is half a core more.
+    assert given(**{**edge, "remaining": 1000}, alone_share=0.67).mode == "process"
+
+
 def test_an_unknown_number_of_tasks_counts_as_many():
     assert given(remaining=None).mode == "process"
     assert "remaining tasks" in given(remaining=None).reason

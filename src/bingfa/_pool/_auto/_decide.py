@@ -51,6 +51,9 @@ PROCESS_MARGIN = 0.9
 # Tasks shorter than this are too short for their CPU share to mean anything
 # (the clocks' own cost is of their size): they count as computing.
 TINY_TASK = 20e-6
+# A task alone getting less of a core than this shares the host with other
+# busy programs (a little less is a virtual machine's stolen time).
+LOADED_BELOW = 0.9
 # The tasks assumed still to come when their number is unknown (an endless imap).
 UNKNOWN_REMAINING = 1000
 
@@ -116,6 +119,9 @@ class Measurement:
             waits for each result before it submits the next).
         batched: the tasks are a map's, handed out in chunks (else submitted
             one by one).
+        alone_share: the share of a core one task alone got while it ran
+            (below 1 when other programs keep the cores busy: each process
+            would get a share too, not a core).
     """
 
     picklable: bool
@@ -133,6 +139,7 @@ class Measurement:
     gil_share: float | None = None
     one_at_a_time: bool = False
     batched: bool = True
+    alone_share: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -196,7 +203,8 @@ def _by_cost(m: Measurement, costs: Costs) -> Decision:
         "handing each task over":
             remaining * (costs.process_item if m.batched else costs.process_submit),
     }
-    in_processes = sum(overheads.values()) + remaining * m.task_seconds / parallel
+    in_processes = (sum(overheads.values())
+                    + remaining * m.task_seconds / _speed_up(parallel, m.cores, m.alone_share))
     gain = in_threads / in_processes if in_processes > 0 else float("inf")
     if in_processes <= PROCESS_MARGIN * in_threads:
         return Decision("process", f"{holds}: {parallel} processes should finish its "
@@ -204,6 +212,21 @@ def _by_cost(m: Measurement, costs: Costs) -> Decision:
     costliest = max(overheads, key=overheads.__getitem__)
     return Decision("thread", f"{holds}, but {costliest} would cost about what "
                               f"processes save ({gain:.1f}x in processes)")
+
+
+def _speed_up(processes: int, cores: int, alone_share: float) -> float:
+    """How much faster ``processes`` run CPU work than one thread, on a host this busy.
+
+    A thread alone that got ``alone_share`` of a core shared the cores with
+    about ``cores / alone_share - 1`` other busy threads; the processes join
+    them, each getting its share. On an idle host, simply ``processes``.
+    """
+    if alone_share >= LOADED_BELOW:
+        return float(processes)
+    others = cores / max(alone_share, 0.05) - 1
+    one = min(1.0, cores / (others + 1))
+    together = processes * min(1.0, cores / (others + processes))
+    return max(1.0, together / one)
 
 
 def _count(remaining: int | None) -> str:

@@ -44,6 +44,7 @@ from .._pool import (
     _one_setting,
     _positive,
 )
+from ._chained import AsyncChained, Chained, first_items
 from ._costs import machine_costs
 from ._decide import Decision, Measurement, decide
 from ._probe import HeldTask, Probe, Window
@@ -336,6 +337,11 @@ class AutoPool(Pool):
     def _measurement(self, probe: Probe, remaining: int | None) -> Measurement:
         solo, pair = probe.solo, probe.pair
         cpu_ratio = min(1.0, solo.cpu_ratio) if solo is not None else 0.0
+        alone = min(1.0, solo.cpu / solo.busy) if solo is not None and solo.busy > 0 else 1.0
+        if solo is not None and solo.busy > 0 and cpu_ratio > 0:
+            # A task that waits part of its time got less of a core for that
+            # reason, not for the host's load: count only what load took.
+            alone = min(1.0, alone / cpu_ratio)
         gain = share = None
         one_at_a_time = pair is not None and pair.offered < 2
         if pair is not None and solo is not None:
@@ -344,7 +350,7 @@ class AutoPool(Pool):
                 gain, share = views
         return Measurement(
             picklable=True, cpu_ratio=cpu_ratio, gil_gain=gain, gil_share=share,
-            one_at_a_time=one_at_a_time,
+            one_at_a_time=one_at_a_time, alone_share=alone,
             task_seconds=probe.task_seconds(), payload_bytes=0, function_bytes=0,
             remaining=remaining, workers=self._workers_of("process"), cores=usable_cores(),
             free_threaded=_free_threaded(), processes_running="process" in self._pools,
@@ -503,14 +509,14 @@ class AutoPool(Pool):
             total: int | None = len(iterable)  # type: ignore[arg-type]
         except TypeError:
             total = None
-        source, head = _first_items(iter(iterable))
+        source, head = first_items(iter(iterable), PROBE_ITEMS)
         more = None if total is None else max(0, total - len(head))
         if not head:
             return self._pool_for("thread")._imap(fn, source, call, chunksize, ordered,
                                                    progress)
         mode, heads = self._measure_first(fn, head, call, more)
-        chained = _Chained(heads, ordered, reporter(progress, total,
-                                                    getattr(fn, "__name__", "imap")))
+        chained = Chained(heads, ordered, reporter(progress, total,
+                                                   getattr(fn, "__name__", "imap")))
         chained.tail = self._pool_for(mode)._imap(fn, source, call, chunksize, ordered,
                                                    chained.tail_progress())
         return chained
@@ -560,43 +566,36 @@ class AutoPool(Pool):
         mode = self._known(fn)
         if mode is not None:
             return self._pool_for(mode)._aimap(fn, iterable, call, chunksize, ordered, progress)
-        return self._aimap_measured(fn, iterable, call, chunksize, ordered, progress)
-
-    async def _aimap_measured(self, fn: Callable[..., Any], iterable: Any, call: int,
-                              chunksize: ChunkSize, ordered: bool,
-                              progress: ProgressArg) -> AsyncIterator[Any]:
-        import asyncio
-
-        from .._aimap import async_source
-
-        source = async_source(iterable)
-        head: list[Any] = []
-        if isinstance(source, AsyncIterator):
-            async for item in source:
-                head.append(item)
-                if len(head) == PROBE_ITEMS:
-                    break
-        else:
-            source, head = _first_items(source)
-        if not head:
-            return
-        mode, heads = await asyncio.to_thread(self._measure_first, fn, head, call, None)
-        tail = self._pool_for(mode)._aimap(fn, source, call, chunksize, ordered, progress)
         try:
-            if ordered:
-                for future in heads:
-                    yield await future
+            total: int | None = len(iterable)
+        except TypeError:
+            total = None
+
+        async def begin(chained: AsyncChained,
+                        ) -> tuple[list[Future[Any]], AsyncIterator[Any]] | None:
+            import asyncio
+
+            from .._aimap import async_source
+
+            source = async_source(iterable)
+            head: list[Any] = []
+            if isinstance(source, AsyncIterator):
+                async for item in source:
+                    head.append(item)
+                    if len(head) == PROBE_ITEMS:
+                        break
             else:
-                for done in asyncio.as_completed([asyncio.wrap_future(f) for f in heads]):
-                    yield await done
-            async for value in tail:
-                yield value
-        finally:
-            for future in heads:
-                future.cancel()
-            closing = getattr(tail, "aclose", None)
-            if closing is not None:
-                await closing()
+                source, head = first_items(source, PROBE_ITEMS)
+            if not head:
+                return None
+            more = None if total is None else max(0, total - len(head))
+            chosen, heads = await asyncio.to_thread(self._measure_first, fn, head, call, more)
+            tail = self._pool_for(chosen)._aimap(fn, source, call, chunksize, ordered,
+                                                 chained.tail_progress(len(heads)))
+            return heads, tail
+
+        return AsyncChained(begin, ordered,
+                            reporter(progress, total, getattr(fn, "__name__", "aimap")))
 
     # --- everything else ----------------------------------------------------------------
     def share(self, obj: Any) -> Any:
@@ -778,77 +777,3 @@ def _join_results(result: Any, heads: list[Future[Any]], tail: Any) -> None:
     result.add_done_callback(stop_parts)
     for part in parts:
         part.add_done_callback(one_done)
-
-
-def _first_items(source: Iterator[Any]) -> tuple[Iterator[Any], list[Any]]:
-    """The first ``PROBE_ITEMS`` items of ``source``, and an iterator of the rest.
-
-    An input that fails among them fails in the rest instead, at its turn.
-    """
-    head: list[Any] = []
-    try:
-        for item in source:
-            head.append(item)
-            if len(head) == PROBE_ITEMS:
-                break
-    except Exception as error:
-        return _raising(error), head
-    return source, head
-
-
-def _raising(error: Exception) -> Iterator[Any]:
-    raise error
-    yield  # a generator, so that it raises when read
-
-
-class _Chained(Iterator[Any]):
-    """The measured items' results, then the rest's: one imap's iterator.
-
-    Progress counts the results handed out, then the rest's finished tasks.
-    """
-
-    def __init__(self, heads: list[Future[Any]], ordered: bool, report: Reporter) -> None:
-        self._heads = list(heads)
-        self._given = 0  # heads handed out
-        self.tail: Iterator[Any] = iter(())
-        self._ordered = ordered
-        self._report = report
-
-    def tail_progress(self) -> ProgressArg:
-        """The rest's ``progress=``: told after the measured items."""
-        if self._report.quiet:
-            return False
-        heads = len(self._heads)
-        return lambda done, _total: self._report.update(heads + done)
-
-    def __iter__(self) -> _Chained:
-        return self
-
-    def __next__(self) -> Any:
-        if self._heads:
-            if self._ordered:
-                head = self._heads.pop(0)
-                head.result()  # wait, then report before handing out
-            else:
-                done, _ = concurrent.futures.wait(
-                    self._heads, return_when=concurrent.futures.FIRST_COMPLETED)
-                head = next(h for h in self._heads if h in done)
-                self._heads.remove(head)
-            self._given += 1
-            self._report.update(self._given)
-            return head.result()
-        try:
-            return next(self.tail)
-        except StopIteration:
-            self._report.close()
-            raise
-
-    def close(self) -> None:
-        """Stop: cancel the tasks that have not run."""
-        for head in self._heads:
-            head.cancel()
-        self._heads = []
-        closing = getattr(self.tail, "close", None)
-        if closing is not None:
-            closing()
-        self._report.close()
