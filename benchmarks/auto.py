@@ -16,8 +16,8 @@ Workloads (per-task durations are calibrated on this machine before the run):
   socket    300 requests, one a task, to a local TCP server (127.0.0.1, a port of
             its own) that answers each after 5 ms; the server runs on an asyncio
             loop in a thread of this process
-  tiny      ``x*x`` over 200,000 ints
-  large     64 numpy arrays of 8 MiB (made before timing) through ``a + 1``: 8 MiB
+  tiny      ``x*x`` over 1,000,000 ints
+  large     64 numpy arrays of 8 MiB (made before timing) through ``sqrt(a*a + 1)``: 8 MiB
             back for each
   mixed     60 pure-Python tasks of 1-30 ms, in a seeded random order
   alloc     100 tasks of ~10 ms that build and drop lists of small dicts and strings
@@ -88,7 +88,7 @@ SLEEP_TASKS = 200
 SLEEP_SECONDS = 0.01
 SOCKET_TASKS = 300
 SOCKET_DELAY = 0.005  # seconds the server waits before it answers
-TINY_ITEMS = 200_000
+TINY_ITEMS = 1_000_000
 ARRAYS = 64
 ARRAY_MIB = 8
 MIXED_TASKS = 60
@@ -205,8 +205,11 @@ def square(x: int) -> int:
 
 
 def bump(a: Any) -> Any:
-    """An array as big as the one given: the harshest payload for processes."""
-    return a + 1.0
+    """A few milliseconds of numpy on the array, and an array as big back: the
+    harshest payload for processes (8 MiB to copy each way)."""
+    import numpy as np
+
+    return np.sqrt(a * a + 1.0)
 
 
 def make_lookup(table: dict[str, int], probes: int) -> Callable[[int], int]:
@@ -394,7 +397,7 @@ WORKLOADS = [
     Workload("sleep", "time.sleep(0.01) a task", _sleep),
     Workload("socket", "a request to a local server a task (5 ms)", _socket),
     Workload("tiny", "x*x over ints", _tiny),
-    Workload("large", "8 MiB arrays through a + 1", _large),
+    Workload("large", "8 MiB arrays through sqrt(a*a + 1)", _large),
     Workload("mixed", "pure-Python tasks of 1-30 ms", _mixed),
     Workload("alloc", "tasks building small objects, ~10 ms", _alloc),
     Workload("closure", "~1 ms lookups in a closure's 200,000-entry dict", _closure),

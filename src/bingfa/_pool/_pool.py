@@ -411,7 +411,7 @@ class Pool:
         if not callable(fn):
             raise TypeError(f"the task's function must be callable, not {fn!r}")
         if self._wants_coroutines:
-            from ._engines._async import is_coroutine_function
+            from ._coroutines import is_coroutine_function  # inspect: only when needed
 
             if not is_coroutine_function(fn):
                 name = getattr(fn, "__qualname__", None) or repr(fn)

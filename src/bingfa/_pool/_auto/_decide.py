@@ -182,8 +182,7 @@ def _releases_gil(m: Measurement) -> bool:
 def _by_cost(m: Measurement, costs: Costs) -> Decision:
     """GIL-bound work: processes if they finish clearly sooner than one thread at a time."""
     remaining = UNKNOWN_REMAINING if m.remaining is None else m.remaining
-    holds = ("it holds the GIL" if m.gil_gain is not None
-             else "its tasks are too short to see whether they hold the GIL")
+    holds = "it holds the GIL" if m.gil_gain is not None else "whether or not it holds the GIL"
     if remaining <= 0:
         return Decision("thread", f"{holds}, but no tasks are left to spread out")
     parallel = min(m.workers, m.cores, remaining)

@@ -32,6 +32,7 @@ from ..._core._machine import usable_cores
 from ..._core._progress import ProgressArg, Reporter, reporter
 from ..._core._timeouts import limit_seconds
 from .._batch import CALL_STAR
+from .._coroutines import is_coroutine_function
 from .._engines._base import inherited_error
 from .._errors import result_timeout_error
 from .._jobs import OneJob
@@ -72,15 +73,7 @@ def _function_key(fn: Any) -> Any:
         fn = fn.func
     fn = getattr(fn, "__func__", fn)
     code = getattr(fn, "__code__", None)
-    return code if code is not None else (type(fn) if not callable(type(fn)) else fn)
-
-
-def _is_coroutine_function(fn: Any) -> bool:
-    if "asyncio" not in sys.modules and "inspect" not in sys.modules:
-        return False
-    from .._engines._async import is_coroutine_function
-
-    return is_coroutine_function(fn)
+    return code if code is not None else fn
 
 
 def _zygote_running() -> bool:
@@ -239,7 +232,7 @@ class AutoPool(Pool):
         choice = self._choices.get(_function_key(fn))
         if choice is not None and time.monotonic() - choice.made < DECISION_SECONDS:
             return choice.decision.mode
-        if _is_coroutine_function(fn):
+        if is_coroutine_function(fn):
             self._record(fn, Decision("async", "a coroutine function runs on an event loop"))
             return "async"
         return None
@@ -269,12 +262,12 @@ class AutoPool(Pool):
 
     # --- measuring -----------------------------------------------------------------
     def _probe(self, fn: Callable[..., Any], tasks: list[HeldTask], more: int | None,
-               batched: bool) -> Probe | None:
+               batched: bool) -> tuple[Probe, list[HeldTask]]:
         """Hand ``tasks`` to ``fn``'s probe, starting one if none runs.
 
         ``more``: how many tasks will follow (None: unknown); ``batched``: they
-        are a map's. Returns the probe that holds them, or None if a decision
-        came first (send them yourself).
+        are a map's. Returns the probe, and the tasks it did not take because
+        it had decided meanwhile: send those yourself, where ``probe.mode`` says.
         """
         key = _function_key(fn)
         with self._lock:
@@ -282,17 +275,20 @@ class AutoPool(Pool):
             probe = self._probes.get(key)
             fresh = probe is None or probe.mode is not None
             if fresh:
+                # Probes that are over keep nothing but their windows: drop them.
+                for done in [k for k, p in self._probes.items() if p.done.is_set()]:
+                    del self._probes[done]
                 probe = Probe(fn, self._run_measured,
                               functools.partial(self._decide, more=more, batched=batched),
-                              self._send, lanes=min(2, self._workers_of("thread")))
+                              self._send, lanes=min(2, self._workers_of("thread")),
+                              settled_alone=functools.partial(self._settled_alone, more=more,
+                                                              batched=batched))
                 self._probes[key] = probe
         assert probe is not None
-        for task in tasks:
-            if not probe.hold(task):
-                return None
+        left = [task for task in tasks if not probe.hold(task)]
         if fresh:
             probe.thread.start()
-        return probe
+        return probe, left
 
     def _run_measured(self, task: HeldTask, measured: Callable[..., Any]) -> None:
         self._hand(task, self._pool_for("thread"), measured)
@@ -333,6 +329,22 @@ class AutoPool(Pool):
             decision = decide(self._with_sizes(probe, measured), self._costs)
         self._record(probe.fn, decision)
         return decision.mode
+
+    def _settled_alone(self, probe: Probe, more: int | None, batched: bool) -> bool:
+        """Whether threads win even if the work holds the GIL (so two at once need not be seen).
+
+        Processes gain most on GIL-bound work; when its start, copies and
+        hand-overs outweigh even that gain (few tasks, big data), the answer
+        is threads whatever the second window would show.
+        """
+        with probe.cond:
+            held = len(probe.held)
+        measured = _replace(self._measurement(probe, None if more is None else more + held),
+                            batched=batched, gil_gain=1.0, gil_share=1.0)
+        decision = decide(measured, self._costs)
+        if decision.mode == "process":
+            decision = decide(self._with_sizes(probe, measured), self._costs)
+        return decision.mode != "process"
 
     def _measurement(self, probe: Probe, remaining: int | None) -> Measurement:
         solo, pair = probe.solo, probe.pair
@@ -389,8 +401,9 @@ class AutoPool(Pool):
         if mode is not None:
             return self._pool_for(mode)._submit_job(fn, args, kwargs, future)
         task = HeldTask(fn, args, kwargs, future, copy_context())
-        if self._probe(fn, [task], more=0, batched=False) is None:
-            self._send(task, self._known(fn) or "thread")
+        probe, left = self._probe(fn, [task], more=0, batched=False)
+        if left:  # decided meanwhile
+            self._send(task, probe.mode or "thread")
         return task
 
     def _submit_stoppable(self, fn: Callable[..., Any], args: tuple[Any, ...],
@@ -411,36 +424,47 @@ class AutoPool(Pool):
 
     # --- maps ----------------------------------------------------------------------------
     def _measure_first(self, fn: Callable[..., Any], head: list[Any], call: int,
-                       more: int | None, deadline: float | None = None,
-                       ) -> tuple[str, list[Future[Any]]]:
-        """Run a map's first items while ``fn`` is measured: the mode, and their futures.
+                       more: int | None, started: float = 0.0, wait: float | None = None,
+                       take_back: bool = True) -> tuple[str, list[Future[Any]], list[Any]]:
+        """Have ``fn`` measured on a map's first items; once decided, where it runs.
 
-        ``more``: how many items follow (None: unknown). Returns once decided;
-        the items keep running where they were sent.
+        ``more``: how many items follow (None: unknown). Returns the mode, the
+        futures of the first items the probe ran (they go on where they
+        were sent), and the first items it did not run, given back to run
+        with the rest of the map (``take_back``; else they are sent where the
+        mode says, and their futures returned with the others: a lazy map
+        reads its input as results are taken, and they must not wait for it).
 
         Raises:
-            ResultTimeoutError: ``deadline`` (time.monotonic) passed first.
+            ResultTimeoutError: ``wait`` seconds from ``started`` (time.monotonic)
+                passed first.
         """
         context = copy_context()
+        owner = object()
         tasks = [HeldTask(fn, tuple(item) if call == CALL_STAR else (item,), {}, Future(),
-                          context) for item in head]
-        probe = self._probe(fn, tasks, more, batched=True)
-        if probe is None:  # decided meanwhile
-            mode = self._known(fn) or "thread"
-            for task in tasks:
-                self._send(task, mode)
-            return mode, [t.future for t in tasks]
+                          context, owner=owner) for item in head]
+        probe, left = self._probe(fn, tasks, more, batched=True)
+        deadline = None if wait is None else started + wait
         try:
-            if not probe.done.wait(None if deadline is None
-                                   else max(0.0, deadline - time.monotonic())):
+            if not probe.decided.wait(None if deadline is None
+                                      else max(0.0, deadline - time.monotonic())):
                 raise result_timeout_error(
-                    f"map() did not finish within its timeout: none of its first {len(tasks)} "
-                    "tasks had finished; those not started were cancelled")
+                    f"map() did not finish within {wait:g} s: none of its first "
+                    f"{len(tasks)} tasks had finished; those not started were cancelled")
         except BaseException:
             for task in tasks:
                 task.future.cancel()
             raise
-        return probe.mode or "thread", [t.future for t in tasks]
+        mode = probe.mode or "thread"
+        back = probe.reclaim(owner) + left
+        if not take_back:
+            for task in back:
+                self._send(task, mode)
+            return mode, [task.future for task in tasks], []
+        returned = {id(task) for task in back}
+        ran = [task.future for task in tasks if id(task) not in returned]
+        # The probe takes a map's items from the front: those it ran come first.
+        return mode, ran, head[len(ran):]
 
     def _map(self, fn: Callable[..., Any], iterable: Iterable[Any], call: int,
              chunksize: ChunkSize, progress: ProgressArg, started: float,
@@ -448,12 +472,12 @@ class AutoPool(Pool):
         items, _ = _map_items(fn, iterable, chunksize)
         self._check_open()
         mode = self._known(fn)
-        if mode is not None:
-            return self._pool_for(mode)._map(fn, items, call, chunksize, progress, started,
-                                             wait)
-        rest = items[PROBE_ITEMS:]
-        mode, heads = self._measure_first(fn, items[:PROBE_ITEMS], call, len(rest),
-                                          None if wait is None else started + wait)
+        if mode is not None or not items:
+            return self._pool_for(mode or "thread")._map(fn, items, call, chunksize, progress,
+                                                         started, wait)
+        mode, heads, back = self._measure_first(fn, items[:PROBE_ITEMS], call,
+                                                len(items) - PROBE_ITEMS, started, wait)
+        rest = back + items[PROBE_ITEMS:]
         pool = self._pool_for(mode)
         report = reporter(progress, len(items), getattr(fn, "__name__", "map"))
         deadline = None if wait is None else started + wait
@@ -486,8 +510,9 @@ class AutoPool(Pool):
         if mode is not None or not items:
             return self._pool_for(mode or "thread")._map_async(fn, items, call, chunksize,
                                                                callback, error_callback)
-        rest = items[PROBE_ITEMS:]
-        mode, heads = self._measure_first(fn, items[:PROBE_ITEMS], call, len(rest))
+        mode, heads, back = self._measure_first(fn, items[:PROBE_ITEMS], call,
+                                                len(items) - PROBE_ITEMS)
+        rest = back + items[PROBE_ITEMS:]
         pool = self._pool_for(mode)
         from .._results import AsyncResult, callbacks
 
@@ -514,7 +539,7 @@ class AutoPool(Pool):
         if not head:
             return self._pool_for("thread")._imap(fn, source, call, chunksize, ordered,
                                                    progress)
-        mode, heads = self._measure_first(fn, head, call, more)
+        mode, heads, _ = self._measure_first(fn, head, call, more, take_back=False)
         chained = Chained(heads, ordered, reporter(progress, total,
                                                    getattr(fn, "__name__", "imap")))
         chained.tail = self._pool_for(mode)._imap(fn, source, call, chunksize, ordered,
@@ -535,9 +560,9 @@ class AutoPool(Pool):
         if mode is not None:
             return await self._pool_for(mode)._amap(fn, items, call, chunksize, progress,
                                                     started, wait)
-        rest = items[PROBE_ITEMS:]
-        chosen, heads = await asyncio.to_thread(self._measure_first, fn, items[:PROBE_ITEMS],
-                                                call, len(rest))
+        chosen, heads, back = await asyncio.to_thread(
+            self._measure_first, fn, items[:PROBE_ITEMS], call, len(items) - PROBE_ITEMS)
+        rest = back + items[PROBE_ITEMS:]
         pool = self._pool_for(chosen)
         report = reporter(progress, len(items), getattr(fn, "__name__", "amap"))
         try:
@@ -589,7 +614,8 @@ class AutoPool(Pool):
             if not head:
                 return None
             more = None if total is None else max(0, total - len(head))
-            chosen, heads = await asyncio.to_thread(self._measure_first, fn, head, call, more)
+            chosen, heads, _ = await asyncio.to_thread(
+                functools.partial(self._measure_first, fn, head, call, more, take_back=False))
             tail = self._pool_for(chosen)._aimap(fn, source, call, chunksize, ordered,
                                                  chained.tail_progress(len(heads)))
             return heads, tail

@@ -42,7 +42,7 @@ SOLO_WINDOW = 0.015  # s of one running alone: it has no GIL to share, nothing t
 ENOUGH_CPU = 0.01  # ... and CPU s each task had in it, where they compute
 LONGEST_WINDOW = 0.2  # s: ... but no longer than this
 RECHECK = 0.01  # s between looks at a window that has not had enough yet
-SOLO_TASKS = 4  # at most this many tasks in the one-at-a-time window
+SOLO_TASKS = 2  # at most this many tasks in the one-at-a-time window
 PAIR_TASKS = 8  # ... and in the two-at-once window
 PARTNER_WAIT = WINDOW  # s to wait for a second task when none is held
 # A first task this far from computing waits: no second window is needed.
@@ -58,6 +58,8 @@ class HeldTask:
     kwargs: dict[str, Any]
     future: Future[Any]
     context: Context
+    # A map's item: the map takes it back, if it has not run, once the mode is known.
+    owner: object | None = None
     # Once handed to a pool: its job there and the pool, to stop it (scopes, bridges).
     job: Any = None
     pool: Any = None
@@ -176,12 +178,16 @@ class Probe:
         send: hands a held task over to the pool of a mode.
         lanes: tasks the second window runs at once: 2, or 1 when the
             threads are too few to run two (then there is no second window).
+        settled_alone: asked after the first window whether it settles the
+            question on its own (processes could not win whatever the second
+            window showed), to skip the second.
     """
 
     def __init__(self, fn: Callable[..., Any],
                  run_measured: Callable[[HeldTask, Callable[..., Any]], None],
                  decided: Callable[[Probe], str],
-                 send: Callable[[HeldTask, str], None], lanes: int = 2) -> None:
+                 send: Callable[[HeldTask, str], None], lanes: int = 2,
+                 settled_alone: Callable[[Probe], bool] | None = None) -> None:
         self.fn = fn
         self.lanes = lanes  # tasks at once in the second window (1: no second window)
         self.cond = threading.Condition()
@@ -191,12 +197,14 @@ class Probe:
         self.solo: Window | None = None
         self.pair: Window | None = None
         self.mode: str | None = None  # set once decided
+        self.decided = threading.Event()  # the mode is known
         self.done = threading.Event()  # decided, and every held task handed over
         self._lanes: _Lanes | None = None  # the window under way
         self._aborted = False
         self._run_measured = run_measured
         self._decided = decided
         self._send = send
+        self._settled_alone = settled_alone
         name = getattr(fn, "__name__", type(fn).__name__)
         self.thread = threading.Thread(target=self._supervise, daemon=True,
                                        name=f"bingfa-auto-probe-{name}")
@@ -209,6 +217,18 @@ class Probe:
             self.held.append(task)
             self.cond.notify_all()
             return True
+
+    def reclaim(self, owner: object) -> list[HeldTask]:
+        """The held tasks of ``owner`` (a map) that have not run, taken back, in order.
+
+        Once the mode is known, a map runs them with the rest of its items,
+        in one map where the mode says, rather than have them sent one by one.
+        """
+        with self.cond:
+            mine = [task for task in self.held if task.owner is owner]
+            for task in mine:
+                self.held.remove(task)
+        return mine
 
     def abort(self) -> list[HeldTask]:
         """Stop measuring (the pool is terminated); the tasks never handed over."""
@@ -246,8 +266,11 @@ class Probe:
         finally:
             with self.cond:
                 self.mode = mode
-                left = list(self.held)
-                self.held.clear()
+                # A map's own items wait for it to take them back (reclaim).
+                left = [task for task in self.held if task.owner is None]
+                for task in left:
+                    self.held.remove(task)
+            self.decided.set()
             try:
                 for task in left:
                     self._send(task, mode)
@@ -262,6 +285,7 @@ class Probe:
         function (a bound method keeps its object) or the first results alive.
         """
         self._run_measured = self._decided = self._send = self.fn = _gone
+        self._settled_alone = None
         self.measured_tasks = []
         self.done.set()
 
@@ -274,6 +298,8 @@ class Probe:
         if self.solo.cpu_ratio < WAITS_BELOW_HINT and self.task_seconds() >= TINY_TASK:
             return True  # it waits: no need to see two at once
         if self.lanes < 2:
+            return True
+        if self._settled_alone is not None and self._settled_alone(self):
             return True
         if not self.held and not running:
             self._wait_for_partner()

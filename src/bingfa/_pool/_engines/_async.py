@@ -38,14 +38,7 @@ from .._jobs import Batch, Job, OneJob
 from .._scheduler import Scheduler
 from ._base import Engine, EngineConfig, initializer_error
 
-__all__ = ["AsyncEngine", "is_coroutine_function"]
-
-
-def is_coroutine_function(fn: Any) -> bool:
-    """Whether calling ``fn`` makes a coroutine: an ``async def`` function or method,
-    a ``functools.partial`` of one, or an object whose ``__call__`` is one."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None))  # noqa: B004 - the method itself is what is asked about
+__all__ = ["AsyncEngine"]
 
 
 class AsyncEngine(Engine):
