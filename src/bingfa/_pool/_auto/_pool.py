@@ -370,7 +370,10 @@ class AutoPool(Pool):
 
     def _with_sizes(self, probe: Probe, measured: Measurement) -> Measurement:
         """``measured`` with what the function, its arguments and results pickle to."""
-        fn_size = function_bytes(probe.fn)
+        # Pickled once per probe: a closure may carry a lot.
+        if not probe.function_sized:
+            probe.function_size, probe.function_sized = function_bytes(probe.fn), True
+        fn_size = probe.function_size
         sizes = []
         for task in probe.measured_tasks[:4]:
             size = pickled_bytes((task.args, task.kwargs))

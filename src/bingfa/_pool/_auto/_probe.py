@@ -39,10 +39,11 @@ __all__ = ["HeldTask", "Probe", "Window"]
 
 WINDOW = 0.03  # s of tasks running two at a time, at least
 SOLO_WINDOW = 0.015  # s of one running alone: it has no GIL to share, nothing to wait for
-ENOUGH_CPU = 0.01  # ... and CPU s each task had in it, where they compute
+ENOUGH_CPU = 0.03  # ... and, on a busy host, CPU s each task had in it
+BUSY_HOST = 0.1  # ... which it is when its tasks spent this share queued for a core
 LONGEST_WINDOW = 0.2  # s: ... but no longer than this
 RECHECK = 0.01  # s between looks at a window that has not had enough yet
-SOLO_TASKS = 2  # at most this many tasks in the one-at-a-time window
+SOLO_TASKS = 4  # at most this many tasks in the one-at-a-time window
 PAIR_TASKS = 8  # ... and in the two-at-once window
 PARTNER_WAIT = WINDOW  # s to wait for a second task when none is held
 # A first task this far from computing waits: no second window is needed.
@@ -200,6 +201,9 @@ class Probe:
         self.decided = threading.Event()  # the mode is known
         self.done = threading.Event()  # decided, and every held task handed over
         self._lanes: _Lanes | None = None  # the window under way
+        # What the function pickles to (None: it cannot be), once sized.
+        self.function_size: int | None = None
+        self.function_sized = False
         self._aborted = False
         self._run_measured = run_measured
         self._decided = decided
@@ -417,28 +421,34 @@ class Probe:
 
     @staticmethod
     def _enough(ran: list[Sample], lanes: int, edge: int, opened: float, now: float) -> bool:
-        """Whether a window that has lasted its least has seen enough CPU to close.
+        """Whether a window that has lasted its least has seen enough to close.
 
-        A few tens of milliseconds say little on a busy host, where a thread
-        gets a core in slices of a few milliseconds: a window that computes
-        goes on until its tasks have had ``ENOUGH_CPU`` s each (at most
-        ``LONGEST_WINDOW`` s). One that mostly waits has said what it had to.
+        On an idle host, its least is enough. On a busy one (its tasks spent
+        a tenth of their time queued for a core) a few tens of milliseconds
+        say little: a thread gets a core in slices of a few milliseconds. A
+        window whose tasks compute then goes on until they have had
+        ``ENOUGH_CPU`` s each (at most ``LONGEST_WINDOW`` s); one whose tasks
+        mostly wait has said what it had to.
         """
         if now - opened >= LONGEST_WINDOW:
             return True
-        cpu = 0.0
+        cpu = queued = busy = 0.0
         for sample in ran:
             at_start = sample.at_start
             if sample.ended is not None:
-                so_far = sample.spent[0]
-            elif at_start is not None and sample.clock is not None:
-                try:
-                    so_far = time.clock_gettime(sample.clock) - at_start[0]
-                except OSError:
+                so_far = sample.spent
+            elif at_start is not None:
+                reading = of_thread(sample.clock, sample.native_id)
+                if reading is None:
                     continue
+                so_far = gone_by(reading, at_start)
             else:
                 continue
-            cpu += so_far - sample.spent_at(edge, opened)[0]
+            part = gone_by(so_far, sample.spent_at(edge, opened))
+            cpu, queued = cpu + part[0], queued + part[1]
+            busy += sample.busy_between(opened, now)
+        if queued < BUSY_HOST * busy:
+            return True
         return cpu >= ENOUGH_CPU * lanes or cpu < WAITS_BELOW_HINT * lanes * (now - opened)
 
     def _opening(self, state: _Lanes, lanes: int, edge: int) -> float | None:
