@@ -428,15 +428,16 @@ class AutoPool(Pool):
     # --- maps ----------------------------------------------------------------------------
     def _measure_first(self, fn: Callable[..., Any], head: list[Any], call: int,
                        more: int | None, started: float = 0.0, wait: float | None = None,
-                       take_back: bool = True) -> tuple[str, list[Future[Any]], list[Any]]:
+                       take_back: bool = True) -> tuple[str, list[Future[Any]]]:
         """Have ``fn`` measured on a map's first items; once decided, where it runs.
 
-        ``more``: how many items follow (None: unknown). Returns the mode, the
-        futures of the first items the probe ran (they go on where they
-        were sent), and the first items it did not run, given back to run
-        with the rest of the map (``take_back``; else they are sent where the
-        mode says, and their futures returned with the others: a lazy map
-        reads its input as results are taken, and they must not wait for it).
+        ``more``: how many items follow (None: unknown). Returns the mode and
+        the futures of the first items the probe ran, which go on where they
+        were sent. The probe runs a map's items from the front; those it did
+        not run are given back (``take_back``), to run with the rest of the
+        map: the caller's items from ``len(futures)`` on. Else they are sent
+        where the mode says, and their futures returned too: a lazy map reads
+        its input as results are taken, and they must not wait for that.
 
         Raises:
             ResultTimeoutError: ``wait`` seconds from ``started`` (time.monotonic)
@@ -463,11 +464,9 @@ class AutoPool(Pool):
         if not take_back:
             for task in back:
                 self._send(task, mode)
-            return mode, [task.future for task in tasks], []
+            return mode, [task.future for task in tasks]
         returned = {id(task) for task in back}
-        ran = [task.future for task in tasks if id(task) not in returned]
-        # The probe takes a map's items from the front: those it ran come first.
-        return mode, ran, head[len(ran):]
+        return mode, [task.future for task in tasks if id(task) not in returned]
 
     def _map(self, fn: Callable[..., Any], iterable: Iterable[Any], call: int,
              chunksize: ChunkSize, progress: ProgressArg, started: float,
@@ -478,9 +477,9 @@ class AutoPool(Pool):
         if mode is not None or not items:
             return self._pool_for(mode or "thread")._map(fn, items, call, chunksize, progress,
                                                          started, wait)
-        mode, heads, back = self._measure_first(fn, items[:PROBE_ITEMS], call,
+        mode, heads = self._measure_first(fn, items[:PROBE_ITEMS], call,
                                                 len(items) - PROBE_ITEMS, started, wait)
-        rest = back + items[PROBE_ITEMS:]
+        rest = items[len(heads):]  # those given back, then the rest: one copy
         pool = self._pool_for(mode)
         report = reporter(progress, len(items), getattr(fn, "__name__", "map"))
         deadline = None if wait is None else started + wait
@@ -513,9 +512,9 @@ class AutoPool(Pool):
         if mode is not None or not items:
             return self._pool_for(mode or "thread")._map_async(fn, items, call, chunksize,
                                                                callback, error_callback)
-        mode, heads, back = self._measure_first(fn, items[:PROBE_ITEMS], call,
+        mode, heads = self._measure_first(fn, items[:PROBE_ITEMS], call,
                                                 len(items) - PROBE_ITEMS)
-        rest = back + items[PROBE_ITEMS:]
+        rest = items[len(heads):]  # those given back, then the rest: one copy
         pool = self._pool_for(mode)
         from .._results import AsyncResult, callbacks
 
@@ -542,7 +541,7 @@ class AutoPool(Pool):
         if not head:
             return self._pool_for("thread")._imap(fn, source, call, chunksize, ordered,
                                                    progress)
-        mode, heads, _ = self._measure_first(fn, head, call, more, take_back=False)
+        mode, heads = self._measure_first(fn, head, call, more, take_back=False)
         chained = Chained(heads, ordered, reporter(progress, total,
                                                    getattr(fn, "__name__", "imap")))
         chained.tail = self._pool_for(mode)._imap(fn, source, call, chunksize, ordered,
@@ -563,9 +562,9 @@ class AutoPool(Pool):
         if mode is not None:
             return await self._pool_for(mode)._amap(fn, items, call, chunksize, progress,
                                                     started, wait)
-        chosen, heads, back = await asyncio.to_thread(
+        chosen, heads = await asyncio.to_thread(
             self._measure_first, fn, items[:PROBE_ITEMS], call, len(items) - PROBE_ITEMS)
-        rest = back + items[PROBE_ITEMS:]
+        rest = items[len(heads):]  # those given back, then the rest: one copy
         pool = self._pool_for(chosen)
         report = reporter(progress, len(items), getattr(fn, "__name__", "amap"))
         try:
@@ -617,7 +616,7 @@ class AutoPool(Pool):
             if not head:
                 return None
             more = None if total is None else max(0, total - len(head))
-            chosen, heads, _ = await asyncio.to_thread(
+            chosen, heads = await asyncio.to_thread(
                 functools.partial(self._measure_first, fn, head, call, more, take_back=False))
             tail = self._pool_for(chosen)._aimap(fn, source, call, chunksize, ordered,
                                                  chained.tail_progress(len(heads)))
