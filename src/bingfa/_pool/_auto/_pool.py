@@ -48,7 +48,7 @@ from .._pool import (
 from ._chained import AsyncChained, Chained, first_items
 from ._costs import machine_costs
 from ._decide import Decision, Measurement, decide
-from ._probe import HeldTask, Probe, Window
+from ._probe import PAIR_TASKS, SOLO_TASKS, HeldTask, Probe, Window
 from ._sizes import function_bytes, pickled_bytes
 
 __all__ = ["AutoPool"]
@@ -58,7 +58,7 @@ logger = logging.getLogger("bingfa.auto")
 F = TypeVar("F", bound=Future[Any])
 
 # A map's first items that the probe may take; the rest go out as one map.
-PROBE_ITEMS = 12
+PROBE_ITEMS = SOLO_TASKS + PAIR_TASKS
 DECISION_SECONDS = 60.0  # measure a function again after this long
 _DECISIONS_KEPT = 256
 

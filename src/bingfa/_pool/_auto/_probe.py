@@ -5,18 +5,19 @@ known about it. Its supervisor thread runs a few of them on the auto pool's
 threads, wrapped so that each records its thread, its start and end, and its
 CPU time; reading other threads' CPU clocks, it measures two windows:
 
-* one task at a time: how much of its wall time a task spends on a CPU;
+* one task at a time: how much of its wall time a task spends on a CPU (time
+  queued for a core, on a busy host, left out);
 * two at once: how much CPU two threads get together, against one. Work that
   holds the GIL gets about the same; work that releases it about twice as much
-  (on two free cores; on a busy host both windows get less alike, so the ratio
-  still tells).
+  on two free cores (see ``_decide`` for how this is read on a busy host).
 
 The windows last ``SOLO_WINDOW`` and ``WINDOW`` seconds of running tasks (or
 fewer tasks, when they are few and short; longer on a busy host, until the
 tasks have had some CPU), so a function is known after some 50 milliseconds
 however long its tasks are: a long task is read mid-way, not waited for. The
 tasks measured keep running where they started and keep their futures; every
-task held meanwhile goes where the decision says.
+task held meanwhile goes where the decision says, except a map's own items,
+which it takes back (:meth:`Probe.reclaim`) to map them with the rest.
 """
 
 from __future__ import annotations
