@@ -232,6 +232,17 @@ def test_shutdown_waits_for_tasks_held_while_measuring(gate):
 
 
 @pytest.mark.timeout(60)
+def test_shutdown_without_waiting_still_runs_what_it_held(gate):
+    pool = bf.Pool(1, mode="auto")
+    first = pool.submit(wait_at_gate, gate.path)
+    later = [pool.submit(spin, 1000) for _ in range(3)]
+    pool.shutdown(wait=False)
+    gate.release()
+    assert first.exception(timeout=30) is None
+    assert [f.result(timeout=30) for f in later] == [spin(1000)] * 3
+
+
+@pytest.mark.timeout(60)
 def test_terminate_fails_the_tasks_it_held(gate):
     pool = bf.Pool(1, mode="auto")
     first = pool.submit(wait_at_gate, gate.path)

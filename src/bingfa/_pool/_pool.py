@@ -96,6 +96,24 @@ def _is_context(value: Any) -> bool:
     return isinstance(value, BaseContext)
 
 
+def _checked_start_method(name: str, value: Any) -> str:
+    """The start method given as ``name`` (a method's name, or a context's).
+
+    Raises:
+        TypeError: a context spelling that is no multiprocessing context.
+        ValueError: an unknown start method.
+    """
+    if name != "start_method":
+        if not _is_context(value):
+            raise TypeError(f"{name} must be a multiprocessing context, not {value!r}")
+        value = value.get_start_method()
+    from ._engines._launcher import START_METHODS
+
+    if value not in START_METHODS:
+        raise ValueError(f"start_method must be one of {list(START_METHODS)}, got {value!r}")
+    return str(value)
+
+
 def _one_setting(**spellings: Any) -> tuple[str, Any]:
     """The one of several spellings of a setting that was given: (name, value).
 
@@ -280,16 +298,7 @@ class Pool:
                                 "pass a context as mp_context=")
             raise TypeError(f"initializer must be callable, not {initializer!r}")
         if method is not None:
-            if method_name != "start_method":
-                if not _is_context(method):
-                    raise TypeError(f"{method_name} must be a multiprocessing context, "
-                                    f"not {method!r}")
-                method = method.get_start_method()
-            from ._engines._launcher import START_METHODS
-
-            if method not in START_METHODS:
-                raise ValueError(f"start_method must be one of {list(START_METHODS)}, "
-                                 f"got {method!r}")
+            method = _checked_start_method(method_name, method)
             if mode != "process":
                 raise ValueError(f"{method_name} only applies to mode='process'")
         options: dict[str, Any] = {}

@@ -39,8 +39,8 @@ from .._jobs import OneJob
 from .._pool import (
     ChunkSize,
     Pool,
+    _checked_start_method,
     _default_workers,
-    _is_context,
     _map_items,
     _one_setting,
     _positive,
@@ -142,16 +142,7 @@ class AutoPool(Pool):
             retries=retries)
         if method is not None:
             # Checked now, as a process pool would, though none may ever start.
-            if method_name != "start_method":
-                if not _is_context(method):
-                    raise TypeError(f"{method_name} must be a multiprocessing context, "
-                                    f"not {method!r}")
-                method = method.get_start_method()
-            from .._engines._launcher import START_METHODS
-
-            if method not in START_METHODS:
-                raise ValueError(f"start_method must be one of {list(START_METHODS)}, "
-                                 f"got {method!r}")
+            method = _checked_start_method(method_name, method)
         self._per_mode: dict[str, dict[str, Any]] = {
             "thread": {"thread_name_prefix": thread_name_prefix},
             "process": {"start_method": method},
@@ -666,13 +657,25 @@ class AutoPool(Pool):
             for probe in self._probes_running():
                 for task in probe.abort():
                     _fail(task, error)
-        if wait:
-            for probe in self._probes_running():
-                if probe.thread.ident != threading.get_ident():
-                    probe.done.wait()
-                    probe.thread.join()
-        for pool in self._every_pool():
-            pool.shutdown(wait, cancel_futures=cancel_futures)
+        # The pools close once every probe has handed over the tasks it held.
+        if wait or not self._probes_running():
+            self._wait_for_probes()
+            for pool in self._every_pool():
+                pool.shutdown(wait, cancel_futures=cancel_futures)
+            return
+
+        def close_after_probes() -> None:
+            self._wait_for_probes()
+            for pool in self._every_pool():
+                pool.shutdown(False, cancel_futures=cancel_futures)
+        threading.Thread(target=close_after_probes, name="bingfa-auto-close",
+                         daemon=True).start()
+
+    def _wait_for_probes(self) -> None:
+        for probe in self._probes_running():
+            if probe.thread.ident != threading.get_ident():
+                probe.done.wait()
+                probe.thread.join()
 
     def terminate(self) -> None:
         """Stop now: tasks held or pending are cancelled, running ones fail, workers are killed."""
@@ -694,6 +697,9 @@ class AutoPool(Pool):
         import asyncio
 
         self._closed = True
+        if self._inherited():
+            return
+        await asyncio.to_thread(self._wait_for_probes)
         for pool in self._every_pool():
             await pool.aclose()
         await asyncio.to_thread(self.shutdown, True)
