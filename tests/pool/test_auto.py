@@ -67,8 +67,8 @@ def test_nothing_is_chosen_before_work_comes():
 
 def test_pure_python_cpu_work_goes_to_processes():
     with bf.Pool(2, mode="auto") as pool:
-        results = pool.map(spin_where, [SPIN] * 40)
-        assert [r for r, _ in results] == [spin(SPIN)] * 40
+        results = pool.map(spin_where, [SPIN] * 80)
+        assert [r for r, _ in results] == [spin(SPIN)] * 80
         assert pool.mode == "process"
         assert "holds the GIL" in pool.why
         assert pool.start_method is not None
@@ -195,10 +195,12 @@ def test_each_function_is_decided_on_its_own():
     with bf.Pool(2, mode="auto") as pool:
         pool.map(sleep_where, [0.02] * 20)
         assert pool.mode == "thread"
+        sleeper = pool.why
         pool.map(spin_where, [SPIN] * 40)
-        assert pool.mode == "process"
-        # the sleeper still runs in threads
+        assert pool.why != sleeper  # the spinner was measured, not taken for the sleeper
+        # and the sleeper is still known: it runs in threads, measured no more
         assert pool.map(sleep_where, [0.001] * 4) == [os.getpid()] * 4
+        assert pool.why != sleeper
 
 
 def test_the_debug_log_says_why(caplog):
