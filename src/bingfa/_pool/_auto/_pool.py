@@ -387,13 +387,15 @@ class AutoPool(Pool):
         return future
 
     def _route(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-               future: Future[Any]) -> OneJob | HeldTask:
-        """Send a task where ``fn`` runs, or hold it while ``fn`` is measured."""
+               future: Future[Any]) -> tuple[OneJob, Pool] | HeldTask:
+        """Send a task where ``fn`` runs (its job, and the pool), or hold it while
+        ``fn`` is measured (the task, which knows its job once sent)."""
         self._check_function(fn)
         self._check_open()
         mode = self._known(fn)
         if mode is not None:
-            return self._pool_for(mode)._submit_job(fn, args, kwargs, future)
+            pool = self._pool_for(mode)
+            return pool._submit_job(fn, args, kwargs, future), pool
         task = HeldTask(fn, args, kwargs, future, copy_context())
         probe, left = self._probe(fn, [task], more=0, batched=False)
         if left:  # decided meanwhile
@@ -408,10 +410,9 @@ class AutoPool(Pool):
         def stop() -> None:
             if future.cancel():
                 return
-            if isinstance(sent, HeldTask):
-                job, pool = sent.job, sent.pool
-            else:
-                job, pool = sent, self._pool_for(self._known(fn) or "thread")
+            # Where it went, not where the function would go now: a decision
+            # may have been made again since.
+            job, pool = (sent.job, sent.pool) if isinstance(sent, HeldTask) else sent
             if job is not None and pool is not None:
                 pool._engine.stop_running(job, concurrent.futures.CancelledError())
         return future, stop
