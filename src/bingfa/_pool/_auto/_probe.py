@@ -275,6 +275,9 @@ class Probe:
                 left = [task for task in self.held if task.owner is None]
                 for task in left:
                     self.held.remove(task)
+                # Decided: their futures (and results) are their callers' alone now,
+                # before any caller hears of the decision and may drop them.
+                self.measured_tasks = []
             self.decided.set()
             try:
                 for task in left:
