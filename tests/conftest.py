@@ -197,6 +197,23 @@ def _describe_fds() -> list[str]:
     return out
 
 
+def _with_socket_details(described: list[str]) -> list[str]:
+    """``described`` fds, a socket's kind, addresses and state added (for the report)."""
+    if not any("socket:" in line for line in described):
+        return described
+    try:
+        sockets = {c.fd: c for c in psutil.Process().net_connections("all")}
+    except psutil.Error:
+        return described
+    out = []
+    for line in described:
+        conn = sockets.get(int(line.split(" ", 1)[0]))
+        if conn is not None:
+            line += f" ({conn.family.name} {conn.laddr} -> {conn.raddr or '-'} {conn.status})"
+        out.append(line)
+    return out
+
+
 def _shm() -> set[str]:
     try:
         return set(os.listdir("/dev/shm"))
@@ -280,7 +297,7 @@ def _leaks(before: _Snapshot) -> list[str]:
         problems.append(f"child processes: {desc}")
     fds = _fd_count()
     if fds > before.fds:
-        new = sorted(set(_describe_fds()) - set(before.fd_list))
+        new = _with_socket_details(sorted(set(_describe_fds()) - set(before.fd_list)))
         problems.append(f"file descriptors: {before.fds} before, {fds} after; new: {new}")
     shm = _shm() - before.shm
     if shm:

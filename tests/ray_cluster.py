@@ -159,12 +159,16 @@ def ray_socket_fds(head: RayHead) -> set[int]:
 def ray_driver_fds(head: RayHead) -> set[int]:
     """This process's fds that Ray's driver may keep after ``ray.shutdown()``.
 
-    Its log file in ``head``'s session folder, and the port its own server
-    listened on: a later connection reuses them, and now and then Ray closes
-    them only then. Not bingfa's: its Ray engine opens neither.
+    Its log file in ``head``'s session folder, the port its own server listened
+    on and the connections that server accepted (from workers, which may have
+    gone since): a later connection reuses them, and now and then Ray closes
+    them only then. Not bingfa's: its Ray engine listens on nothing and opens
+    no file there.
     """
-    own = {conn.fd for conn in psutil.Process().net_connections("inet")
-           if not conn.raddr and conn.status == psutil.CONN_LISTEN and conn.fd != -1}
+    conns = psutil.Process().net_connections("inet")
+    listening = {c.laddr.port for c in conns
+                 if not c.raddr and c.status == psutil.CONN_LISTEN and c.fd != -1}
+    own = {c.fd for c in conns if c.fd != -1 and c.laddr and c.laddr.port in listening}
     folder = str(head.folder)
     for fd in os.listdir("/proc/self/fd"):
         try:

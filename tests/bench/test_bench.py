@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
+import re
+import select
 import signal
 import subprocess
 import sys
+import termios
 import time
 
 import psutil
 import pytest
 
 from bingfa.bench._report import Report, WorkloadResult, machine
-from bingfa.bench._run import SETTINGS
 from bingfa.bench._workloads import WORKLOADS
 
 BY_NAME = {w.name: w for w in WORKLOADS}
@@ -61,16 +65,13 @@ def cmdline(proc: psutil.Process) -> str:
         return ""
 
 
-def worker_cpu(proc: psutil.Process) -> float:
-    """CPU seconds used by ``proc``'s descendants."""
-    total = 0.0
-    for child in proc.children(recursive=True):
-        try:
-            times = child.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
+def _drain(fd: int) -> str:
+    """What is left to read on a terminal whose other end has closed."""
+    text = b""
+    with contextlib.suppress(OSError):  # EIO: the other end is closed
+        while select.select([fd], [], [], 5)[0] and (chunk := os.read(fd, 4096)):
+            text += chunk
+    return text.decode(errors="replace")
 
 
 def result(name: str, **medians: float) -> WorkloadResult:
@@ -107,27 +108,31 @@ def test_the_report_states_the_machine_and_marks_an_interrupted_run():
 
 @pytest.mark.timeout(120)
 def test_ctrl_c_stops_at_once_with_what_was_measured(tmp_path):
+    # On a terminal the progress bar names each step as it starts: the test
+    # interrupts as the processes' first timed run starts, after serial's and
+    # threads' (the modes take turns, and every pool warms up first).
+    primary, secondary = pty.openpty()
+    termios.tcsetwinsize(secondary, (24, 160))  # a new one has no width: no bar fits
     proc = subprocess.Popen([sys.executable, "-m", "bingfa", "bench", "--only", "cpu",
-                             "--no-save"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--no-save"], stdout=subprocess.PIPE, stderr=secondary,
                             text=True, start_new_session=True)
+    os.close(secondary)
     try:
-        me = psutil.Process(proc.pid)
-        # The modes take turns: serial, threads, then processes. Each pool
-        # first runs half a map untimed (half the work budget); once the
-        # process workers have computed a whole budget's worth, they are in
-        # their first timed run, after serial's and threads'.
-        budget = SETTINGS[False][0]
+        seen = ""
         deadline = time.monotonic() + 90
-        while worker_cpu(me) < budget:
-            assert time.monotonic() < deadline, "the process workers never computed"
-            assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.05)
+        while not re.search(r" 2/\d+ .*cpu: process", seen):
+            assert time.monotonic() < deadline, f"the processes' run never started: {seen!r}"
+            assert proc.poll() is None, seen
+            if select.select([primary], [], [], 1)[0]:
+                seen = (seen + os.read(primary, 4096).decode(errors="replace"))[-2000:]
         os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=30)
+        err = seen + _drain(primary)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        os.close(primary)
     assert proc.returncode == 130, err
     assert "serial" in out
     assert "threads" in out
