@@ -310,6 +310,19 @@ class FunctionCache:
         self._next_id = 0
         self._lock = threading.Lock()
 
+    def seed(self, fn: Callable[..., Any], pickled: bytes) -> None:
+        """Keep ``pickled``, made by ``dumps_function(fn)`` elsewhere, as ``fn``'s.
+
+        Unless ``fn`` is known already, or this cache sends some functions of
+        ``__main__`` by name (fork): then ``fn`` may pickle smaller here.
+        """
+        if self._main_inherited is not None or self._entries.get(fn) is not None:
+            return
+        with self._lock:
+            self._next_id += 1
+            entry = (self._next_id, pickled)
+        self._entries.set(fn, entry)
+
     def get(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
         """The ``(function id, pickled bytes)`` of ``fn``.
 

@@ -419,12 +419,22 @@ class ManyJob(Job):
             self.on_notify()
 
     # --- feeding (caller thread, lock held) ----------------------------------
-    def add(self, items: list[Any]) -> None:
-        """Add a segment of items (lock held)."""
-        if items:
+    def add(self, items: list[Any], skip: int = 0) -> None:
+        """Add a segment of items (lock held).
+
+        ``skip``: the first items of a job's first segment are run elsewhere
+        (an auto pool measured them): they count as done, and their slots
+        stay ``None`` for the caller to fill. Cheaper than a copy without them.
+        """
+        if skip:
+            assert not self.submitted, "only a job's first items can be skipped"
+            skip = min(skip, len(items))
+            self._seg_pos = skip
+            self.dispatched = self.completed = skip
+        if len(items) > skip:
             self._segments.append((self.submitted, items))
-            self.submitted += len(items)
             self.scheduler.activate(self)
+        self.submitted += len(items)
 
     def finish_input(self) -> None:
         """No more items will be added (lock held)."""

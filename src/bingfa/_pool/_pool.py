@@ -502,13 +502,15 @@ class Pool:
 
     def _map(self, fn: Callable[..., Any], iterable: Iterable[Any], call: int,
              chunksize: ChunkSize, progress: ProgressArg, started: float,
-             wait: float | None) -> list[Any]:
+             wait: float | None, skip: int = 0) -> list[Any]:
+        """The results of a map, in order (``skip``: see ``_queue_map``)."""
         items, size = _map_items(fn, iterable, chunksize)
         n = len(items)
         report = reporter(progress, n, getattr(fn, "__name__", "map"))
         job = None
         try:
-            job = self._queue_map(fn, items, call, size, wake_each=progress not in (None, False))
+            job = self._queue_map(fn, items, call, size, wake_each=progress not in (None, False),
+                                  skip=skip)
             if job is None:
                 return []
             deadline = None if wait is None else started + wait
@@ -549,11 +551,14 @@ class Pool:
     def _queue_map(self, fn: Callable[..., Any], items: list[Any], call: int,
                    chunksize: int | str, wake_each: bool,
                    on_end: Callable[[ManyJob], None] | None = None,
-                   on_notify: Callable[[], None] | None = None) -> ManyJob | None:
+                   on_notify: Callable[[], None] | None = None,
+                   skip: int = 0) -> ManyJob | None:
         """Queue a map's tasks; its job, or ``None`` for no items.
 
         ``on_end(job)`` is called once when the job ends (see ``ManyJob.on_end``),
         ``on_notify()`` whenever its waiters are woken (``ManyJob.on_notify``).
+        ``skip``: the first items are run elsewhere; their results are left
+        ``None`` (see ``ManyJob.add``).
         """
         self._check_function(fn)
         with self._scheduler.lock:
@@ -571,7 +576,7 @@ class Pool:
             if on_end is not None:
                 job.on_end = functools.partial(on_end, job)
             job.on_notify = on_notify
-            job.add(items)
+            job.add(items, skip)
             job.finish_input()
         self._engine.wake()
         return job
@@ -711,14 +716,15 @@ class Pool:
 
     async def _amap(self, fn: Callable[..., Any], iterable: Iterable[Any], call: int,
                     chunksize: ChunkSize, progress: ProgressArg, started: float,
-                    wait: float | None) -> list[Any]:
+                    wait: float | None, skip: int = 0) -> list[Any]:
+        """The results of a map, in order, awaited (``skip``: see ``_queue_map``)."""
         from ._aimap import LoopWaker, wait_for_map
 
         items, size = _map_items(fn, iterable, chunksize)
         report = reporter(progress, len(items), getattr(fn, "__name__", "amap"))
         try:
             job = self._queue_map(fn, items, call, size, wake_each=progress not in (None, False),
-                                  on_notify=LoopWaker())
+                                  on_notify=LoopWaker(), skip=skip)
         except BaseException:
             report.close()
             raise

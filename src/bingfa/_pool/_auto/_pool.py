@@ -49,7 +49,7 @@ from ._chained import AsyncChained, Chained, first_items
 from ._costs import machine_costs
 from ._decide import Decision, Measurement, decide
 from ._probe import PAIR_TASKS, SOLO_TASKS, HeldTask, Probe, Window
-from ._sizes import function_bytes, pickled_bytes
+from ._sizes import pickled_bytes, pickled_function
 
 __all__ = ["AutoPool"]
 
@@ -60,6 +60,11 @@ F = TypeVar("F", bound=Future[Any])
 # A map's first items that the probe may take; the rest go out as one map.
 PROBE_ITEMS = SOLO_TASKS + PAIR_TASKS
 DECISION_SECONDS = 60.0  # measure a function again after this long
+# Tasks quicker than this have their measured time handed to the pool that runs
+# the rest (see AutoPool._taught). A few tasks' median says little of slower
+# work whose durations vary; slower tasks reach a good chunk size in a few
+# chunks anyway.
+TEACH_BELOW = 0.001
 _DECISIONS_KEPT = 256
 
 
@@ -87,11 +92,19 @@ def _free_threaded() -> bool:
 
 
 class _Choice:
-    __slots__ = ("decision", "made")
+    """A decision for one function, and what was measured of it on the way."""
 
-    def __init__(self, decision: Decision) -> None:
+    __slots__ = ("carried", "decision", "function_pickle", "made", "task_seconds")
+
+    def __init__(self, decision: Decision, task_seconds: float | None = None,
+                 carried: tuple[float | None, float | None] = (None, None),
+                 function_pickle: bytes | None = None) -> None:
         self.decision = decision
         self.made = time.monotonic()
+        self.task_seconds = task_seconds
+        self.carried = carried  # (argument, result) bytes a task pickles to, if sized
+        # The function pickled to size it, until handed to the process pool.
+        self.function_pickle = function_pickle
 
 
 class AutoPool(Pool):
@@ -218,6 +231,31 @@ class AutoPool(Pool):
                 self._pools[mode] = pool
             return pool
 
+    def _taught(self, mode: str, fn: Callable[..., Any]) -> Pool:
+        """The pool of ``mode``, told what was measured of ``fn`` on the way.
+
+        A pool sizes a map's chunks from the time its tasks take, which a
+        fresh pool learns in chunks of 1, 2, 4, ... tasks: a round trip each,
+        which tiny tasks feel. Told the probe's figures (if the tasks were
+        quick, and it has none of its own), it sizes them right from the first
+        chunk. A process pool is also handed the function as pickled to size
+        it: a closure that carries a big table is not pickled twice.
+        """
+        pool = self._pool_for(mode)
+        choice = self._choices.get(_function_key(fn))
+        if choice is None:
+            return pool
+        pickled, choice.function_pickle = choice.function_pickle, None  # handed over once
+        if pickled is not None and mode == "process":
+            pool._engine.know_function(fn, pickled)
+        seconds = choice.task_seconds
+        timings = pool._scheduler.timings
+        if seconds is not None and 0 < seconds < TEACH_BELOW and timings.of(fn) is None:
+            timings.note(fn, seconds, smooth=False)
+            if choice.carried[0] is not None:
+                timings.note_bytes(fn, *choice.carried)
+        return pool
+
     def _known(self, fn: Callable[..., Any]) -> str | None:
         """The mode decided for ``fn``, if it holds; None: it must be measured."""
         choice = self._choices.get(_function_key(fn))
@@ -228,11 +266,15 @@ class AutoPool(Pool):
             return "async"
         return None
 
-    def _record(self, fn: Callable[..., Any], decision: Decision) -> None:
+    def _record(self, fn: Callable[..., Any], decision: Decision,
+                task_seconds: float | None = None,
+                carried: tuple[float | None, float | None] = (None, None),
+                function_pickle: bytes | None = None) -> None:
         with self._lock:
             if len(self._choices) >= _DECISIONS_KEPT:
                 self._choices.pop(next(iter(self._choices)))
-            self._choices[_function_key(fn)] = _Choice(decision)
+            self._choices[_function_key(fn)] = _Choice(decision, task_seconds, carried,
+                                                       function_pickle)
             self._last = decision
         logger.debug("mode='auto' runs %s in mode=%r: %s",
                      getattr(fn, "__qualname__", None) or repr(fn), decision.mode,
@@ -318,7 +360,8 @@ class AutoPool(Pool):
         if decision.mode == "process":
             # Only now pay for pickling to size the data: processes must carry it.
             decision = decide(self._with_sizes(probe, measured), self._costs)
-        self._record(probe.fn, decision)
+        self._record(probe.fn, decision, measured.task_seconds, probe.carried,
+                     probe.function_pickle if decision.mode == "process" else None)
         return decision.mode
 
     def _settled_alone(self, probe: Probe, more: int | None, batched: bool) -> bool:
@@ -361,23 +404,29 @@ class AutoPool(Pool):
 
     def _with_sizes(self, probe: Probe, measured: Measurement) -> Measurement:
         """``measured`` with what the function, its arguments and results pickle to."""
-        # Pickled once per probe: a closure may carry a lot.
+        # Pickled once per probe (a closure may carry a lot), and kept for the
+        # process pool, should it be chosen (see _taught).
         if not probe.function_sized:
-            probe.function_size, probe.function_sized = function_bytes(probe.fn), True
-        fn_size = probe.function_size
-        sizes = []
+            probe.function_pickle, probe.function_sized = pickled_function(probe.fn), True
+        fn_size = None if probe.function_pickle is None else len(probe.function_pickle)
+        arguments, results = [], []
         for task in probe.measured_tasks[:4]:
             size = pickled_bytes((task.args, task.kwargs))
             if size is None or fn_size is None:
                 return _replace(measured, picklable=False)
+            arguments.append(size)
             future = task.future
             if future.done() and not future.cancelled() and future.exception() is None:
                 result_size = pickled_bytes(future.result())
                 if result_size is None:
                     return _replace(measured, picklable=False)
-                size += result_size
-            sizes.append(size)
-        payload = sum(sizes) // len(sizes) if sizes else 0
+                results.append(result_size)
+        if not arguments:
+            return _replace(measured, function_bytes=fn_size or 0)
+        argument_bytes = sum(arguments) / len(arguments)
+        result_bytes = sum(results) / len(results) if results else None
+        probe.carried = (argument_bytes, result_bytes)
+        payload = int(argument_bytes + (result_bytes or 0))
         return _replace(measured, payload_bytes=payload, function_bytes=fn_size or 0)
 
     # --- one task ----------------------------------------------------------------------
@@ -462,32 +511,35 @@ class AutoPool(Pool):
 
     def _map(self, fn: Callable[..., Any], iterable: Iterable[Any], call: int,
              chunksize: ChunkSize, progress: ProgressArg, started: float,
-             wait: float | None) -> list[Any]:
+             wait: float | None, skip: int = 0) -> list[Any]:
         items, _ = _map_items(fn, iterable, chunksize)
         self._check_open()
         mode = self._known(fn)
-        if mode is not None or not items:
+        if mode is not None or not items or skip:
+            # (``skip``: the caller runs the first items itself; the rest of a
+            # map it has measured needs no measuring.)
             return self._pool_for(mode or "thread")._map(fn, items, call, chunksize, progress,
-                                                         started, wait)
+                                                         started, wait, skip)
         mode, heads = self._measure_first(fn, items[:PROBE_ITEMS], call,
-                                                len(items) - PROBE_ITEMS, started, wait)
-        rest = items[len(heads):]  # those given back, then the rest: one copy
-        pool = self._pool_for(mode)
+                                          len(items) - PROBE_ITEMS, started, wait)
+        pool = self._taught(mode, fn)
         report = reporter(progress, len(items), getattr(fn, "__name__", "map"))
         deadline = None if wait is None else started + wait
         try:
             _raise_failed(heads)
             try:
-                tail = pool._map(fn, rest, call, chunksize, _after(heads, report), started,
-                                 wait) if rest else []
+                # The whole list, its first items skipped (their results come
+                # from the heads): no copy of a million items, in or out.
+                results = pool._map(fn, items, call, chunksize, _after(heads, report), started,
+                                    wait, skip=len(heads)) if len(items) > len(heads) else []
             except Exception:
                 # An error of an earlier item comes first: the measured ones are.
                 concurrent.futures.wait(heads, _left(deadline))
                 _raise_failed(heads)
                 raise
-            results = [_result(head, deadline, wait, len(items)) for head in heads]
+            results[:len(heads)] = [_result(head, deadline, wait, len(items)) for head in heads]
             report.update(len(items))
-            return results + tail
+            return results
         except BaseException:
             for head in heads:
                 head.cancel()
@@ -505,9 +557,9 @@ class AutoPool(Pool):
             return self._pool_for(mode or "thread")._map_async(fn, items, call, chunksize,
                                                                callback, error_callback)
         mode, heads = self._measure_first(fn, items[:PROBE_ITEMS], call,
-                                                len(items) - PROBE_ITEMS)
+                                          len(items) - PROBE_ITEMS)
         rest = items[len(heads):]  # those given back, then the rest: one copy
-        pool = self._pool_for(mode)
+        pool = self._taught(mode, fn)
         from .._results import AsyncResult, callbacks
 
         result: AsyncResult[list[Any]] = AsyncResult()
@@ -536,41 +588,41 @@ class AutoPool(Pool):
         mode, heads = self._measure_first(fn, head, call, more, take_back=False)
         chained = Chained(heads, ordered, reporter(progress, total,
                                                    getattr(fn, "__name__", "imap")))
-        chained.tail = self._pool_for(mode)._imap(fn, source, call, chunksize, ordered,
-                                                   chained.tail_progress())
+        chained.tail = self._taught(mode, fn)._imap(fn, source, call, chunksize, ordered,
+                                                     chained.tail_progress())
         return chained
 
     # --- asyncio faces -----------------------------------------------------------------
     async def _amap(self, fn: Callable[..., Any], iterable: Iterable[Any], call: int,
                     chunksize: ChunkSize, progress: ProgressArg, started: float,
-                    wait: float | None) -> list[Any]:
+                    wait: float | None, skip: int = 0) -> list[Any]:
         import asyncio
 
         items, _ = _map_items(fn, iterable, chunksize)
         self._check_open()
         mode = self._known(fn)
-        if mode is None and not items:
+        if mode is None and (not items or skip):  # (skip: as in _map)
             mode = "thread"
         if mode is not None:
             return await self._pool_for(mode)._amap(fn, items, call, chunksize, progress,
-                                                    started, wait)
+                                                    started, wait, skip)
         chosen, heads = await asyncio.to_thread(
             self._measure_first, fn, items[:PROBE_ITEMS], call, len(items) - PROBE_ITEMS)
-        rest = items[len(heads):]  # those given back, then the rest: one copy
-        pool = self._pool_for(chosen)
+        pool = self._taught(chosen, fn)
         report = reporter(progress, len(items), getattr(fn, "__name__", "amap"))
         try:
             _raise_failed(heads)
-            tail = await pool._amap(fn, rest, call, chunksize, _after(heads, report), started,
-                                    wait) if rest else []
+            results = await pool._amap(fn, items, call, chunksize, _after(heads, report),
+                                       started, wait, skip=len(heads),
+                                       ) if len(items) > len(heads) else []
             left = None if wait is None else max(0.0, started + wait - time.monotonic())
             try:
-                results = await asyncio.wait_for(asyncio.gather(*heads), left)
+                results[:len(heads)] = await asyncio.wait_for(asyncio.gather(*heads), left)
             except TimeoutError:
                 raise result_timeout_error(
                     f"map() did not finish within {wait:g} s") from None
             report.update(len(items))
-            return list(results) + tail
+            return results
         except BaseException:
             for head in heads:
                 head.cancel()
@@ -610,8 +662,8 @@ class AutoPool(Pool):
             more = None if total is None else max(0, total - len(head))
             chosen, heads = await asyncio.to_thread(
                 functools.partial(self._measure_first, fn, head, call, more, take_back=False))
-            tail = self._pool_for(chosen)._aimap(fn, source, call, chunksize, ordered,
-                                                 chained.tail_progress(len(heads)))
+            tail = self._taught(chosen, fn)._aimap(fn, source, call, chunksize, ordered,
+                                                   chained.tail_progress(len(heads)))
             return heads, tail
 
         return AsyncChained(begin, ordered,
@@ -774,12 +826,13 @@ def _result(head: Future[Any], deadline: float | None, wait: float | None, n: in
 
 
 def _after(heads: list[Future[Any]], report: Reporter) -> ProgressArg:
-    """A progress callable for the rest of a map: counts the measured items as well."""
+    """A progress callable for the rest of a map, which counts the heads as done from
+    the start (they are skipped): only those that have ended are."""
     if report.quiet:
         return False
 
     def update(done: int, _total: int | None) -> None:
-        report.update(sum(1 for head in heads if head.done()) + done)
+        report.update(done - sum(1 for head in heads if not head.done()))
     return update
 
 

@@ -203,8 +203,10 @@ class Probe:
         self.done = threading.Event()  # decided, and every held task handed over
         self._lanes: _Lanes | None = None  # the window under way
         # What the function pickles to (None: it cannot be), once sized.
-        self.function_size: int | None = None
+        self.function_pickle: bytes | None = None
         self.function_sized = False
+        # What a task's arguments and result pickle to, once sized (bytes each).
+        self.carried: tuple[float | None, float | None] = (None, None)
         self._aborted = False
         self._run_measured = run_measured
         self._decided = decided
@@ -295,12 +297,14 @@ class Probe:
         self._run_measured = self._decided = self._send = self.fn = _gone
         self._settled_alone = None
         self.measured_tasks = []
+        self.function_pickle = None  # a closure's may be megabytes
         self.done.set()
 
     def _measure(self) -> bool:
         """Run the two windows; False if aborted on the way."""
         running: list[Sample] = []
-        self.solo = self._window(running, lanes=1, most=SOLO_TASKS, edge=0)
+        self.solo = self._window(running, lanes=1, most=SOLO_TASKS, edge=0,
+                                 settled=self._settled_so_far)
         if self.solo is None:
             return False
         if self.solo.cpu_ratio < WAITS_BELOW_HINT and self.task_seconds() >= TINY_TASK:
@@ -316,6 +320,19 @@ class Probe:
             if self.pair is None:
                 return False
         return True
+
+    def _settled_so_far(self, solo: Window) -> bool:
+        """Whether the first window, as far as it went, settles it already.
+
+        Asked when a busy host would make it go on (see :meth:`_enough`): for
+        work whose data outweighs what processes could save, no reading of
+        the CPU clocks would change the answer, and a longer window only
+        keeps the second core idle.
+        """
+        if self._settled_alone is None:
+            return False
+        self.solo = solo
+        return self._settled_alone(self)
 
     def _wait_for_partner(self) -> None:
         deadline = time.monotonic() + PARTNER_WAIT
@@ -364,7 +381,8 @@ class Probe:
                 sample.started = sample.ended = time.perf_counter()
             self.cond.notify_all()
 
-    def _window(self, running: list[Sample], lanes: int, most: int, edge: int) -> Window | None:
+    def _window(self, running: list[Sample], lanes: int, most: int, edge: int,
+                settled: Callable[[Window], bool] | None = None) -> Window | None:
         """Keep ``lanes`` tasks running for a while: what they spent meanwhile.
 
         One lane: the window opens as its first task begins. More: once that
@@ -376,7 +394,8 @@ class Probe:
         later if its tasks have had
         little CPU (see :meth:`_enough`), reading the tasks still running at
         ``edge + 1``; or as soon as the tasks to keep every lane going run
-        out. None: aborted.
+        out; or when it would go on for lack of CPU and ``settled`` says what
+        it saw so far is enough. None: aborted.
         """
         live = [s for s in running if s.ended is None]
         state = _Lanes(want=lanes, most=most, running=live, ran=list(live))
@@ -404,18 +423,31 @@ class Probe:
                     if lanes > 1 and len(state.running) < lanes and out_of_tasks:
                         break  # no more to keep every lane going: the tail would run alone
                     now = time.perf_counter()
-                    if now - opened >= least:
-                        if self._enough(state.ran, lanes, edge, opened, now):
-                            break
+                    if now - opened < least:
+                        self.cond.wait(opened + least - now)
+                        continue
+                    if self._enough(state.ran, lanes, edge, opened, now):
+                        break
+                    if settled is None:
                         self.cond.wait(RECHECK)
                         continue
-                    self.cond.wait(opened + least - now)
+                    so_far = self._summary(state, edge, opened,
+                                           self._read_clocks(state.running, edge + 1))
+                ask, settled = settled, None  # asked once, without the lock
+                if ask(so_far):
+                    break
             with self.cond:
                 closed = self._read_clocks(state.running, edge + 1)
         finally:
             with self.cond:
                 self._lanes = None
                 running[:] = [s for s in state.running if s.ended is None]
+        return self._summary(state, edge, opened, closed)
+
+    @staticmethod
+    def _summary(state: _Lanes, edge: int, opened: float, closed: float) -> Window:
+        """What the window's tasks spent between ``opened`` and ``closed`` (read at
+        ``edge`` and ``edge + 1``)."""
         cpu = queued = busy = 0.0
         for sample in state.ran:
             part = gone_by(sample.spent_at(edge + 1, closed), sample.spent_at(edge, opened))

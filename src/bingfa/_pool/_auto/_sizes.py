@@ -7,7 +7,7 @@ from typing import Any
 
 from ..._core._serialization import dumps, dumps_function
 
-__all__ = ["function_bytes", "pickled_bytes"]
+__all__ = ["pickled_bytes", "pickled_function"]
 
 
 def pickled_bytes(obj: Any) -> int | None:
@@ -24,9 +24,10 @@ def pickled_bytes(obj: Any) -> int | None:
     return len(data) + sum(buffer.raw().nbytes for buffer in buffers)
 
 
-def function_bytes(fn: Any) -> int | None:
-    """Bytes ``fn`` travels as (with the state it carries by value); None: unpicklable."""
+def pickled_function(fn: Any) -> bytes | None:
+    """What ``fn`` travels as to a process worker (with the state it carries by
+    value), as a process pool pickles it; None: unpicklable."""
     try:
-        return len(dumps_function(fn))
+        return dumps_function(fn)
     except Exception:
         return None

@@ -91,6 +91,13 @@ class Engine(abc.ABC):
         """
         return False
 
+    def know_function(self, fn: Callable[..., Any], pickled: bytes) -> None:  # noqa: B027
+        """``fn`` as ``dumps_function`` pickled it already (an auto pool sized it).
+
+        An engine that sends functions to its workers may keep it rather than
+        pickle ``fn`` again; the others ignore it.
+        """
+
     def stop_running(self, job: OneJob, error: BaseException) -> None:  # noqa: B027 - optional
         """Stop ``job``'s task though it runs, failing it with ``error``, where the mode can.
 

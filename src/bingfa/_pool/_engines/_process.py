@@ -282,6 +282,9 @@ class ProcessEngine(Engine):
         ref = self._main_at_fork.get(getattr(fn, "__name__", ""))
         return ref is not None and ref() is fn
 
+    def know_function(self, fn: Callable[..., Any], pickled: bytes) -> None:
+        self._functions.seed(fn, pickled)
+
     def stop_running(self, job: OneJob, error: BaseException) -> None:
         """Kill (and replace) the worker running ``job``'s task; the manager does it."""
         with self._lock:
