@@ -370,10 +370,13 @@ class Probe:
                 lanes.started += 1
                 self.samples.append(sample)
                 self.measured_tasks.append(task)
+                # Taken with the task: once the lock is let go, the window may
+                # close and the probe end (_let_go) before this thread goes on.
+                run, fn = self._run_measured, self.fn
             # A task cancelled before it began never runs the wrapper: count
             # it as over at once, so that no window waits for it.
             task.future.add_done_callback(functools.partial(self._settled, sample))
-            self._run_measured(task, functools.partial(_measured, self, sample, self.fn))
+            run(task, functools.partial(_measured, self, sample, fn))
 
     def _settled(self, sample: Sample, _future: Any) -> None:
         with self.cond:
