@@ -336,7 +336,8 @@ def test_a_map_of_quick_tasks_is_chunked_right_from_its_first_chunk(monkeypatch)
     assert shown[-1] == n
 
 
-def test_a_closure_going_to_processes_is_pickled_once(monkeypatch):
+@pytest.mark.parametrize("how", ["map", "submit"])
+def test_a_closure_going_to_processes_is_pickled_once(monkeypatch, how):
     from bingfa._core import _serialization
     from bingfa._pool._auto import _sizes
 
@@ -358,7 +359,12 @@ def test_a_closure_going_to_processes_is_pickled_once(monkeypatch):
 
     def run(pool):
         pickled.clear()
-        assert pool.map(spin_plus, [SPIN] * 60) == [spin(SPIN) + 21] * 60
+        if how == "map":
+            results = pool.map(spin_plus, [SPIN] * 60)
+        else:
+            results = [f.result(timeout=60) for f in [pool.submit(spin_plus, SPIN)
+                                                      for _ in range(60)]]
+        assert results == [spin(SPIN) + 21] * 60
 
     pool, _ = until_processes(run)
     assert pool.mode == "process"

@@ -328,7 +328,7 @@ class AutoPool(Pool):
 
     def _send(self, task: HeldTask, mode: str) -> None:
         try:
-            pool = self._pool_for(mode)
+            pool = self._taught(mode, task.fn)
         except PoolClosedError as error:
             if task.future.set_running_or_notify_cancel():
                 task.future.set_exception(error)
