@@ -24,7 +24,6 @@ import ctypes
 import itertools
 import mmap
 import os
-import secrets
 import weakref
 from collections.abc import Iterable
 
@@ -43,7 +42,9 @@ def new_name(kind: str, owner: int | None = None) -> str:
     death makes the segment an orphan, for :func:`unlink_left_by`.
     """
     pid = os.getpid() if owner is None else owner
-    return f"/bf-{pid}-{kind}-{next(_serial)}-{secrets.token_hex(4)}"
+    # (os.urandom, as secrets.token_hex does, without importing secrets: it
+    # pulls in hmac, hashlib and random, some 5 ms of a pool's cold start.)
+    return f"/bf-{pid}-{kind}-{next(_serial)}-{os.urandom(4).hex()}"
 
 
 _LIBC: ctypes.CDLL | None = None
