@@ -85,13 +85,26 @@ class CliCluster:
             return False
 
     def stop(self) -> None:
+        """SIGTERM every process of the cluster, then SIGKILL what is left after a while.
+
+        Terminated rather than killed: a nanny's resource tracker (which
+        ignores SIGTERM) outlives the nanny, sees it go and unlinks the
+        semaphores its queues left in /dev/shm, then exits; killed with the
+        rest, it would leave them there.
+        """
         procs = []
-        for pid in reversed(self.procs):
+        for pid in self.procs:
             with contextlib.suppress(psutil.Error):
-                procs.append(psutil.Process(pid))
+                proc = psutil.Process(pid)
+                procs += [proc, *proc.children(recursive=True)]
+        for pid in reversed(self.procs):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)  # each runs in a session of its own
-        psutil.wait_procs(procs, timeout=10)
+                os.killpg(pid, signal.SIGTERM)  # each runs in a session of its own
+        _, alive = psutil.wait_procs(procs, timeout=15)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=10)
         self.procs.clear()
 
 

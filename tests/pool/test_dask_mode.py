@@ -56,17 +56,34 @@ def cluster(tmp_path_factory):
         yield c
 
 
+def semaphores_of(pids):
+    """The named semaphores (in /dev/shm) that processes ``pids`` have open."""
+    names = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as maps:
+                names.update(line.split("/dev/shm/", 1)[1].strip()
+                             for line in maps if "/dev/shm/sem." in line)
+        except OSError:  # gone meanwhile
+            continue
+    return names
+
+
 def test_a_pool_owns_a_local_cluster_and_closes_it():
     before = set(child_processes())
     with bf.Pool(mode="dask") as pool:
         assert pool.map(square, range(50)) == [i * i for i in range(50)]
         workers = set(child_processes()) - before
         assert workers  # its worker processes are children of this process
+        # The nannies' queues: closed with them, not left in /dev/shm.
+        semaphores = semaphores_of(workers)
+        assert semaphores
         info = pool._engine._client.scheduler_info()
         assert info["address"].startswith("tcp://127.0.0.1:")
         assert len(info["workers"]) >= 1
         assert all(w["nthreads"] == 1 for w in info["workers"].values())
     assert wait_until(lambda: not (set(child_processes()) - before), timeout=10)
+    assert not [name for name in semaphores if os.path.exists(f"/dev/shm/{name}")]
 
 
 def test_joining_a_scheduler_never_shuts_it_down(cluster):

@@ -85,6 +85,8 @@ from ._remote_batch import CLUSTER_BATCH_SECONDS, RemoteOutcome, outcomes, run_r
 __all__ = ["DaskEngine", "SharedObject"]
 
 _LOOK = object()  # put in the delivery queue: no outcome, look at the pool's state
+# Seconds a local worker (its nanny) has to close once asked, before it is killed.
+WORKER_CLOSE_GRACE = 3.0
 _PROTOCOL = 5
 
 
@@ -685,6 +687,9 @@ def _local_cluster(distributed: Any) -> Any:
                 "name": self.name}}
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(
                 p for p in sys.path if p and os.path.isdir(p))}
+            # Quiet as the pool's own logs are (silence_logs reaches the worker
+            # only): a nanny's INFO lines as it closes are not the user's news.
+            env.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "dask", "spec", self.scheduler,
                 "--spec", json.dumps(spec), env=env, stdin=asyncio.subprocess.DEVNULL)
@@ -693,8 +698,18 @@ def _local_cluster(distributed: Any) -> Any:
         async def close(self) -> None:
             process, self.process = self.process, None
             if process is not None and process.returncode is None:
+                tree: list[psutil.Process] = []
                 with contextlib.suppress(psutil.Error):
-                    for child in psutil.Process(process.pid).children(recursive=True):
+                    tree = psutil.Process(process.pid).children(recursive=True)
+                # Asked first: the nanny closes its worker and its queues, whose
+                # semaphores would otherwise stay in /dev/shm (killed with the
+                # rest, its resource tracker cannot unlink them).
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(process.wait(), WORKER_CLOSE_GRACE)
+                for child in tree:
+                    with contextlib.suppress(psutil.Error):
                         child.kill()
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
