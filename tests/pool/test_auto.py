@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from conftest import wait_at_gate
+from conftest import wait_at_gate, wait_until
 
 import bingfa as bf
 
@@ -370,3 +370,24 @@ def test_a_closure_going_to_processes_is_pickled_once(monkeypatch, how):
     assert pool.mode == "process"
     # Sized once to decide, and the same bytes sent to the workers.
     assert len(pickled) == 1
+
+
+def test_a_blocked_thread_does_not_read_as_ready_to_run():
+    from bingfa._pool._auto._counters import runnable
+
+    release, started = threading.Event(), threading.Event()
+
+    def block():
+        started.set()
+        release.wait()
+
+    thread = threading.Thread(target=block)
+    thread.start()
+    try:
+        started.wait(5)
+        # It blocks within moments of saying it started.
+        assert wait_until(lambda: not runnable(thread.native_id), timeout=5)
+        assert runnable(threading.get_native_id())  # this one is running
+    finally:
+        release.set()
+        thread.join(5)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["NOTHING", "Spent", "gone_by", "of_thread", "own", "thread_clock"]
+__all__ = ["NOTHING", "Spent", "gone_by", "of_thread", "own", "runnable", "thread_clock"]
 
 Spent = tuple[float, float]  # CPU seconds, queued seconds
 NOTHING: Spent = (0.0, 0.0)
@@ -50,6 +50,20 @@ def of_thread(clock: int | None, native_id: int) -> Spent | None:
     except OSError:  # the thread has ended meanwhile
         return None
     return cpu, _queued(f"/proc/self/task/{native_id}")
+
+
+def runnable(native_id: int) -> bool:
+    """Whether a thread of this process is running or ready to run now (not blocked).
+
+    The time queued that another thread reads is as of the thread's last turn
+    on a core: a thread queued now has a wait under way that no reading
+    shows yet. Its state tells it is computing, not waiting.
+    """
+    try:
+        with open(f"/proc/self/task/{native_id}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"R"
+    except (OSError, IndexError):
+        return False
 
 
 def gone_by(later: Spent, earlier: Spent) -> Spent:

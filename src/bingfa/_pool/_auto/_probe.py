@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..._core._futures import Future
-from ._counters import NOTHING, Spent, gone_by, of_thread, own, thread_clock
-from ._decide import TINY_TASK
+from ._counters import NOTHING, Spent, gone_by, of_thread, own, runnable, thread_clock
+from ._decide import TINY_TASK, WAITS_BELOW
 
 __all__ = ["HeldTask", "Probe", "Window"]
 
@@ -417,7 +417,9 @@ class Probe:
                     if opened is None:
                         opened = self._opening(state, lanes, edge)
                         if opened is None and not state.running and out_of_tasks:
-                            return Window(0.0, 0.0, 0.0, 0.0)  # nothing ran at once
+                            # Nothing ran at once (though offered: quick tasks
+                            # that ended before a second began).
+                            return Window(0.0, 0.0, 0.0, 0.0, state.offered)
                     if opened is None:
                         self.cond.wait()
                         continue
@@ -486,6 +488,13 @@ class Probe:
             part = gone_by(so_far, sample.spent_at(edge, opened))
             cpu, queued = cpu + part[0], queued + part[1]
             busy += sample.busy_between(opened, now)
+        if lanes == 1 and cpu < WAITS_BELOW * max(busy - queued, 0.0) and any(
+                sample.ended is None and sample.started and runnable(sample.native_id)
+                for sample in ran):
+            # Read as waiting, yet ready to run: queued for a core, in a wait
+            # the counters do not show yet (see runnable). On a loaded host
+            # that would pass pure Python off as waiting: look again later.
+            return False
         if queued < BUSY_HOST * busy:
             return True
         return cpu >= ENOUGH_CPU * lanes or cpu < WAITS_BELOW_HINT * lanes * (now - opened)
