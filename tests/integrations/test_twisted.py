@@ -271,11 +271,11 @@ def test_cancelling_a_running_process_task_terminates_its_worker(tmp_path: Path,
                 d = defer_to_pool(pool, wait_at_gate, gate.number)
                 pid, _ = yield gate.next_arrival()
                 report(worker_is_child=pid != os.getpid())
+                worker = psutil.Process(pid)  # now: once killed, it may be reaped at once
                 d.cancel()
                 report(cancelled=(yield outcome(d)))
                 # The worker is killed by the pool's manager thread, not by this one.
-                gone, alive = yield threads.deferToThread(
-                    psutil.wait_procs, [psutil.Process(pid)], timeout=30)
+                gone, alive = yield threads.deferToThread(psutil.wait_procs, [worker], timeout=30)
                 report(worker_died=not alive)
                 report(replaced=(yield defer_to_pool(pool, os.getpid)) not in (pid, os.getpid()))
                 # A running task's future through to_deferred: the Deferred fails at once,
