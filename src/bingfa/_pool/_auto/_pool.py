@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from ..._core._errors import PoolClosedError
 from ..._core._futures import Future
+from ..._core._interrupts import start_without_sigint
 from ..._core._machine import usable_cores
 from ..._core._progress import ProgressArg, Reporter, reporter
 from ..._core._timeouts import limit_seconds
@@ -320,7 +321,9 @@ class AutoPool(Pool):
         assert probe is not None
         left = [task for task in tasks if not probe.hold(task)]
         if fresh:
-            probe.thread.start()
+            # Ctrl-C must reach the main thread, which may be asleep waiting
+            # for this probe's tasks.
+            start_without_sigint(probe.thread)
         return probe, left
 
     def _run_measured(self, task: HeldTask, measured: Callable[..., Any]) -> None:
@@ -346,9 +349,13 @@ class AutoPool(Pool):
             task.job = task.context.copy().run(pool._submit_job, fn, task.args, task.kwargs,
                                                task.future)
             task.pool = pool
-        except BaseException as error:  # a pool broken meanwhile: the task hears of it
-            if not task.future.done() and task.future.set_running_or_notify_cancel():
-                task.future.set_exception(error)
+        except Exception as error:  # a pool broken meanwhile: the task hears of it
+            future = task.future
+            if not (future.done() or future.running()) and future.set_running_or_notify_cancel():
+                future.set_exception(error)
+        # A KeyboardInterrupt (Ctrl-C in the main thread, which hands over a
+        # map's first items) goes on up: the task may be in the pool already,
+        # and the caller is being interrupted, not the task.
 
     def _decide(self, probe: Probe, more: int | None, batched: bool) -> str:
         """Where ``probe``'s function runs, from what the probe saw (on its thread)."""
@@ -364,12 +371,15 @@ class AutoPool(Pool):
                      probe.function_pickle if decision.mode == "process" else None)
         return decision.mode
 
-    def _settled_alone(self, probe: Probe, more: int | None, batched: bool) -> bool:
+    def _settled_alone(self, probe: Probe, cheap: bool = False, *, more: int | None,
+                       batched: bool) -> bool:
         """Whether threads win even if the work holds the GIL (so two at once need not be seen).
 
         Processes gain most on GIL-bound work; when its start, copies and
         hand-overs outweigh even that gain (few tasks, big data), the answer
-        is threads whatever the second window would show.
+        is threads whatever the second window would show. ``cheap``: without
+        pickling the function (a closure's state may take a while), as if it
+        cost nothing to send: asked while a task is being measured.
         """
         with probe.cond:
             held = len(probe.held)
@@ -377,7 +387,8 @@ class AutoPool(Pool):
                             batched=batched, gil_gain=1.0, gil_share=1.0)
         decision = decide(measured, self._costs)
         if decision.mode == "process":
-            decision = decide(self._with_sizes(probe, measured), self._costs)
+            decision = decide(self._with_sizes(probe, measured, function_too=not cheap),
+                              self._costs)
         return decision.mode != "process"
 
     def _measurement(self, probe: Probe, remaining: int | None) -> Measurement:
@@ -402,13 +413,17 @@ class AutoPool(Pool):
             free_threaded=_free_threaded(), processes_running="process" in self._pools,
             processes_warm=_zygote_running())
 
-    def _with_sizes(self, probe: Probe, measured: Measurement) -> Measurement:
-        """``measured`` with what the function, its arguments and results pickle to."""
+    def _with_sizes(self, probe: Probe, measured: Measurement,
+                    function_too: bool = True) -> Measurement:
+        """``measured`` with what the function (unless not ``function_too``: then
+        nothing, if not sized yet), its arguments and results pickle to."""
         # Pickled once per probe (a closure may carry a lot), and kept for the
         # process pool, should it be chosen (see _taught).
-        if not probe.function_sized:
+        if function_too and not probe.function_sized:
             probe.function_pickle, probe.function_sized = pickled_function(probe.fn), True
-        fn_size = None if probe.function_pickle is None else len(probe.function_pickle)
+        fn_size: int | None = 0
+        if probe.function_sized:
+            fn_size = None if probe.function_pickle is None else len(probe.function_pickle)
         arguments, results = [], []
         for task in probe.measured_tasks[:4]:
             size = pickled_bytes((task.args, task.kwargs))
@@ -721,8 +736,8 @@ class AutoPool(Pool):
             self._wait_for_probes()
             for pool in self._every_pool():
                 pool.shutdown(False, cancel_futures=cancel_futures)
-        threading.Thread(target=close_after_probes, name="bingfa-auto-close",
-                         daemon=True).start()
+        start_without_sigint(threading.Thread(target=close_after_probes,
+                                              name="bingfa-auto-close", daemon=True))
 
     def _wait_for_probes(self) -> None:
         for probe in self._probes_running():

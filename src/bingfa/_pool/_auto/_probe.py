@@ -189,7 +189,7 @@ class Probe:
                  run_measured: Callable[[HeldTask, Callable[..., Any]], None],
                  decided: Callable[[Probe], str],
                  send: Callable[[HeldTask, str], None], lanes: int = 2,
-                 settled_alone: Callable[[Probe], bool] | None = None) -> None:
+                 settled_alone: Callable[[Probe, bool], bool] | None = None) -> None:
         self.fn = fn
         self.lanes = lanes  # tasks at once in the second window (1: no second window)
         self.cond = threading.Condition()
@@ -304,14 +304,14 @@ class Probe:
         """Run the two windows; False if aborted on the way."""
         running: list[Sample] = []
         self.solo = self._window(running, lanes=1, most=SOLO_TASKS, edge=0,
-                                 settled=self._settled_so_far)
+                                 settled=self._settled_so_far, early=self._settled_by_data)
         if self.solo is None:
             return False
         if self.solo.cpu_ratio < WAITS_BELOW_HINT and self.task_seconds() >= TINY_TASK:
             return True  # it waits: no need to see two at once
         if self.lanes < 2:
             return True
-        if self._settled_alone is not None and self._settled_alone(self):
+        if self._settled_alone is not None and self._settled_alone(self, False):
             return True
         if not self.held and not running:
             self._wait_for_partner()
@@ -332,7 +332,21 @@ class Probe:
         if self._settled_alone is None:
             return False
         self.solo = solo
-        return self._settled_alone(self)
+        return self._settled_alone(self, False)
+
+    def _settled_by_data(self, solo: Window) -> bool:
+        """Whether its first task, once ended, shows computing on data that processes
+        would spend more copying than they could save: threads, at once.
+
+        Asked without pickling the function (see ``settled_alone``), so that
+        measuring the next task is not kept from the GIL for long; and only of
+        work that computes: a first call's waits (an import, a cache filled)
+        need the rest of the window to be told from a task that waits.
+        """
+        if self._settled_alone is None or solo.cpu_ratio < WAITS_BELOW:
+            return False
+        self.solo = solo
+        return self._settled_alone(self, True)
 
     def _wait_for_partner(self) -> None:
         deadline = time.monotonic() + PARTNER_WAIT
@@ -385,7 +399,8 @@ class Probe:
             self.cond.notify_all()
 
     def _window(self, running: list[Sample], lanes: int, most: int, edge: int,
-                settled: Callable[[Window], bool] | None = None) -> Window | None:
+                settled: Callable[[Window], bool] | None = None,
+                early: Callable[[Window], bool] | None = None) -> Window | None:
         """Keep ``lanes`` tasks running for a while: what they spent meanwhile.
 
         One lane: the window opens as its first task begins. More: once that
@@ -398,7 +413,8 @@ class Probe:
         little CPU (see :meth:`_enough`), reading the tasks still running at
         ``edge + 1``; or as soon as the tasks to keep every lane going run
         out; or when it would go on for lack of CPU and ``settled`` says what
-        it saw so far is enough. None: aborted.
+        it saw so far is enough; or when ``early``, asked once a task has
+        ended, says so. None: aborted.
         """
         live = [s for s in running if s.ended is None]
         state = _Lanes(want=lanes, most=most, running=live, ran=list(live))
@@ -428,17 +444,20 @@ class Probe:
                     if lanes > 1 and len(state.running) < lanes and out_of_tasks:
                         break  # no more to keep every lane going: the tail would run alone
                     now = time.perf_counter()
-                    if now - opened < least:
+                    if early is not None and any(s.ended is not None for s in state.ran):
+                        ask, early = early, None  # each asked once, without the lock
+                    elif now - opened < least:
                         self.cond.wait(opened + least - now)
                         continue
-                    if self._enough(state.ran, lanes, edge, opened, now):
+                    elif self._enough(state.ran, lanes, edge, opened, now):
                         break
-                    if settled is None:
+                    elif settled is None:
                         self.cond.wait(RECHECK)
                         continue
+                    else:
+                        ask, settled = settled, None
                     so_far = self._summary(state, edge, opened,
                                            self._read_clocks(state.running, edge + 1))
-                ask, settled = settled, None  # asked once, without the lock
                 if ask(so_far):
                     break
             with self.cond:
