@@ -180,9 +180,11 @@ class Probe:
         send: hands a held task over to the pool of a mode.
         lanes: tasks the second window runs at once: 2, or 1 when the
             threads are too few to run two (then there is no second window).
-        settled_alone: asked after the first window whether it settles the
-            question on its own (processes could not win whatever the second
-            window showed), to skip the second.
+        settled_alone: ``settled_alone(probe, cheap)``, asked after the first
+            window whether it settles the question on its own (processes could
+            not win whatever the second window showed), to skip the second;
+            and, ``cheap`` (without pickling the function), once the first
+            task has ended, to end the first window then.
     """
 
     def __init__(self, fn: Callable[..., Any],
