@@ -391,3 +391,20 @@ def test_a_blocked_thread_does_not_read_as_ready_to_run():
     finally:
         release.set()
         thread.join(5)
+
+
+@pytest.mark.parametrize("n", [1, 12, 13, 200])
+def test_every_map_face_puts_the_measured_items_first(n):
+    # The first items are the probe's; the rest are mapped in place (skipped,
+    # not copied), and a map no longer than the probe's share has no rest.
+    expected = [x * x for x in range(n)]
+    with bf.Pool(2, mode="auto") as pool:  # a pool each: each face measures
+        assert pool.map(square, range(n)) == expected
+    with bf.Pool(2, mode="auto") as pool:
+        assert pool.map_async(square, range(n)).get(timeout=30) == expected
+
+    async def main():
+        async with bf.Pool(2, mode="auto") as pool:
+            return await pool.amap(square, range(n))
+
+    assert asyncio.run(main()) == expected

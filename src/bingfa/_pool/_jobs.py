@@ -428,13 +428,13 @@ class ManyJob(Job):
         """
         if skip:
             assert not self.submitted, "only a job's first items can be skipped"
-            skip = min(skip, len(items))
+            assert skip < len(items), "a job with nothing to run is never made"
             self._seg_pos = skip
             self.dispatched = self.completed = skip
-        if len(items) > skip:
+        if items:
             self._segments.append((self.submitted, items))
+            self.submitted += len(items)
             self.scheduler.activate(self)
-        self.submitted += len(items)
 
     def finish_input(self) -> None:
         """No more items will be added (lock held)."""

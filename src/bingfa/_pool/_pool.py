@@ -553,7 +553,7 @@ class Pool:
                    on_end: Callable[[ManyJob], None] | None = None,
                    on_notify: Callable[[], None] | None = None,
                    skip: int = 0) -> ManyJob | None:
-        """Queue a map's tasks; its job, or ``None`` for no items.
+        """Queue a map's tasks; its job, or ``None`` for none to run here.
 
         ``on_end(job)`` is called once when the job ends (see ``ManyJob.on_end``),
         ``on_notify()`` whenever its waiters are woken (``ManyJob.on_notify``).
@@ -563,7 +563,7 @@ class Pool:
         self._check_function(fn)
         with self._scheduler.lock:
             self._check_open()
-            if not items:
+            if len(items) <= skip:
                 return None
             job = ManyJob(self._scheduler, carried(fn) if self._carries_context else fn, call,
                           self.retries, chunksize, ordered=True, size_hint=len(items),
@@ -607,7 +607,8 @@ class Pool:
     def _map_async(self, fn: Callable[..., Any], iterable: Iterable[Any], call: int,
                    chunksize: ChunkSize, callback: Callable[[Any], Any] | None,
                    error_callback: Callable[[BaseException], Any] | None,
-                   ) -> AsyncResult[list[Any]]:
+                   skip: int = 0) -> AsyncResult[list[Any]]:
+        """A map's result to come (``skip``: see ``_queue_map``)."""
         items, size = _map_items(fn, iterable, chunksize)
         result: AsyncResult[list[Any]] = AsyncResult()
         result._waiter = self._waiter
@@ -616,7 +617,7 @@ class Pool:
         # No thread waits for a map_async: its job settles the result as it
         # ends, in the thread that delivers its last result or first error.
         job = self._queue_map(fn, items, call, size, wake_each=False,
-                              on_end=functools.partial(settle_map, result))
+                              on_end=functools.partial(settle_map, result), skip=skip)
         if job is None:
             result.set_result([])
         else:

@@ -546,7 +546,7 @@ class AutoPool(Pool):
                 # The whole list, its first items skipped (their results come
                 # from the heads): no copy of a million items, in or out.
                 results = pool._map(fn, items, call, chunksize, _after(heads, report), started,
-                                    wait, skip=len(heads)) if len(items) > len(heads) else []
+                                    wait, skip=len(heads))
             except Exception:
                 # An error of an earlier item comes first: the measured ones are.
                 concurrent.futures.wait(heads, _left(deadline))
@@ -564,23 +564,23 @@ class AutoPool(Pool):
 
     def _map_async(self, fn: Callable[..., Any], iterable: Iterable[Any], call: int,
                    chunksize: ChunkSize, callback: Callable[[Any], Any] | None,
-                   error_callback: Callable[[BaseException], Any] | None) -> Any:
+                   error_callback: Callable[[BaseException], Any] | None,
+                   skip: int = 0) -> Any:
         items, _ = _map_items(fn, iterable, chunksize)
         self._check_open()
         mode = self._known(fn)
-        if mode is not None or not items:
+        if mode is not None or not items or skip:  # (skip: as in _map)
             return self._pool_for(mode or "thread")._map_async(fn, items, call, chunksize,
-                                                               callback, error_callback)
+                                                               callback, error_callback, skip)
         mode, heads = self._measure_first(fn, items[:PROBE_ITEMS], call,
                                           len(items) - PROBE_ITEMS)
-        rest = items[len(heads):]  # those given back, then the rest: one copy
         pool = self._taught(mode, fn)
         from .._results import AsyncResult, callbacks
 
         result: AsyncResult[list[Any]] = AsyncResult()
         if callback is not None or error_callback is not None:
             result.add_done_callback(callbacks(callback, error_callback))
-        tail = pool._map_async(fn, rest, call, chunksize, None, None)
+        tail = pool._map_async(fn, items, call, chunksize, None, None, skip=len(heads))
         _join_results(result, heads, tail)
         return result
 
@@ -628,8 +628,7 @@ class AutoPool(Pool):
         try:
             _raise_failed(heads)
             results = await pool._amap(fn, items, call, chunksize, _after(heads, report),
-                                       started, wait, skip=len(heads),
-                                       ) if len(items) > len(heads) else []
+                                       started, wait, skip=len(heads))
             left = None if wait is None else max(0.0, started + wait - time.monotonic())
             try:
                 results[:len(heads)] = await asyncio.wait_for(asyncio.gather(*heads), left)
@@ -852,7 +851,8 @@ def _after(heads: list[Future[Any]], report: Reporter) -> ProgressArg:
 
 
 def _join_results(result: Any, heads: list[Future[Any]], tail: Any) -> None:
-    """Settle ``result`` with the heads' results then the tail's, or the first error."""
+    """Settle ``result`` with the heads' results in the first slots of the tail's
+    (which skipped them), or with the first error."""
     parts: list[Any] = [*heads, tail]
     left = [len(parts)]
     lock = threading.Lock()
@@ -870,7 +870,9 @@ def _join_results(result: Any, heads: list[Future[Any]], tail: Any) -> None:
                 result.set_exception(failed.exception())
             return
         if last and not result.done() and result.set_running_or_notify_cancel():
-            result.set_result([h.result() for h in heads] + tail.result())
+            results = tail.result()
+            results[:len(heads)] = [h.result() for h in heads]
+            result.set_result(results)
 
     def stop_parts(_: Any) -> None:
         if result.cancelled():

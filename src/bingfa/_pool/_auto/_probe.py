@@ -306,7 +306,8 @@ class Probe:
         """Run the two windows; False if aborted on the way."""
         running: list[Sample] = []
         self.solo = self._window(running, lanes=1, most=SOLO_TASKS, edge=0,
-                                 settled=self._settled_so_far, early=self._settled_by_data)
+                                 settled=self._settled_so_far,
+                                 early=functools.partial(self._settled_so_far, cheap=True))
         if self.solo is None:
             return False
         if self.solo.cpu_ratio < WAITS_BELOW_HINT and self.task_seconds() >= TINY_TASK:
@@ -323,32 +324,22 @@ class Probe:
                 return False
         return True
 
-    def _settled_so_far(self, solo: Window) -> bool:
+    def _settled_so_far(self, solo: Window, cheap: bool = False) -> bool:
         """Whether the first window, as far as it went, settles it already.
 
-        Asked when a busy host would make it go on (see :meth:`_enough`): for
-        work whose data outweighs what processes could save, no reading of
-        the CPU clocks would change the answer, and a longer window only
-        keeps the second core idle.
+        For work whose data outweighs what processes could save, no reading
+        of the CPU clocks would change the answer, and a longer window only
+        keeps the second core idle. Asked when a busy host would make the
+        window go on (see :meth:`_enough`), and ``cheap``ly once its first
+        task has ended: without pickling the function (see ``settled_alone``),
+        so that the task measured next is not kept from the GIL for long, and
+        only of work that computed (a first call's waits, an import or a
+        cache filled, need the rest of the window to be told from waiting).
         """
-        if self._settled_alone is None:
+        if self._settled_alone is None or (cheap and solo.cpu_ratio < WAITS_BELOW):
             return False
         self.solo = solo
-        return self._settled_alone(self, False)
-
-    def _settled_by_data(self, solo: Window) -> bool:
-        """Whether its first task, once ended, shows computing on data that processes
-        would spend more copying than they could save: threads, at once.
-
-        Asked without pickling the function (see ``settled_alone``), so that
-        measuring the next task is not kept from the GIL for long; and only of
-        work that computes: a first call's waits (an import, a cache filled)
-        need the rest of the window to be told from a task that waits.
-        """
-        if self._settled_alone is None or solo.cpu_ratio < WAITS_BELOW:
-            return False
-        self.solo = solo
-        return self._settled_alone(self, True)
+        return self._settled_alone(self, cheap)
 
     def _wait_for_partner(self) -> None:
         deadline = time.monotonic() + PARTNER_WAIT
