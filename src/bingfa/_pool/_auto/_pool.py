@@ -724,6 +724,11 @@ class AutoPool(Pool):
             for probe in self._probes_running():
                 for task in probe.abort():
                     _fail(task, error)
+            # Aborted, the probes hand nothing over: the tasks already queued
+            # in the pools (a probe's measured ones among them) are cancelled
+            # now, not once the probes have ended, by which time one may run.
+            for pool in self._every_pool():
+                pool.shutdown(False, cancel_futures=True)
         # The pools close once every probe has handed over the tasks it held.
         if wait or not self._probes_running():
             self._wait_for_probes()
