@@ -8,6 +8,7 @@ fails one test instead of the session.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import os
 import subprocess
 import sys
@@ -181,6 +182,19 @@ def test_thread_workers_start_as_work_arrives():
         assert threading.active_count() == before
         assert pool.submit(abs, -1).result(timeout=10) == 1
         assert threading.active_count() <= before + 2  # one worker, maybe a second
+
+
+def test_thread_calls_made_one_at_a_time_take_turns_on_two_threads():
+    """A spare thread waits idle, and the one idle longest is woken (see hand_over)."""
+    with bf.Pool(10, mode="thread") as pool:
+        for _ in range(3):  # the first worker, then its spare
+            pool.submit(threading.get_ident).result(timeout=10)
+        assert wait_until(lambda: len(pool._engine._idle) == 2, timeout=10)
+        ran_on = [pool.submit(threading.get_ident).result(timeout=10) for _ in range(10)]
+        # Never the thread that ran the call before (it waits at the back of
+        # the line); a third may join if a caller outruns a worker going idle.
+        assert all(a != b for a, b in itertools.pairwise(ran_on))
+        assert 2 <= len(set(ran_on)) <= len(pool._engine._threads)
 
 
 def test_thread_shutdown_does_not_wait_for_an_abandoned_task():
