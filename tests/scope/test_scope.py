@@ -250,6 +250,20 @@ def test_a_running_thread_pool_task_is_told_and_a_queued_one_cancelled():
         assert pool.submit(abs, -1).result(timeout=10) == 1
 
 
+@pytest.mark.timeout(60)
+def test_a_running_auto_pool_task_is_told_wherever_it_runs():
+    """Held by auto's probe the first time, then on the pool auto chose."""
+    with bf.Pool(2, mode="auto") as pool:
+        for attempt in range(2):
+            with pytest.raises(ExceptionGroup) as caught, bf.scope() as s:
+                running = s.submit(pool, wait_until_cancelled)
+                s.spawn(fail, f"stop {attempt}", 0.1)
+            assert [str(e) for e in caught.value.exceptions] == [f"stop {attempt}"]
+            assert running.cancelled()  # it saw bf.cancelled() and stopped
+        assert pool.mode == "thread"  # it waits: threads
+        assert pool.submit(abs, -1).result(timeout=10) == 1
+
+
 def grandchild_gone(pid_file) -> bool:
     grandchild = int(pid_file.read_text())
     try:
