@@ -10,8 +10,10 @@ import dataclasses
 
 import pytest
 
-from bingfa._pool._auto._costs import _process_round_trip
+from bingfa._core._machine import gil_enabled, usable_cores
+from bingfa._pool._auto._costs import _process_round_trip, machine_costs
 from bingfa._pool._auto._decide import Costs, Measurement, decide
+from bingfa.bench._cache import save
 
 # Pure-Python work: 10 ms tasks, all on a CPU, two threads no better than one.
 GIL_BOUND = Measurement(picklable=True, cpu_ratio=0.98, gil_gain=1.02, task_seconds=0.01,
@@ -162,3 +164,40 @@ def test_the_bench_cache_gives_the_round_trip():
     assert _process_round_trip({"workloads": {}}) is None
     broken = {"workloads": {"switch": {"modes": {"process": {"median": 9e9}}}}}
     assert _process_round_trip(broken) is None
+
+
+def _bench_results(round_trip: float, **machine: object) -> dict[str, object]:
+    here = {"usable_cores": usable_cores(), "gil": gil_enabled(), "load_at_start": 0.1}
+    return {"machine": {**here, **machine},
+            "workloads": {"switch": {"modes": {"process": {"median": round_trip}}}}}
+
+
+def test_auto_scales_its_costs_by_a_bench_run_made_here_at_rest(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert machine_costs() == Costs()  # no bench run: the defaults
+    save(_bench_results(0.0008))  # processes answer 4x slower than the reference
+    assert machine_costs() == Costs().scaled(4.0)
+    save(_bench_results(0.0001, load_at_start=None))  # a system with no load average
+    assert machine_costs() == Costs().scaled(0.5)
+    legacy = _bench_results(0.0004)
+    del legacy["machine"]["load_at_start"]  # type: ignore[attr-defined]
+    save(legacy)  # saved before the load was recorded
+    assert machine_costs() == Costs().scaled(2.0)
+
+
+@pytest.mark.parametrize("machine", [
+    {"load_at_start": usable_cores() + 0.5},  # other programs kept every core busy
+    {"usable_cores": usable_cores() + 1},  # another share of cores
+    {"gil": not gil_enabled()},
+])
+def test_auto_leaves_out_a_bench_run_made_busy_or_elsewhere(tmp_path, monkeypatch, machine):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    save(_bench_results(0.0008, **machine))
+    assert machine_costs() == Costs()
+
+
+def test_bench_records_the_load_it_started_under():
+    from bingfa.bench._report import machine
+
+    load = machine()["load_at_start"]
+    assert load is None or (isinstance(load, float) and load >= 0)

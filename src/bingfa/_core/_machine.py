@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 
-__all__ = ["usable_cores"]
+__all__ = ["gil_enabled", "usable_cores"]
 
 
 def usable_cores() -> int:
@@ -13,3 +14,9 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def gil_enabled() -> bool:
+    """Whether this interpreter runs with the GIL (False on a free-threaded build with it off)."""
+    probe = getattr(sys, "_is_gil_enabled", None)
+    return True if probe is None else bool(probe())

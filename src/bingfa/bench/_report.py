@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._core._machine import usable_cores
+from .._core._machine import gil_enabled, usable_cores
 from ._workloads import Workload
 
 __all__ = ["LABELS", "Report", "WorkloadResult", "gil_enabled", "machine"]
@@ -18,12 +17,6 @@ __all__ = ["LABELS", "Report", "WorkloadResult", "gil_enabled", "machine"]
 TIE = 0.10
 LABELS = {"serial": "serial", "thread": "threads", "process": "processes",
           "async": "coroutines", "gevent": "greenlets", "rpc": "bf.rpc call"}
-
-
-def gil_enabled() -> bool:
-    """Whether this interpreter runs with the GIL (False on a free-threaded build with it off)."""
-    probe = getattr(sys, "_is_gil_enabled", None)
-    return True if probe is None else bool(probe())
 
 
 def _cpu_model() -> str:
@@ -52,7 +45,18 @@ def machine() -> dict[str, Any]:
         "start_methods": multiprocessing.get_all_start_methods(),
         "default_start_method": default_start_method(),
         "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+        # Other programs' work as the run begins: figures taken on a busy
+        # machine are not this machine's (mode="auto" leaves them out).
+        "load_at_start": _load_average(),
     }
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average, or None where the system has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 @dataclass

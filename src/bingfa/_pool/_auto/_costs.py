@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..._core._machine import gil_enabled, usable_cores
 from ._decide import Costs
 
 __all__ = ["machine_costs"]
@@ -22,10 +23,31 @@ def machine_costs() -> Costs:
     """
     from ...bench._cache import load
 
-    round_trip = _process_round_trip(load())
+    results = load()
+    round_trip = _process_round_trip(results) if _taken_here_at_rest(results) else None
     if round_trip is None:
         return Costs()
     return Costs().scaled(min(4.0, max(0.25, round_trip / REFERENCE_ROUND_TRIP)))
+
+
+def _taken_here_at_rest(results: dict[str, Any] | None) -> bool:
+    """Whether saved bench results describe this machine as it is, not a busy day of it.
+
+    A run made while other programs kept every core busy measured them as
+    much as the machine (a process round trip two to four times its own),
+    and a run made with other cores (another container's share, say) or with
+    the GIL set otherwise measured something else: either would skew every
+    decision until the next run. Results saved before bench recorded the
+    load are taken as they are.
+    """
+    try:
+        taken = results["machine"]  # type: ignore[index]
+        load = taken.get("load_at_start")
+        if load is not None and float(load) > usable_cores():
+            return False
+        return bool(taken["usable_cores"] == usable_cores() and taken["gil"] == gil_enabled())
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
 
 
 def _process_round_trip(results: dict[str, Any] | None) -> float | None:

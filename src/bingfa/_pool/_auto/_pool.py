@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from ..._core._errors import PoolClosedError
 from ..._core._futures import Future
 from ..._core._interrupts import start_without_sigint
-from ..._core._machine import usable_cores
+from ..._core._machine import gil_enabled, usable_cores
 from ..._core._progress import ProgressArg, Reporter, reporter
 from ..._core._timeouts import limit_seconds
 from .._batch import CALL_STAR
@@ -88,8 +88,7 @@ def _zygote_running() -> bool:
 
 
 def _free_threaded() -> bool:
-    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
-    return is_gil_enabled is not None and not is_gil_enabled()
+    return not gil_enabled()
 
 
 class _Choice:
