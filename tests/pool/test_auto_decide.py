@@ -7,6 +7,9 @@ interpreter, one core) and pin each rule of ``_decide`` to the reason it gives.
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -167,7 +170,7 @@ def test_the_bench_cache_gives_the_round_trip():
 
 
 def _bench_results(round_trip: float, **machine: object) -> dict[str, object]:
-    here = {"usable_cores": usable_cores(), "gil": gil_enabled(), "load_at_start": 0.1}
+    here = {"usable_cores": usable_cores(), "gil": gil_enabled(), "busy_cores_at_start": 0.1}
     return {"machine": {**here, **machine},
             "workloads": {"switch": {"modes": {"process": {"median": round_trip}}}}}
 
@@ -177,16 +180,16 @@ def test_auto_scales_its_costs_by_a_bench_run_made_here_at_rest(tmp_path, monkey
     assert machine_costs() == Costs()  # no bench run: the defaults
     save(_bench_results(0.0008))  # processes answer 4x slower than the reference
     assert machine_costs() == Costs().scaled(4.0)
-    save(_bench_results(0.0001, load_at_start=None))  # a system with no load average
+    save(_bench_results(0.0001, busy_cores_at_start=None))  # not measured there
     assert machine_costs() == Costs().scaled(0.5)
     legacy = _bench_results(0.0004)
-    del legacy["machine"]["load_at_start"]  # type: ignore[attr-defined]
-    save(legacy)  # saved before the load was recorded
+    del legacy["machine"]["busy_cores_at_start"]  # type: ignore[attr-defined]
+    save(legacy)  # saved before bench recorded it
     assert machine_costs() == Costs().scaled(2.0)
 
 
 @pytest.mark.parametrize("machine", [
-    {"load_at_start": usable_cores() + 0.5},  # other programs kept every core busy
+    {"busy_cores_at_start": usable_cores() - 0.2},  # other programs kept the cores busy
     {"usable_cores": usable_cores() + 1},  # another share of cores
     {"gil": not gil_enabled()},
 ])
@@ -196,8 +199,15 @@ def test_auto_leaves_out_a_bench_run_made_busy_or_elsewhere(tmp_path, monkeypatc
     assert machine_costs() == Costs()
 
 
-def test_bench_records_the_load_it_started_under():
-    from bingfa.bench._report import machine
+def test_bench_sees_how_busy_the_cpus_are():
+    from bingfa.bench._report import busy_cores, machine
 
-    load = machine()["load_at_start"]
-    assert load is None or (isinstance(load, float) and load >= 0)
+    assert "busy_cores_at_start" in machine()
+    assert 0 <= busy_cores() <= os.cpu_count()
+    # a process spinning through the sample counts as (about) a core
+    spinning = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert busy_cores(over=0.5) >= 0.8
+    finally:
+        spinning.kill()
+        spinning.wait(10)

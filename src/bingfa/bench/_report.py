@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,16 +48,32 @@ def machine() -> dict[str, Any]:
         "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
         # Other programs' work as the run begins: figures taken on a busy
         # machine are not this machine's (mode="auto" leaves them out).
-        "load_at_start": _load_average(),
+        "busy_cores_at_start": busy_cores(),
     }
 
 
-def _load_average() -> float | None:
-    """The 1-minute load average, or None where the system has none."""
+def busy_cores(over: float = 0.2) -> float | None:
+    """How many CPUs' worth of work the machine did over the next ``over`` seconds.
+
+    Read from ``/proc/stat`` (Linux; None elsewhere), not the load average:
+    that is a minute's decaying mean, still high a minute after a build or
+    an install has finished.
+    """
+    def times() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+        return sum(fields), fields[3] + fields[4]  # all, idle + iowait
+
     try:
-        return round(os.getloadavg()[0], 2)
-    except OSError:
+        total0, idle0 = times()
+        time.sleep(over)
+        total1, idle1 = times()
+    except (OSError, ValueError, IndexError):
         return None
+    elapsed = total1 - total0
+    if elapsed <= 0:
+        return None
+    return round((os.cpu_count() or 1) * (1 - (idle1 - idle0) / elapsed), 2)
 
 
 @dataclass

@@ -37,13 +37,13 @@ def _taken_here_at_rest(results: dict[str, Any] | None) -> bool:
     much as the machine (a process round trip two to four times its own),
     and a run made with other cores (another container's share, say) or with
     the GIL set otherwise measured something else: either would skew every
-    decision until the next run. Results saved before bench recorded the
-    load are taken as they are.
+    decision until the next run. Results saved before bench recorded how
+    busy the machine was are taken as they are.
     """
     try:
         taken = results["machine"]  # type: ignore[index]
-        load = taken.get("load_at_start")
-        if load is not None and float(load) > usable_cores():
+        busy = taken.get("busy_cores_at_start")
+        if busy is not None and float(busy) > usable_cores() - 0.5:
             return False
         return bool(taken["usable_cores"] == usable_cores() and taken["gil"] == gil_enabled())
     except (KeyError, TypeError, ValueError, AttributeError):
