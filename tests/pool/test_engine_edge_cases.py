@@ -197,6 +197,16 @@ def test_thread_calls_made_one_at_a_time_take_turns_on_two_threads():
         assert 2 <= len(set(ran_on)) <= len(pool._engine._threads)
 
 
+def test_thread_pools_with_an_initializer_start_no_spare():
+    """A spare would run the initializer (a model to load, say) for nothing."""
+    started: list[int] = []
+    with bf.Pool(10, mode="thread", initializer=lambda: started.append(1)) as pool:
+        for _ in range(5):
+            pool.submit(abs, -1).result(timeout=10)
+        assert len(pool._engine._threads) == 1
+    assert started == [1]
+
+
 def test_thread_shutdown_does_not_wait_for_an_abandoned_task():
     release = threading.Event()
     pool = bf.Pool(2, mode="thread", task_timeout=0.2)

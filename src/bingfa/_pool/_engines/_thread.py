@@ -77,6 +77,9 @@ class ThreadEngine(Engine):
         scheduler.wake = self.wake
         scheduler.groups_singles = False  # a thread has no round trip to save
         self._hand_over = config.task_timeout is None and config.max_tasks_per_worker is None
+        # A spare thread would run the initializer too (load a model, open a
+        # connection): only without one is a spare free.
+        self._spares = config.initializer is None
         self._direct: queue.SimpleQueue[OneJob] = queue.SimpleQueue()
 
     # --- engine protocol ---------------------------------------------------------
@@ -178,7 +181,8 @@ class ThreadEngine(Engine):
         bookkeeping needs the lock.
 
         The worker idle longest is woken, and when none is left idle a spare
-        is started (room permitting): calls made one at a time take turns on
+        is started (room permitting, and without an initializer, which the
+        spare would run for nothing): calls made one at a time take turns on
         two threads. Waking the thread that has just answered cost twice as
         much on a 2-vCPU VM: a Twisted reactor handing calls one at a time to
         a thread through a bare lock took 58 µs a round trip, to two threads
@@ -203,7 +207,7 @@ class ThreadEngine(Engine):
             return True
         w.batch = w.handoff = batch
         w.wakeup.release()
-        if not self._idle and self._free_slots:
+        if not self._idle and self._free_slots and self._spares:
             self._start_spare()
         return True
 
