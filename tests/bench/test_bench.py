@@ -106,6 +106,20 @@ def test_the_report_states_the_machine_and_marks_an_interrupted_run():
     assert "(interrupted" not in report.text()
 
 
+@pytest.mark.timeout(30)
+def test_ctrl_c_while_the_cpus_are_sampled_exits_130(monkeypatch, capsys):
+    """The run samples how busy the CPUs are before it starts (0.2 s)."""
+    from bingfa.bench import _cli
+
+    def interrupted(quick: bool) -> Report:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_cli, "new_report", interrupted)
+    args = _cli.argparse.Namespace(only=None, plot=None, quick=True, json=None, no_save=False)
+    assert _cli.main(args, _cli.argparse.ArgumentParser()) == 130
+    assert capsys.readouterr().out == ""
+
+
 @pytest.mark.timeout(120)
 def test_ctrl_c_stops_at_once_with_what_was_measured(tmp_path):
     # On a terminal the progress bar names each step as it starts: the test

@@ -38,7 +38,10 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             parser.error(f"--only: unknown workload(s) {', '.join(sorted(unknown))}")
     if args.plot and (problem := check_plotting(args.plot)):
         parser.error(problem)
-    report = new_report(args.quick)
+    try:
+        report = new_report(args.quick)  # samples the CPUs for 0.2 s first
+    except KeyboardInterrupt:
+        return 130  # nothing measured yet
     status = 0
     from tqdm import tqdm
 
