@@ -43,11 +43,11 @@ MODES = os.environ.get("BINGFA_TEST_MODES", "thread,process,auto").split(",")
 # How long things may take to settle after a test before they count as leaked.
 GRACE_SECONDS = 3.0
 _INFRASTRUCTURE = ("forkserver", "resource_tracker", "bingfa._pool._engines._zygote",
-                   "bingfa/_commands/_reaper.py")
+                   "bingfa/_commands/_reaper.py", "bingfa-janitor")
 
 
 def _is_infrastructure(proc: psutil.Process) -> bool:
-    """multiprocessing's forkserver or resource tracker, started by this process."""
+    """multiprocessing's forkserver or resource tracker, or bingfa's zygote, reaper or janitor."""
     try:
         if proc.ppid() != os.getpid():
             return False
@@ -319,7 +319,9 @@ def _multiprocessing_helpers() -> None:
     resource_tracker.ensure_running()
     forkserver.ensure_running()
     import bingfa
+    from bingfa._core._janitor import watch_this_process
 
+    watch_this_process()  # what the first process channel would start (a pipe and a shell)
     # bingfa's zygote: one pool starts it, and it serves every later one.
     with bingfa.Pool(1, mode="process") as pool:
         pool.submit(int).result()

@@ -395,3 +395,29 @@ def test_a_creator_killed_with_no_bingfa_process_left_leaves_nothing_within_2_se
     # multiprocessing's resource tracker, the creator's only survivor, unlinks them
     holding, _ = kill_once_holding(tmp_path, ALONE_CREATOR)
     assert len([n for n in holding if "-o-" in n]) >= 2  # the held item and the unread one
+
+
+ALONE_CREATOR_SPILLING = textwrap.dedent('''\
+    import time
+    import numpy as np
+    import bingfa as bf
+    from bingfa._channels._segments import SLOTS
+
+    ch = bf.Channel(mode="process")
+    held = []
+    for i in range(SLOTS):                   # every kept segment taken, and held
+        ch.put(np.full(1 << 17, float(i)))
+        held.append(ch.get())
+    ch.put(np.full(1 << 17, -1.0))           # so this one goes through a one-off segment
+    print("holding", flush=True)
+    time.sleep(60)
+''')
+
+
+@pytest.mark.timeout(60)
+def test_a_lone_creator_killed_with_a_one_off_segment_unread_leaves_nothing_within_2_seconds(
+        tmp_path):
+    # the resource tracker unlinks the kept segments; the janitor the one-off one
+    holding, _ = kill_once_holding(tmp_path, ALONE_CREATOR_SPILLING)
+    one_off = [n for n in holding if "-o-s" in n]
+    assert len(one_off) == 1

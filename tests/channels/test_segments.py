@@ -141,3 +141,27 @@ def test_slots_keep_within_their_budget_and_pick_the_smallest_that_fits():
     slots.free(small)
     assert slots.claim(2 * MiB) == small  # a free one grows before a new one is made
     assert block.words[2] == 2 * MiB
+
+
+def write_one_off_and_die(ch) -> None:
+    """A producer killed after writing a big item's segment, before publishing it."""
+    ch._segments.write_one_off([np.ones(MiB // 8)])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.timeout(60)
+def test_the_creator_removes_one_off_segments_left_unread_or_half_put_when_the_channel_goes():
+    ch = bf.Channel(mode="process")
+    kept = []
+    for _ in range(SLOTS):  # every kept segment taken and held: big items go one-off
+        ch.put(np.ones(MiB // 8))
+        kept.append(ch.get(timeout=10))
+    ch.put(np.full(MiB // 8, 2.0))  # unread
+    producer = bf.Process(write_one_off_and_die, (ch,))
+    producer.start()
+    producer.join(30)
+    assert producer.exitcode == -signal.SIGKILL
+    assert len(one_off_segments()) == 2
+    del ch, producer  # the last handles of the channel here (the process's holds one)
+    assert not one_off_segments()
+    del kept

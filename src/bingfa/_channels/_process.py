@@ -28,6 +28,7 @@ from pickle import dumps as _c_dumps
 from typing import TYPE_CHECKING, Any
 
 from .._core._errors import LockOwnerDiedError
+from .._core._janitor import watch_this_process
 from .._core._out_of_band import OUT_OF_BAND_MIN, frame_parts, loads_body, parts_size
 from .._core._serialization import (
     PROTOCOL,
@@ -36,7 +37,7 @@ from .._core._serialization import (
     serialization_error,
     unpickling_error,
 )
-from .._core._shm import read_segment, unlink, write_segment
+from .._core._shm import read_segment, unlink
 from .._sync._lock import Lock
 from .._sync._shared import (
     ALIVE_CHECK_EVERY,
@@ -156,7 +157,9 @@ class ProcessChannel(Channel, Shared):
         self._created(block.name, (items_name, room_name), block.name,
                       self._segments.make_names())
         # Before the names go, the segments of big items nobody took.
-        weakref.finalize(self, _free_unread, os.getpid(), self._ring)
+        weakref.finalize(self, _unlink_one_offs, os.getpid(), self._segments)
+        # Should this process be killed, they go all the same.
+        watch_this_process()
 
     def _setup(self, maxsize: int, block: Block, items_bell: SemLock, room_bell: SemLock,
                put_lock: Lock, get_lock: Lock, slot_lock: Lock) -> None:
@@ -271,9 +274,7 @@ class ProcessChannel(Channel, Shared):
         if slot is not None:
             self._segments.fill(slot, parts)
             return IN_SLOT, _IN_SLOT.pack(slot, size), 1
-        # Named for the channel's creator: if it is killed, its bingfa workers
-        # and children remove what is left as they exit (see _core/_shm).
-        return SPILL, write_segment(parts, owner=self._words[CREATOR]).encode(), 1
+        return SPILL, self._segments.write_one_off(parts).encode(), 1
 
     def _discard(self, record: Record) -> None:
         """Free a record that was not published (its segment, if it has one)."""
@@ -582,8 +583,7 @@ class _Failed:
         self.error = error
 
 
-def _free_unread(creator: int, ring: Ring) -> None:
-    """Unlink the segments of big items still in the ring (in the creating process only)."""
+def _unlink_one_offs(creator: int, segments: SegmentSlots) -> None:
+    """Unlink the channel's one-off segments still there (in the creating process only)."""
     if os.getpid() == creator:  # not a forked child: the channel is not its to empty
-        for name in ring.spilled_names():
-            unlink(name)
+        segments.unlink_one_offs()

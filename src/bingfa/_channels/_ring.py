@@ -139,22 +139,3 @@ class Ring:
         else:
             words[HEAD] = (count << COUNT_SHIFT) | (done << _POS_BITS) | (head & _POS_MASK)
         return taken
-
-    def spilled_names(self) -> list[str]:
-        """The segment names of the big items still in the ring."""
-        words = self.words
-        head, tail = words[HEAD], words[TAIL]
-        names = []
-        position = head & _POS_MASK
-        capacity = self.capacity
-        while position != tail & _POS_MASK:
-            index = position % capacity
-            length, kind, _, _ = _HEADER.unpack_from(self.data, index)
-            if kind == WRAP:
-                position = (position + capacity - index) & _POS_MASK
-                continue
-            if kind == SPILL:
-                start = index + _HEADER.size
-                names.append(bytes(self.data[start:start + length]).decode())
-            position = (position + _span(length)) & _POS_MASK
-        return names

@@ -22,12 +22,19 @@ A process that dies holding a slot (a producer killed while writing, a
 consumer that never let go) leaves ``HOLDER`` naming a dead process: the next
 claim that finds no free slot takes such slots back. A consumer that keeps
 what it took keeps its slot; when no slot is free, or the kept bytes would
-pass ``BUDGET``, items go through one-off segments as before. Segment names
-are the channel's (its creator's pid and block key, then the slot). The
-creator makes every slot's name at once, empty (no memory until a slot is
-written), and has multiprocessing's resource tracker watch them as it does
-the channel's block: when the channel goes they are unlinked, and if the
-creator is killed the tracker unlinks them.
+pass ``BUDGET``, items go through one-off segments, which their getter
+unlinks as it maps them.
+
+Segment names are the channel's: its creator's pid, then ``c`` and the block's
+key for a kept segment (then the slot), ``s`` and the key for a one-off one
+(then a serial number and a random part). The creator makes every slot's name
+at once, empty (no memory until a slot is written), and has multiprocessing's
+resource tracker watch them as it does the channel's block: when the channel
+goes they are unlinked, and if the creator is killed the tracker unlinks them.
+One-off names cannot be tracked so (their maker is any producer, their taker
+any consumer): when the channel goes the creator removes them by their prefix
+(those unread, and those a producer killed while writing left behind), and if
+the creator is killed its janitor does (see ``_core/_janitor``).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import os
 import weakref
 from collections.abc import Sequence
 
-from .._core._shm import SEGMENT, read_segment, write_parts
+from .._core._shm import SEGMENT, read_segment, unlink_named, write_parts, write_segment
 from .._sync._shared import is_alive, owner_token, track_memory
 
 __all__ = ["BUDGET", "SLOTS", "WORDS", "SegmentSlots"]
@@ -53,14 +60,16 @@ _STATE, _HOLDER, _SIZE = 0, 1, 2
 class SegmentSlots:
     """One process's view of a channel's segment slots (see the module's docstring)."""
 
-    __slots__ = ("__weakref__", "_at", "_prefix", "_words")
+    __slots__ = ("__weakref__", "_at", "_creator", "_key", "_prefix", "_words")
 
     def __init__(self, words: memoryview, at: int, block_name: str, creator: int) -> None:
         self._words = words
         self._at = at
+        self._creator = creator
         # "/bf-<pid>-m-<n>-<hex>": the block's serial and random part make the key.
-        key = block_name.rsplit("-", 2)
-        self._prefix = f"/bf-{creator}-{SEGMENT}-c{key[-2]}{key[-1]}-"
+        serial, random_part = block_name.rsplit("-", 2)[1:]
+        self._key = serial + random_part
+        self._prefix = f"/bf-{creator}-{SEGMENT}-c{self._key}-"
 
     def name(self, slot: int) -> str:
         """The segment name of ``slot``."""
@@ -159,6 +168,14 @@ class SegmentSlots:
             raise
         weakref.finalize(mapping.obj, self.free, slot)
         return mapping[:length]
+
+    def write_one_off(self, parts: Sequence[bytes | memoryview]) -> str:
+        """A new segment of the channel's holding ``parts``: its name."""
+        return write_segment(parts, owner=self._creator, kind=f"{SEGMENT}-s{self._key}")
+
+    def unlink_one_offs(self) -> None:
+        """Remove the one-off segments of the channel still there (for its creator, at the end)."""
+        unlink_named(f"bf-{self._creator}-{SEGMENT}-s{self._key}-")
 
     def free(self, slot: int) -> None:
         """Let producers write ``slot`` again (one store: safe from any thread, any time)."""

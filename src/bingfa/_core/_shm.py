@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Iterable
 
 __all__ = ["create_segment", "map_shared", "new_name", "read_segment", "unlink",
-           "unlink_left_by", "unmap", "write_parts", "write_segment"]
+           "unlink_left_by", "unlink_named", "unmap", "write_parts", "write_segment"]
 
 SEGMENT = "o"  # the kind letter of a big buffer's segment
 
@@ -87,10 +87,11 @@ def mapped_bytes(fd: int, size: int) -> memoryview:
     return memoryview(memory).cast("B")
 
 
-def create_segment(size: int, owner: int | None = None) -> tuple[str, int]:
+def create_segment(size: int, owner: int | None = None,
+                   kind: str = SEGMENT) -> tuple[str, int]:
     """A new segment of ``size`` bytes: its name (see :func:`new_name`) and an open descriptor."""
     while True:
-        name = new_name(SEGMENT, owner)
+        name = new_name(kind, owner)
         try:
             fd = _posixshmem.shm_open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -105,10 +106,11 @@ def create_segment(size: int, owner: int | None = None) -> tuple[str, int]:
     return name, fd
 
 
-def write_segment(parts: Iterable[bytes | memoryview], owner: int | None = None) -> str:
+def write_segment(parts: Iterable[bytes | memoryview], owner: int | None = None,
+                  kind: str = SEGMENT) -> str:
     """A new segment holding ``parts`` back to back; its name (see :func:`new_name`)."""
     views = [memoryview(part).cast("B") for part in parts]
-    name, fd = create_segment(sum(view.nbytes for view in views), owner)
+    name, fd = create_segment(sum(view.nbytes for view in views), owner, kind)
     try:
         write_parts(fd, views)
     except BaseException:
@@ -171,7 +173,11 @@ def unlink_left_by(pid: int, kind: str = SEGMENT) -> None:
     For whoever outlives a process that died with big buffers in flight: a
     pool after its worker, a worker after its pool's process.
     """
-    prefix = f"bf-{pid}-{kind}-"
+    unlink_named(f"bf-{pid}-{kind}-")
+
+
+def unlink_named(prefix: str) -> None:
+    """Remove every name in ``/dev/shm`` that starts with ``prefix`` (no leading slash)."""
     try:
         names = os.listdir("/dev/shm")
     except OSError:
