@@ -84,6 +84,7 @@ def ray_section(args: argparse.Namespace) -> None:
     repeat = getattr(args, "repeat", 3)
     cpus = getattr(args, "ray_cpus", None) or len(os.sched_getaffinity(0))
     busy = getattr(args, "busy", 0) or 0
+    per_task = not getattr(args, "no_per_task", False)
     temp_dir = tempfile.mkdtemp(prefix="bench-ray-")
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR",
              _temp_dir=temp_dir)
@@ -101,22 +102,28 @@ def ray_section(args: argparse.Namespace) -> None:
 
             n = 2_000
             slow = list(range(n))
-            _print_table(f"{n:,} tasks of 10 ms", _medians({
+            contenders = {
                 "f.remote per task + ray.get": lambda: ray.get(
                     [remote_ten_ms.remote(x) for x in slow]),
                 "bingfa Pool(mode='ray').map": lambda: pool.map(ten_ms, slow),
                 "ray.util.multiprocessing.Pool.map": lambda: ray_pool.map(ten_ms, slow),
-            }, repeat, lambda r: r == slow), "f.remote per task + ray.get")
+            }
+            _print_table(f"{n:,} tasks of 10 ms", _medians(
+                _maybe_per_task(contenders, per_task), repeat, lambda r: r == slow),
+                _reference(per_task))
 
             m = 20_000
             tiny = list(range(m))
             expected = [x + 1 for x in tiny]
-            _print_table(f"{m:,} trivial tasks", _medians({
+            contenders = {
                 "f.remote per task + ray.get": lambda: ray.get(
                     [remote_trivial.remote(x) for x in tiny]),
                 "bingfa Pool(mode='ray').map": lambda: pool.map(trivial, tiny),
                 "ray.util.multiprocessing.Pool.map": lambda: ray_pool.map(trivial, tiny),
-            }, repeat, lambda r: r == expected), "f.remote per task + ray.get")
+            }
+            _print_table(f"{m:,} trivial tasks", _medians(
+                _maybe_per_task(contenders, per_task), repeat, lambda r: r == expected),
+                _reference(per_task))
     finally:
         ray.shutdown()
         import shutil
@@ -124,11 +131,23 @@ def ray_section(args: argparse.Namespace) -> None:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _maybe_per_task(contenders: dict[str, Callable[[], Any]],
+                    per_task: bool) -> dict[str, Callable[[], Any]]:
+    """``contenders`` without the per-task reference when it is left out (--no-per-task)."""
+    return {name: run for name, run in contenders.items() if per_task or "per task" not in name}
+
+
+def _reference(per_task: bool) -> str:
+    return "f.remote per task + ray.get" if per_task else "ray.util.multiprocessing.Pool.map"
+
+
 def _arguments(argv: list[str] | None = None) -> Any:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="runs per contender (median)")
     parser.add_argument("--busy", type=int, default=0, help="busy loops beside the run")
     parser.add_argument("--ray-cpus", type=int, default=None, help="CPUs of the local Ray")
+    parser.add_argument("--no-per-task", action="store_true",
+                        help="leave out f.remote per task (minutes beside busy loops)")
     return parser.parse_args(argv)
 
 

@@ -463,16 +463,17 @@ class ManyJob(Job):
             remaining = self.submitted - self.dispatched
             if self.size_hint is not None:
                 remaining = self.size_hint - self.dispatched
-            share = max(1, math.ceil(remaining / (2 * workers)))
+            share = max(1, math.ceil(remaining / (self.scheduler.cuts_per_worker * workers)))
             if self.per_task is None:
                 # Not measured yet: 1, 2, 4, ... tasks, so a first result comes
                 # back fast whatever a task costs.
                 size = min(share, 1 << min(self._batches, 8))
             else:
                 per_task = max(self.per_task, 1e-9)
-                # ... but not below MIN_BATCH_SECONDS of work, where a batch
-                # would cost more to send than to run.
-                floor = int(MIN_BATCH_SECONDS / per_task)
+                # ... but not below MIN_BATCH_SECONDS of work (the engine's
+                # min_batch_seconds), where a batch would cost more to send
+                # than to run.
+                floor = int(self.scheduler.min_batch_seconds / per_task)
                 target = self.scheduler.batch_seconds
                 size = min(max(share, floor), max(1, int(target / per_task)))
             carried = self.bytes_per_task()

@@ -16,6 +16,7 @@ from .._core._weakcallables import WeakCallableMap
 from ._jobs import (
     GROUP_SECONDS,
     MAX_GROUP,
+    MIN_BATCH_SECONDS,
     TARGET_BATCH_SECONDS,
     TRACK_THRESHOLD_SECONDS,
     Batch,
@@ -89,6 +90,13 @@ class Scheduler:
         # (see ManyJob._size): an engine whose batches cost more to send (a
         # cluster's scheduling, a millisecond or more each) asks for more.
         self.batch_seconds = TARGET_BATCH_SECONDS
+        # ... and the least it holds: no shrinking tail of tiny batches below it.
+        self.min_batch_seconds = MIN_BATCH_SECONDS
+        # A chunk is at most what is left over this many times the workers:
+        # 2 hedges against tasks of uneven length; 1 (plain guided
+        # scheduling) makes half as many chunks, for engines whose every batch
+        # costs a lot.
+        self.cuts_per_worker = 2
         # Jobs whose input may still grow (an imap being consumed): an engine
         # that is draining must not stop while there are any.
         self.open_jobs: set[ManyJob] = set()

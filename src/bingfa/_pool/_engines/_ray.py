@@ -16,9 +16,11 @@ Where the pool runs, by the ``address=`` it was given:
 the cluster decides where each runs, and a batch goes to whichever worker Ray
 finds free (nothing is assigned to a worker ahead of time, so a slow batch
 never holds up others queued behind it). Batches are sized from their measured
-*remote* running time, as in process mode: a map of 100,000 trivial tasks
-costs a few hundred Ray tasks, not 100,000 (each costs Ray about a
-millisecond), while slow tasks go a few at a time so every worker stays busy.
+*remote* running time, as in process mode, and from the cluster's CPUs (read
+again every ten seconds): a map of 100,000 trivial tasks costs a few Ray
+tasks, not 100,000 (each costs Ray a millisecond or more), a long map a few
+per CPU, shrinking towards its end, while slow tasks go a few at a time so
+every worker stays busy.
 
 Ray's own retries are off (``max_retries=0``): bingfa's ``retries=`` decides.
 A task's exception is caught on the worker (Ray sees a success) and re-raised
@@ -67,9 +69,20 @@ from .._batch import CALL_KW, CALL_ONE, CALL_STAR
 from .._jobs import Batch, OneJob
 from .._scheduler import Scheduler
 from ._base import Engine, EngineConfig, initializer_error
-from ._remote_batch import CLUSTER_BATCH_SECONDS, RemoteOutcome, outcomes, run_remote_batch
+from ._remote_batch import ClusterWidth, RemoteOutcome, outcomes, run_remote_batch
 
 __all__ = ["RayEngine"]
+
+# How a map's tasks are cut into Ray tasks once their time is known. Between
+# two Ray tasks a worker waits for a round trip to this process: 2 ms here
+# when the CPUs are idle, about 20 ms when they are busy (Ray's own Pool runs
+# its chunks on actors, whose calls queue on the worker and never wait). So a
+# chunk is what is left of the map over the CPUs of the cluster (plain guided
+# scheduling: a few Ray tasks per CPU for a whole map), up to
+# MOST_WORK_PER_BATCH of work; the tail shrinks down to LEAST_WORK_PER_BATCH,
+# so the CPUs finish within about that of each other.
+MOST_WORK_PER_BATCH = 5.0
+LEAST_WORK_PER_BATCH = 0.05
 
 
 def import_ray() -> Any:
@@ -342,11 +355,15 @@ class RayEngine(Engine):
         self._ref_type: type = self._ray.ObjectRef
         self._remote_fn, self._remote_timed = _remote_functions(self._ray)
         scheduler.wake = self.wake
-        scheduler.batch_seconds = CLUSTER_BATCH_SECONDS
+        scheduler.batch_seconds = MOST_WORK_PER_BATCH
+        scheduler.min_batch_seconds = LEAST_WORK_PER_BATCH
+        scheduler.cuts_per_worker = 1
+        self._width = ClusterWidth(lambda: self._ray.cluster_resources().get("CPU", 0))
 
     # --- engine protocol ---------------------------------------------------------------
     def start(self) -> None:
         self._session = _acquire_session(self._ray, self._address)
+        self._width.refresh()
         self._connected = True
         self._thread = threading.Thread(target=self._deliver_loop, daemon=True,
                                         name=f"bingfa-ray-{id(self):x}")
@@ -443,7 +460,7 @@ class RayEngine(Engine):
                 batch = None
                 if (self._free_slots and not self._terminated
                         and self.scheduler.broken is None):
-                    batch = self.scheduler.take(self._limit, self.workers)
+                    batch = self.scheduler.take(self._limit, self._width.of(self.workers))
                 if batch is None:
                     if not (self._draining and self._idle()):
                         return
@@ -540,6 +557,7 @@ class RayEngine(Engine):
                 except BaseException as exc:  # a bug here must not leave the batch hanging
                     run.batch.job.abort(exc)
                 del run, future, item
+                self._width.refresh()
                 self._fill()
         finally:
             self._stop_threads()

@@ -18,7 +18,8 @@ from typing import Any
 from ..._core._remote_traceback import ErrorPayload, capture, rebuild
 from .._batch import run_batch
 
-__all__ = ["CLUSTER_BATCH_SECONDS", "RemoteOutcome", "outcomes", "run_remote_batch"]
+__all__ = ["CLUSTER_BATCH_SECONDS", "ClusterWidth", "RemoteOutcome", "outcomes",
+           "run_remote_batch"]
 
 # Work per map chunk on a cluster, once task times are known: each batch costs
 # a scheduling round trip of a millisecond or more (10 to 25 ms on a loaded
@@ -45,3 +46,36 @@ def outcomes(outcome: RemoteOutcome,
     values, packed, elapsed = outcome
     errors = None if packed is None else [(i, rebuild(payload)) for i, payload in packed]
     return values, errors, elapsed
+
+
+class ClusterWidth:
+    """How many tasks a cluster runs at once (its CPUs), read again every ``every`` seconds.
+
+    Guided scheduling gives each chunk a share of what is left per task that
+    can run at once: on a cluster that is its CPUs, which may be fewer than the
+    pool's ``workers`` (the batches it keeps in flight) and change as nodes come
+    and go. 0 until read, or if it cannot be: then ``workers`` stands for it.
+    """
+
+    __slots__ = ("_at", "_every", "_read", "cpus")
+
+    def __init__(self, read: Callable[[], float], every: float = 10.0) -> None:
+        self._read = read
+        self._every = every
+        self._at = -every
+        self.cpus = 0
+
+    def refresh(self) -> None:
+        """Read the width again if the last reading is older than ``every`` seconds."""
+        now = time.monotonic()
+        if now - self._at < self._every:
+            return
+        self._at = now
+        try:
+            self.cpus = max(0, int(self._read()))
+        except Exception:  # a cluster that cannot say keeps the last figure
+            pass
+
+    def of(self, workers: int) -> int:
+        """The tasks that run at once with ``workers`` in flight."""
+        return min(workers, self.cpus) if self.cpus else workers
