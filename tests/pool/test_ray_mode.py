@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -249,6 +250,33 @@ def test_ten_thousand_tiny_tasks_go_in_large_batches(head, monkeypatch):
     assert sum(launched) == 10_000
     assert len(launched) < 150, launched  # not ten thousand Ray tasks
     assert max(launched) >= 500, launched
+
+
+def five_ms(x):
+    time.sleep(0.005)
+    return x
+
+
+def test_a_long_map_is_cut_over_the_clusters_cpus_and_shrinks_to_its_end(head, monkeypatch):
+    launched = []
+    launch = RayEngine._launch
+
+    def counting(self, run):
+        launched.append(len(run.batch.items))
+        launch(self, run)
+
+    monkeypatch.setattr(RayEngine, "_launch", counting)
+    with bf.Pool(mode="ray", address=head.address) as pool:
+        assert pool.workers >= 8  # more batches in flight than the head's 2 CPUs
+        assert pool.map(five_ms, range(40)) == list(range(40))  # the task's time, learnt
+        launched.clear()
+        assert pool.map(five_ms, range(400)) == list(range(400))
+    assert sum(launched) == 400
+    # What is left over the 2 CPUs: 200 tasks (1 s), then 100, 50 ... down to
+    # 10 (50 ms); over the 8 batches in flight, or in 0.5 s batches, it took 20 or more.
+    assert launched[0] >= 150, launched
+    assert len(launched) <= 14, launched
+    assert launched[-1] <= 20, launched
 
 
 # Ray's test cluster (ray.cluster_utils) runs its head in the process that makes
