@@ -516,7 +516,10 @@ class _Connection:
             pending.items.append(message[2] if kind == ITEM else _END)
             if kind == END:
                 del self.pending[call_id]
-        self._queue_if_asleep(pending)
+        # _queue_if_asleep, inline: this runs for every answer.
+        if self.asleep.pop(pending, 0) is None:
+            pending.queued = True
+            self.answered.append(pending)
 
     def _queue_if_asleep(self, pending: _Pending) -> None:
         if self.asleep.pop(pending, 0) is None:
