@@ -421,3 +421,28 @@ def test_a_lone_creator_killed_with_a_one_off_segment_unread_leaves_nothing_with
     holding, _ = kill_once_holding(tmp_path, ALONE_CREATOR_SPILLING)
     one_off = [n for n in holding if "-o-s" in n]
     assert len(one_off) == 1
+
+
+WITHOUT_A_SHELL = textwrap.dedent('''\
+    import os
+    import numpy as np
+    import bingfa as bf
+
+    def no_shell(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "/bin/sh")
+
+    os.posix_spawn = no_shell  # a machine without /bin/sh: the janitor cannot start
+    ch = bf.Channel(mode="process")
+    ch.put(np.arange(1 << 18))
+    print(int(ch.get().sum()), flush=True)
+''')
+
+
+@pytest.mark.timeout(60)
+def test_a_channel_works_where_its_janitor_cannot_start(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text(WITHOUT_A_SHELL)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{sum(range(1 << 18))}\n"

@@ -20,12 +20,15 @@ millisecond here) and one pipe.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
 from ._shm import SEGMENT
 
 __all__ = ["MARK", "watch_this_process"]
+
+logger = logging.getLogger("bingfa")
 
 MARK = "bingfa-janitor"  # in the shell's command line, for whoever lists processes
 
@@ -35,7 +38,11 @@ _write_end: int | None = None  # held open for the life of the process, never wr
 
 
 def watch_this_process() -> None:
-    """Start this process's janitor, once (see the module's docstring)."""
+    """Start this process's janitor, once (see the module's docstring).
+
+    Best effort: where it cannot start (no ``/bin/sh``, no descriptor left),
+    nothing fails; the process goes without, as it would have before.
+    """
     global _started_in, _write_end
     pid = os.getpid()
     if _started_in == pid:
@@ -45,16 +52,24 @@ def watch_this_process() -> None:
             return
         named = f"/dev/shm/bf-{pid}-{SEGMENT}"
         script = f"trap '' HUP INT TERM; : {MARK}; read _; rm -f {named}-[0-9]* {named}-s*"
-        read_end, write_end = os.pipe()  # not inheritable: exec'd children do not hold it
+        _started_in = pid  # tried: once is enough, whatever comes of it
+        try:
+            read_end, write_end = os.pipe()  # not inheritable: exec'd children do not hold it
+        except OSError as exc:
+            logger.debug("no shared memory janitor: %s", exc)
+            return
         try:
             os.posix_spawn("/bin/sh", ["sh", "-c", script], {"PATH": os.defpath},
                            file_actions=_file_actions(read_end), setsid=True)
-        except BaseException:
+        except BaseException as exc:
             os.close(write_end)
-            raise
+            if not isinstance(exc, OSError):
+                raise
+            logger.debug("no shared memory janitor: %s", exc)
+            return
         finally:
             os.close(read_end)
-        _write_end, _started_in = write_end, pid
+        _write_end = write_end
 
 
 def _file_actions(read_end: int) -> list[tuple[object, ...]]:
