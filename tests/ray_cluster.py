@@ -179,19 +179,46 @@ def ray_driver_fds(head: RayHead) -> set[int]:
     return own
 
 
+def unlisted_socket_fds() -> set[int]:
+    """This process's sockets that no table of connections lists.
+
+    A TCP socket not yet bound or connected, or a netlink socket (which
+    ``getifaddrs`` opens to list the interfaces), appears in neither
+    ``/proc/net/tcp`` nor ``/proc/net/unix``. Ray's core, connected, opens such
+    sockets from threads of its own as it reconnects and resolves addresses; one
+    open at the leak check's last look, seen once beside two busy loops, was
+    counted as the test's. A test's own sockets (connected or listening TCP,
+    Unix ones, socket pairs) are all listed, and still counted.
+    """
+    listed = {c.fd for c in psutil.Process().net_connections("all")}
+    unlisted = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:") and int(fd) not in listed:
+            unlisted.add(int(fd))
+    return unlisted
+
+
 @contextlib.contextmanager
 def leak_check_passes_over_connections_to(head: RayHead) -> Iterator[None]:
     """While it lasts, conftest's fd count leaves out connections to ``head``'s cluster,
-    and what Ray's driver keeps of them (``ray_driver_fds``)."""
+    what Ray's driver keeps of them (``ray_driver_fds``), and the sockets Ray's
+    core opens for a moment (``unlisted_socket_fds``)."""
     import conftest
 
     count, describe = conftest._fd_count, conftest._describe_fds
 
+    def rays() -> set[int]:
+        return ray_socket_fds(head) | ray_driver_fds(head) | unlisted_socket_fds()
+
     def fd_count() -> int:
-        return count() - len(ray_socket_fds(head) | ray_driver_fds(head))
+        return count() - len(rays())
 
     def describe_fds() -> list[str]:
-        ours = {str(fd) for fd in ray_socket_fds(head) | ray_driver_fds(head)}
+        ours = {str(fd) for fd in rays()}
         return [line for line in describe() if line.split(" ", 1)[0] not in ours]
 
     conftest._fd_count, conftest._describe_fds = fd_count, describe_fds
