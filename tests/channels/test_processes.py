@@ -83,12 +83,17 @@ print("both done")
 '''
 
 
+def run_script(tmp_path, text: str) -> subprocess.CompletedProcess[str]:
+    """Run ``text`` as a script of its own, in ``tmp_path``; what it printed and its status."""
+    script = tmp_path / "script.py"
+    script.write_text(text)
+    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=50, cwd=tmp_path)
+
+
 @pytest.mark.timeout(60)
 def test_the_seed_writer_and_reader_end_by_themselves(tmp_path):
-    script = tmp_path / "seed.py"
-    script.write_text(SEED)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=50, cwd=tmp_path)
+    done = run_script(tmp_path, SEED)
     assert done.returncode == 0, done.stderr
     # Two processes print at once: a line of one may land inside a line of the other.
     assert re.findall(r"Get (\w) from channel\.", done.stdout) == ["A", "B", "C"]
@@ -440,9 +445,6 @@ WITHOUT_A_SHELL = textwrap.dedent('''\
 
 @pytest.mark.timeout(60)
 def test_a_channel_works_where_its_janitor_cannot_start(tmp_path):
-    script = tmp_path / "script.py"
-    script.write_text(WITHOUT_A_SHELL)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                          timeout=50)
+    done = run_script(tmp_path, WITHOUT_A_SHELL)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{sum(range(1 << 18))}\n"

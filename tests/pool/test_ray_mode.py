@@ -236,15 +236,21 @@ def test_share_puts_an_object_once_and_tasks_receive_the_object(head):
         assert pool.submit(len, handle).result(timeout=60) == 1000
 
 
-def test_ten_thousand_tiny_tasks_go_in_large_batches(head, monkeypatch):
-    launched = []
+@pytest.fixture
+def launched(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the batches Ray pools hand to Ray, in order, while the test runs."""
+    sizes: list[int] = []
     launch = RayEngine._launch
 
     def counting(self, run):
-        launched.append(len(run.batch.items))
+        sizes.append(len(run.batch.items))
         launch(self, run)
 
     monkeypatch.setattr(RayEngine, "_launch", counting)
+    return sizes
+
+
+def test_ten_thousand_tiny_tasks_go_in_large_batches(head, launched):
     with bf.Pool(mode="ray", address=head.address) as pool:
         assert pool.map(abs, range(-10_000, 0)) == list(range(10_000, 0, -1))
     assert sum(launched) == 10_000
@@ -257,15 +263,7 @@ def five_ms(x):
     return x
 
 
-def test_a_long_map_is_cut_over_the_clusters_cpus_and_shrinks_to_its_end(head, monkeypatch):
-    launched = []
-    launch = RayEngine._launch
-
-    def counting(self, run):
-        launched.append(len(run.batch.items))
-        launch(self, run)
-
-    monkeypatch.setattr(RayEngine, "_launch", counting)
+def test_a_long_map_is_cut_over_the_clusters_cpus_and_shrinks_to_its_end(head, launched):
     with bf.Pool(mode="ray", address=head.address) as pool:
         assert pool.workers >= 8  # more batches in flight than the head's 2 CPUs
         assert pool.map(five_ms, range(40)) == list(range(40))  # the task's time, learnt

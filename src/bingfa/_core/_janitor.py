@@ -34,7 +34,6 @@ MARK = "bingfa-janitor"  # in the shell's command line, for whoever lists proces
 
 _started_in: int | None = None  # the pid whose janitor runs (a forked child has its own)
 _start_lock = threading.Lock()
-_write_end: int | None = None  # held open for the life of the process, never written
 
 
 def watch_this_process() -> None:
@@ -43,7 +42,7 @@ def watch_this_process() -> None:
     Best effort: where it cannot start (no ``/bin/sh``, no descriptor left),
     nothing fails; the process goes without, as it would have before.
     """
-    global _started_in, _write_end
+    global _started_in
     pid = os.getpid()
     if _started_in == pid:
         return
@@ -51,7 +50,7 @@ def watch_this_process() -> None:
         if _started_in == pid:
             return
         named = f"/dev/shm/bf-{pid}-{SEGMENT}"
-        script = f"trap '' HUP INT TERM; : {MARK}; read _; rm -f {named}-[0-9]* {named}-s*"
+        script = f"trap '' HUP INT TERM; cd /; : {MARK}; read _; rm -f {named}-[0-9]* {named}-s*"
         _started_in = pid  # tried: once is enough, whatever comes of it
         try:
             read_end, write_end = os.pipe()  # not inheritable: exec'd children do not hold it
@@ -69,7 +68,8 @@ def watch_this_process() -> None:
             return
         finally:
             os.close(read_end)
-        _write_end = write_end
+        # write_end stays open, never written, for the life of the process (and
+        # of its forked children, which hold it too): its closing is the signal.
 
 
 def _file_actions(read_end: int) -> list[tuple[object, ...]]:

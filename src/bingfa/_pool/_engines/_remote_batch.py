@@ -21,10 +21,11 @@ from .._batch import run_batch
 __all__ = ["CLUSTER_BATCH_SECONDS", "ClusterWidth", "RemoteOutcome", "outcomes",
            "run_remote_batch"]
 
-# Work per map chunk on a cluster, once task times are known: each batch costs
-# a scheduling round trip of a millisecond or more (10 to 25 ms on a loaded
-# machine here), so batches hold ten times what a local pool's do; the tail
-# still shrinks (guided scheduling), so the workers finish together.
+# Work per map chunk on a Dask cluster, once task times are known: each batch
+# costs a scheduling round trip of a millisecond or more (10 to 25 ms on a
+# loaded machine here), so batches hold ten times what a local pool's do; the
+# tail still shrinks (guided scheduling), so the workers finish together. (Ray
+# cuts its chunks its own way: see _ray.py.)
 CLUSTER_BATCH_SECONDS = 0.5
 
 # (values, [(index in the batch, payload)] or None, seconds the batch ran)
