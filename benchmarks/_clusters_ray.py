@@ -59,7 +59,7 @@ def _print_table(title: str, medians: dict[str, float], reference: str) -> None:
     print(f"\n{title}")
     base = medians[reference]
     for name, seconds in medians.items():
-        print(f"  {name:<44} {seconds:8.3f} s   {seconds / base:5.2f}x of {reference}",
+        print(f"  {name:<44} {seconds:8.3f} s   {seconds / base:6.3f}x of {reference}",
               flush=True)
 
 

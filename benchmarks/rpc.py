@@ -11,6 +11,10 @@ function is ``add(a, b) -> a + b`` on small ints. Implementations:
   floor-shared   (B only) the floor's server, and the least a client can do with one
                  connection for all threads: each frame tagged with its thread's number,
                  a reader thread waking the thread whose frame came back
+  floor-msgpack  (B only) the least an RPC does here with one connection for all threads:
+                 calls and answers encoded with msgpack and matched by call id, the method
+                 looked up by name, all answers to one read sent in one write; nothing
+                 else (no errors, deadlines, streams or flow control)
   mp.connection  multiprocessing.connection Listener/Client, a thread per connection
   rpyc           a Service exposing add, on a ThreadedServer
   pyro5-serpent  Pyro5, serializer serpent
@@ -73,6 +77,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -445,6 +450,120 @@ class FloorShared(Floor):
         return SyncClient(add=echo, close=close)
 
 
+
+class MsgpackCallServer(asyncio.Protocol):
+    """floor-msgpack's server: decodes each call, runs it, answers all of one read at once."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.methods = {"add": add}
+        self.pack = msgpack_packer()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        import msgpack
+
+        buffer = self.buffer
+        buffer += data
+        answers = []
+        pos, end = 0, len(buffer)
+        while end - pos >= 4:
+            size = int.from_bytes(buffer[pos:pos + 4], "big")
+            if end - pos - 4 < size:
+                break
+            call_id, name, args = msgpack.unpackb(buffer[pos + 4:pos + 4 + size])
+            pos += 4 + size
+            body = self.pack([call_id, self.methods[name](*args)])
+            answers.append(len(body).to_bytes(4, "big") + body)
+        del buffer[:pos]
+        if answers and self.transport is not None:
+            self.transport.write(b"".join(answers))
+
+
+def msgpack_packer() -> Callable[[Any], bytes]:
+    import msgpack
+
+    return msgpack.Packer(use_bin_type=True).pack  # type: ignore[no-any-return]
+
+
+class FloorMsgpack(Floor):
+    key = "floor-msgpack"
+    scenarios = "B"
+    computes = True
+    has_async_client = False
+    shares_connection = True
+    threads_note = ("one raw socket for all threads, calls in msgpack matched by call id, "
+                    "a reader thread waking the caller; the server decodes, looks up, encodes")
+
+    def serve(self, publish: Callable[[str], None]) -> None:
+        async def serve_forever() -> None:
+            server = await asyncio.get_running_loop().create_server(
+                MsgpackCallServer, HOST, 0)
+            publish(tcp_address(server.sockets[0].getsockname()[1]))
+            await server.serve_forever()
+
+        asyncio.run(serve_forever())
+
+    def connect(self, address: str) -> SyncClient:
+        import msgpack
+
+        sock = socket.create_connection((HOST, port_of(address)))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        send_lock = threading.Lock()
+        waiting: dict[int, list[Any]] = {}  # call id -> [the caller's lock, the answer]
+        call_ids = itertools.count(1)
+        mine = threading.local()
+
+        def read_answers() -> None:
+            pending = b""
+            while True:
+                try:
+                    data = sock.recv(1 << 16)
+                except OSError:
+                    return
+                if not data:
+                    return
+                pending += data
+                pos, end = 0, len(pending)
+                while end - pos >= 4:
+                    size = int.from_bytes(pending[pos:pos + 4], "big")
+                    if end - pos - 4 < size:
+                        break
+                    call_id, value = msgpack.unpackb(pending[pos + 4:pos + 4 + size])
+                    pos += 4 + size
+                    slot = waiting.pop(call_id)
+                    slot[1] = value
+                    slot[0].release()
+                pending = pending[pos:]
+
+        def call(a: int, b: int) -> Any:
+            try:
+                pack, lock = mine.pack, mine.lock
+            except AttributeError:
+                pack, lock = mine.pack, mine.lock = msgpack_packer(), threading.Lock()
+                lock.acquire()
+            call_id = next(call_ids)
+            body = pack([call_id, "add", [a, b]])
+            slot = waiting[call_id] = [lock, None]
+            with send_lock:
+                sock.sendall(len(body).to_bytes(4, "big") + body)
+            lock.acquire()
+            return slot[1]
+
+        def close() -> None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+            reader.join()
+
+        reader = threading.Thread(target=read_answers, daemon=True)
+        reader.start()
+        return SyncClient(add=call, close=close)
+
 # multiprocessing.connection ---------------------------------------------------
 
 
@@ -727,9 +846,10 @@ BINGFA_PLAIN = "bingfa-plain"
 OURS = (BINGFA, BINGFA_PLAIN)  # the rows the ratio columns and the targets are about
 FLOOR = "floor"
 FLOOR_SHARED = "floor-shared"
+FLOOR_MSGPACK = "floor-msgpack"
 IMPLEMENTATIONS: dict[str, Implementation] = {
     impl.key: impl for impl in (
-        Floor(), FloorPolling(), FloorShared(), MultiprocessingConnection(), Rpyc(),
+        Floor(), FloorPolling(), FloorShared(), FloorMsgpack(), MultiprocessingConnection(), Rpyc(),
         Pyro("serpent"), Pyro("msgpack"), XmlRpc(), Grpc(), Bingfa(), BingfaPlain(),
         BingfaNoPolling())}
 PEERS = [key for key in IMPLEMENTATIONS if key != BINGFA]
@@ -1181,6 +1301,17 @@ def scenario_b(addresses: dict[str, str], args: argparse.Namespace) -> dict[str,
     notes = {key: IMPLEMENTATIONS[key].threads_note for key in run.samples}
     section = report_rate(run, notes)
     section["targets"] = rate_targets(section["medians"], threads_targets(args.busy))
+    medians = section["medians"]
+    if FLOOR_MSGPACK in medians:
+        # What floor-shared leaves out (encoding, dispatch, matching answers to
+        # calls) measured on its own: how close any msgpack RPC can come to it here.
+        least = medians[FLOOR_MSGPACK]
+        if FLOOR_SHARED in medians:
+            print(f"  floor-msgpack (the least a msgpack RPC does): "
+                  f"{least / medians[FLOOR_SHARED]:.2f}x floor-shared")
+        for mine in OURS:
+            if mine in medians:
+                print(f"  {mine}: {medians[mine] / least:.2f}x floor-msgpack")
     return section
 
 
