@@ -1439,7 +1439,9 @@ def test_ctrl_c_stops_a_map(mode, call, block, tmp_path):
         out, err = proc.communicate(timeout=10)  # a hang detector
         assert "KeyboardInterrupt" in err
         assert "returned" not in out
-        assert proc.returncode != 0
+        # As Python exits on Ctrl-C (killed by SIGINT, or status 1 once an exit
+        # handler ran): not a crash while the interpreter finalizes.
+        assert proc.returncode in (1, -signal.SIGINT), f"exit status {proc.returncode}:\n{err}"
         if mode == "process":
             assert len(pids) == 2
         assert wait_until(lambda: not any(pid_alive(p) for p in pids), timeout=5)

@@ -16,9 +16,25 @@ import weakref
 from .._core._errors import PoolClosedError
 from ._engines._base import Engine
 
-__all__ = ["finish_at_exit", "forget", "remember", "shutdown_quietly"]
+__all__ = ["finish_at_exit", "forget", "note_interrupted_at_exit", "remember",
+           "shutdown_quietly", "stopping_at_exit"]
 
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+# Ctrl-C came while an exit handler drained a pool (see RayEngine._at_exit):
+# the handlers that run after it stop pools rather than wait for them.
+_interrupted_at_exit = False
+
+
+def stopping_at_exit() -> bool:
+    """Whether the program ends because of Ctrl-C: then open pools stop, they do not drain."""
+    return _interrupted_at_exit or isinstance(getattr(sys, "last_value", None),
+                                              KeyboardInterrupt)
+
+
+def note_interrupted_at_exit() -> None:
+    """Ctrl-C came while an exit handler drained a pool: the handlers after it stop pools."""
+    global _interrupted_at_exit
+    _interrupted_at_exit = True
 
 
 def remember(engine: Engine) -> None:
@@ -62,7 +78,7 @@ def finish_at_exit() -> None:
     Registered after multiprocessing's own exit handler, so it runs first.
     """
     engines = [engine for engine in _live_engines if not engine.inherited]
-    if not isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
+    if not stopping_at_exit():
         try:
             for engine in engines:
                 _drain(engine)

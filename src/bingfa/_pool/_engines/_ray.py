@@ -531,18 +531,26 @@ class RayEngine(Engine):
         self._done.put(_FINISH)
 
     def _at_exit(self) -> None:
-        """What bingfa's own exit handler does, before Ray's (see ``_lifetime``)."""
-        if self._stopped.is_set() or self.inherited:
-            return
-        if not isinstance(getattr(sys, "last_value", None), KeyboardInterrupt):
-            from .._lifetime import _drain
+        """What bingfa's own exit handler does, before Ray's (see ``_lifetime``).
 
-            try:
-                _drain(self)
-                return
-            except BaseException:
-                pass  # Ctrl-C while waiting: stop everything now
-        self.terminate()
+        Without Ctrl-C: run the queued work, as with any pool. After Ctrl-C,
+        or at a Ctrl-C while draining: nothing. Ray's own exit handler, next,
+        ends this process's tasks (a driver's tasks go when it disconnects),
+        and bingfa's, after Ray's, stops the pool and removes a local Ray's
+        directory. Stopping the pool here, before Ray's handler and with tasks
+        running, crashed the exiting interpreter (SIGSEGV, one exit in four to
+        six), which Ray's handler alone never did.
+        """
+        from .._lifetime import _drain, note_interrupted_at_exit, stopping_at_exit
+
+        if self._stopped.is_set() or self.inherited or stopping_at_exit():
+            return
+        try:
+            _drain(self)
+        except KeyboardInterrupt:
+            note_interrupted_at_exit()
+        except BaseException:
+            self.terminate()  # the pool broke: stop it while Ray is still up
 
     # --- results ------------------------------------------------------------------------
     def _deliver_loop(self) -> None:
