@@ -308,6 +308,17 @@ class PipelinedEchoClient(asyncio.Protocol):
             self.drained.set_result(None)
 
 
+
+def serve_protocol(protocol: Callable[[], asyncio.Protocol],
+                   publish: Callable[[str], None]) -> None:
+    """Serve ``protocol`` on an asyncio loop, on a free port of HOST, for ever."""
+    async def serve_forever() -> None:
+        server = await asyncio.get_running_loop().create_server(protocol, HOST, 0)
+        publish(tcp_address(server.sockets[0].getsockname()[1]))
+        await server.serve_forever()
+
+    asyncio.run(serve_forever())
+
 def receive_exactly(sock: socket.socket, size: int) -> bytes:
     data = sock.recv(size)
     while len(data) < size:
@@ -326,13 +337,7 @@ class Floor(Implementation):
     has_async_client = True
 
     def serve(self, publish: Callable[[str], None]) -> None:
-        async def serve_forever() -> None:
-            server = await asyncio.get_running_loop().create_server(
-                EchoServerProtocol, HOST, 0)
-            publish(tcp_address(server.sockets[0].getsockname()[1]))
-            await server.serve_forever()
-
-        asyncio.run(serve_forever())
+        serve_protocol(EchoServerProtocol, publish)
 
     def connect(self, address: str) -> SyncClient:
         # The sync floor is the least a blocking client can do: one sendall, one recv.
@@ -500,13 +505,7 @@ class FloorMsgpack(Floor):
                     "a reader thread waking the caller; the server decodes, looks up, encodes")
 
     def serve(self, publish: Callable[[str], None]) -> None:
-        async def serve_forever() -> None:
-            server = await asyncio.get_running_loop().create_server(
-                MsgpackCallServer, HOST, 0)
-            publish(tcp_address(server.sockets[0].getsockname()[1]))
-            await server.serve_forever()
-
-        asyncio.run(serve_forever())
+        serve_protocol(MsgpackCallServer, publish)
 
     def connect(self, address: str) -> SyncClient:
         import msgpack

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -402,7 +403,8 @@ def test_a_process_killed_while_its_pool_runs_leaves_no_ray_behind(tmp_path):
             proc.wait()
 
 
-CTRL_C_SCRIPT = """
+
+INTERRUPTED_SCRIPT = """
 import os, sys, threading
 from pathlib import Path
 import bingfa as bf
@@ -411,9 +413,39 @@ def block(folder):
     Path(folder, str(os.getpid())).touch()
     threading.Event().wait(60)
 
-pool = bf.Pool(2, mode="ray", address=sys.argv[1])  # never closed: left to the exit handlers
-pool.submit(block, sys.argv[2]).result()
+address, folder, ending = sys.argv[1:]
+pool = bf.Pool(2, mode="ray", address=address)  # never closed: left to the exit handlers
+future = pool.submit(block, folder)
+if ending == "waiting":
+    future.result()  # Ctrl-C comes here
+else:
+    print("ending", flush=True)  # and comes while the exit handler drains the pool
 """
+
+
+def interrupt_while_a_task_runs(head: RayHead, tmp_path: Path, ending: str) -> tuple[int, str]:
+    """Run INTERRUPTED_SCRIPT, Ctrl-C it once its task runs: its exit status and stderr.
+
+    Checks that the Ray worker that ran the task is gone after.
+    """
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED_SCRIPT)
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))
+    proc = subprocess.Popen([sys.executable, str(script), head.address, str(folder), ending],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if ending == "ending":
+            assert proc.stdout.readline().strip() == "ending"
+        assert wait_until(lambda: any(folder.iterdir()), timeout=60)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    worker = int(next(folder.iterdir()).name)
+    assert wait_until(lambda: not pid_alive(worker), timeout=15)
+    return proc.returncode, err
 
 
 def test_ctrl_c_while_a_task_runs_exits_cleanly_and_ends_the_task(head, tmp_path):
@@ -422,61 +454,15 @@ def test_ctrl_c_while_a_task_runs_exits_cleanly_and_ends_the_task(head, tmp_path
     died of SIGSEGV in about one exit of six when bingfa stopped the pool from its
     exit handler), and the Ray worker running the task goes too. Several exits:
     the crash did not come every time."""
-    script = tmp_path / "ctrl_c.py"
-    script.write_text(CTRL_C_SCRIPT)
-    for attempt in range(6):
-        folder = tmp_path / f"run-{attempt}"
-        folder.mkdir()
-        proc = subprocess.Popen([sys.executable, str(script), head.address, str(folder)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            assert wait_until(lambda: any(folder.iterdir()), timeout=60)  # noqa: B023
-            proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+    for _ in range(6):
+        status, err = interrupt_while_a_task_runs(head, tmp_path, "waiting")
         assert "KeyboardInterrupt" in err
-        assert proc.returncode in (1, -signal.SIGINT), f"exit status {proc.returncode}:\n{err}"
-        worker = int(next(folder.iterdir()).name)
-        assert wait_until(lambda: not pid_alive(worker), timeout=15)  # noqa: B023
-
-
-DRAIN_SCRIPT = """
-import os, sys, threading
-from pathlib import Path
-import bingfa as bf
-
-def block(folder):
-    Path(folder, str(os.getpid())).touch()
-    threading.Event().wait(60)
-
-pool = bf.Pool(2, mode="ray", address=sys.argv[1])  # never closed: drained at exit
-pool.submit(block, sys.argv[2])
-print("ending", flush=True)
-"""
+        assert status in (1, -signal.SIGINT), f"exit status {status}:\n{err}"
 
 
 def test_ctrl_c_while_the_exit_handler_drains_a_pool_stops_it(head, tmp_path):
     """A script ends with a task of a pool it never closed still running: the exit
     handler waits for it; a Ctrl-C then stops the pool and the task, without a hang
     (the handlers after Ray's must not wait for a pool on a Ray that has gone)."""
-    script = tmp_path / "drain.py"
-    script.write_text(DRAIN_SCRIPT)
-    folder = tmp_path / "started"
-    folder.mkdir()
-    proc = subprocess.Popen([sys.executable, str(script), head.address, str(folder)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "ending"
-        assert wait_until(lambda: any(folder.iterdir()), timeout=60)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode in (0, 1, -signal.SIGINT), f"exit status {proc.returncode}:\n{err}"
-    worker = int(next(folder.iterdir()).name)
-    assert wait_until(lambda: not pid_alive(worker), timeout=15)
+    status, err = interrupt_while_a_task_runs(head, tmp_path, "ending")
+    assert status in (0, 1, -signal.SIGINT), f"exit status {status}:\n{err}"
