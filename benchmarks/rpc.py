@@ -397,6 +397,35 @@ class FloorPolling(Floor):
         return SyncClient(add=echo, close=sock.close)
 
 
+def reader_thread_client(sock: socket.socket, take: Callable[[bytes], bytes],
+                         add: Callable[[int, int], Any]) -> SyncClient:
+    """A client of one socket shared by all threads, ``add`` their side of it.
+
+    One reader thread reads what arrives and hands it, after what was left
+    before, to ``take``, which wakes the callers whose answers are whole and
+    returns the rest.
+    """
+    def read() -> None:
+        pending = b""
+        while True:
+            try:
+                data = sock.recv(1 << 16)
+            except OSError:
+                return
+            if not data:
+                return
+            pending = take(pending + data)
+
+    def close() -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+        reader.join()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return SyncClient(add=add, close=close)
+
 class FloorShared(Floor):
     key = "floor-shared"
     scenarios = "B"
@@ -414,20 +443,11 @@ class FloorShared(Floor):
         waiters: list[threading.Lock] = []  # by thread number, the byte each frame starts with
         mine = threading.local()
 
-        def read_echoes() -> None:
-            pending = b""
-            while True:
-                try:
-                    data = sock.recv(1 << 16)
-                except OSError:
-                    return
-                if not data:
-                    return
-                pending += data
-                whole = len(pending) - len(pending) % size
-                for start in range(0, whole, size):
-                    waiters[pending[start + 4]].release()
-                pending = pending[whole:]
+        def wake_callers(pending: bytes) -> bytes:
+            whole = len(pending) - len(pending) % size
+            for start in range(0, whole, size):
+                waiters[pending[start + 4]].release()
+            return pending[whole:]
 
         def echo(a: int, b: int) -> bytes:
             try:
@@ -444,15 +464,7 @@ class FloorShared(Floor):
             waiter.acquire()
             return frame
 
-        def close() -> None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-            reader.join()
-
-        reader = threading.Thread(target=read_echoes, daemon=True)
-        reader.start()
-        return SyncClient(add=echo, close=close)
+        return reader_thread_client(sock, wake_callers, echo)
 
 
 
@@ -517,27 +529,18 @@ class FloorMsgpack(Floor):
         call_ids = itertools.count(1)
         mine = threading.local()
 
-        def read_answers() -> None:
-            pending = b""
-            while True:
-                try:
-                    data = sock.recv(1 << 16)
-                except OSError:
-                    return
-                if not data:
-                    return
-                pending += data
-                pos, end = 0, len(pending)
-                while end - pos >= 4:
-                    size = int.from_bytes(pending[pos:pos + 4], "big")
-                    if end - pos - 4 < size:
-                        break
-                    call_id, value = msgpack.unpackb(pending[pos + 4:pos + 4 + size])
-                    pos += 4 + size
-                    slot = waiting.pop(call_id)
-                    slot[1] = value
-                    slot[0].release()
-                pending = pending[pos:]
+        def answer_callers(pending: bytes) -> bytes:
+            pos, end = 0, len(pending)
+            while end - pos >= 4:
+                size = int.from_bytes(pending[pos:pos + 4], "big")
+                if end - pos - 4 < size:
+                    break
+                call_id, value = msgpack.unpackb(pending[pos + 4:pos + 4 + size])
+                pos += 4 + size
+                slot = waiting.pop(call_id)
+                slot[1] = value
+                slot[0].release()
+            return pending[pos:]
 
         def call(a: int, b: int) -> Any:
             try:
@@ -553,15 +556,8 @@ class FloorMsgpack(Floor):
             lock.acquire()
             return slot[1]
 
-        def close() -> None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-            reader.join()
+        return reader_thread_client(sock, answer_callers, call)
 
-        reader = threading.Thread(target=read_answers, daemon=True)
-        reader.start()
-        return SyncClient(add=call, close=close)
 
 # multiprocessing.connection ---------------------------------------------------
 
