@@ -403,7 +403,6 @@ def test_a_process_killed_while_its_pool_runs_leaves_no_ray_behind(tmp_path):
             proc.wait()
 
 
-
 INTERRUPTED_SCRIPT = """
 import os, sys, threading
 from pathlib import Path
