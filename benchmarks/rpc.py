@@ -472,18 +472,19 @@ class MsgpackCallServer(asyncio.Protocol):
     """floor-msgpack's server: decodes each call, runs it, answers all of one read at once."""
 
     def __init__(self) -> None:
+        import msgpack
+
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.methods = {"add": add}
         self.pack = msgpack_packer()
+        self.unpack = msgpack.unpackb
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        import msgpack
-
         buffer = self.buffer
         buffer += data
         answers = []
@@ -492,7 +493,7 @@ class MsgpackCallServer(asyncio.Protocol):
             size = int.from_bytes(buffer[pos:pos + 4], "big")
             if end - pos - 4 < size:
                 break
-            call_id, name, args = msgpack.unpackb(buffer[pos + 4:pos + 4 + size])
+            call_id, name, args = self.unpack(buffer[pos + 4:pos + 4 + size])
             pos += 4 + size
             body = self.pack([call_id, self.methods[name](*args)])
             answers.append(len(body).to_bytes(4, "big") + body)

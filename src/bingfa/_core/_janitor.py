@@ -60,12 +60,13 @@ def watch_this_process() -> None:
         try:
             os.posix_spawn("/bin/sh", ["sh", "-c", script], {"PATH": os.defpath},
                            file_actions=_file_actions(read_end), setsid=True)
-        except BaseException as exc:
+        except OSError as exc:
             os.close(write_end)
-            if not isinstance(exc, OSError):
-                raise
             logger.debug("no shared memory janitor: %s", exc)
             return
+        except BaseException:
+            os.close(write_end)
+            raise
         finally:
             os.close(read_end)
         # write_end stays open, never written, for the life of the process (and

@@ -289,15 +289,15 @@ class _Connection:
     def wait_alone(self, call_id: int, pending: _Pending, deadline: float | None) -> bool | None:
         """A lone call's wait for its answer, with as little in the way as can be.
 
-        With no other call in flight and nobody reading, the caller reads the
-        socket itself: when what comes is its own answer alone in one frame
-        (what a lone call gets), it takes it right there, without the
-        machinery that hands answers between threads. True: answered; False:
-        the deadline passed; None: wait the general way (another call came
-        in meanwhile, the answer is not all there, a stream...), with
-        whatever was read already handed out.
+        Called with no other call in flight (the caller looks). With nobody
+        reading, the caller reads the socket itself: when what comes is its
+        own answer alone in one frame (what a lone call gets), it takes it
+        right there, without the machinery that hands answers between threads.
+        True: answered; False: the deadline passed; None: wait the general way
+        (another call came in meanwhile, the answer is not all there, a
+        stream...), with whatever was read already handed out.
         """
-        if len(self.pending) != 1 or self.lost is not None or self.reader.buffered:
+        if self.lost is not None or self.reader.buffered:
             return None
         if not self.read_lock.acquire(blocking=False):
             return None
