@@ -6,6 +6,8 @@ function is ``add(a, b) -> a + b`` on small ints. Implementations:
 
   floor          a raw asyncio server echoing 4-byte length-prefixed frames the size of
                  an encoded call: the transport alone, no encoding and no dispatch
+  floor-unix     (A only) the floor's echo over a Unix socket: the least of the transport
+                 bingfa's clients move to when the server is on their host
   floor-poll     (A only) the floor, its client polling the socket for up to 100 µs before
                  it blocks, as bingfa's client does by default: what polling alone buys
   floor-shared   (B only) the floor's server, and the least a client can do with one
@@ -25,6 +27,11 @@ function is ``add(a, b) -> a + b`` on small ints. Implementations:
   bingfa         bingfa.rpc.serve / connect / aconnect, add marked @bf.rpc.quick (it runs
                  on the server's event loop)
   bingfa-plain   the same, add a plain function (not marked), as most served functions are
+                 (bingfa and bingfa-plain: their client, given the server's loopback TCP
+                 address, moves to the server's own Unix socket, as any client on the
+                 server's host does by default)
+  bingfa-tcp     bingfa (quick) with connect(unix_when_local=False): kept on TCP, as the
+                 floor is
   bingfa-nopoll  (A only) bingfa.rpc.connect(spin=0): bingfa (quick) without the polling
 
 Scenarios (the implementations run interleaved: every repeat runs each of them
@@ -316,11 +323,17 @@ class PipelinedEchoClient(asyncio.Protocol):
 
 
 def serve_protocol(protocol: Callable[[], asyncio.Protocol],
-                   publish: Callable[[str], None]) -> None:
-    """Serve ``protocol`` on an asyncio loop, on a free port of HOST, for ever."""
+                   publish: Callable[[str], None], unix_name: str | None = None) -> None:
+    """Serve ``protocol`` on an asyncio loop, on a free port of HOST (or at the Unix
+    socket ``unix_name``), for ever."""
     async def serve_forever() -> None:
-        server = await asyncio.get_running_loop().create_server(protocol, HOST, 0)
-        publish(tcp_address(server.sockets[0].getsockname()[1]))
+        loop = asyncio.get_running_loop()
+        if unix_name is not None:
+            server = await loop.create_unix_server(protocol, unix_name)
+            publish(f"unix://{unix_name}")
+        else:
+            server = await loop.create_server(protocol, HOST, 0)
+            publish(tcp_address(server.sockets[0].getsockname()[1]))
         await server.serve_forever()
 
     asyncio.run(serve_forever())
@@ -369,6 +382,26 @@ class Floor(Implementation):
             return replies / elapsed
 
         return asyncio.run(measure())
+
+
+class FloorUnix(Floor):
+    key = "floor-unix"
+    scenarios = "A"
+    has_async_client = False
+
+    def serve(self, publish: Callable[[str], None]) -> None:
+        # An abstract name (Linux): no file to clean up, gone with the process.
+        serve_protocol(EchoServerProtocol, publish, unix_name=f"\0bingfa-bench-{os.getpid()}")
+
+    def connect(self, address: str) -> SyncClient:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(address.removeprefix("unix://"))
+
+        def echo(a: int, b: int) -> bytes:
+            sock.sendall(FLOOR_FRAME)
+            return receive_exactly(sock, len(FLOOR_FRAME))
+
+        return SyncClient(add=echo, close=sock.close)
 
 
 class FloorPolling(Floor):
@@ -855,6 +888,19 @@ class BingfaPlain(Bingfa):
         server.serve_forever()
 
 
+class BingfaTcp(Bingfa):
+    key = "bingfa-tcp"
+    scenarios = "AB"
+    has_async_client = False
+    threads_note = "one shared client, as bingfa, kept on TCP (unix_when_local=False)"
+
+    def connect(self, address: str) -> SyncClient:
+        import bingfa.rpc
+
+        client = bingfa.rpc.connect(address, unix_when_local=False)
+        return SyncClient(add=client.add, close=client.close)
+
+
 class BingfaNoPolling(Bingfa):
     key = "bingfa-nopoll"
     scenarios = "A"
@@ -875,9 +921,9 @@ FLOOR_SHARED = "floor-shared"
 FLOOR_MSGPACK = "floor-msgpack"
 IMPLEMENTATIONS: dict[str, Implementation] = {
     impl.key: impl for impl in (
-        Floor(), FloorPolling(), FloorShared(), FloorMsgpack(), MultiprocessingConnection(), Rpyc(),
-        Pyro("serpent"), Pyro("msgpack"), XmlRpc(), Grpc(), Bingfa(), BingfaPlain(),
-        BingfaNoPolling())}
+        Floor(), FloorUnix(), FloorPolling(), FloorShared(), FloorMsgpack(),
+        MultiprocessingConnection(), Rpyc(), Pyro("serpent"), Pyro("msgpack"), XmlRpc(), Grpc(),
+        Bingfa(), BingfaPlain(), BingfaTcp(), BingfaNoPolling())}
 PEERS = [key for key in IMPLEMENTATIONS if key != BINGFA]
 
 
@@ -1315,16 +1361,9 @@ def scenario_a(addresses: dict[str, str], args: argparse.Namespace) -> dict[str,
                           time_limit=SETUP_LIMIT + (WARMUP_CALLS + args.calls) * SLOWEST_CALL)
     section = report_latency(run)
     p50s = {key: median["p50"] for key, median in section["medians"].items()}
-    if FLOOR_MSGPACK in p50s:
-        # What the echo floor leaves out (encoding, dispatch, the call id)
-        # measured on its own: how close any msgpack RPC can come to it here.
-        least = p50s[FLOOR_MSGPACK]
-        if FLOOR in p50s:
-            print(f"  floor-msgpack (the least a msgpack RPC does): floor "
-                  f"{least - p50s[FLOOR]:+.1f} µs")
-        for mine in OURS:
-            if mine in p50s:
-                print(f"  {mine}: floor-msgpack {p50s[mine] - least:+.1f} µs")
+    # What the echo floor leaves out (encoding, dispatch, the call id) measured
+    # on its own: how close any msgpack RPC can come to it here.
+    print_beside_floor_msgpack(p50s, FLOOR, lambda figure, base: f"{figure - base:+.1f} µs")
     return section
 
 
@@ -1339,18 +1378,25 @@ def scenario_b(addresses: dict[str, str], args: argparse.Namespace) -> dict[str,
     notes = {key: IMPLEMENTATIONS[key].threads_note for key in run.samples}
     section = report_rate(run, notes)
     section["targets"] = rate_targets(section["medians"], threads_targets(args.busy))
-    medians = section["medians"]
-    if FLOOR_MSGPACK in medians:
-        # What floor-shared leaves out (encoding, dispatch, matching answers to
-        # calls) measured on its own: how close any msgpack RPC can come to it here.
-        least = medians[FLOOR_MSGPACK]
-        if FLOOR_SHARED in medians:
-            print(f"  floor-msgpack (the least a msgpack RPC does): "
-                  f"{least / medians[FLOOR_SHARED]:.2f}x floor-shared")
-        for mine in OURS:
-            if mine in medians:
-                print(f"  {mine}: {medians[mine] / least:.2f}x floor-msgpack")
+    # What floor-shared leaves out (encoding, dispatch, matching answers to
+    # calls) measured on its own: how close any msgpack RPC can come to it here.
+    print_beside_floor_msgpack(section["medians"], FLOOR_SHARED,
+                               lambda figure, base: f"{figure / base:.2f}x")
     return section
+
+
+def print_beside_floor_msgpack(figures: dict[str, float], floor: str,
+                               compare: Callable[[float, float], str]) -> None:
+    """Print floor-msgpack against `floor`, and each of bingfa's against floor-msgpack."""
+    if FLOOR_MSGPACK not in figures:
+        return
+    least = figures[FLOOR_MSGPACK]
+    if floor in figures:
+        print(f"  floor-msgpack (the least a msgpack RPC does): "
+              f"{compare(least, figures[floor])} against {floor}")
+    for mine in OURS:
+        if mine in figures:
+            print(f"  {mine}: {compare(figures[mine], least)} against floor-msgpack")
 
 
 def scenario_c(addresses: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:

@@ -13,12 +13,13 @@ import contextlib
 import itertools
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from types import TracebackType
 from typing import Any, cast
 
 from .._core._errors import SerializationError
 from .._core._timeouts import limit_seconds
+from . import _same_host as same_host
 from ._client_core import STREAM_WINDOW, Login, secret_bytes, undecodable_answer
 from ._codec import MSGPACK, Codec, arguments_error
 from ._errors import ConnectionLostError, RPCTimeoutError, rebuild
@@ -28,6 +29,7 @@ from ._wire import (
     CREDIT,
     END,
     ERROR,
+    HEADER,
     HELLO_SIZE,
     ITEM,
     RESULT,
@@ -86,9 +88,10 @@ class _Protocol(asyncio.Protocol):
 
     async def read_exactly(self, size: int) -> bytes:
         self.expect = size
-        self.handshaking = self.loop.create_future()
-        self._check_handshake()
-        return await self.handshaking
+        waiter: asyncio.Future[bytes] = self.loop.create_future()
+        self.handshaking = waiter
+        self._check_handshake()  # what is here already settles it (and clears handshaking)
+        return await waiter
 
     def _check_handshake(self) -> None:
         waiter = self.handshaking
@@ -275,9 +278,14 @@ class AsyncClient:
     """
 
     def __init__(self, address: str, *, secret: bytes | str | None = None,
-                 tls: ssl.SSLContext | None = None, timeout: float | None = None) -> None:
-        parse_address(address)
+                 tls: ssl.SSLContext | None = None, timeout: float | None = None,
+                 unix_when_local: bool = True) -> None:
+        parsed = parse_address(address)
         timeout = limit_seconds(timeout)
+        if not isinstance(unix_when_local, bool):
+            raise TypeError(f"unix_when_local must be True or False, not {unix_when_local!r}")
+        self._ask_same_host = (unix_when_local and tls is None
+                               and same_host.worth_asking(parsed))
         self.address = address
         self.timeout = timeout
         self._secret = secret_bytes(secret)
@@ -307,13 +315,25 @@ class AsyncClient:
         loop = asyncio.get_running_loop()
         parsed = parse_address(self.address)
         if parsed.scheme == "unix":
-            _, protocol = await loop.create_unix_connection(
-                _Protocol, parsed.path, ssl=self._tls,
-                server_hostname=None)
+            connecting = loop.create_unix_connection(
+                _Protocol, parsed.path, ssl=self._tls, server_hostname=None)
         else:
-            _, protocol = await loop.create_connection(
+            connecting = loop.create_connection(
                 _Protocol, parsed.host, parsed.port, ssl=self._tls,
                 server_hostname=parsed.host if self._tls else None)
+        protocol = await self._log_in(connecting)
+        if self._ask_same_host:
+            protocol = await self._switch_to_same_host(protocol)
+        protocol.reader = FrameReader(protocol.codec.loads, undecodable=protocol.undecodable)
+        if protocol.buffer:  # frames that came with the welcome
+            leftover = bytes(protocol.buffer)
+            protocol.buffer.clear()
+            protocol.data_received(leftover)
+        return protocol
+
+    async def _log_in(self, connecting: Awaitable[tuple[Any, _Protocol]]) -> _Protocol:
+        """The connection ``connecting`` makes, logged in; its frames not read yet."""
+        _, protocol = await connecting
         try:
             login = Login(await protocol.read_exactly(HELLO_SIZE), self._secret)
             assert protocol.transport is not None
@@ -324,17 +344,35 @@ class AsyncClient:
                 answer = b""
             protocol.codec = login.finish(answer, self._tls)
             protocol.dumps = protocol.codec.reusable_dumps()
-            protocol.reader = FrameReader(protocol.codec.loads,
-                                          undecodable=protocol.undecodable)
-            if protocol.buffer:  # frames that came with the welcome
-                leftover = bytes(protocol.buffer)
-                protocol.buffer.clear()
-                protocol.data_received(leftover)
         except BaseException:
             if protocol.transport is not None:
                 protocol.transport.abort()
             raise
         return protocol
+
+    async def _switch_to_same_host(self, protocol: _Protocol) -> _Protocol:
+        """Over a fresh TCP connection (logged in), ask the server for its Unix socket; if
+        this client can reach it, log in there and return it, else the TCP connection.
+        (See :func:`bingfa.rpc._client.switch_to_same_host`.)"""
+        assert protocol.transport is not None
+        try:
+            protocol.transport.write(same_host.ask_frame(protocol.dumps))
+            size = same_host.answer_size(await protocol.read_exactly(HEADER.size))
+            name = same_host.name_in(protocol.codec.loads, await protocol.read_exactly(size))
+            sock = same_host.connect_nowait(name) if name is not None else None
+            if sock is None:
+                return protocol
+            try:
+                local = await self._log_in(asyncio.get_running_loop().create_unix_connection(
+                    _Protocol, sock=sock))
+            except (OSError, ConnectionLostError):
+                sock.close()
+                return protocol
+        except BaseException:
+            protocol.transport.abort()
+            raise
+        protocol.transport.close()
+        return local
 
     def _frame(self, message: list[Any]) -> bytes:
         assert self._protocol is not None
@@ -414,11 +452,12 @@ def _expire(future: asyncio.Future[Any], method: str, timeout: float) -> None:
 
 async def aconnect(address: str, *, secret: bytes | str | None = None,
                    tls: ssl.SSLContext | None = None,
-                   timeout: float | None = None) -> AsyncClient:
+                   timeout: float | None = None, unix_when_local: bool = True) -> AsyncClient:
     """Connect to a bingfa RPC server from asyncio; an :class:`AsyncClient`.
 
     Arguments and errors are those of :func:`bingfa.rpc.connect`.
     """
-    client = AsyncClient(address, secret=secret, tls=tls, timeout=timeout)
+    client = AsyncClient(address, secret=secret, tls=tls, timeout=timeout,
+                         unix_when_local=unix_when_local)
     await client._connection()
     return client

@@ -42,6 +42,7 @@ from .._async._loops import new_event_loop
 from .._core._context import CancelFlag, WorkerContext, current, set_thread_context
 from .._core._errors import SerializationError
 from .._core._interrupts import start_without_sigint
+from . import _same_host as same_host
 from ._codec import Codec, cannot_encode, codec_for, plain_msgpack
 from ._errors import describe
 from ._lane import Job, Lane, LaneThread
@@ -644,6 +645,9 @@ class _Connection(asyncio.Protocol):
             if name == "__methods__":
                 self._reply(call_id, name,
                             {n: m.describe() for n, m in server._methods.items()})
+            elif name == same_host.METHOD:
+                self._reply(call_id, name,
+                            server._same_host[1] if server._same_host is not None else None)
             else:
                 self._error(call_id, AttributeError(
                     f"the server has no method {name!r}; it serves: "
@@ -1431,11 +1435,15 @@ class Server:
         self._own_threads: Any = None
         self._sock = self._listen(parsed)
         self._unix_path = parsed.path if parsed.scheme == "unix" else None
+        # Clients on this host switch to it (see _same_host): not with TLS,
+        # whose protection a Unix socket would quietly drop.
+        self._same_host = same_host.listen() if parsed.scheme == "tcp" and tls is None else None
         self.address = self._public_address(parsed)
         warn_if_exposed(self.address, secret, tls)
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._thread_of_loop: threading.Thread | None = None
         self._server: asyncio.base_events.Server | None = None
+        self._same_host_server: asyncio.base_events.Server | None = None
         self._connections: set[_Connection] = set()
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -1517,11 +1525,15 @@ class Server:
         else:
             self._server = await self._loop.create_server(
                 lambda: _Connection(self), sock=self._sock, ssl=self._tls, backlog=BACKLOG)
+        if self._same_host is not None:
+            self._same_host_server = await self._loop.create_unix_server(
+                lambda: _Connection(self), sock=self._same_host[0], backlog=BACKLOG)
 
     async def _stop(self) -> None:
         """Stop accepting; let calls in flight finish within the grace period; close."""
-        if self._server is not None:
-            self._server.close()
+        listening = [srv for srv in (self._server, self._same_host_server) if srv is not None]
+        for srv in listening:
+            srv.close()
         deadline = self._loop.time() + self.grace
         while any(c.calls for c in self._connections) and self._loop.time() < deadline:
             await asyncio.sleep(0.01)
@@ -1531,8 +1543,8 @@ class Server:
             conn._flush()
             if conn.transport is not None:
                 conn.transport.close()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for srv in listening:
+            await srv.wait_closed()
         if self._lane is not None:
             self._lane.stop()  # a thread still in a call exits when it returns
         for pool in (self._pool if self._own_pool else None, self._own_threads):
@@ -1593,6 +1605,8 @@ class Server:
             self._thread.join()
         elif loop is None:
             self._sock.close()
+            if self._same_host is not None:
+                self._same_host[0].close()
 
     async def aclose(self) -> None:
         """:meth:`close` from the server's own event loop."""
@@ -1744,6 +1758,9 @@ def serve(target: Any, address: str, *, secret: bytes | str | None = None,
             name -> function. A class is refused (TypeError) when its methods
             need an instance: pass ``MyClass()``, not ``MyClass``.
         address: ``tcp://HOST:PORT`` (port 0: any free port) or ``unix:///PATH``.
+            A TCP server without TLS (on Linux) also listens on a Unix socket
+            of its own, in the abstract namespace, which clients on its host
+            move to (see :func:`bingfa.rpc.connect`'s ``unix_when_local``).
         secret: clients must prove they know it (HMAC-SHA256 challenge-response,
             both ways) before any call runs. At least 16 bytes.
         tls: an :class:`ssl.SSLContext` for the server side; with
