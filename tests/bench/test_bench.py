@@ -187,8 +187,12 @@ def test_bad_options_are_refused_before_anything_runs(tmp_path, args, message):
 
 
 @pytest.mark.timeout(60)
-def test_the_socket_server_goes_when_the_bench_is_killed():
-    proc = subprocess.Popen([sys.executable, "-m", "bingfa", "bench", "--only", "socket",
+@pytest.mark.parametrize(("workload", "server_command"), [
+    ("socket", "bingfa.bench._server socket"),
+    ("switch", "bingfa.bench._server rpc"),  # the bf.rpc round trip's server
+])
+def test_the_benchs_server_goes_when_the_bench_is_killed(workload, server_command):
+    proc = subprocess.Popen([sys.executable, "-m", "bingfa", "bench", "--only", workload,
                              "--no-save"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         me = psutil.Process(proc.pid)
@@ -196,7 +200,7 @@ def test_the_socket_server_goes_when_the_bench_is_killed():
         while server is None:
             assert proc.poll() is None, "the bench ended before its server was seen"
             server = next((c for c in me.children()
-                           if "bingfa.bench._server" in cmdline(c)), None)
+                           if server_command in cmdline(c)), None)
             time.sleep(0.02)
     finally:
         proc.kill()

@@ -22,7 +22,7 @@ from typing import Any
 from .._core._machine import usable_cores
 from ._workloads import Workload, noop, noop_async
 
-__all__ = ["IO_WORKERS", "calibrate", "runner", "workers_for"]
+__all__ = ["IO_WORKERS", "calibrate", "runner", "server_process", "workers_for"]
 
 # Workers for waiting work: enough that the waits overlap; processes cost
 # memory each, so fewer of them.
@@ -106,6 +106,25 @@ def _pooled(workload: Workload, mode: str, arg: Any,
         yield run
 
 
+@contextmanager
+def server_process(kind: str) -> Iterator[str]:
+    """A bench server (``kind``: ``"socket"`` or ``"rpc"``, see ``_server``) in a process of
+    its own: the line it prints once it listens (a port, an address)."""
+    server = subprocess.Popen([sys.executable, "-m", "bingfa.bench._server", kind],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline().strip()
+        if not line:
+            raise RuntimeError(f"the bench's {kind} server did not start")
+        yield line
+    finally:
+        server.kill()
+        server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
+
+
 def _time_trips(one_trip: Callable[[int], Any], count: int) -> float:
     """Seconds per call of ``one_trip``, over ``count`` calls."""
     start = time.perf_counter()
@@ -120,10 +139,11 @@ def _round_trips(mode: str) -> Iterator[Callable[[int], Any]]:
     if mode == "serial":
         yield noop
     elif mode == "rpc":
-        from ..rpc import connect, serve
+        from ..rpc import connect
 
-        with serve({"noop": noop}, "tcp://127.0.0.1:0") as server, \
-                connect(server.address) as client:
+        # The server in a process of its own, as RPC is used: in this one it
+        # would take turns with the client for the GIL.
+        with server_process("rpc") as address, connect(address) as client:
             client.noop(0)
             yield client.noop
     else:

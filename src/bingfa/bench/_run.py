@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from ._measure import calibrate, runner
+from ._measure import calibrate, runner, server_process
 from ._report import Report, WorkloadResult, machine
 from ._workloads import WORKLOADS, Workload
 
@@ -41,24 +39,6 @@ def plan(only: list[str] | None) -> list[tuple[Workload, list[str], dict[str, st
             skipped["async"] = "one thread, as serial: coroutines only help with waiting"
         chosen.append((workload, modes, skipped))
     return chosen
-
-
-@contextmanager
-def _late_server() -> Iterator[int]:
-    """The socket workload's server, in a process of its own: its port."""
-    server = subprocess.Popen([sys.executable, "-m", "bingfa.bench._server"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        line = server.stdout.readline()
-        if not line.strip():
-            raise RuntimeError("the socket workload's server did not start")
-        yield int(line)
-    finally:
-        server.kill()
-        server.wait()
-        if server.stdout is not None:
-            server.stdout.close()
 
 
 def run(report: Report, only: list[str] | None = None,
@@ -101,8 +81,8 @@ def _maybe_server(wanted: bool) -> Iterator[int]:
     if not wanted:
         yield 0
         return
-    with _late_server() as port:
-        yield port
+    with server_process("socket") as port:
+        yield int(port)
 
 
 def steps(only: list[str] | None, quick: bool) -> int:
