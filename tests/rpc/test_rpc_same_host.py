@@ -12,6 +12,7 @@ import trustme
 
 from bingfa import rpc
 from bingfa.rpc import _same_host
+from bingfa.rpc._wire import parse_address
 
 pytestmark = [
     pytest.mark.timeout(30),
@@ -132,6 +133,22 @@ def test_the_async_client_moves_too(loop):
         run = asyncio.run
     with rpc.serve(Service(), "tcp://127.0.0.1:0", secret=SECRET) as server:
         assert run(calls(server.address)) == (socket.AF_UNIX, 4, [0, 1])
+
+
+@pytest.mark.parametrize(("address", "asks"), [
+    ("tcp://127.0.0.1:1", True),
+    ("tcp://127.8.9.10:1", True),  # all of 127.0.0.0/8 is loopback
+    ("tcp://localhost:1", True),
+    ("tcp://[::1]:1", True),
+    ("tcp://0.0.0.0:1", True),  # what a server bound to all addresses says: this host
+    ("tcp://[::]:1", True),
+    ("tcp://10.0.0.5:1", False),
+    ("tcp://[::2]:1", False),
+    ("tcp://example.com:1", False),
+    ("unix:///tmp/bingfa.sock", False),
+])
+def test_only_an_address_of_this_host_asks_for_the_unix_socket(address, asks):
+    assert _same_host.worth_asking(parse_address(address)) is asks
 
 
 def test_a_bad_unix_when_local_is_refused():

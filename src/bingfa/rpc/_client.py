@@ -875,9 +875,10 @@ def connect(address: str, *, secret: bytes | str | None = None,
             costs most on a virtual machine; when answers keep taking longer,
             the client stops polling by itself.
         unix_when_local: with a loopback address (``tcp://127.0.0.1:...``,
-            ``localhost``, ``::1``) and no TLS, move to the server's own Unix
-            socket once connected, when it has one this process can reach (a
-            call takes about two thirds of the time); False stays on TCP.
+            ``localhost``, ``::1``, or ``0.0.0.0``) and no TLS, move to the
+            server's own Unix socket once connected, when it has one this
+            process can reach (a call takes about two thirds of the time);
+            False stays on TCP.
 
     Raises:
         ValueError: an address that does not parse, or a bad ``timeout`` or

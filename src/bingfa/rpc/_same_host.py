@@ -21,8 +21,7 @@ again on the Unix socket.
 
 from __future__ import annotations
 
-import ipaddress
-import secrets
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -37,6 +36,10 @@ __all__ = ["MAX_ANSWER", "METHOD", "answer_size", "ask_frame", "connect_nowait",
 METHOD = "__same_host__"  # the call that asks the server for its Unix socket's name
 MAX_ANSWER = 4096  # bytes: a name, or an error from a server that has no such call
 BACKLOG = 512
+# The IPv6 addresses that reach this host: loopback, and unspecified (what a
+# server bound to "::" says it listens on; a connection to it stays here).
+IPV6_THIS_HOST = (socket.inet_pton(socket.AF_INET6, "::1"),
+                  socket.inet_pton(socket.AF_INET6, "::"))
 
 
 def listen() -> tuple[socket.socket, str] | None:
@@ -44,7 +47,7 @@ def listen() -> tuple[socket.socket, str] | None:
     there is no abstract namespace (not Linux) or it fails."""
     if not sys.platform.startswith("linux"):
         return None
-    name = f"\0bingfa-rpc-{secrets.token_hex(16)}"
+    name = f"\0bingfa-rpc-{os.urandom(16).hex()}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(name)
@@ -57,14 +60,23 @@ def listen() -> tuple[socket.socket, str] | None:
 
 
 def worth_asking(address: Address) -> bool:
-    """Whether a client of ``address`` (no TLS) may be on the server's host: a loopback one."""
+    """Whether a client of ``address`` (no TLS) may be on the server's host: a loopback
+    address, or an unspecified one (``0.0.0.0``, ``::``: a connection to it stays here)."""
     if address.scheme != "tcp":
         return False
-    if address.host == "localhost":
+    host = address.host
+    if host == "localhost":
         return True
+    # (Parsed here rather than with ipaddress: a client need not import it.)
     try:
-        return ipaddress.ip_address(address.host).is_loopback
-    except ValueError:
+        packed = socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        pass
+    else:
+        return packed[0] == 127 or packed == bytes(4)  # 127.0.0.0/8, 0.0.0.0
+    try:
+        return socket.inet_pton(socket.AF_INET6, host) in IPV6_THIS_HOST
+    except OSError:
         return False
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import ipaddress
 import logging
 import os
 import socket
@@ -1721,6 +1720,8 @@ def warn_if_exposed(address: str, secret: bytes | None, tls: ssl.SSLContext | No
     parsed = parse_address(address)
     if parsed.scheme != "tcp":
         return False
+    import ipaddress  # here: it costs milliseconds at import, and only a server asks
+
     try:
         if ipaddress.ip_address(parsed.host).is_loopback:
             return False
