@@ -32,11 +32,11 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
+from .._core._busy import host_busy
 from .._core._errors import SerializationError
 from .._core._interrupts import start_without_sigint
 from .._core._timeouts import limit_seconds
 from . import _same_host as same_host
-from ._busy import host_busy
 from ._client_core import STREAM_WINDOW, Login, secret_bytes, undecodable_answer
 from ._codec import Codec, arguments_error
 from ._errors import ConnectionLostError, RPCTimeoutError, rebuild

@@ -47,9 +47,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._core._busy import host_busy
 from .._core._context import WorkerContext, set_thread_context
 from .._core._interrupts import start_without_sigint
-from ._busy import host_busy
 
 if TYPE_CHECKING:
     from ._server import _Call, _Connection, _Method

@@ -28,6 +28,7 @@ from ..._core._remote_traceback import capture
 from ..._core._serialization import dumps, dumps_parts, loads_function, serialization_error
 from .._batch import run_batch
 from .._describe import call_arguments, describe_call
+from ._task_pipe import TaskPipe
 from ._wire import (
     BATCH,
     DONE,
@@ -269,8 +270,9 @@ def _serve(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: i
     # Ctrl-C goes to the whole foreground process group; the parent decides
     # what happens to its workers, so they do not print KeyboardInterrupt.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Lives as long as the worker. A BufferedReader, for readinto.
-    reader = io.BufferedReader(io.FileIO(task_fd, "rb"), buffer_size=1 << 16)
+    # Lives as long as the worker. A BufferedReader, for readinto; its raw
+    # reads poll a moment for the next task before they sleep (see TaskPipe).
+    reader = io.BufferedReader(TaskPipe(task_fd), buffer_size=1 << 16)
     if boot is None:
         head = reader.read(FRAME.size)
         if len(head) < FRAME.size:

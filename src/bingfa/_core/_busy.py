@@ -1,11 +1,12 @@
-"""Whether every CPU of the host has work: read rarely and cheaply, for the clients' polling.
+"""Whether every CPU of the host has work: read rarely and cheaply, for those who poll.
 
-Polling the socket for an answer (instead of sleeping on it) pays off while
-a CPU is idle: an idle virtual CPU is halted, and waking it costs more than a
-quick call. When every CPU has work, polling only takes a CPU from work that
-could have used it (the server's, say), and each ``sched_yield`` between polls
-can hand the CPU to a busy process for a whole time slice: the wait gets
-longer, not shorter. So a client polls only while the host has a CPU to spare.
+RPC clients and servers poll their sockets for what comes next, and process
+workers their task pipes, instead of sleeping on them, because that pays off
+while a CPU is idle: an idle virtual CPU is halted, and waking it costs more
+than a quick call. When every CPU has work, polling only takes a CPU from work
+that could have used it (the server's, say), and each ``sched_yield`` between
+polls can hand the CPU to a busy process for a whole time slice: the wait gets
+longer, not shorter. So they poll only while the host has a CPU to spare.
 
 The measure is the number of tasks running right now (``procs_running`` in
 ``/proc/loadavg``), the caller itself left out, against the number of CPUs:
@@ -31,20 +32,23 @@ _average = 0.0  # tasks running besides the caller, averaged over the last looks
 _busy = False
 
 
-def host_busy() -> bool:
-    """Whether the host's CPUs all have work (as of the last look, at most CHECK_EVERY old)."""
+def host_busy(partners: int = 0) -> bool:
+    """Whether the host's CPUs all have work (as of the last look, at most CHECK_EVERY old).
+
+    ``partners``: tasks the caller knows run because of it, which do not count
+    (a process worker looks just after it sent a result, when the parent
+    threads that take it are running).
+    """
     global _next_check, _average, _busy
     now = time.monotonic()
-    if now < _next_check:
-        return _busy
-    first = _next_check == 0.0
-    _next_check = now + CHECK_EVERY
-    others = _others_running()
-    if others is None:
-        return _busy
-    _average = others if first else _average + SMOOTHING * (others - _average)
-    _busy = _average >= _cpus
-    return _busy
+    if now >= _next_check:
+        first = _next_check == 0.0
+        _next_check = now + CHECK_EVERY
+        others = _others_running()
+        if others is not None:
+            _average = others if first else _average + SMOOTHING * (others - _average)
+            _busy = _average >= _cpus
+    return _busy if not partners else _average - partners >= _cpus
 
 
 def _others_running() -> float | None:
@@ -67,4 +71,4 @@ def reset(busy: bool | None = None) -> None:
     if busy is None:
         _next_check, _average, _busy = 0.0, 0.0, False
     else:
-        _next_check, _average, _busy = float("inf"), float(_cpus if busy else 0), busy
+        _next_check, _average, _busy = float("inf"), float("inf") if busy else 0.0, busy
