@@ -29,7 +29,6 @@ SMOOTHING = 0.5  # weight of the newest look in the running average
 _cpus = os.cpu_count() or 1
 _next_check = 0.0
 _average = 0.0  # tasks running besides the caller, averaged over the last looks
-_busy = False
 
 
 def host_busy(partners: int = 0) -> bool:
@@ -39,7 +38,7 @@ def host_busy(partners: int = 0) -> bool:
     (a process worker looks just after it sent a result, when the parent
     threads that take it are running).
     """
-    global _next_check, _average, _busy
+    global _next_check, _average
     now = time.monotonic()
     if now >= _next_check:
         first = _next_check == 0.0
@@ -47,8 +46,7 @@ def host_busy(partners: int = 0) -> bool:
         others = _others_running()
         if others is not None:
             _average = others if first else _average + SMOOTHING * (others - _average)
-            _busy = _average >= _cpus
-    return _busy if not partners else _average - partners >= _cpus
+    return _average - partners >= _cpus
 
 
 def _others_running() -> float | None:
@@ -67,8 +65,8 @@ def _others_running() -> float | None:
 
 def reset(busy: bool | None = None) -> None:
     """Forget the last look (tests): the next call looks again, or ``busy`` holds."""
-    global _next_check, _average, _busy
+    global _next_check, _average
     if busy is None:
-        _next_check, _average, _busy = 0.0, 0.0, False
+        _next_check, _average = 0.0, 0.0
     else:
-        _next_check, _average, _busy = float("inf"), float("inf") if busy else 0.0, busy
+        _next_check, _average = float("inf"), float("inf") if busy else 0.0

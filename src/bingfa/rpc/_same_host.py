@@ -35,14 +35,13 @@ __all__ = ["MAX_ANSWER", "METHOD", "answer_size", "ask_frame", "connect_nowait",
 
 METHOD = "__same_host__"  # the call that asks the server for its Unix socket's name
 MAX_ANSWER = 4096  # bytes: a name, or an error from a server that has no such call
-BACKLOG = 512
 # The IPv6 addresses that reach this host: loopback, and unspecified (what a
 # server bound to "::" says it listens on; a connection to it stays here).
 IPV6_THIS_HOST = (socket.inet_pton(socket.AF_INET6, "::1"),
                   socket.inet_pton(socket.AF_INET6, "::"))
 
 
-def listen() -> tuple[socket.socket, str] | None:
+def listen(backlog: int) -> tuple[socket.socket, str] | None:
     """A listening Unix socket under a fresh abstract name, and the name; None where
     there is no abstract namespace (not Linux) or it fails."""
     if not sys.platform.startswith("linux"):
@@ -51,7 +50,7 @@ def listen() -> tuple[socket.socket, str] | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(name)
-        sock.listen(BACKLOG)
+        sock.listen(backlog)
         sock.setblocking(False)
     except OSError:
         sock.close()

@@ -1436,7 +1436,8 @@ class Server:
         self._unix_path = parsed.path if parsed.scheme == "unix" else None
         # Clients on this host switch to it (see _same_host): not with TLS,
         # whose protection a Unix socket would quietly drop.
-        self._same_host = same_host.listen() if parsed.scheme == "tcp" and tls is None else None
+        self._same_host = (same_host.listen(BACKLOG) if parsed.scheme == "tcp" and tls is None
+                           else None)
         self.address = self._public_address(parsed)
         warn_if_exposed(self.address, secret, tls)
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
