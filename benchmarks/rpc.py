@@ -46,6 +46,9 @@ the tables show medians over the repeats and ratios):
      it, else one connection per thread (a note per implementation says which); calls/s.
      Targets, idle: bingfa >= 0.9x floor-shared, >= 2x rpyc, >= 1.5x pyro5-msgpack;
      bingfa-plain >= 4x rpyc. With --busy: both >= 2x rpyc and >= 1.5x pyro5-msgpack.
+     Also printed (Linux): the CPU time a call takes in the client and in the
+     server, and the CPUs the two used; calls/s = CPUs used / CPU time per call,
+     so on a busy host this tells a cheaper call from a larger share of the CPUs.
   C  64 in flight on one asyncio connection, for the implementations with an
      asyncio client (floor: 64 pipelined frames; grpc.aio; bingfa.aconnect); calls/s.
      Target, idle: bingfa >= 100,000 calls/s.
@@ -1001,6 +1004,10 @@ def stop_child(process: subprocess.Popen[bytes]) -> None:
             pass
 
 
+# The process id of each implementation's server, for the CPU time it uses.
+SERVER_PIDS: dict[str, int] = {}
+
+
 def start_servers(keys: list[str], scratch: Path,
                   stack: contextlib.ExitStack) -> dict[str, str]:
     """Start a server per implementation; return the addresses of those that started."""
@@ -1013,6 +1020,7 @@ def start_servers(keys: list[str], scratch: Path,
             continue
         stack.callback(server.stop)
         addresses[key] = server.address
+        SERVER_PIDS[key] = server.process.pid
     return addresses
 
 
@@ -1090,16 +1098,47 @@ def sequential_latencies(key: str, address: str, calls: int) -> dict[str, float]
     return {"p50": percentile(latencies, 0.50) / 1e3, "p99": percentile(latencies, 0.99) / 1e3}
 
 
-def threads_rate(key: str, address: str, duration: float) -> float:
-    """Scenario B, one repeat: calls/s of THREADS threads calling for ``duration`` s."""
+@dataclass
+class CpuUse:
+    """CPU time per call of one repeat, on each side, and how many CPUs the two used."""
+
+    client_us: float
+    server_us: float
+    cpus: float
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds process ``pid`` has used (Linux /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def threads_rate(key: str, address: str, duration: float,
+                 cpu_use: list[CpuUse] | None = None) -> float:
+    """Scenario B, one repeat: calls/s of THREADS threads calling for ``duration`` s.
+
+    With ``cpu_use``, appends the CPU time the calls took in this process and in
+    the server's (SERVER_PIDS) over the timed window, where /proc can tell.
+    """
     implementation = IMPLEMENTATIONS[key]
     shared = implementation.connect(address) if implementation.shares_connection else None
     window: dict[str, float] = {}
+    server_pid = SERVER_PIDS.get(key)
+
+    def start() -> None:
+        window["start"] = time.perf_counter()
+        window["client_cpu"] = time.process_time()
+        server_cpu = None if server_pid is None else process_cpu_seconds(server_pid)
+        if server_cpu is not None:
+            window["server_cpu"] = server_cpu
+
     # The barrier's action runs once, when the last thread is connected and warm:
     # every thread's window starts from that one instant.
-    start_line = threading.Barrier(
-        THREADS, action=lambda: window.setdefault("start", time.perf_counter()),
-        timeout=SETUP_LIMIT)
+    start_line = threading.Barrier(THREADS, action=start, timeout=SETUP_LIMIT)
     counts = [0] * THREADS
     ends = [0.0] * THREADS
     errors: list[BaseException] = []
@@ -1142,7 +1181,14 @@ def threads_rate(key: str, address: str, duration: float) -> float:
     first_real_error = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
     if errors:
         raise (first_real_error or errors)[0]
-    return sum(counts) / (max(ends) - window["start"])
+    calls, elapsed = sum(counts), max(ends) - window["start"]
+    server_cpu = None if server_pid is None else process_cpu_seconds(server_pid)
+    if cpu_use is not None and calls and server_cpu is not None and "server_cpu" in window:
+        client = time.process_time() - window["client_cpu"]
+        server = server_cpu - window["server_cpu"]
+        cpu_use.append(CpuUse(client / calls * 1e6, server / calls * 1e6,
+                              (client + server) / elapsed))
+    return calls / elapsed
 
 
 def where(thread: threading.Thread) -> str:
@@ -1372,17 +1418,47 @@ def scenario_b(addresses: dict[str, str], args: argparse.Namespace) -> dict[str,
     print(f"{THREADS} client threads calling add in a loop for {args.duration:g} s; "
           f"medians over {args.repeats} interleaved repeats")
     keys = [key for key in addresses if "B" in IMPLEMENTATIONS[key].scenarios]
+    cpu_use: dict[str, list[CpuUse]] = {key: [] for key in keys}
     run = run_interleaved(keys, args.repeats,
-                          lambda key: threads_rate(key, addresses[key], args.duration),
+                          lambda key: threads_rate(key, addresses[key], args.duration,
+                                                   cpu_use[key]),
                           time_limit=2 * SETUP_LIMIT + args.duration + HANG_GRACE)
     notes = {key: IMPLEMENTATIONS[key].threads_note for key in run.samples}
     section = report_rate(run, notes)
+    section["cpu_per_call"] = report_cpu_use(
+        {key: uses for key, uses in cpu_use.items() if key in run.samples and uses})
     section["targets"] = rate_targets(section["medians"], threads_targets(args.busy))
     # What floor-shared leaves out (encoding, dispatch, matching answers to
     # calls) measured on its own: how close any msgpack RPC can come to it here.
     print_beside_floor_msgpack(section["medians"], FLOOR_SHARED,
                                lambda figure, base: f"{figure / base:.2f}x")
+    medians = section["medians"]
+    if FLOOR_SHARED in medians and "pyro5-msgpack" in medians:
+        # Pyro5 gives each thread a connection and a server thread of its own:
+        # what the least work on one shared connection makes against that, here.
+        print(f"  floor-shared (the least one shared connection does): "
+              f"{medians[FLOOR_SHARED] / medians['pyro5-msgpack']:.2f}x pyro5-msgpack")
     return section
+
+
+def report_cpu_use(cpu_use: dict[str, list[CpuUse]]) -> dict[str, dict[str, float]]:
+    """Print the CPU time a call took on each side, and the CPUs each implementation got.
+
+    On a busy host the calls/s of B are this CPU time per call against the
+    CPU share the scheduler gives each implementation's threads: the two
+    tell apart a cheaper call from a larger share.
+    """
+    medians = {key: {"client_us": statistics.median(u.client_us for u in uses),
+                     "server_us": statistics.median(u.server_us for u in uses),
+                     "cpus": statistics.median(u.cpus for u in uses)}
+               for key, uses in cpu_use.items()}
+    if medians:
+        print("  CPU time per call, client + server (µs, medians), and the CPUs the two used:")
+        for key, median in medians.items():
+            client, server = median["client_us"], median["server_us"]
+            print(f"    {key:<15} {client:6.1f} + {server:6.1f} = {client + server:6.1f}"
+                  f"   {median['cpus']:.2f} CPUs")
+    return medians
 
 
 def print_beside_floor_msgpack(figures: dict[str, float], floor: str,
