@@ -15,6 +15,9 @@ Workloads (2 workers unless said otherwise, each library's default start method)
      and exits; the bare interpreter and the imports alone for reference
   h  thread mode: 10,000 ``submit(time.sleep, 0.001)`` with 100 and with 10 workers
      against ThreadPoolExecutor, and building + shutting down a 10,000-thread pool
+  i  skewed durations: 1,000 pure-Python tasks, nine in ten of 0.5 ms and one in ten
+     of 20 ms, the long ones last (input sorted by size) and shuffled; parallel
+     efficiency against a serial loop, every library with its default chunking
 
 Each measurement is repeated (``--repeats``, default 7) and the median is reported
 with the minimum beside it; the peers that map with chunksize 1 in (a) are slow
@@ -31,7 +34,7 @@ peer that hangs is skipped with a note, its processes killed.
 
 Usage, from the repository root::
 
-    python benchmarks/pools.py [--repeats N] [--slow-repeats N] [--only a,b,...,h]
+    python benchmarks/pools.py [--repeats N] [--slow-repeats N] [--only a,b,...,i]
                                [--busy N | --busy-compare N] [--quick] [--timeout S]
                                [--json FILE]
 """
@@ -49,6 +52,7 @@ import json
 import multiprocessing
 import os
 import platform
+import random
 import signal
 import statistics
 import subprocess
@@ -91,6 +95,10 @@ SLEEP_TASKS = 10_000  # workload (h)
 SLEEP_SECONDS = 1e-3
 SLEEP_WORKERS = (100, 10)
 BIG_THREAD_POOL = 10_000
+SKEWED_TASKS = 1_000  # workload (i)
+SKEWED_SHORT_SECONDS = 0.5e-3
+SKEWED_LONG_SECONDS = 20e-3
+SKEWED_LONG_EVERY = 10  # one task in this many is long
 LEAK_GRACE = 3.0  # seconds a pool's processes get to exit after its shutdown returns
 RSS_INTERVAL = 0.02  # seconds between samples of the parent's RSS
 RUN_TIMEOUT = 300.0  # seconds one opening, warm-up, timed run or shutdown may take (--timeout)
@@ -111,6 +119,7 @@ TARGET_COLD_FORK_VS_FORK = 1.2
 TARGET_IMPORT_VS_MP = 1.2
 TARGET_THREADS_VS_TPE = 1.0
 TARGET_BIG_POOL_SECONDS = 0.05
+TARGET_SKEWED_EFFICIENCY = 0.94
 
 # Long-lived helper processes that multiprocessing, loky and bingfa keep until the
 # interpreter exits; they are not pool workers and do not count as leaks. The
@@ -202,6 +211,9 @@ class Report:
     g: list[Result] = field(default_factory=list)
     h: list[Result] = field(default_factory=list)
     h_build: list[Result] = field(default_factory=list)
+    i_sorted: list[Result] = field(default_factory=list)
+    i_shuffled: list[Result] = field(default_factory=list)
+    i_calibration: dict[str, float] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)  # per workload, for the tables
     anomalies: list[str] = field(default_factory=list)
     targets: list[dict[str, Any]] = field(default_factory=list)
@@ -227,6 +239,14 @@ class Report:
             "g_cold_start_seconds": [r.to_json() for r in self.g],
             "h_thread_submit_seconds_per_task": [r.to_json() for r in self.h],
             "h_big_thread_pool_seconds": [r.to_json() for r in self.h_build],
+            "i_skewed_efficiency": {
+                "calibration": self.i_calibration,
+                **{layout: {"results": [r.to_json() for r in results],
+                            "efficiency_from_medians": {
+                                r.name: _efficiency(results, r) for r in results[1:] if r.ok}}
+                   for layout, results in (("sorted", self.i_sorted),
+                                           ("shuffled", self.i_shuffled))},
+            },
             "notes": self.notes,
             "targets": self.targets,
             "anomalies": self.anomalies,
@@ -1472,6 +1492,49 @@ def run_h(repeats: int, report: Report) -> None:
     check_threads(f"(h) {BIG_THREAD_POOL:,}-thread pools", baseline, report)
 
 
+# --- (i) skewed durations ------------------------------------------------------------
+def skewed_items(short: int, long: int) -> tuple[list[int], list[int]]:
+    """The tasks of (i), as burn() sizes: sorted (the long ones last) and shuffled.
+
+    Sorted is how inputs often come (files by size, rows by key) and the worst
+    case for chunks cut in advance: the last ones hold all the long tasks.
+    """
+    sizes = [long if i % SKEWED_LONG_EVERY == 0 else short for i in range(SKEWED_TASKS)]
+    shuffled = sizes[:]
+    random.Random(SKEWED_TASKS).shuffle(shuffled)  # the same order in every run
+    return sorted(sizes), shuffled
+
+
+def _skewed_group(impls: dict[str, Impl]) -> list[Impl]:
+    """The serial loop and every pool that maps, those that fork their workers first (so
+    that these do not inherit the pipes of pools opened before them), bingfa last."""
+    first = ("multiprocessing", "mpire")
+    order = [k for k in first if k in impls]
+    order += [k for k in impls if k not in first and k != "bingfa" and impls[k].map]
+    order += ["bingfa"] if "bingfa" in impls else []
+    return [SERIAL, *(impls[k] for k in order)]
+
+
+def run_i(impls: dict[str, Impl], repeats: int, report: Report) -> None:
+    """The serial loop and every pool, interleaved repeat by repeat, on both layouts."""
+    iterations, per_call = calibrate(1e-3)
+    per_iteration = per_call / iterations
+    short = max(1, round(SKEWED_SHORT_SECONDS / per_iteration))
+    long = max(1, round(SKEWED_LONG_SECONDS / per_iteration))
+    report.i_calibration = {"short_iterations": short, "long_iterations": long,
+                            "seconds_per_iteration": per_iteration}
+    log(f"  calibrated: burn({short}) about {fmt_time(SKEWED_SHORT_SECONDS)}, "
+        f"burn({long}) about {fmt_time(SKEWED_LONG_SECONDS)}")
+    answers = {short: burn(short), long: burn(long)}
+    group = _skewed_group(impls)
+    for layout, items in zip(("sorted", "shuffled"), skewed_items(short, long), strict=True):
+        log(f"  {layout} ...")
+        warm, run = map_ops(burn, items, items, [answers[x] for x in items])
+        measured = measure_group(group, [i.map_label for i in group], repeats, warm, run,
+                                 "i", report)
+        setattr(report, f"i_{layout}", measured)
+
+
 def _efficiency(results: list[Result], result: Result, best: bool = False) -> float | None:
     """serial / (workers x parallel), from the medians, or from the minimums with ``best``."""
     serial = results[0]
@@ -1596,8 +1659,17 @@ def print_b(report: Report) -> None:
         print(f"  (during the serial runs one call took {fmt_time(report.b[0].median / CPU_ITEMS)} "
               f"on average: the machine's speed drifts)")
     results = report.b
-    bingfa_result = _bingfa(results)
+    print_efficiency_table(results)
+    print_notes(results, [
+        "efficiency = serial median / (workers x parallel median), the target's measure "
+        "(>= 95%); eff. (mins) uses the fastest runs instead, for reference.",
+        "the serial loop, multiprocessing.Pool and bingfa were timed interleaved "
+        "(their runs alternate, in rotating order); each ran once untimed first.",
+    ])
 
+
+def print_efficiency_table(results: list[Result]) -> None:
+    """A table whose first row is the serial loop, with each pool's efficiency against it."""
     def eff(r: Result) -> list[str]:
         cells = []
         for best in (False, True):
@@ -1605,14 +1677,28 @@ def print_b(report: Report) -> None:
             cells.append(f"{e * 100:.1f}%" if e is not None else "-")
         return cells
 
-    rows = comparison_rows(results, bingfa_result, eff)
+    rows = comparison_rows(results, _bingfa(results), eff)
     rows[0][5:7] = ["-", "-"]  # no ratio against the serial loop
     print_table([*HEADERS, "efficiency", "eff. (mins)"], rows)
-    print_notes(results, [
+
+
+def print_i(report: Report) -> None:
+    cal = report.i_calibration
+    print(f"\n(i) skewed durations: {SKEWED_TASKS:,} pure-Python tasks, one in "
+          f"{SKEWED_LONG_EVERY} of {fmt_time(SKEWED_LONG_SECONDS)} "
+          f"(burn({cal.get('long_iterations', 0):.0f})), the others of "
+          f"{fmt_time(SKEWED_SHORT_SECONDS)} (burn({cal.get('short_iterations', 0):.0f})), "
+          f"{WORKERS} workers, each library's default chunking")
+    for layout, results in (("sorted: the long tasks last", report.i_sorted),
+                            ("shuffled", report.i_shuffled)):
+        print(f"  {layout}")
+        print_efficiency_table(results)
+    print_notes(report.i_sorted, [
         "efficiency = serial median / (workers x parallel median), the target's measure "
-        "(>= 95%); eff. (mins) uses the fastest runs instead, for reference.",
-        "the serial loop, multiprocessing.Pool and bingfa were timed interleaved "
-        "(their runs alternate, in rotating order); each ran once untimed first.",
+        f"(>= {TARGET_SKEWED_EFFICIENCY:.0%}); eff. (mins) uses the fastest runs instead.",
+        "the serial loop and every pool were timed interleaved (their runs alternate, in "
+        "rotating order); each ran once untimed first. Chunks cut in advance by the size "
+        "of the input put the long tasks of the sorted layout in the last chunks.",
     ])
 
 
@@ -1761,7 +1847,8 @@ def print_h(report: Report) -> None:
 def print_busy_compare(idle: Report, busy: Report, n: int) -> None:
     print(f"\nIdle against beside {n} busy loop(s): medians, slowdown = busy / idle")
     rows = []
-    for attr in ("a", "b", "c", "d", "f", "f_big", "g", "h", "h_build"):
+    for attr in ("a", "b", "c", "d", "f", "f_big", "g", "h", "h_build", "i_sorted",
+                 "i_shuffled"):
         busy_by_name = {r.name: r for r in getattr(busy, attr)}
         for r in getattr(idle, attr):
             other = busy_by_name.get(r.name)
@@ -1847,6 +1934,16 @@ def evaluate_targets(report: Report, only: set[str]) -> None:
                 e >= TARGET_EFFICIENCY)
         else:
             add("b", text, "n/a", None)
+    if "i" in only:
+        for layout, results in (("sorted", report.i_sorted), ("shuffled", report.i_shuffled)):
+            text = (f"bingfa parallel efficiency, skewed durations ({layout}) "
+                    f">= {TARGET_SKEWED_EFFICIENCY:.0%}")
+            ours = _find(results, "bingfa")
+            e = _efficiency(results, ours) if ours else None
+            if e is not None:
+                add("i", text, f"{e * 100:.1f}%", e >= TARGET_SKEWED_EFFICIENCY)
+            else:
+                add("i", text, "n/a", None)
     if "c" in only:
         busy = report.settings.get("busy", 0)
         limit = TARGET_ROUND_TRIP_BUSY_VS_MP if busy else TARGET_ROUND_TRIP_VS_MP
@@ -2028,7 +2125,7 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-WORKLOADS = "abcdefgh"
+WORKLOADS = "abcdefghi"
 
 
 def _workloads(text: str) -> set[str]:
@@ -2078,7 +2175,7 @@ def apply_quick() -> None:
     """Shrink every workload for a development run (--quick)."""
     global MAP_ITEMS, SLOW_WARMUP_ITEMS, CPU_ITEMS, ROUND_TRIPS, ROUND_TRIP_WARMUP
     global LAZY_ITEMS, LAZY_WARMUP_ITEMS, SLOW_CONSUMER_SECONDS, ARRAYS, BIG_ARRAY_MIB
-    global COLD_RUNS, SLEEP_TASKS
+    global COLD_RUNS, SLEEP_TASKS, SKEWED_TASKS
     MAP_ITEMS, SLOW_WARMUP_ITEMS = 20_000, 500
     CPU_ITEMS = 200
     ROUND_TRIPS, ROUND_TRIP_WARMUP = 300, 20
@@ -2087,6 +2184,7 @@ def apply_quick() -> None:
     ARRAYS, BIG_ARRAY_MIB = 8, 32
     COLD_RUNS = 3
     SLEEP_TASKS = 2_000
+    SKEWED_TASKS = 200
 
 
 def available_impls() -> tuple[dict[str, Impl], list[str]]:
@@ -2158,6 +2256,11 @@ def run_pass(args: argparse.Namespace, impls: dict[str, Impl], report: Report) -
         run_h(args.repeats, report)
         print_h(report)
         sys.stdout.flush()
+    if "i" in args.only:
+        log(f"\n(i) skewed durations, {SKEWED_TASKS:,} tasks ...")
+        run_i(impls, args.repeats, report)
+        print_i(report)
+        sys.stdout.flush()
     evaluate_targets(report, args.only)
     print_summary(report)
     print_processes(report)
@@ -2180,6 +2283,7 @@ def main(argv: list[str] | None = None) -> int:
         "slow_consumer_seconds": SLOW_CONSUMER_SECONDS, "arrays": ARRAYS,
         "array_mib": ARRAY_MIB, "big_array_mib": BIG_ARRAY_MIB, "cold_runs": COLD_RUNS,
         "sleep_tasks": SLEEP_TASKS, "big_thread_pool": BIG_THREAD_POOL,
+        "skewed_tasks": SKEWED_TASKS,
         "mpire_keep_alive": "mpire" in impls and _mpire_keep_alive(),
     }
     print_machine(machine)
