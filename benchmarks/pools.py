@@ -1505,14 +1505,44 @@ def skewed_items(short: int, long: int) -> tuple[list[int], list[int]]:
     return sorted(sizes), shuffled
 
 
+def burn_all(sizes: list[int]) -> list[int]:
+    """One task of the ideal split: a whole share of the map."""
+    return [burn(n) for n in sizes]
+
+
+def ideal_split_map(pool: Any, fn: Callable[[int], int], items: list[int]) -> list[int]:
+    """The least any pool could do: one task per worker, each holding an equal share of
+    the work (the burn() sizes are the costs, known in advance: longest first, each to
+    the share with the least so far), on a warm multiprocessing.Pool."""
+    assert fn is burn
+    shares: list[list[int]] = [[] for _ in range(WORKERS)]
+    loads = [0] * WORKERS
+    for index in sorted(range(len(items)), key=items.__getitem__, reverse=True):
+        lightest = loads.index(min(loads))
+        shares[lightest].append(index)
+        loads[lightest] += items[index]
+    out = [0] * len(items)
+    done = pool.map(burn_all, [[items[i] for i in share] for share in shares], chunksize=1)
+    for share, values in zip(shares, done, strict=True):
+        for index, value in zip(share, values, strict=True):
+            out[index] = value
+    return out
+
+
+IDEAL_SPLIT = Impl("ideal", _open_mp, lambda p: _method_of(p._ctx),
+                   "ideal split: 2 equal shares, one task each (multiprocessing)",
+                   ideal_split_map, "-", None)
+
+
 def _skewed_group(impls: dict[str, Impl]) -> list[Impl]:
-    """The serial loop and every pool that maps, those that fork their workers first (so
-    that these do not inherit the pipes of pools opened before them), bingfa last."""
+    """The serial loop, the ideal split and every pool that maps, those that fork their
+    workers first (so that these do not inherit the pipes of pools opened before
+    them), bingfa last."""
     first = ("multiprocessing", "mpire")
     order = [k for k in first if k in impls]
     order += [k for k in impls if k not in first and k != "bingfa" and impls[k].map]
     order += ["bingfa"] if "bingfa" in impls else []
-    return [SERIAL, *(impls[k] for k in order)]
+    return [SERIAL, IDEAL_SPLIT, *(impls[k] for k in order)]
 
 
 def run_i(impls: dict[str, Impl], repeats: int, report: Report) -> None:
@@ -1699,6 +1729,9 @@ def print_i(report: Report) -> None:
         "the serial loop and every pool were timed interleaved (their runs alternate, in "
         "rotating order); each ran once untimed first. Chunks cut in advance by the size "
         "of the input put the long tasks of the sorted layout in the last chunks.",
+        "the ideal split knows every task's cost in advance and gives each worker one "
+        "task holding half the work: no scheduling at all, so its efficiency is what "
+        "this machine's two CPUs allow (two busy processes run slower than one).",
     ])
 
 
@@ -1939,9 +1972,14 @@ def evaluate_targets(report: Report, only: set[str]) -> None:
             text = (f"bingfa parallel efficiency, skewed durations ({layout}) "
                     f">= {TARGET_SKEWED_EFFICIENCY:.0%}")
             ours = _find(results, "bingfa")
+            ideal = _find(results, "ideal split")
             e = _efficiency(results, ours) if ours else None
-            if e is not None:
-                add("i", text, f"{e * 100:.1f}%", e >= TARGET_SKEWED_EFFICIENCY)
+            if e is not None and ours is not None:
+                ceiling = _efficiency(results, ideal) if ideal else None
+                beside = (f" (the ideal split {ceiling * 100:.1f}%: bingfa "
+                          f"{ideal.median / ours.median * 100:.1f}% of it)"
+                          if ceiling is not None and ideal is not None else "")
+                add("i", text, f"{e * 100:.1f}%{beside}", e >= TARGET_SKEWED_EFFICIENCY)
             else:
                 add("i", text, "n/a", None)
     if "c" in only:

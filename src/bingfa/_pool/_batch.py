@@ -9,7 +9,8 @@ call's arguments depends on the call style:
 
 The untracked loop runs at C speed (``list.extend`` over ``map``) and only
 notices exceptions; the tracked loop calls ``mark(i)`` before task ``i`` so the
-pool can tell which task a crashed or stuck worker was running.
+pool can tell which task a crashed or stuck worker was running, and a mark that
+returns True stops the batch there (the pool takes back the tasks not started).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def run_batch(
     fn: Callable[..., Any],
     items: Sequence[Any],
     call: int,
-    mark: Callable[[int], None] | None = None,
+    mark: Callable[[int], bool | None] | None = None,
     context: Context | None = None,
 ) -> tuple[list[Any], Errors | None]:
     """Apply ``fn`` to every item; return the values and the failures.
@@ -84,6 +85,8 @@ def run_batch(
     ``concurrent.futures`` does, and the worker carries on. Each error's
     traceback starts at the task's function, not in this loop. With a
     ``context`` (the submitter's contextvars), each task runs in a copy of it.
+    When ``mark(i)`` returns True, task ``i`` and those after it do not run:
+    ``values`` then holds one entry per task before it.
     """
     if mark is None and len(items) == 1:
         # One task (a submit, most often): no map object, no loop.
@@ -113,7 +116,8 @@ def run_batch(
                 values.append(None)
     append = values.append
     for i, item in enumerate(items):
-        mark(i)
+        if mark(i):
+            break
         try:
             append(call_one(fn, item, call))
         except BaseException as exc:

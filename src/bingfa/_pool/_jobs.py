@@ -100,6 +100,13 @@ class Batch:
         """A short text naming a task, for errors."""
         return self.job.describe_task(self.indices[local_index], self.items[local_index])
 
+    def split_off(self, keep: int) -> Batch:
+        """Keep the first ``keep`` tasks; the others, as a batch of their own."""
+        rest = Batch(self.job, self.items[keep:], self.indices[keep:], self.attempts)
+        rest.track = self.track
+        self.items, self.indices = self.items[:keep], self.indices[:keep]
+        return rest
+
 
 class Job:
     """Base of the two kinds of job. Engines see only this interface."""
@@ -178,6 +185,21 @@ class Job:
                     self._requeued().append(Batch.single(self, item, index, batch.attempts))
             else:
                 self._requeued().append(Batch(self, items, indices, batch.attempts))
+            self.scheduler.activate(self)
+        self._woken()
+
+    def give_back(self, unstarted: Batch, parts: int) -> None:
+        """Tasks a worker gave back unstarted, for idle workers: ahead of the rest, in
+        ``parts`` batches (so that each idle worker gets a share), without charging
+        a retry."""
+        items, indices = unstarted.items, unstarted.indices
+        size = max(1, -(-len(items) // parts))
+        shares = [Batch(self, items[start:start + size], indices[start:start + size],
+                        unstarted.attempts) for start in range(0, len(items), size)]
+        for share in shares:
+            share.track = unstarted.track
+        with self.scheduler.lock:
+            self._requeued().extendleft(reversed(shares))  # in order, before the others
             self.scheduler.activate(self)
         self._woken()
 

@@ -68,7 +68,7 @@ from ..._core._serialization import (
 )
 from ..._core._shm import unlink_left_by
 from .._batch import CALL_KW, CALL_STAR
-from .._jobs import Batch, Job, OneJob
+from .._jobs import Batch, Job, ManyJob, OneJob
 from .._scheduler import Scheduler
 from ._base import Engine, EngineConfig, inherited_error, initializer_error
 from ._launcher import START_METHODS, WorkerProcess, launch
@@ -91,6 +91,7 @@ from ._wire import (
     SLOT_INDEX,
     SLOT_SEQ,
     SLOT_STARTED,
+    SLOT_STOP,
     WRITEV_MAX,
     unpack_names,
 )
@@ -98,6 +99,13 @@ from ._wire import (
 __all__ = ["ProcessEngine", "default_start_method"]
 
 PREFETCH = 2  # map chunks a worker holds: one running, one waiting in its pipe
+# A worker with nothing to do takes a share of the tasks another worker's
+# running chunk has not started, when they hold at least this much work (by the
+# map's measured time per task): handing them over costs a round trip or two.
+SHARE_AT_LEAST_SECONDS = 2e-3
+# Seconds until the manager looks again for work to share, while a worker idles
+# beside a chunk that has not started yet.
+SHARE_LOOK_AGAIN = 5e-3
 KNOWN_FUNCTIONS = 64  # functions a worker keeps unpickled
 PIPE_SIZE = 1 << 20  # ask Linux for 1 MiB pipes: fewer wake-ups for big batches
 READ_SIZE = 1 << 18
@@ -196,6 +204,9 @@ class ProcessEngine(Engine):
         self._pending_starts: dict[int, float] = {}
         # Tasks to stop though they run (stop_running), until they start or end.
         self._stops: list[tuple[OneJob, BaseException]] = []
+        # A worker idles beside a map chunk that had not started: look again (see
+        # _ask_to_share).
+        self._share_later = False
         self._launch_failure: BaseException | None = None
         self._handlers: dict[int, tuple[int, _Proc | None]] = {}
         self._scratch = memoryview(bytearray(READ_SIZE))  # manager's read buffer
@@ -242,10 +253,13 @@ class ProcessEngine(Engine):
         """Hand queued work to workers with room, from the calling thread."""
         with self._lock:
             posts = self._dispatch()
-            draining = self._draining
+            # The manager decides when a draining pool is done; and when a
+            # worker idles beside a chunk not started yet, the manager (asleep
+            # with no deadline, maybe) must look again soon (see _ask_to_share).
+            manager_wanted = self._draining or self._share_later
         _run_posts(posts)
-        if draining:
-            self._poke()  # the manager decides when a draining pool is done
+        if manager_wanted:
+            self._poke()
 
     def shutdown(self, wait: bool) -> None:
         with self._lock:
@@ -534,10 +548,51 @@ class ProcessEngine(Engine):
             # running() while it is not.
             batch = self.scheduler.take(limit, self.workers, single_ok=not target.inflight)
             if batch is None:
+                if not target.inflight:
+                    self._ask_to_share()
+                else:
+                    self._share_later = False
                 return posts
             self._send(target, batch, posts)
             if cap is not None and target.tasks_sent >= cap:
                 target.retiring = True
+
+    def _ask_to_share(self) -> None:
+        """A worker has nothing to do and nothing waits: ask the worker whose running
+        chunk has the most work not started yet to stop before its next task (lock
+        held). It sends back what it ran; the rest comes back to the pool as
+        shares for the idle workers (see _deliver), so a map whose last chunk
+        holds its long tasks (an input sorted by size) does not end on one worker.
+
+        Only map chunks, and only tracked ones: their worker marks each task as
+        it starts, and looks at the request then. A chunk that has not started
+        yet is looked at again soon (``_share_later``).
+        """
+        best: _Proc | None = None
+        most = SHARE_AT_LEAST_SECONDS
+        later = False
+        for p in self._slots:
+            if p is None or p.gone or not p.inflight or p.progress is None:
+                continue
+            head = p.inflight[0]
+            tracked = head.track or self.config.task_timeout is not None
+            if not isinstance(head.job, ManyJob) or not tracked:
+                continue
+            progress = p.progress
+            if progress[SLOT_STOP] == head.seq:
+                continue  # asked already
+            index = progress[SLOT_INDEX]
+            if progress[SLOT_SEQ] != head.seq or index < 0:
+                later = True  # still reading it, or about to start its first task
+                continue
+            per_task = head.job.per_task
+            work = (len(head.items) - index - 1) * (1.0 if per_task is None else per_task)
+            if work >= most:
+                best, most = p, work
+        if best is not None:
+            assert best.progress is not None
+            best.progress[SLOT_STOP] = best.inflight[0].seq
+        self._share_later = later and best is None
 
     def _send(self, p: _Proc, batch: Batch, posts: list[_Post]) -> None:
         """Pickle a batch and write it to a worker (lock held)."""
@@ -735,7 +790,7 @@ class ProcessEngine(Engine):
 
     def _poll_timeout(self) -> float:
         if (self.config.task_timeout is None and not self._dying and not self._stragglers
-                and not self._pending_starts and not self._stops):
+                and not self._pending_starts and not self._stops and not self._share_later):
             return -1
         with self._lock:
             now = time.monotonic()
@@ -744,8 +799,10 @@ class ProcessEngine(Engine):
             times = [p.kill_at for p in self._dying if p.kill_at is not None]
             times += [when for when, _ in self._stragglers]
             times += self._pending_starts.values()
+            if self._share_later:  # an idle worker, a chunk that had not started: again
+                times.append(now + SHARE_LOOK_AGAIN)
             if times:
-                soonest = min(times)
+                soonest = min(times) if soonest is None else min(soonest, *times)
             timeout = self.config.task_timeout
             if timeout is not None:
                 for slot in self._slots:
@@ -1019,7 +1076,7 @@ class ProcessEngine(Engine):
             body = memoryview(payload)[offset:]
             batch.job.note_bytes(len(batch.items), body.nbytes + shared_bytes(body),
                                  results=True)
-            posts.append(_delivery(batch, body, elapsed))
+            posts.append(_delivery(batch, body, elapsed, self.workers))
             self._retire_if_spent(p)
         elif kind == KIND_LOAD_FAILED:
             _, seq, fn_failed = LOAD_FAILED.unpack_from(payload)
@@ -1156,12 +1213,17 @@ def _requeue_all(batch: Batch) -> _Post:
     return lambda: batch.job.requeue(batch, range(len(batch.items)), one_by_one=False)
 
 
-def _delivery(batch: Batch, body: memoryview, elapsed: float) -> _Post:
-    return lambda: _deliver(batch, body, elapsed)
+def _delivery(batch: Batch, body: memoryview, elapsed: float, workers: int) -> _Post:
+    return lambda: _deliver(batch, body, elapsed, workers)
 
 
-def _deliver(batch: Batch, body: memoryview, elapsed: float) -> None:
-    """Decode a finished batch and hand it to its job (manager, unlocked)."""
+def _deliver(batch: Batch, body: memoryview, elapsed: float, workers: int) -> None:
+    """Decode a finished batch and hand it to its job (manager, unlocked).
+
+    A batch its worker stopped early, when asked to share (see
+    ProcessEngine._ask_to_share), has fewer values than tasks: the tasks it did
+    not start go back to the job first, cut in shares for the workers.
+    """
     job: Job = batch.job
     try:
         values, raw_errors = loads_body(body)
@@ -1176,6 +1238,8 @@ def _deliver(batch: Batch, body: memoryview, elapsed: float) -> None:
                                exc)
         _fail_batch(batch, err)()
         return
+    if len(values) < len(batch.items):
+        job.give_back(batch.split_off(len(values)), workers)
     errors = [(i, rebuild(payload)) for i, payload in raw_errors] if raw_errors else None
     job.deliver(batch, values, errors, elapsed)
 

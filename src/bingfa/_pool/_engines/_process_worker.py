@@ -46,6 +46,7 @@ from ._wire import (
     SLOT_INDEX,
     SLOT_SEQ,
     SLOT_STARTED,
+    SLOT_STOP,
     WRITEV_MAX,
     pack_names,
 )
@@ -304,9 +305,15 @@ def _serve(boot: WorkerBoot | None, task_fd: int, result_fd: int, progress_fd: i
     monotonic_ns = time.monotonic_ns
     perf_counter = time.perf_counter
 
-    def mark(i: int) -> None:
+    def mark(i: int) -> bool:
+        # Asked to stop this batch (another worker has nothing to do): the
+        # tasks from i on go back to the pool. The first task always runs, so
+        # a batch cannot go round without one of its tasks getting done.
+        if i and progress[SLOT_STOP] == progress[SLOT_SEQ]:
+            return True
         progress[SLOT_STARTED] = monotonic_ns()
         progress[SLOT_INDEX] = i
+        return False
 
     while True:
         head = reader.read(FRAME.size)

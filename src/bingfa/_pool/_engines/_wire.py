@@ -59,6 +59,9 @@ KIND_LOAD_FAILED = 2
 SLOT_SEQ = 0  # seq of the batch being run
 SLOT_INDEX = 1  # task index in that batch (-1: untracked, LOADING: not started yet)
 SLOT_STARTED = 2  # time.monotonic_ns() when that task started
+# Written by the pool: the seq of a batch to stop before its next task, so
+# that the tasks it has not started go to a worker with nothing to do.
+SLOT_STOP = 3
 SLOT_BYTES = 64
 # SLOT_INDEX while the worker reads and unpickles a batch: the batch is the
 # worker's (a crash now is blamed on it), but no task has started, so no
