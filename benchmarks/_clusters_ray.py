@@ -12,7 +12,11 @@ median is printed with its ratio to the reference:
     CPU share the benchmark takes): ``f.remote`` per task + ``ray.get``
     (reference), bingfa ``Pool(mode="ray").map``, ``ray.util.multiprocessing.Pool.map``;
   * 20,000 trivial tasks: ``f.remote`` per task + ``ray.get`` (reference),
-    bingfa's auto batching, ``ray.util.multiprocessing.Pool.map``.
+    bingfa's auto batching, ``ray.util.multiprocessing.Pool.map``;
+  * skewed durations: 400 sleeps, one in ten of 100 ms among 10 ms ones, sorted
+    (the long ones last, as inputs sorted by size come) and shuffled, against
+    Ray's Pool (reference), whose chunks are dealt out round-robin before they
+    run (ray#29453); the floor (the work over the CPUs) is printed beside them.
 
 ``--busy N`` runs N busy loops (``while True: pass``) beside the section,
 ended by their process ids afterwards.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -41,6 +46,28 @@ def ten_ms(x: int) -> int:
 
 def trivial(x: int) -> int:
     return x + 1
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+SKEWED_TASKS = 400
+
+
+def skewed_inputs(n: int = SKEWED_TASKS) -> dict[str, list[float]]:
+    """``n`` sleeps, one in ten of 100 ms among 10 ms ones: sorted (long ones last) and shuffled."""
+    durations = sorted(0.1 if i % 10 == 9 else 0.01 for i in range(n))
+    shuffled = list(durations)
+    random.Random(15).shuffle(shuffled)
+    return {"sorted": durations, "shuffled": shuffled}
+
+
+def print_floor(durations: list[float], slots: int) -> None:
+    """The least any scheduler could take: the work spread evenly over ``slots``."""
+    print(f"  {'the floor (work / ' + str(slots) + ' slots)':<44} "
+          f"{sum(durations) / slots:8.3f} s", flush=True)
 
 
 def _medians(contenders: dict[str, Callable[[], object]], repeat: int,
@@ -90,6 +117,7 @@ def ray_section(args: argparse.Namespace) -> None:
              _temp_dir=temp_dir)
     remote_ten_ms = ray.remote(max_retries=0)(ten_ms)
     remote_trivial = ray.remote(max_retries=0)(trivial)
+    remote_nap = ray.remote(max_retries=0)(nap)
     try:
         with bf.Pool(mode="ray") as pool, RayPool(cpus) as ray_pool, busy_loops(busy):
             print(f"ray {ray.__version__}: local, {cpus} CPUs, bingfa workers={pool.workers}, "
@@ -124,6 +152,20 @@ def ray_section(args: argparse.Namespace) -> None:
             _print_table(f"{m:,} trivial tasks", _medians(
                 _maybe_per_task(contenders, per_task), repeat, lambda r: r == expected),
                 _reference(per_task))
+
+            for order, durations in skewed_inputs().items():
+                contenders = {
+                    "ray.util.multiprocessing.Pool.map": lambda d=durations: ray_pool.map(nap, d),
+                    "bingfa Pool(mode='ray').map": lambda d=durations: pool.map(nap, d),
+                    "f.remote per task + ray.get": lambda d=durations: ray.get(
+                        [remote_nap.remote(x) for x in d]),
+                }
+                _print_table(
+                    f"{len(durations)} skewed sleeps (1 in 10 of 100 ms), {order}",
+                    _medians(_maybe_per_task(contenders, per_task), repeat,
+                             lambda r, d=durations: r == d),
+                    "ray.util.multiprocessing.Pool.map")
+                print_floor(durations, cpus)
     finally:
         ray.shutdown()
         import shutil

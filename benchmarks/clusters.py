@@ -13,7 +13,10 @@ Dask one.
 Workloads (from the issue):
   * 2,000 tasks of 10 ms (the task sleeps, so the figure measures the
     dispatch, not the CPU share the benchmark itself takes);
-  * 20,000 trivial tasks: auto batching against one cluster task per item.
+  * 20,000 trivial tasks: auto batching against one cluster task per item;
+  * skewed durations: 400 sleeps, one in ten of 100 ms among 10 ms ones,
+    sorted (the long ones last) and shuffled, with the floor (the work over
+    the cluster's slots) beside them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from _clusters_ray import ray_section
+from _clusters_ray import nap, print_floor, ray_section, skewed_inputs
 
 import bingfa as bf
 
@@ -96,6 +99,17 @@ def dask_section(args: argparse.Namespace) -> None:
                 tiny, npartitions=4 * args.dask_workers * args.dask_threads).map(
                     trivial).compute(),
         }, args.repeat, lambda r: r == expected), "client.submit per task + client.gather")
+
+        slots = args.dask_workers * args.dask_threads
+        for order, durations in skewed_inputs().items():
+            _table(f"{len(durations)} skewed sleeps (1 in 10 of 100 ms), {order}", _median_times({
+                "client.map + client.gather": lambda d=durations: client.gather(
+                    client.map(nap, d, pure=False)),
+                "bingfa Pool(mode='dask').map": lambda d=durations: pool.map(nap, d),
+                "dask.bag.map(...).compute()": lambda d=durations: db.from_sequence(
+                    d, npartitions=4 * slots).map(nap).compute(),
+            }, args.repeat, lambda r, d=durations: r == d), "client.map + client.gather")
+            print_floor(durations, slots)
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {"dask": dask_section,

@@ -2313,8 +2313,45 @@ def run_pass(args: argparse.Namespace, impls: dict[str, Impl], report: Report) -
     print_processes(report)
 
 
+SIGTERM_GRACE_SECONDS = 5.0
+
+
+def _unwind_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, ``kill``) unwind the benchmark like Ctrl-C does.
+
+    By default SIGTERM ends the process where it stands: the peers' pools open
+    in it are never closed, and a peer whose workers do not watch their parent
+    (mpire's did) leaves them running and spinning. Raised as SystemExit, it
+    runs every ``with`` block on the way out; a peer whose shutdown waits for
+    its queued work (ProcessPoolExecutor with chunksize 1) gets
+    SIGTERM_GRACE_SECONDS, then every process the benchmark started is
+    killed and it exits. A forked child (a peer's worker) inherits the
+    handler: there SIGTERM keeps its default meaning.
+    """
+    benchmark = os.getpid()
+
+    def kill_everything_started() -> None:
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        os._exit(128 + signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if os.getpid() != benchmark:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        deadline = threading.Timer(SIGTERM_GRACE_SECONDS, kill_everything_started)
+        deadline.daemon = True
+        deadline.start()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
 def main(argv: list[str] | None = None) -> int:
     global RUN_TIMEOUT
+    _unwind_on_sigterm()
     args = parse_args(argv)
     if args.quick:
         apply_quick()

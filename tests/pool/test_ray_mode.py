@@ -8,6 +8,7 @@ cluster that loses a node, are started and stopped inside their tests.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -276,6 +277,32 @@ def test_a_long_map_is_cut_over_the_clusters_cpus_and_shrinks_to_its_end(head, l
     assert launched[0] >= 150, launched
     assert len(launched) <= 14, launched
     assert launched[-1] <= 20, launched
+
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_map_whose_tasks_vary_is_cut_over_twice_the_cpus(head, launched):
+    # One task in five takes 40 ms among 2 ms ones, shuffled: a chunk of half
+    # the map (what one cut per CPU gives) would stray by about 0.15 s.
+    uneven = [0.04 if i % 5 == 0 else 0.002 for i in range(200)]
+    random.Random(7).shuffle(uneven)
+    steady = [sum(uneven) / len(uneven)] * len(uneven)  # the same work, evenly
+    with bf.Pool(mode="ray", address=head.address) as pool:
+        assert pool.map(nap, steady) == steady  # the task's time (and steadiness), learnt
+        launched.clear()
+        assert pool.map(nap, steady) == steady
+        steady_first = launched[0]
+        launched.clear()
+        assert pool.map(nap, uneven) == uneven  # how much these tasks vary, learnt
+        launched.clear()
+        assert pool.map(nap, uneven) == uneven
+        uneven_first = launched[0]
+    assert steady_first >= 90, steady_first  # 200 tasks over 2 CPUs: 100
+    assert uneven_first <= 60, uneven_first  # over twice the CPUs: 50
+    assert sum(launched) == 200
 
 
 # Ray's test cluster (ray.cluster_utils) runs its head in the process that makes

@@ -29,6 +29,7 @@ from .._core._errors import PoolClosedError, TaskTimeoutError, WorkerCrashedErro
 from .._core._futures import Future
 from .._core._serialization import describe
 from ._describe import describe_call, name_of
+from ._spread import TaskSpread, likely_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -409,6 +410,8 @@ class ManyJob(Job):
         # A function mapped before starts from what it took, and carried, then.
         self.per_task = scheduler.timings.of(fn)
         self.argument_bytes, self.result_bytes = scheduler.timings.bytes_of(fn)
+        # How much its tasks' times vary, where an engine times each (Ray).
+        self.spread = TaskSpread()
         # Whether the consumer wants to hear of every finished batch (imap,
         # progress), or only of the end and of errors (map).
         self.wake_each = True
@@ -485,7 +488,8 @@ class ManyJob(Job):
             remaining = self.submitted - self.dispatched
             if self.size_hint is not None:
                 remaining = self.size_hint - self.dispatched
-            share = max(1, math.ceil(remaining / (self.scheduler.cuts_per_worker * workers)))
+            cuts = self.scheduler.cuts_per_worker
+            share = max(1, math.ceil(remaining / (cuts * workers)))
             if self.per_task is None:
                 # Not measured yet: 1, 2, 4, ... tasks, so a first result comes
                 # back fast whatever a task costs.
@@ -496,14 +500,40 @@ class ManyJob(Job):
                 # min_batch_seconds), where a batch would cost more to send
                 # than to run.
                 floor = int(self.scheduler.min_batch_seconds / per_task)
-                target = self.scheduler.batch_seconds
-                size = min(max(share, floor), max(1, int(target / per_task)))
+                most = max(1, int(self.scheduler.batch_seconds / per_task))
+                size = min(max(share, floor), most)
+                if cuts == 1 and share < most and self._uneven(size, per_task):
+                    # A chunk of what is left over the workers leaves nothing
+                    # to balance it with if it runs long: cut over twice the
+                    # workers (see _spread.py). A chunk held to the most work
+                    # per batch leaves the rest of the map for that.
+                    share = max(1, math.ceil(remaining / (2 * workers)))
+                    size = min(max(share, floor), most)
             carried = self.bytes_per_task()
             if carried:
                 size = min(size, max(1, int(TARGET_BATCH_BYTES / carried)))
         if limit is not None:
             size = min(size, limit)
         return max(1, size)
+
+    def _uneven(self, size: int, per_task: float) -> bool:
+        """Whether a chunk of ``size`` tasks may stray by more than the tail's least chunk.
+
+        Judged by how much this map's tasks varied so far, or, before enough
+        of them were timed, the last map of the same function.
+        """
+        variation = self.spread.variation()
+        if variation is None:
+            variation = self.scheduler.timings.variation_of(self.fn)
+        return variation is not None and (
+            likely_error(variation, size, per_task) > self.scheduler.min_batch_seconds)
+
+    def note_task_times(self, count: int, total: float, squares: float) -> None:
+        """``count`` tasks timed one by one took ``total`` seconds, squares summed (lock held)."""
+        self.spread.add(count, total, squares)
+        variation = self.spread.variation()
+        if variation is not None:
+            self.scheduler.timings.note_variation(self.fn, variation)
 
     def take(self, limit: int | None, workers: int) -> Batch | None:
         if self.cancelled:

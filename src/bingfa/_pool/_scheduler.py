@@ -44,6 +44,7 @@ class Timings:
         self._times: WeakCallableMap[float] = WeakCallableMap(self.CAPACITY)
         self._bytes: WeakCallableMap[tuple[float | None, float | None]] = WeakCallableMap(
             self.CAPACITY)
+        self._variations: WeakCallableMap[float] = WeakCallableMap(self.CAPACITY)
 
     def note_bytes(self, fn: Callable[..., Any], argument_bytes: float | None,
                    result_bytes: float | None) -> None:
@@ -65,6 +66,14 @@ class Timings:
     def of(self, fn: Callable[..., Any]) -> float | None:
         """The measured seconds per task of ``fn``, or ``None`` if unknown."""
         return self._times.get(fn)
+
+    def note_variation(self, fn: Callable[..., Any], variation: float) -> None:
+        """Record how much the task times of ``fn`` varied (coefficient of variation)."""
+        self._variations.set(fn, variation)
+
+    def variation_of(self, fn: Callable[..., Any]) -> float | None:
+        """How much the task times of ``fn`` varied last time they were timed, if known."""
+        return self._variations.get(fn)
 
 
 class Scheduler:
@@ -95,7 +104,9 @@ class Scheduler:
         # A chunk is at most what is left over this many times the workers:
         # 2 hedges against tasks of uneven length; 1 (plain guided
         # scheduling) makes half as many chunks, for engines whose every batch
-        # costs a lot.
+        # costs a lot. Such an engine reports its tasks' times one by one
+        # (ManyJob.note_task_times), and a map whose tasks vary goes back to
+        # 2 (see _spread.py).
         self.cuts_per_worker = 2
         # Jobs whose input may still grow (an imap being consumed): an engine
         # that is draining must not stop while there are any.

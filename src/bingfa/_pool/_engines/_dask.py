@@ -236,7 +236,7 @@ def run_on_worker(blob: bytes, slot: int, keys: tuple[str, ...], *shared: Any) -
 
 def _picklable(outcome: RemoteOutcome) -> RemoteOutcome:
     """``outcome`` with each result that cannot be pickled turned into that task's error."""
-    values, packed, elapsed = outcome
+    values, packed, elapsed, squares = outcome
     errors = list(packed or [])
     kept: list[Any] = []
     for i, value in enumerate(values):
@@ -251,7 +251,7 @@ def _picklable(outcome: RemoteOutcome) -> RemoteOutcome:
             kept.append(None)
             continue
         kept.append(value)
-    return kept, errors or None, elapsed
+    return kept, errors or None, elapsed, squares
 
 
 # --- on the client -----------------------------------------------------------------------
@@ -548,7 +548,7 @@ class DaskEngine(Engine):
         if error is None:
             assert blob is not None
             try:
-                values, errors, elapsed = outcomes(cloudpickle.loads(blob))
+                values, errors, elapsed, _ = outcomes(cloudpickle.loads(blob))
             except Exception as exc:
                 error = SerializationError(
                     f"the results of {batch.describe_task(0)} could not be unpickled here: "

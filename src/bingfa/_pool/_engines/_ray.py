@@ -66,7 +66,7 @@ from ..._core._errors import (
 )
 from ..._core._remote_traceback import ErrorPayload, capture, rebuild
 from .._batch import CALL_KW, CALL_ONE, CALL_STAR
-from .._jobs import Batch, OneJob
+from .._jobs import Batch, ManyJob, OneJob
 from .._scheduler import Scheduler
 from ._base import Engine, EngineConfig, initializer_error
 from ._remote_batch import ClusterWidth, RemoteOutcome, outcomes, run_remote_batch
@@ -81,8 +81,12 @@ __all__ = ["RayEngine"]
 # scheduling: a few Ray tasks per CPU for a whole map), up to
 # MOST_WORK_PER_BATCH of work; the tail shrinks down to LEAST_WORK_PER_BATCH,
 # so the CPUs finish within about that of each other.
+# A map whose tasks vary is cut over twice the CPUs instead (see _spread.py):
+# each task of a batch is timed on the worker, where tasks take long enough
+# that reading the clock between two of them costs nothing.
 MOST_WORK_PER_BATCH = 5.0
 LEAST_WORK_PER_BATCH = 0.05
+TIME_EACH_TASK_SECONDS = 0.001
 
 
 def import_ray() -> Any:
@@ -204,13 +208,14 @@ InitFailure = tuple[None, ErrorPayload]
 
 
 def run_on_worker(fn: Callable[..., Any], items: Sequence[Any], call: int, slot: int,
-                  setup: Setup, ids: tuple[bytes, ...], *shared: Any,
+                  setup: Setup, timed: bool, ids: tuple[bytes, ...], *shared: Any,
                   ) -> RemoteOutcome | InitFailure:
     """Run a batch in a Ray worker, as slot ``slot`` of its pool.
 
-    ``shared`` are the objects of the handles (``ObjectRef``) found in the
-    items, resolved by Ray (it resolves top-level arguments only); ``ids`` are
-    their ids, in the same order, for swapping the handles for the objects.
+    ``timed``: time each task too (see :func:`run_remote_batch`). ``shared``
+    are the objects of the handles (``ObjectRef``) found in the items, resolved
+    by Ray (it resolves top-level arguments only); ``ids`` are their ids, in
+    the same order, for swapping the handles for the objects.
     """
     state = None
     if setup is not None:
@@ -229,7 +234,7 @@ def run_on_worker(fn: Callable[..., Any], items: Sequence[Any], call: int, slot:
         items = _resolved(items, call, dict(zip(ids, shared, strict=True)))
     set_thread_context(WorkerContext(slot, state))
     try:
-        return run_remote_batch(fn, items, call)
+        return run_remote_batch(fn, items, call, timed)
     finally:
         set_thread_context(None)
 
@@ -482,7 +487,9 @@ class RayEngine(Engine):
             if self._shares:
                 handles = _handle_ids(batch.items, job.call, self._ref_type)
                 ids, shared = tuple(handles), tuple(handles.values())
-            args = (job.fn, batch.items, job.call, run.slot, self._setup, ids, *shared)
+            timed = len(batch.items) > 1 and (
+                job.per_task is None or job.per_task >= TIME_EACH_TASK_SECONDS)
+            args = (job.fn, batch.items, job.call, run.slot, self._setup, timed, ids, *shared)
             if self._timeout is None:
                 run.ref = self._remote_fn.remote(*args)
             else:
@@ -605,7 +612,12 @@ class RayEngine(Engine):
                 job.abort(broken)
                 return
             if outcome is not None:
-                values, errors, elapsed = outcomes(outcome)
+                values, errors, elapsed, squares = outcomes(outcome)
+                if squares is None and len(values) == 1:
+                    squares = elapsed * elapsed  # one task: timed all the same
+                if squares is not None and isinstance(job, ManyJob):
+                    with self._lock:
+                        job.note_task_times(len(values), elapsed, squares)
                 job.deliver(batch, values, errors, elapsed)
                 return
             error = WorkerCrashedError("the Ray task ended without a result")

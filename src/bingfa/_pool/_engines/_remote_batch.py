@@ -11,6 +11,8 @@ its ``__cause__``, exactly as process mode does.
 
 from __future__ import annotations
 
+import itertools
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,25 +30,40 @@ __all__ = ["CLUSTER_BATCH_SECONDS", "ClusterWidth", "RemoteOutcome", "outcomes",
 # cuts its chunks its own way: see _ray.py.)
 CLUSTER_BATCH_SECONDS = 0.5
 
-# (values, [(index in the batch, payload)] or None, seconds the batch ran)
-RemoteOutcome = tuple[list[Any], list[tuple[int, ErrorPayload]] | None, float]
+# (values, [(index in the batch, payload)] or None, seconds the batch ran,
+#  the sum of the squares of each task's seconds if they were timed one by one)
+RemoteOutcome = tuple[list[Any], list[tuple[int, ErrorPayload]] | None, float, float | None]
 
 
-def run_remote_batch(fn: Callable[..., Any], items: Sequence[Any], call: int) -> RemoteOutcome:
-    """Run ``fn`` over ``items`` on a cluster worker; what :func:`outcomes` reads."""
+def run_remote_batch(fn: Callable[..., Any], items: Sequence[Any], call: int,
+                     timed: bool = False) -> RemoteOutcome:
+    """Run ``fn`` over ``items`` on a cluster worker; what :func:`outcomes` reads.
+
+    ``timed``: time each task too (for tasks long enough that reading the
+    clock between them costs nothing), to tell how much they vary.
+    """
+    squares = None
     started = time.perf_counter()
-    values, errors = run_batch(fn, items, call)
-    elapsed = time.perf_counter() - started
+    if timed and len(items) > 1:
+        starts: list[float] = []
+        values, errors = run_batch(fn, items, call, mark=lambda _: starts.append(
+            time.perf_counter()))
+        ended = time.perf_counter()
+        starts.append(ended)
+        squares = math.fsum((b - a) ** 2 for a, b in itertools.pairwise(starts))
+    else:
+        values, errors = run_batch(fn, items, call)
+        ended = time.perf_counter()
     packed = None if errors is None else [(i, capture(exc)) for i, exc in errors]
-    return values, packed, elapsed
+    return values, packed, ended - started, squares
 
 
 def outcomes(outcome: RemoteOutcome,
-             ) -> tuple[list[Any], list[tuple[int, BaseException]] | None, float]:
-    """A remote batch's values, its errors rebuilt (remote traceback as cause), its time."""
-    values, packed, elapsed = outcome
+             ) -> tuple[list[Any], list[tuple[int, BaseException]] | None, float, float | None]:
+    """A remote batch's values, its errors rebuilt (remote traceback as cause), its times."""
+    values, packed, elapsed, squares = outcome
     errors = None if packed is None else [(i, rebuild(payload)) for i, payload in packed]
-    return values, errors, elapsed
+    return values, errors, elapsed, squares
 
 
 class ClusterWidth:
