@@ -227,6 +227,13 @@ class Job:
         sample = elapsed / n
         self.per_task = sample if self.per_task is None else 0.7 * self.per_task + 0.3 * sample
 
+    def note_task_times(self, count: int, total: float, squares: float) -> None:
+        """``count`` tasks timed one by one took ``total`` seconds, squares summed (lock held).
+
+        Engines that time each task (Ray) report every batch; only a map cuts
+        its chunks by how much its tasks vary (ManyJob).
+        """
+
     def note_bytes(self, tasks: int, nbytes: int, results: bool) -> None:
         """A batch of ``tasks`` carried ``nbytes`` of arguments (or results) (lock held).
 
@@ -529,7 +536,6 @@ class ManyJob(Job):
             likely_error(variation, size, per_task) > self.scheduler.min_batch_seconds)
 
     def note_task_times(self, count: int, total: float, squares: float) -> None:
-        """``count`` tasks timed one by one took ``total`` seconds, squares summed (lock held)."""
         self.spread.add(count, total, squares)
         variation = self.spread.variation()
         if variation is not None:

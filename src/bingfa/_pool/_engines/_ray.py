@@ -66,7 +66,7 @@ from ..._core._errors import (
 )
 from ..._core._remote_traceback import ErrorPayload, capture, rebuild
 from .._batch import CALL_KW, CALL_ONE, CALL_STAR
-from .._jobs import Batch, ManyJob, OneJob
+from .._jobs import Batch, OneJob
 from .._scheduler import Scheduler
 from ._base import Engine, EngineConfig, initializer_error
 from ._remote_batch import ClusterWidth, RemoteOutcome, outcomes, run_remote_batch
@@ -615,7 +615,7 @@ class RayEngine(Engine):
                 values, errors, elapsed, squares = outcomes(outcome)
                 if squares is None and len(values) == 1:
                     squares = elapsed * elapsed  # one task: timed all the same
-                if squares is not None and isinstance(job, ManyJob):
+                if squares is not None:
                     with self._lock:
                         job.note_task_times(len(values), elapsed, squares)
                 job.deliver(batch, values, errors, elapsed)
