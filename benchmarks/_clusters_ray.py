@@ -6,11 +6,12 @@
 One local Ray (``ray.init``, usage statistics off, no dashboard) serves every
 contender; a bingfa pool made while Ray is initialised uses that Ray. The
 contenders run interleaved (A, B, C, then A, B, C again...) and each one's
-median is printed with its ratio to the reference:
+median is printed with its ratio to the reference (and its fastest and slowest run):
 
   * 2,000 tasks of 10 ms (they sleep: the figure measures dispatch, not the
     CPU share the benchmark takes): ``f.remote`` per task + ``ray.get``
-    (reference), bingfa ``Pool(mode="ray").map``, ``ray.util.multiprocessing.Pool.map``;
+    (reference), the floor (one Ray task per CPU running a plain loop over its
+    share), bingfa ``Pool(mode="ray").map``, ``ray.util.multiprocessing.Pool.map``;
   * 20,000 trivial tasks: ``f.remote`` per task + ``ray.get`` (reference),
     bingfa's auto batching, ``ray.util.multiprocessing.Pool.map``;
   * skewed durations: 400 sleeps, one in ten of 100 ms among 10 ms ones, sorted
@@ -48,6 +49,11 @@ def trivial(x: int) -> int:
     return x + 1
 
 
+def ten_ms_each(xs: list[int]) -> list[int]:
+    """A plain loop over a chunk: the floor's Ray task."""
+    return [ten_ms(x) for x in xs]
+
+
 def nap(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
@@ -70,8 +76,9 @@ def print_floor(durations: list[float], slots: int) -> None:
           f"{sum(durations) / slots:8.3f} s", flush=True)
 
 
-def _medians(contenders: dict[str, Callable[[], object]], repeat: int,
-             check: Callable[[object], bool]) -> dict[str, float]:
+def _times(contenders: dict[str, Callable[[], object]], repeat: int,
+           check: Callable[[object], bool]) -> dict[str, list[float]]:
+    """Each contender's running times, the contenders interleaved."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeat):
         for name, run in contenders.items():  # interleaved
@@ -79,15 +86,17 @@ def _medians(contenders: dict[str, Callable[[], object]], repeat: int,
             result = run()
             times[name].append(time.perf_counter() - started)
             assert check(result), name
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
 
 
-def _print_table(title: str, medians: dict[str, float], reference: str) -> None:
+def _print_table(title: str, times: dict[str, list[float]], reference: str) -> None:
+    """Medians, their ratio to ``reference``'s, and the fastest and slowest run."""
     print(f"\n{title}")
-    base = medians[reference]
-    for name, seconds in medians.items():
-        print(f"  {name:<44} {seconds:8.3f} s   {seconds / base:6.3f}x of {reference}",
-              flush=True)
+    base = statistics.median(times[reference])
+    for name, runs in times.items():
+        seconds = statistics.median(runs)
+        print(f"  {name:<44} {seconds:8.3f} s   {seconds / base:6.3f}x of {reference}"
+              f"   ({min(runs):.3f} to {max(runs):.3f})", flush=True)
 
 
 @contextlib.contextmanager
@@ -118,6 +127,7 @@ def ray_section(args: argparse.Namespace) -> None:
     remote_ten_ms = ray.remote(max_retries=0)(ten_ms)
     remote_trivial = ray.remote(max_retries=0)(trivial)
     remote_nap = ray.remote(max_retries=0)(nap)
+    remote_chunk = ray.remote(max_retries=0)(ten_ms_each)
     try:
         with bf.Pool(mode="ray") as pool, RayPool(cpus) as ray_pool, busy_loops(busy):
             print(f"ray {ray.__version__}: local, {cpus} CPUs, bingfa workers={pool.workers}, "
@@ -127,16 +137,22 @@ def ray_section(args: argparse.Namespace) -> None:
             ray.get([remote_trivial.remote(x) for x in range(100)])
             ray_pool.map(trivial, range(100))
             ray.get([remote_ten_ms.remote(x) for x in range(20)])
+            ray.get(remote_chunk.remote([0]))
 
             n = 2_000
             slow = list(range(n))
+            per_cpu = -(-n // cpus)
             contenders = {
                 "f.remote per task + ray.get": lambda: ray.get(
                     [remote_ten_ms.remote(x) for x in slow]),
+                # the least any implementation does here: no task boundary
+                "the floor: one plain Ray task per CPU": lambda: [
+                    y for chunk in ray.get([remote_chunk.remote(slow[i:i + per_cpu])
+                                            for i in range(0, n, per_cpu)]) for y in chunk],
                 "bingfa Pool(mode='ray').map": lambda: pool.map(ten_ms, slow),
                 "ray.util.multiprocessing.Pool.map": lambda: ray_pool.map(ten_ms, slow),
             }
-            _print_table(f"{n:,} tasks of 10 ms", _medians(
+            _print_table(f"{n:,} tasks of 10 ms", _times(
                 _maybe_per_task(contenders, per_task), repeat, lambda r: r == slow),
                 _reference(per_task))
 
@@ -149,7 +165,7 @@ def ray_section(args: argparse.Namespace) -> None:
                 "bingfa Pool(mode='ray').map": lambda: pool.map(trivial, tiny),
                 "ray.util.multiprocessing.Pool.map": lambda: ray_pool.map(trivial, tiny),
             }
-            _print_table(f"{m:,} trivial tasks", _medians(
+            _print_table(f"{m:,} trivial tasks", _times(
                 _maybe_per_task(contenders, per_task), repeat, lambda r: r == expected),
                 _reference(per_task))
 
@@ -162,7 +178,7 @@ def ray_section(args: argparse.Namespace) -> None:
                 }
                 _print_table(
                     f"{len(durations)} skewed sleeps (1 in 10 of 100 ms), {order}",
-                    _medians(_maybe_per_task(contenders, per_task), repeat,
+                    _times(_maybe_per_task(contenders, per_task), repeat,
                              lambda r, d=durations: r == d),
                     "ray.util.multiprocessing.Pool.map")
                 print_floor(durations, cpus)

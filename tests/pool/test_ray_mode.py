@@ -266,31 +266,50 @@ def five_ms(x):
     return x
 
 
+def timed_steady(pool, fn, tasks: int, cpus: int = 2) -> bool:
+    """Whether ``fn``'s tasks were timed steady enough for a map of ``tasks`` to be
+    cut evenly: a CPU's share strays by less than the least chunk (see _spread.py)."""
+    timings = pool._scheduler.timings
+    variation, per_task = timings.variation_of(fn), timings.of(fn)
+    return variation is not None and likely_error(
+        variation, tasks // cpus, per_task) <= LEAST_WORK_PER_BATCH
+
+
 def first_cut_over_the_cpus(pool, fn, tasks: int, cpus: int = 2) -> int:
     """What a map of ``tasks`` of ``fn`` starts with: what is left over the CPUs, or
     over twice them if the tasks timed so far varied enough (see _spread.py)."""
     timings = pool._scheduler.timings
-    variation, per_task = timings.variation_of(fn), timings.of(fn)
-    share = tasks // cpus
-    if variation is not None and likely_error(variation, share, per_task) > (
-            LEAST_WORK_PER_BATCH):
-        return share // 2
-    return share
+    if timings.variation_of(fn) is None or timed_steady(pool, fn, tasks, cpus):
+        return tasks // cpus
+    return tasks // cpus // 2
 
 
-def test_a_long_map_is_cut_over_the_clusters_cpus_and_shrinks_to_its_end(head, launched):
+def test_a_long_map_timed_steady_is_cut_evenly_over_the_clusters_cpus(head, launched):
     with bf.Pool(mode="ray", address=head.address) as pool:
         assert pool.workers >= 8  # more batches in flight than the head's 2 CPUs
-        assert pool.map(five_ms, range(40)) == list(range(40))  # the task's time, learnt
-        # 200 (what is left over the 2 CPUs), or 100 where the sleeps varied
-        # (beside busy programs, 5 ms sleeps vary by tens of percent)
-        first = first_cut_over_the_cpus(pool, five_ms, 400)
+        assert pool.map(five_ms, range(40)) == list(range(40))  # the tasks, timed
+        steady = timed_steady(pool, five_ms, 400)
         launched.clear()
         assert pool.map(five_ms, range(400)) == list(range(400))
     assert sum(launched) == 400
-    # ... then shrinking down to 10 tasks (50 ms); over the 8 batches in flight,
-    # or in 0.5 s batches, it took 20 or more.
-    assert launched[0] == first, launched
+    if steady:  # idle, 5 ms sleeps vary by a few percent: half the map each
+        assert launched == [200, 200]
+    else:  # beside busy programs they may vary by tens of percent: over 4, shrinking
+        assert launched[0] == 100, launched
+        assert launched[-1] <= 20, launched
+
+
+def test_a_long_map_not_timed_task_by_task_shrinks_to_its_end(head, launched):
+    with bf.Pool(mode="ray", address=head.address) as pool:
+        # Its time per task known (as after a map of tasks too short to time
+        # one by one), not how much they vary: the guided cut, which balances
+        # the CPUs whatever the tasks do.
+        pool._scheduler.timings.note(five_ms, 0.005)
+        assert pool.map(five_ms, range(400)) == list(range(400))
+    assert sum(launched) == 400
+    # What is left over the 2 CPUs, then shrinking down to 10 tasks (50 ms);
+    # over the 8 batches in flight, or in 0.5 s batches, it took 20 or more.
+    assert launched[0] == 200, launched
     assert len(launched) <= 16, launched
     assert launched[-1] <= 20, launched
 

@@ -3,7 +3,8 @@
 An engine whose chunks cost milliseconds each (Ray) cuts what is left of a map
 over its workers, once each; a map whose tasks vary is cut over twice the
 workers instead, so that one chunk running long leaves the others something to
-balance it with. The real-Ray side of this is in test_ray_mode.py.
+balance it with, and a map timed steady is cut evenly before it starts. The
+real-Ray side of this is in test_ray_mode.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from bingfa._pool._batch import CALL_ONE
 from bingfa._pool._engines._remote_batch import outcomes, run_remote_batch
 from bingfa._pool._jobs import ManyJob
 from bingfa._pool._scheduler import Scheduler
-from bingfa._pool._spread import MIN_SAMPLES, TaskSpread, likely_error
+from bingfa._pool._spread import MIN_SAMPLES, TaskSpread, even_cut, likely_error
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -142,3 +143,64 @@ def test_a_chunk_held_to_the_most_work_per_batch_is_not_cut_smaller():
     scheduler.batch_seconds = 150.5 * 0.019
     job = a_map(scheduler, 400, 0.019, timed=ONE_IN_TEN_LONG)
     assert first_cut(scheduler, job) == 150
+
+
+def cuts(scheduler: Scheduler, job: ManyJob, workers: int = 2) -> list[int]:
+    """Every chunk of ``job``, taken one after another (as with many batches in flight)."""
+    sizes = []
+    with scheduler.lock:
+        while (batch := job.take(None, workers)) is not None:
+            sizes.append(len(batch.items))
+    return sizes
+
+
+def test_an_even_cut_gives_every_cpu_the_same_chunks_of_about_the_most_work():
+    # 2,000 tasks of 10.1 ms on 2 CPUs: 10.1 s each, about two chunks of 5 s.
+    assert even_cut(2000, 0.0101, 2, 5.0) == [500] * 4
+    # Rounded: 7.4 s a CPU is one chunk (half as much again as the most at
+    # worst), 12.6 s three.
+    assert even_cut(1480, 0.01, 2, 5.0) == [740, 740]
+    assert even_cut(2520, 0.01, 2, 5.0) == [420] * 6
+    # Sizes differ by one task at most, the larger first: dealt out in turn,
+    # no CPU gets more than one task more than another.
+    assert even_cut(2003, 0.01, 2, 5.0) == [501, 501, 501, 500]
+    assert even_cut(3, 10.0, 8, 5.0) == [1, 1, 1]  # never an empty chunk
+
+
+def test_a_map_timed_steady_before_is_cut_evenly_before_it_starts():
+    scheduler = one_cut_per_worker()
+    scheduler.batch_seconds = 1.0
+    a_map(scheduler, 400, 0.01, timed=[0.01] * 100)
+    job = a_map(scheduler, 1000, 0.01)  # the function's tasks were steady
+    # 5 s a worker, about 1 s a chunk: five each, no shrinking tail.
+    assert cuts(scheduler, job) == [100] * 10
+
+
+def test_a_map_never_timed_keeps_the_shrinking_tail():
+    scheduler = one_cut_per_worker()
+    scheduler.batch_seconds = 1.0
+    job = a_map(scheduler, 1000, 0.01)  # its time is known, not how much it varies
+    sizes = cuts(scheduler, job)
+    # Held to the most work per batch, then shrinking down to the least chunk
+    # (5 tasks) and what is left.
+    assert sizes == [100] * 9 + [50, 25, 13, 6, 5, 1]
+
+
+def test_an_even_cut_is_given_up_when_the_maps_own_tasks_vary():
+    scheduler = one_cut_per_worker()
+    a_map(scheduler, 400, 0.019, timed=[0.019] * 100)
+    job = a_map(scheduler, 400, 0.019)
+    assert first_cut(scheduler, job) == 200  # steady last time: half each
+    with scheduler.lock:
+        job.note_task_times(len(ONE_IN_TEN_LONG), sum(ONE_IN_TEN_LONG),
+                            sum(t * t for t in ONE_IN_TEN_LONG))
+    assert first_cut(scheduler, job) == 50  # the other half, over twice the workers
+
+
+def test_chunks_too_small_to_send_alone_are_not_cut_evenly():
+    # 10,000 tasks of 1 us over 2 workers: chunks of 5 ms, below the least
+    # chunk (50 ms) worth a batch of its own: one batch holds them all.
+    scheduler = one_cut_per_worker()
+    a_map(scheduler, 400, 0.000001, timed=[0.000001] * 100)
+    job = a_map(scheduler, 10_000, 0.000001)
+    assert cuts(scheduler, job) == [10_000]

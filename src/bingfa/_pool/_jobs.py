@@ -29,7 +29,7 @@ from .._core._errors import PoolClosedError, TaskTimeoutError, WorkerCrashedErro
 from .._core._futures import Future
 from .._core._serialization import describe
 from ._describe import describe_call, name_of
-from ._spread import TaskSpread, likely_error
+from ._spread import TaskSpread, even_cut, likely_error
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -419,6 +419,9 @@ class ManyJob(Job):
         self.argument_bytes, self.result_bytes = scheduler.timings.bytes_of(fn)
         # How much its tasks' times vary, where an engine times each (Ray).
         self.spread = TaskSpread()
+        # The chunk sizes of an even cut, chosen at the map's first cut for a
+        # map timed steady (see _spread.py); None until then.
+        self._even: deque[int] | None = None
         # Whether the consumer wants to hear of every finished batch (imap,
         # progress), or only of the end and of errors (map).
         self.wake_each = True
@@ -501,6 +504,9 @@ class ManyJob(Job):
                 # Not measured yet: 1, 2, 4, ... tasks, so a first result comes
                 # back fast whatever a task costs.
                 size = min(share, 1 << min(self._batches, 8))
+            elif self._even_chunks(remaining, workers):
+                assert self._even is not None
+                size = self._even.popleft()
             else:
                 per_task = max(self.per_task, 1e-9)
                 # ... but not below MIN_BATCH_SECONDS of work (the engine's
@@ -523,17 +529,50 @@ class ManyJob(Job):
             size = min(size, limit)
         return max(1, size)
 
+    def _even_chunks(self, remaining: int, workers: int) -> bool:
+        """Whether the next chunk is one of an even cut of the whole map (see _spread.py).
+
+        Chosen at the map's first cut, on an engine cutting once per worker,
+        for a map of known length whose tasks were timed (in an earlier map of
+        the function) and whose every worker's share would stray by less than
+        the tail's least chunk; given up if this map's own tasks vary more.
+        Whatever the cut leaves (a chunk held back by its size in bytes) goes
+        the guided way.
+        """
+        if self._even is None:
+            self._even = deque()
+            if (self._batches == 0 and self.scheduler.cuts_per_worker == 1
+                    and self.input_done and self.per_task is not None
+                    and self._steady(math.ceil(remaining / workers), self.per_task)):
+                sizes = even_cut(remaining, self.per_task, workers, self.scheduler.batch_seconds)
+                if sizes[-1] * self.per_task >= self.scheduler.min_batch_seconds:
+                    self._even.extend(sizes)
+        if self._even and self.per_task is not None and not self._steady(
+                math.ceil(remaining / workers), self.per_task):
+            self._even.clear()
+        return bool(self._even)
+
+    def _steady(self, tasks: int, per_task: float) -> bool:
+        """Whether ``tasks`` of this map were timed to stray by at most the least chunk."""
+        error = self._likely_error(tasks, per_task)
+        return error is not None and error <= self.scheduler.min_batch_seconds
+
     def _uneven(self, size: int, per_task: float) -> bool:
-        """Whether a chunk of ``size`` tasks may stray by more than the tail's least chunk.
+        """Whether a chunk of ``size`` tasks may stray by more than the tail's least chunk."""
+        error = self._likely_error(size, per_task)
+        return error is not None and error > self.scheduler.min_batch_seconds
+
+    def _likely_error(self, tasks: int, per_task: float) -> float | None:
+        """How far ``tasks`` of this map may stray from their estimate (see _spread.py).
 
         Judged by how much this map's tasks varied so far, or, before enough
-        of them were timed, the last map of the same function.
+        of them were timed, the last map of the same function; ``None`` if
+        neither was timed.
         """
         variation = self.spread.variation()
         if variation is None:
             variation = self.scheduler.timings.variation_of(self.fn)
-        return variation is not None and (
-            likely_error(variation, size, per_task) > self.scheduler.min_batch_seconds)
+        return None if variation is None else likely_error(variation, tasks, per_task)
 
     def note_task_times(self, count: int, total: float, squares: float) -> None:
         self.spread.add(count, total, squares)

@@ -19,8 +19,9 @@ never holds up others queued behind it). Batches are sized from their measured
 *remote* running time, as in process mode, and from the cluster's CPUs (read
 again every ten seconds): a map of 100,000 trivial tasks costs a few Ray
 tasks, not 100,000 (each costs Ray a millisecond or more), a long map a few
-per CPU, shrinking towards its end, while slow tasks go a few at a time so
-every worker stays busy.
+per CPU, shrinking towards its end (or, once its function was timed steady, in
+the same few equal chunks for every CPU), while slow tasks go a few at a time
+so every worker stays busy.
 
 Ray's own retries are off (``max_retries=0``): bingfa's ``retries=`` decides.
 A task's exception is caught on the worker (Ray sees a success) and re-raised
@@ -83,7 +84,9 @@ __all__ = ["RayEngine"]
 # so the CPUs finish within about that of each other.
 # A map whose tasks vary is cut over twice the CPUs instead (see _spread.py):
 # each task of a batch is timed on the worker, where tasks take long enough
-# that reading the clock between two of them costs nothing.
+# that reading the clock between two of them costs nothing. A map timed steady
+# (its function's last map) is cut evenly before it starts: the same few
+# chunks, of about MOST_WORK_PER_BATCH, for every CPU.
 MOST_WORK_PER_BATCH = 5.0
 LEAST_WORK_PER_BATCH = 0.05
 TIME_EACH_TASK_SECONDS = 0.001
