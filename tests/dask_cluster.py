@@ -90,7 +90,9 @@ class CliCluster:
         Terminated rather than killed: a nanny's resource tracker (which
         ignores SIGTERM) outlives the nanny, sees it go and unlinks the
         semaphores its queues left in /dev/shm, then exits; killed with the
-        rest, it would leave them there.
+        rest, it would leave them there. So even a cluster that will not stop
+        in time keeps its trackers: the others are killed first, and the
+        trackers, their last client gone, clean up and exit on their own.
         """
         procs = []
         for pid in self.procs:
@@ -101,11 +103,25 @@ class CliCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)  # each runs in a session of its own
         _, alive = psutil.wait_procs(procs, timeout=15)
-        for proc in alive:
+        trackers = [proc for proc in alive if _is_resource_tracker(proc)]
+        others = [proc for proc in alive if proc not in trackers]
+        for proc in others:
             with contextlib.suppress(psutil.Error):
                 proc.kill()
-        psutil.wait_procs(alive, timeout=10)
+        psutil.wait_procs(others, timeout=10)
+        _, stuck = psutil.wait_procs(trackers, timeout=10)  # cleaning up, then gone
+        for proc in stuck:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(stuck, timeout=10)
         self.procs.clear()
+
+
+def _is_resource_tracker(proc: psutil.Process) -> bool:
+    try:
+        return "resource_tracker" in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
 
 
 @contextlib.contextmanager

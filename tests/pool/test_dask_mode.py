@@ -86,6 +86,20 @@ def test_a_pool_owns_a_local_cluster_and_closes_it():
     assert not [name for name in semaphores if os.path.exists(f"/dev/shm/{name}")]
 
 
+@pytest.mark.timeout(90)
+def test_a_cluster_that_will_not_stop_in_time_leaves_no_semaphores(tmp_path):
+    # The tests' own clusters (tests/dask_cluster.py): nannies that ignore
+    # SIGTERM are killed after 15 s, but their resource trackers are not, and
+    # unlink the queues' semaphores once the nannies are gone (killed with
+    # them, they left 12 in /dev/shm).
+    with cli_cluster(tmp_path, workers=2, threads=1) as c:
+        semaphores = semaphores_of([*c.workers, *c.worker_pids()])
+        assert semaphores
+        for nanny in c.workers:
+            os.kill(nanny, signal.SIGSTOP)  # frozen: SIGTERM waits, SIGKILL does not
+    assert not [name for name in semaphores if os.path.exists(f"/dev/shm/{name}")]
+
+
 def test_joining_a_scheduler_never_shuts_it_down(cluster):
     with bf.Pool(2, mode="dask", address=cluster.address) as pool:
         assert pool.map(square, range(100)) == [i * i for i in range(100)]
