@@ -16,17 +16,26 @@ shell removes every one-off segment named for the process: ``bf-<pid>-o-``
 then a digit (a pool's), or ``s`` (a channel's). The kept segments of channels,
 ``-o-c...``, are the tracker's. Its cost is one ``posix_spawn`` (a third of a
 millisecond here) and one pipe.
+
+It removes the process's temporary directories the same way:
+:func:`temporary_directory` names them ``bingfa-<pid>-...`` in the temporary
+folder (a local Ray's, which Ray's own C++ handler of SIGTERM leaves behind as
+surely as SIGKILL does). Programs the process started may write there for a
+moment after it died (Ray's, until they see their driver gone), so the janitor
+tries again, once a second, for up to ten seconds.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
+import tempfile
 import threading
 
 from ._shm import SEGMENT
 
-__all__ = ["MARK", "watch_this_process"]
+__all__ = ["MARK", "temporary_directory", "watch_this_process"]
 
 logger = logging.getLogger("bingfa")
 
@@ -34,6 +43,18 @@ MARK = "bingfa-janitor"  # in the shell's command line, for whoever lists proces
 
 _started_in: int | None = None  # the pid whose janitor runs (a forked child has its own)
 _start_lock = threading.Lock()
+_temporary_root = ""  # where the running janitor looks for this process's directories
+
+
+def temporary_directory(kind: str) -> str:
+    """A new directory, ``bingfa-<pid>-<kind>-...`` in the temporary folder.
+
+    Its owner removes it when done; should this process die first, however
+    it died, its janitor removes it (see the module's docstring).
+    """
+    watch_this_process()
+    root = _temporary_root or tempfile.gettempdir()
+    return tempfile.mkdtemp(prefix=f"bingfa-{os.getpid()}-{kind}-", dir=root)
 
 
 def watch_this_process() -> None:
@@ -42,7 +63,7 @@ def watch_this_process() -> None:
     Best effort: where it cannot start (no ``/bin/sh``, no descriptor left),
     nothing fails; the process goes without, as it would have before.
     """
-    global _started_in
+    global _started_in, _temporary_root
     pid = os.getpid()
     if _started_in == pid:
         return
@@ -50,7 +71,11 @@ def watch_this_process() -> None:
         if _started_in == pid:
             return
         named = f"/dev/shm/bf-{pid}-{SEGMENT}"
-        script = f"trap '' HUP INT TERM; cd /; : {MARK}; read _; rm -f {named}-[0-9]* {named}-s*"
+        _temporary_root = tempfile.gettempdir()
+        folders = f"{shlex.quote(_temporary_root)}/bingfa-{pid}-*"
+        script = (f"trap '' HUP INT TERM; cd /; : {MARK}; read _; rm -f {named}-[0-9]* {named}-s*; "
+                  f"for _ in 1 2 3 4 5 6 7 8 9 10; do rm -rf {folders}; set -- {folders}; "
+                  '[ -e "$1" ] || break; sleep 1; done')
         _started_in = pid  # tried: once is enough, whatever comes of it
         try:
             read_end, write_end = os.pipe()  # not inheritable: exec'd children do not hold it

@@ -5,7 +5,9 @@ Where the pool runs, by the ``address=`` it was given:
 - none, and Ray is not initialised in this process (nor ``RAY_ADDRESS`` set):
   the pool starts a local Ray of its own (``ray.init``, without a dashboard,
   usage statistics off, in a temporary directory it removes) and shuts it down
-  when the last pool using it stops;
+  when the last pool using it stops (should the process be killed, its
+  janitor removes the directory, and Ray's processes end once they see their
+  driver gone: its two agents a minute or two later);
 - ``address="auto"``, ``"ray://..."`` or ``"10.0.0.5:6379"``, or none with
   ``RAY_ADDRESS`` in the environment (as ``ray.init()`` itself reads it): the
   pool joins that running cluster and, leaving, only disconnects from it;
@@ -50,7 +52,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -65,6 +66,7 @@ from ..._core._errors import (
     TaskTimeoutError,
     WorkerCrashedError,
 )
+from ..._core._janitor import temporary_directory
 from ..._core._remote_traceback import ErrorPayload, capture, rebuild
 from .._batch import CALL_KW, CALL_ONE, CALL_STAR
 from .._jobs import Batch, OneJob
@@ -143,7 +145,8 @@ def _acquire_session(ray: Any, address: str | None) -> _Session | None:
         if address is None and not os.environ.get("RAY_ADDRESS"):
             # A Ray of our own: no dashboard (it costs seconds at start),
             # in a directory of ours, on this machine only.
-            temp_dir = tempfile.mkdtemp(prefix="bingfa-ray-")
+            # (removed by this process's janitor should it die first: see _janitor.py)
+            temp_dir = temporary_directory("ray")
             kwargs.update(include_dashboard=False, _temp_dir=temp_dir,
                           _node_ip_address="127.0.0.1")
         # Ray announces its default token authentication at every start, as a
