@@ -1,4 +1,4 @@
-"""A watcher that removes the segments named for this process once it is dead, however it died.
+"""A watcher that removes what is named for this process once it is dead, however it died.
 
 multiprocessing's resource tracker unlinks the names it is told of, one by one.
 That does not fit a process channel's one-off segments: whichever process puts
