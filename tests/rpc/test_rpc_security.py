@@ -1361,11 +1361,15 @@ def chunks(n, count):
 server = bingfa.rpc.serve({"big": big, "abig": abig, "chunks": chunks}, "tcp://127.0.0.1:0")
 server.start()
 
+def port(c):
+    peer = c.transport.get_extra_info("peername")  # gone once the connection is closing
+    return peer[1] if peer else "closing-%d" % id(c)
+
 async def state():
     conns = list(server._connections)
     return {"connections": len(conns), "produced": produced[0],
             "limit": getattr(server, "max_unread_bytes", 32 * 2**20),
-            "each": {c.transport.get_extra_info("peername")[1]: {
+            "each": {port(c): {
                 "calls": len(c.calls), "deferred": len(getattr(c, "deferred", ())),
                 "over": getattr(c, "over", False),
                 "unread": getattr(c, "posted_bytes", 0) + c.transport.get_write_buffer_size()}
