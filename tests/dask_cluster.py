@@ -74,7 +74,7 @@ class CliCluster:
         for proc in self.workers:
             with contextlib.suppress(psutil.Error):
                 pids.extend(c.pid for c in psutil.Process(proc).children()
-                            if "resource_tracker" not in " ".join(c.cmdline()))
+                            if not _is_resource_tracker(c))
         return pids
 
     def scheduler_alive(self) -> bool:

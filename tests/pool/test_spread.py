@@ -74,6 +74,10 @@ def test_a_timed_remote_batch_sends_back_the_squares_of_its_tasks_times():
     assert elapsed >= sum(durations)
     assert squares <= elapsed * elapsed  # squares of parts of the whole
     assert outcomes(run_remote_batch(nap, durations, CALL_ONE))[3] is None  # not timed
+    # One task: timed by the batch's own running time.
+    _, _, alone, alone_squares = outcomes(run_remote_batch(nap, [0.002], CALL_ONE, timed=True))
+    assert alone >= 0.002
+    assert alone_squares == pytest.approx(alone * alone)
 
 
 def a_map(scheduler: Scheduler, tasks: int, per_task: float,

@@ -493,8 +493,7 @@ class RayEngine(Engine):
             if self._shares:
                 handles = _handle_ids(batch.items, job.call, self._ref_type)
                 ids, shared = tuple(handles), tuple(handles.values())
-            timed = len(batch.items) > 1 and (
-                job.per_task is None or job.per_task >= TIME_EACH_TASK_SECONDS)
+            timed = job.per_task is None or job.per_task >= TIME_EACH_TASK_SECONDS
             args = (job.fn, batch.items, job.call, run.slot, self._setup, timed, ids, *shared)
             if self._timeout is None:
                 run.ref = self._remote_fn.remote(*args)
@@ -619,8 +618,6 @@ class RayEngine(Engine):
                 return
             if outcome is not None:
                 values, errors, elapsed, squares = outcomes(outcome)
-                if squares is None and len(values) == 1:
-                    squares = elapsed * elapsed  # one task: timed all the same
                 if squares is not None:
                     with self._lock:
                         job.note_task_times(len(values), elapsed, squares)

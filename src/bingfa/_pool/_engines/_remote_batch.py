@@ -40,7 +40,8 @@ def run_remote_batch(fn: Callable[..., Any], items: Sequence[Any], call: int,
     """Run ``fn`` over ``items`` on a cluster worker; what :func:`outcomes` reads.
 
     ``timed``: time each task too (for tasks long enough that reading the
-    clock between them costs nothing), to tell how much they vary.
+    clock between them costs nothing), to tell how much they vary; a batch of
+    one task is timed by its own running time.
     """
     squares = None
     started = time.perf_counter()
@@ -54,6 +55,8 @@ def run_remote_batch(fn: Callable[..., Any], items: Sequence[Any], call: int,
     else:
         values, errors = run_batch(fn, items, call)
         ended = time.perf_counter()
+        if timed:
+            squares = (ended - started) ** 2
     packed = None if errors is None else [(i, capture(exc)) for i, exc in errors]
     return values, packed, ended - started, squares
 
